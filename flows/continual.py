@@ -1,0 +1,125 @@
+"""The continual-training flow: ingest -> validate -> split -> train -> evaluate -> gate -> register -> promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from lepton import config as lepton_config
+from lepton.workspace import Workspace
+from tasks.ingest import accept, ingest, quarantine, record_duplicate
+from tasks.registry import TAG, load_champion, promote, register
+from tasks.splits import read, split_increments
+from tasks.training import evaluate, gate, train
+from tasks.validate import validate
+from tasks.versioning import git_commit, version_data
+
+Status = Literal["promoted", "kept_out", "rejected", "duplicate"]
+EXIT_CODES = {"promoted": 0, "kept_out": 0, "duplicate": 0, "rejected": 2}
+
+
+class RunOutcome(BaseModel):
+    """What happened to one increment; ``message`` is the sentence the CLI ends with."""
+
+    status: Status
+    increment_id: str
+    file: str
+    message: str
+    reasons: list[str] = []
+    failures: list[str] = []
+    version: int | None = None
+    champion_version: int | None = None
+    parent_version: int | None = None
+    data_hash: str | None = None
+    metrics: dict[str, float | None] = {}
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@flow(name="continual-training", log_prints=False)
+def continual_training(path: str, workspace: str = ".", overrides: list[str] | None = None) -> RunOutcome:
+    """Send one increment file through the whole pipeline."""
+    log = get_run_logger()
+    ws = Workspace.at(workspace)
+    config = lepton_config.load(ws.root, overrides)
+
+    landing = ingest(Path(path), ws)
+    relative = str(landing.path.relative_to(ws.root))
+    if landing.duplicate_of is not None:
+        record_duplicate(ws, landing)
+        known = landing.duplicate_of
+        message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
+        log.info(message)
+        return RunOutcome(status="duplicate", increment_id=landing.id, file=known.file, message=message)
+    version_data(ws, config.dvc)
+    log.info("ingested %s as increment %s", landing.source, landing.id)
+
+    frame, read_error = read(landing.path)
+    report = validate(frame, read_error, ws.read_schema(), config.data)
+    if not report.passed:
+        where = quarantine(landing, ws, report.problems)
+        data_hash = version_data(ws, config.dvc)
+        message = f"rejected because {'; '.join(report.problems)}; quarantined at {where.relative_to(ws.root)}"
+        log.warning(message)
+        return RunOutcome(
+            status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
+            message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
+        )
+    log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
+    accept(landing, ws, frame, config.data)
+    data_hash = version_data(ws, config.dvc)
+
+    champion = load_champion(ws, config.registry)
+    train_frame, holdouts = split_increments(ws, landing.id, config.data.holdout_fraction)
+    candidate, training = train(
+        champion.bundle if champion else None, train_frame, config.data.label, config.train, config.strategy
+    )
+    log.info(
+        "trained on %d samples (%d new, %d from memory) for %d epochs on %s in %.1fs, final loss %.4f",
+        training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
+        config.train.epochs, training.device, training.seconds, training.losses[-1],
+    )
+    evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
+    decision = gate(evaluation, config.gate)
+    log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
+
+    metrics = {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}
+    parent = champion.version if champion else None
+    tags = {
+        TAG + "increment_id": landing.id,
+        TAG + "increment_file": relative,
+        TAG + "data_hash": data_hash,
+        TAG + "git_commit": git_commit(ws.root),
+        TAG + "parent_version": str(parent) if parent is not None else "none",
+        TAG + "strategy": config.strategy.name,
+        TAG + "config": config.model_dump_json(),
+        TAG + "gate_passed": str(decision.passed).lower(),
+        TAG + "gate_reasons": json.dumps(list(decision.reasons)),
+        TAG + "metrics": json.dumps({k: round(v, 6) for k, v in evaluation.summary().items() if v is not None}),
+    }
+    params = {f"{section}.{k}": v for section, values in config.model_dump().items() for k, v in values.items()}
+    version, run_id = register(
+        ws, config.registry, candidate, train_frame,
+        run_name=f"increment-{landing.id}", params=params, metrics=metrics, tags=tags,
+    )
+    if decision.passed:
+        promote(ws, config.registry, version)
+        status: Status = "promoted"
+        champion_after = version
+        message = f"promoted as version {version}" + (f" (champion was version {parent})" if parent else " (first champion)")
+    else:
+        status = "kept_out"
+        champion_after = parent
+        message = f"kept out by the gate because {'; '.join(decision.failures)}; registered as version {version}, champion stays version {parent}"
+    log.info(message)
+    return RunOutcome(
+        status=status, increment_id=landing.id, file=relative, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
+        version=version, champion_version=champion_after, parent_version=parent, data_hash=data_hash,
+        metrics=evaluation.summary(),
+    )

@@ -1,0 +1,1 @@
+"""Lepton: continual training with DVC, Great Expectations, PyTorch, MLflow and Prefect."""

@@ -1,0 +1,142 @@
+"""The one typed configuration, loaded from ``lepton.yaml`` and overridable with ``key=value``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_FILE = "lepton.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """The dataset: which column is the label, and how increments are checked and split."""
+
+    label: str = Field(description="Name of the label column (required).")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each increment kept out of training, chosen by a hash of the row.")
+    allow_new_classes: bool = Field(True, description="Accept label values never seen before (class-incremental data).")
+    range_tolerance: float = Field(0.5, ge=0, description="How far outside the range seen so far a numeric value may fall, as a fraction of that range.")
+    min_rows: int = Field(10, ge=1, description="Fewest rows an increment may have.")
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Known [min, max] of features ('*' for every feature); where given, replaces the range learned from earlier increments.",
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the label column name is empty")
+        return value
+
+
+class TrainConfig(Section):
+    """How the candidate is fine-tuned."""
+
+    epochs: int = Field(30, ge=1, description="Passes over each increment's training data.")
+    batch_size: int = Field(32, ge=1, description="Samples per optimisation step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    hidden: list[int] = Field([256, 256], min_length=1, description="Hidden layer widths of a new network.")
+    seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present, else the CPU.")
+
+
+class StrategyConfig(Section):
+    """The anti-forgetting strategy."""
+
+    name: Literal["replay", "naive"] = Field("replay", description="replay rehearses a class-balanced memory; naive only fine-tunes.")
+    memory_fraction: float = Field(0.1, ge=0, le=1, description="Replay memory size as a fraction of the training samples seen.")
+    memory_size: int | None = Field(None, ge=0, description="Replay memory size in samples; overrides memory_fraction.")
+
+
+class GateConfig(Section):
+    """When a candidate may replace the champion."""
+
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="Floor: the candidate's accuracy on the new holdout and on all holdouts.")
+    max_forgetting: float = Field(0.1, ge=0, le=1, description="Largest drop in accuracy on earlier holdouts allowed against the champion.")
+    min_improvement: float = Field(0.0, description="Least gain on the new holdout over the champion, at the bootstrap's confidence.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the paired bootstrap on the new holdout.")
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the paired bootstrap.")
+
+
+class RegistryConfig(Section):
+    """Where model versions are tracked and registered."""
+
+    model_name: str = Field("lepton", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="Registered model name; consumers load models:/NAME@champion.")
+    experiment: str = Field("lepton", description="MLflow experiment of the training runs.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default SQLite under .lepton/.")
+
+
+class DvcConfig(Section):
+    """Where data versions are pushed."""
+
+    remote_url: str | None = Field(None, description="DVC remote URL (s3://, gs://, a folder); default .lepton/dvc-remote.")
+    push: bool = Field(True, description="Push every data version to the remote.")
+
+
+class LeptonConfig(Section):
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    dvc: DvcConfig = DvcConfig()
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message says where."""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``section.key=value`` pairs; values are parsed as YAML (numbers, lists, booleans)."""
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=5)")
+        section, name = parts
+        target = result.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {item!r}: {section!r} is not a section")
+        try:
+            target[name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return result
+
+
+def parse(raw: dict[str, Any], overrides: list[str] | None = None, *, source: str = CONFIG_FILE) -> LeptonConfig:
+    try:
+        return LeptonConfig.model_validate(apply_overrides(raw, overrides or []))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid configuration ({source}): {problems}") from None
+
+
+def load(workspace: Path, overrides: list[str] | None = None) -> LeptonConfig:
+    """The workspace's config with overrides applied."""
+    path = workspace / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run `lepton init {workspace} --label COLUMN` first")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections")
+    return parse(raw, overrides, source=str(path))
+
+
+def default_yaml(label: str, model_name: str) -> str:
+    """The lepton.yaml that ``lepton init`` writes: every section, with its defaults."""
+    config = LeptonConfig(data=DataConfig(label=label), registry=RegistryConfig(model_name=model_name))
+    body = config.model_dump(mode="json")
+    header = "# Lepton workspace configuration. Every key is optional except data.label.\n"
+    return header + yaml.safe_dump(body, sort_keys=False)

@@ -1,0 +1,64 @@
+"""A model version as files: network, preprocessing, strategy state and what produced them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.network import MLP, build
+from models.preprocessing import Preprocessor
+
+NETWORK = "network.pt"
+PREPROCESSOR = "preprocessor.json"
+STRATEGY = "strategy.npz"
+META = "meta.json"
+
+
+@dataclass
+class Bundle:
+    """Everything the next increment needs to resume, and a consumer needs to predict."""
+
+    network: MLP
+    preprocessor: Preprocessor
+    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        cpu_state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        torch.save({"arch": self.network.arch, "state_dict": cpu_state}, directory / NETWORK)
+        (directory / PREPROCESSOR).write_text(json.dumps(self.preprocessor.to_dict()))
+        np.savez(directory / STRATEGY, **self.strategy_state)
+        (directory / META).write_text(json.dumps(self.meta, sort_keys=True, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> Bundle:
+        directory = Path(directory)
+        checkpoint = torch.load(directory / NETWORK, map_location="cpu", weights_only=True)
+        network = build(checkpoint["arch"])
+        network.load_state_dict(checkpoint["state_dict"])
+        network.eval()
+        preprocessor = Preprocessor.from_dict(json.loads((directory / PREPROCESSOR).read_text()))
+        with np.load(directory / STRATEGY, allow_pickle=False) as npz:
+            strategy_state = {k: npz[k] for k in npz.files}
+        meta = json.loads((directory / META).read_text())
+        return cls(network, preprocessor, strategy_state, meta)
+
+    @torch.no_grad()
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities for raw feature columns, columns in ``preprocessor.classes`` order."""
+        x = torch.from_numpy(self.preprocessor.transform(self.preprocessor.raw_matrix(frame)))
+        self.network.eval()
+        device = next(self.network.parameters()).device
+        return torch.softmax(self.network(x.to(device)).float(), dim=1).cpu().numpy()
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Labels, in the original label values."""
+        return self.preprocessor.decode(self.predict_proba(frame).argmax(axis=1))

@@ -1,0 +1,132 @@
+"""Landing an increment in ``data/``, and filing it as accepted or quarantined."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lepton.config import DataConfig
+from lepton.workspace import IncrementRecord, Workspace
+from models.schema import DataSchema
+
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+
+
+class IncrementError(ValueError):
+    """The increment file cannot be taken in at all (missing, not a file, unknown format)."""
+
+
+@dataclass(frozen=True)
+class Landing:
+    """An increment copied into the workspace."""
+
+    id: str
+    path: Path  # where it is now, inside data/
+    source: str  # the name it arrived under
+    duplicate_of: IncrementRecord | None = None
+
+    @property
+    def relative(self) -> str:
+        return str(self.path)
+
+
+def content_id(path: Path) -> str:
+    """The increment id: a hash of the file's bytes, so the same content is recognised however it is named."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def safe_name(name: str) -> str:
+    """A file name with nothing that could reach outside the folder or confuse a shell."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "increment"
+    return cleaned[:80]
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(path: Path, ws: Workspace) -> Landing:
+    """Copy the increment into ``data/increments/`` under its content id (a duplicate is only recognised)."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise IncrementError(f"{source} does not exist")
+    if not source.is_file():
+        raise IncrementError(f"{source} is not a file")
+    suffix = source.suffix.lower()
+    if suffix not in FORMATS:
+        raise IncrementError(f"{source.name}: unsupported format {suffix or '(none)'}; use .csv or .parquet")
+    increment_id = content_id(source)
+    known = ws.read_manifest().find(increment_id)
+    if known is not None:
+        return Landing(increment_id, ws.root / known.file, safe_name(source.name), duplicate_of=known)
+    target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return Landing(increment_id, target, safe_name(source.name))
+
+
+def read_increment(path: Path) -> pd.DataFrame:
+    """The increment as a frame; raises ValueError with a readable message when it cannot be parsed."""
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as err:  # any parser failure means the same thing to the user
+        raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
+
+
+def _record(ws: Workspace, landing: Landing, state: str, file: Path, reasons: list[str]) -> None:
+    manifest = ws.read_manifest()
+    manifest.increments = [r for r in manifest.increments if r.id != landing.id]
+    manifest.increments.append(
+        IncrementRecord(id=landing.id, file=str(file.relative_to(ws.root)), source=landing.source, state=state, reasons=reasons)
+    )
+    ws.write_manifest(manifest)
+
+
+@task(name="quarantine", cache_policy=NO_CACHE)
+def quarantine(landing: Landing, ws: Workspace, reasons: list[str]) -> Path:
+    """Move a rejected increment to ``data/quarantine/`` (kept and versioned, never deleted)."""
+    target = ws.quarantine / landing.path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if landing.path.exists():
+        shutil.move(str(landing.path), target)
+    # The reasons travel with the file, for whoever looks in the quarantine.
+    target.with_name(target.name + ".reasons.json").write_text(
+        json.dumps({"id": landing.id, "source": landing.source, "reasons": reasons}, indent=2) + "\n"
+    )
+    _record(ws, landing, "rejected", target, reasons)
+    return target
+
+
+@task(name="accept", cache_policy=NO_CACHE)
+def accept(landing: Landing, ws: Workspace, frame: pd.DataFrame, config: DataConfig) -> DataSchema:
+    """File an increment as accepted and widen the workspace schema to cover it."""
+    state = ws.read_schema()
+    schema = DataSchema.infer(frame, config.label) if state is None else DataSchema.from_dict(state).widened(frame)
+    ws.write_schema(schema.to_dict())
+    _record(ws, landing, "accepted", landing.path, [])
+    return schema
+
+
+def record_duplicate(ws: Workspace, landing: Landing) -> None:
+    """Note a repeated landing in the (unversioned) ledger; the data itself is untouched."""
+    ws.state.mkdir(parents=True, exist_ok=True)
+    entry = {"id": landing.id, "source": landing.source, "duplicate_of": landing.id, "at": datetime.now(timezone.utc).isoformat()}
+    with (ws.state / "duplicates.jsonl").open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def duplicates(ws: Workspace) -> list[dict]:
+    path = ws.state / "duplicates.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

@@ -1,0 +1,189 @@
+"""The MLflow side: tracking runs, the model registry and the ``champion`` alias."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import lepton
+import models
+from lepton.config import RegistryConfig
+from lepton.workspace import Workspace
+from models.bundle import Bundle
+
+ALIAS = "champion"
+TAG = "lepton."
+
+
+@dataclass
+class Champion:
+    version: int
+    bundle: Bundle
+    tags: dict[str, str]
+
+
+def tracking_uri(ws: Workspace, config: RegistryConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the config, else SQLite in the workspace's ``.lepton/``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{ws.mlflow_db}"
+
+
+def connect(ws: Workspace, config: RegistryConfig):
+    """An MLflow client on the workspace's tracking server, and the experiment id of its runs."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(ws, config)
+    if uri.startswith("sqlite:"):
+        ws.state.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    # A local store keeps artifacts next to its database, not wherever the command ran.
+    location = ws.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(config.experiment, artifact_location=location)
+
+
+def _not_found(err: Exception) -> bool:
+    return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def champion_version(client: Any, name: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(name, ALIAS).version)
+    except MlflowException as err:
+        if _not_found(err):
+            return None
+        raise
+
+
+def download_bundle(name: str, version: int, destination: Path) -> Bundle:
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
+    return Bundle.load(Path(local) / "artifacts" / "bundle")
+
+
+@task(name="load-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def load_champion(ws: Workspace, config: RegistryConfig) -> Champion | None:
+    """The current champion from the registry (by version, so a concurrent alias move cannot mix two)."""
+    client, _ = connect(ws, config)
+    version = champion_version(client, config.model_name)
+    if version is None:
+        return None
+    tags = client.get_model_version(config.model_name, str(version)).tags
+    with tempfile.TemporaryDirectory(prefix="lepton-champion-") as tmp:
+        bundle = download_bundle(config.model_name, version, Path(tmp))
+    return Champion(version=version, bundle=bundle, tags=dict(tags))
+
+
+def _requirements() -> list[str]:
+    import mlflow
+    import numpy
+    import torch
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={numpy.__version__}",
+    ]
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(
+    ws: Workspace,
+    config: RegistryConfig,
+    candidate: Bundle,
+    example: pd.DataFrame,
+    *,
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> tuple[int, str]:
+    """Log the candidate as a pyfunc in a tracking run and register it as a new model version.
+
+    Returns (version, run id). The version carries the lineage tags whether or not it is promoted.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from lepton.serving import LeptonClassifier
+
+    _, experiment_id = connect(ws, config)
+    features = example[candidate.preprocessor.features].astype("float64").head(5).reset_index(drop=True)
+    signature = infer_signature(features, candidate.predict(features), params={"probabilities": False})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        mlflow.set_tags(tags)
+        with tempfile.TemporaryDirectory(prefix="lepton-candidate-") as tmp:
+            bundle_dir = candidate.save(Path(tmp) / "bundle")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=LeptonClassifier(),
+                artifacts={"bundle": str(bundle_dir)},
+                # The model's own code travels with it: loading needs mlflow, torch and pandas, not Lepton.
+                code_paths=[str(Path(models.__file__).parent), str(Path(lepton.__file__).parent)],
+                signature=signature,
+                input_example=features,
+                pip_requirements=_requirements(),
+            )
+    version = mlflow.register_model(info.model_uri, config.model_name, tags=tags)
+    return int(version.version), run.info.run_id
+
+
+@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def promote(ws: Workspace, config: RegistryConfig, version: int) -> None:
+    """Move the ``champion`` alias to ``version`` (setting it twice is harmless)."""
+    client, _ = connect(ws, config)
+    client.set_registered_model_alias(config.model_name, ALIAS, str(version))
+
+
+def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
+    """The registered model, its champion and the champion's lineage, as plain data."""
+    client, _ = connect(ws, config)
+    info: dict[str, Any] = {
+        "model_name": config.model_name,
+        "tracking_uri": tracking_uri(ws, config),
+        "champion_version": None,
+        "versions": 0,
+        "champion": None,
+    }
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{config.model_name}'")
+    except MlflowException as err:
+        if not _not_found(err):
+            raise
+        versions = []
+    info["versions"] = len(versions)
+    version = champion_version(client, config.model_name) if versions else None
+    if version is not None:
+        tags = client.get_model_version(config.model_name, str(version)).tags
+        info["champion_version"] = version
+        info["champion"] = {
+            "version": version,
+            "lineage": {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG) and not k.startswith(TAG + "metric")},
+            "metrics": json.loads(tags.get(TAG + "metrics", "{}")),
+        }
+    return info
+
+
+def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:
+    client, _ = connect(ws, config)
+    return dict(client.get_model_version(config.model_name, str(version)).tags)

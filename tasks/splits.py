@@ -1,0 +1,32 @@
+"""Reading accepted increments back and splitting them into training data and holdouts."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lepton.workspace import Workspace
+from models.splits import split
+from tasks.ingest import read_increment
+
+
+@task(name="read-increment", cache_policy=NO_CACHE)
+def read(landing_path) -> tuple[pd.DataFrame | None, str | None]:
+    """The increment as a frame, or the reason it cannot be read."""
+    try:
+        return read_increment(landing_path), None
+    except ValueError as err:
+        return None, str(err)
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_increments(ws: Workspace, new_id: str, fraction: float) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last)."""
+    parts = {r.id: split(read_increment(ws.root / r.file), fraction) for r in ws.read_manifest().accepted()}
+    if new_id not in parts:
+        raise RuntimeError(f"increment {new_id} is not among the accepted increments")
+    train, new_holdout = parts.pop(new_id)
+    holdouts = {k: holdout for k, (_, holdout) in parts.items()}
+    holdouts[new_id] = new_holdout
+    return train, holdouts

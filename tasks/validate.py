@@ -1,0 +1,139 @@
+"""Validation of an increment with a Great Expectations suite built from the workspace schema."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lepton.config import DataConfig
+from models.schema import DataSchema
+
+NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
+INTEGER_LABEL = [t for t in NUMERIC if "int" in t.lower()] + ["bool"]
+STRING_LABEL = ["object", "str", "string", "category", "StringDtype", "string[python]", "string[pyarrow]"]
+
+
+@dataclass
+class ValidationReport:
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+    rows: int = 0
+    expectations: int = 0
+
+
+def build_suite(frame_columns: list[str], schema: DataSchema | None, config: DataConfig):
+    """The expectations an increment must meet: one per line, each with its intent."""
+    import great_expectations.expectations as gxe
+
+    label = config.label
+    suite: list[Any] = []
+    # Enough rows to split into a training part and a holdout.
+    suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=config.min_rows))
+    if schema is None:
+        # First increment: it defines the schema, so only its own consistency is checked.
+        suite.append(gxe.ExpectColumnToExist(column=label))
+        features = [c for c in frame_columns if c != label]
+    else:
+        # Exactly the columns of the schema, no more, no fewer.
+        suite.append(gxe.ExpectTableColumnsToMatchSet(column_set=[*schema.features, label], exact_match=True))
+        features = schema.features
+    present = set(frame_columns)
+    for column in features:
+        if column not in present:
+            continue  # the column-set expectation already names it
+        # The network needs numbers.
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC))
+        # No gaps: a missing value would silently become a wrong one.
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        bounds = config.bounds.get(column) or config.bounds.get("*")
+        if bounds is None and schema is not None and column in schema.ranges:
+            bounds = schema.bounds(column, config.range_tolerance)
+        if bounds is not None:
+            # Values far outside what has been seen mean a unit change or a broken export.
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=bounds[0], max_value=bounds[1]))
+    if label in present:
+        # Every row needs its label.
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=label))
+        if schema is not None:
+            # Labels keep their kind (integers stay integers, strings stay strings).
+            kinds = INTEGER_LABEL if schema.label_kind == "int" else STRING_LABEL
+            suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=label, type_list=kinds))
+            if not config.allow_new_classes:
+                # Only known classes, unless the config allows new ones.
+                suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=list(schema.classes)))
+    if features and all(c in present for c in features):
+        # A repeated row is a join or export gone wrong, and would weigh twice in training.
+        suite.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=[*features, label] if label in present else features))
+    return suite
+
+
+def _describe(result: Any) -> str:
+    """One failed expectation in plain words."""
+    config = result.expectation_config
+    kind, kwargs, res = config.type, config.kwargs, result.result or {}
+    column = kwargs.get("column")
+    examples = ", ".join(repr(v) for v in (res.get("partial_unexpected_list") or [])[:3])
+    count = res.get("unexpected_count")
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        message = result.exception_info.get("exception_message", "").splitlines()[0]
+        return f"{kind} could not be checked: {message}"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"{res.get('observed_value')} rows, fewer than the {kwargs.get('min_value')} required"
+    if kind == "expect_column_to_exist":
+        return f"column {column!r} is missing"
+    if kind == "expect_table_columns_to_match_set":
+        mismatch = (res.get("details") or {}).get("mismatched") or {}
+        parts = []
+        if mismatch.get("missing"):
+            parts.append("missing column(s) " + ", ".join(repr(c) for c in mismatch["missing"]))
+        if mismatch.get("unexpected"):
+            parts.append("unexpected column(s) " + ", ".join(repr(c) for c in mismatch["unexpected"]))
+        return "; ".join(parts) or "columns do not match the schema"
+    if kind == "expect_column_values_to_be_in_type_list":
+        return f"column {column!r} has type {res.get('observed_value')}, expected {'a number' if kwargs.get('type_list') == NUMERIC else 'the label type seen so far'}"
+    if kind == "expect_column_values_to_not_be_null":
+        return f"column {column!r} has {count} empty value(s)"
+    if kind == "expect_column_values_to_be_between":
+        return f"column {column!r} has {count} value(s) outside [{kwargs['min_value']:g}, {kwargs['max_value']:g}] (e.g. {examples})"
+    if kind == "expect_column_values_to_be_in_set":
+        return f"label column {column!r} has {count} value(s) never seen before (e.g. {examples}) and data.allow_new_classes is false"
+    if kind == "expect_compound_columns_to_be_unique":
+        return f"{count} row(s) are repeated (duplicate rows)"
+    return f"{kind} failed on {column or 'the table'}"
+
+
+def run_suite(frame: pd.DataFrame, suite: list[Any]) -> list[str]:
+    """Run the expectations on an in-memory frame; returns the failures in plain words."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    batch = context.data_sources.add_pandas("increment").add_dataframe_asset("increment").add_batch_definition_whole_dataframe("all")
+    expectation_suite = context.suites.add(gx.ExpectationSuite(name="increment", expectations=suite))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="increment", data=batch, suite=expectation_suite))
+    results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+    return [_describe(r) for r in results.results if not r.success]
+
+
+def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> ValidationReport:
+    suite = build_suite(list(map(str, frame.columns)), schema, config)
+    problems = run_suite(frame, suite)
+    return ValidationReport(passed=not problems, problems=problems, rows=len(frame), expectations=len(suite))
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate(frame: pd.DataFrame | None, read_error: str | None, schema_state: dict | None, config: DataConfig) -> ValidationReport:
+    """Check an increment against the schema with Great Expectations."""
+    if frame is None:
+        return ValidationReport(passed=False, problems=[read_error or "could not be read"])
+    schema = DataSchema.from_dict(schema_state) if schema_state else None
+    return validate_frame(frame, schema, config)

@@ -1,0 +1,111 @@
+"""Data versions with DVC: the workspace's ``data/`` folder, tracked by ``data.dvc``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lepton.config import DvcConfig
+from lepton.workspace import Workspace
+
+REMOTE = "lepton"
+
+
+def _repo(ws: Workspace):
+    from dvc.repo import Repo
+
+    repo = Repo(str(ws.root))
+    # Lepton decides what to commit to git; DVC's "git add data.dvc" hints would only confuse.
+    repo.scm_context.quiet = True
+    return repo
+
+
+def _ensure_remote(ws: Workspace, config: DvcConfig) -> None:
+    """Point the workspace's remote at ``dvc.remote_url`` when the config names one.
+
+    The committed ``.dvc/config`` keeps the default (a folder under ``.lepton/``);
+    an override goes to ``.dvc/config.local``, which DVC reads last and git ignores.
+    """
+    if not config.remote_url:
+        return
+    local = ws.root / ".dvc" / "config.local"
+    wanted = f"['remote \"{REMOTE}\"']\n    url = {config.remote_url}\n"
+    if not local.exists() or local.read_text() != wanted:
+        local.write_text(wanted)
+
+
+def version(ws: Workspace, config: DvcConfig) -> str:
+    """``dvc add data`` (and push): returns the ``.dir`` hash that identifies this data version."""
+    _ensure_remote(ws, config)
+    with _repo(ws) as repo:
+        stages = repo.add(str(ws.data))
+        digest = stages[0].outs[0].hash_info.value
+        if config.push:
+            repo.push(targets=[str(ws.root / "data.dvc")], remote=REMOTE)
+    return digest
+
+
+@task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def version_data(ws: Workspace, config: DvcConfig) -> str:
+    """Record the current ``data/`` as a DVC version and push it; safe to repeat."""
+    return version(ws, config)
+
+
+def current_hash(ws: Workspace) -> str | None:
+    """The data version ``data.dvc`` points at."""
+    path = ws.root / "data.dvc"
+    if not path.exists():
+        return None
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def restore(ws: Workspace, digest: str, config: DvcConfig) -> None:
+    """Make ``data/`` exactly the version ``digest``, from the cache or else the remote."""
+    _ensure_remote(ws, config)
+    pointer = ws.root / "data.dvc"
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": digest, "hash": "md5", "path": "data"}]}, sort_keys=False))
+    with _repo(ws) as repo:
+        repo.pull(targets=[str(pointer)], remote=REMOTE, force=True)
+        # Re-adding rewrites data.dvc with size and file count, as `dvc add` leaves it.
+        repo.add(str(ws.data))
+
+
+def git_commit(root: Path) -> str:
+    """HEAD of the workspace's git repo, with ``-dirty`` when tracked files changed; ``none`` before a first commit."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return "none"
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def init(ws: Workspace) -> None:
+    """git and DVC in the workspace, a default local remote, and ``data/`` tracked by ``data.dvc``."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    if not (ws.root / ".git").exists():
+        subprocess.run(["git", "init", "-q", str(ws.root)], check=True, env=env)
+    if not (ws.root / ".dvc").exists():
+        from dvc.repo import Repo
+
+        Repo.init(str(ws.root))
+    config = ws.root / ".dvc" / "config"
+    if f'remote "{REMOTE}"' not in config.read_text():
+        # Relative to .dvc/: the remote lives with the workspace's other state in .lepton/.
+        config.write_text(
+            config.read_text() + f"[core]\n    remote = {REMOTE}\n    analytics = false\n"
+            f"['remote \"{REMOTE}\"']\n    url = ../.lepton/dvc-remote\n"
+        )
+    ws.dvc_remote.mkdir(parents=True, exist_ok=True)
+    ignore = ws.root / ".gitignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    if ".lepton/" not in lines:
+        ignore.write_text("\n".join([*lines, ".lepton/"]) + "\n")
