@@ -22,6 +22,7 @@ class DataConfig(Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each increment kept out of training, chosen by a hash of the row.")
     allow_new_classes: bool = Field(True, description="Accept label values never seen before (class-incremental data).")
     range_tolerance: float = Field(0.5, ge=0, description="How far outside the range seen so far a numeric value may fall, as a fraction of that range.")
+    range_mostly: float = Field(0.99, gt=0, le=1, description="Share of a feature's values that must fall in range: a few outliers are normal, a unit change moves most values.")
     min_rows: int = Field(10, ge=1, description="Fewest rows an increment may have.")
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict,

@@ -124,7 +124,8 @@ def register(
     from lepton.serving import LeptonClassifier
 
     _, experiment_id = connect(ws, config)
-    features = example[candidate.preprocessor.features].astype("float64").head(5).reset_index(drop=True)
+    # The signature keeps the raw columns' own types: consumers send data as it arrives.
+    features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
     signature = infer_signature(features, candidate.predict(features), params={"probabilities": False})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})

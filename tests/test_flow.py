@@ -1,0 +1,222 @@
+"""The continual-training flow end to end: real Prefect, MLflow on SQLite, DVC in a git repo, GX, PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import FAST, make_workspace, run_cli
+
+pytestmark = pytest.mark.integration
+
+DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """sha256 of every file under a directory, by relative path."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def registry(ws):
+    from lepton.config import load
+    from tasks.registry import champion_version, connect
+
+    config = load(ws.root)
+    client, _ = connect(ws, config.registry)
+    return client, config.registry.model_name, champion_version(client, config.registry.model_name)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory, prefect_api):
+    """A digits workspace after three class-incremental increments, one naive run kept out, and a duplicate.
+
+    Yields the workspace, the increment files, the outcomes in order and a snapshot of
+    data/ after the first increment (for the lineage test).
+    """
+    from flows.continual import continual_training
+    from models.datasets import class_incremental
+
+    root = tmp_path_factory.mktemp("digits-ws")
+    ws = make_workspace(root, "digit", "digits", DIGITS)
+    landing = tmp_path_factory.mktemp("landing")
+    files = []
+    for i, frame in enumerate(class_incremental()[:4], start=1):
+        path = landing / f"inc{i}.parquet"
+        frame.to_parquet(path, index=False)
+        files.append(path)
+
+    outcomes, aliases, snapshots = [], [], []
+    for path in files[:3]:
+        outcomes.append(continual_training(str(path), str(ws.root), FAST))
+        aliases.append(registry(ws)[2])
+        snapshots.append(snapshot(ws.data))
+    # Naive fine-tuning on new classes forgets the old ones: the gate must keep it out.
+    outcomes.append(continual_training(str(files[3]), str(ws.root), [*FAST, "strategy.name=naive", "gate.max_forgetting=0.0"]))
+    aliases.append(registry(ws)[2])
+    snapshots.append(snapshot(ws.data))
+    yield {"ws": ws, "files": files, "outcomes": outcomes, "aliases": aliases, "snapshots": snapshots, "landing": landing}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_champion_moves_exactly_when_the_gate_passes(digits):
+    """Each run registers a version; the champion alias points at it if and only if the gate passed."""
+    outcomes, aliases = digits["outcomes"], digits["aliases"]
+    client, name, _ = registry(digits["ws"])
+    assert [o.version for o in outcomes] == [1, 2, 3, 4]
+    previous = None
+    for outcome, alias in zip(outcomes, aliases, strict=True):
+        tags = client.get_model_version(name, str(outcome.version)).tags
+        passed = tags["lepton.gate_passed"] == "true"
+        assert passed == (outcome.status == "promoted")
+        assert alias == (outcome.version if passed else previous)
+        assert tags["lepton.parent_version"] == (str(previous) if previous else "none")
+        previous = alias
+    assert [o.status for o in outcomes] == ["promoted", "promoted", "promoted", "kept_out"]
+    assert "forgetting" in outcomes[3].message and outcomes[3].message.startswith("kept out by the gate because")
+
+
+def test_replay_keeps_old_classes(digits):
+    """The promoted candidates keep what earlier increments taught (replay), unlike naive fine-tuning."""
+    promoted = digits["outcomes"][2]
+    assert promoted.metrics["candidate_old_accuracy"] > 0.85
+    assert promoted.metrics["candidate_new_accuracy"] > 0.9
+    assert digits["outcomes"][3].metrics["candidate_old_accuracy"] < 0.5
+
+
+def test_lineage_tags(digits):
+    """A model version carries increment id, DVC data hash, git commit, parent, strategy, config, gate and metrics."""
+    client, name, _ = registry(digits["ws"])
+    outcome = digits["outcomes"][1]
+    tags = client.get_model_version(name, str(outcome.version)).tags
+    assert tags["lepton.increment_id"] == outcome.increment_id
+    assert tags["lepton.data_hash"] == outcome.data_hash and tags["lepton.data_hash"].endswith(".dir")
+    assert tags["lepton.git_commit"]
+    assert tags["lepton.strategy"] == "replay"
+    assert json.loads(tags["lepton.config"])["train"]["epochs"] == 15
+    assert json.loads(tags["lepton.gate_reasons"])
+    assert json.loads(tags["lepton.metrics"])["candidate_new_accuracy"] == pytest.approx(outcome.metrics["candidate_new_accuracy"], abs=1e-6)
+    run = client.get_run(client.get_model_version(name, str(outcome.version)).run_id)
+    assert run.data.metrics["candidate_new_accuracy"] == pytest.approx(outcome.metrics["candidate_new_accuracy"])
+
+
+def test_same_content_is_not_trained_twice(digits, prefect_api):
+    """The first increment landed again under another name is recognised; no version is added."""
+    from flows.continual import continual_training
+
+    ws = digits["ws"]
+    client, name, champion = registry(ws)
+    versions = len(client.search_model_versions(f"name='{name}'"))
+    before = snapshot(ws.data)
+    again = digits["landing"] / "same-as-inc1.parquet"
+    shutil.copyfile(digits["files"][0], again)
+    outcome = continual_training(str(again), str(ws.root), FAST)
+    assert outcome.status == "duplicate" and outcome.exit_code == 0
+    assert outcome.increment_id == digits["outcomes"][0].increment_id
+    assert len(client.search_model_versions(f"name='{name}'")) == versions
+    assert registry(ws)[2] == champion
+    assert snapshot(ws.data) == before
+
+
+def test_champion_predicts_on_raw_columns(digits):
+    """models:/NAME@champion loads as a pyfunc and returns the original label values from raw pixels."""
+    import mlflow.pyfunc
+
+    from models.datasets import class_incremental
+    from models.splits import split
+
+    registry(digits["ws"])  # sets the tracking URI
+    model = mlflow.pyfunc.load_model("models:/digits@champion")
+    holdout = pd.concat([split(f, 0.2)[1] for f in class_incremental()[:3]])
+    raw = holdout.drop(columns=["digit"])
+    predicted = np.asarray(model.predict(raw))
+    assert set(predicted.tolist()) <= {0, 1, 2, 3, 4, 5}
+    assert (predicted == holdout["digit"].to_numpy()).mean() > 0.85
+    proba = model.predict(raw.head(3), params={"probabilities": True})
+    assert list(proba.columns) == ["0", "1", "2", "3", "4", "5"]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_lineage_restore_is_byte_identical(digits):
+    """`lepton data checkout --model-version 1` restores exactly the data version 1 was trained at."""
+    ws = digits["ws"]
+    current = snapshot(ws.data)
+    result = run_cli(["data", "checkout", "--model-version", "1", "--workspace", str(ws.root)], api_url=None)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(ws.data) == digits["snapshots"][0]
+    # And back to the newest version, so the workspace is whole again.
+    result = run_cli(["data", "checkout", "--model-version", "4", "--workspace", str(ws.root)], api_url=None)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(ws.data) == current
+
+
+def test_bad_increment_is_quarantined(digits, prefect_api):
+    """A missing column: exit 2, a readable reason, the file kept in data/quarantine/, the champion untouched."""
+    ws = digits["ws"]
+    _, _, champion = registry(ws)
+    broken = digits["landing"] / "broken.parquet"
+    pd.read_parquet(digits["files"][3]).drop(columns=["pixel_10"]).head(100).to_parquet(broken, index=False)
+    result = run_cli(["run", str(broken), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("rejected because") and "pixel_10" in result.stdout
+    quarantined = list((ws.data / "quarantine").glob("*.parquet"))
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == broken.read_bytes()
+    assert registry(ws)[2] == champion
+    status = json.loads(run_cli(["status", "--json", "--workspace", str(ws.root)], api_url=None).stdout)
+    states = {i["id"]: i["state"] for i in status["increments"]}
+    assert list(states.values()).count("rejected") == 1
+    assert status["champion_version"] == champion
+
+
+def test_status_json_contract(digits):
+    """status --json names the model, the tracking URI, the champion and every increment with its file and state."""
+    ws = digits["ws"]
+    result = run_cli(["status", "--json", "--workspace", str(ws.root)], api_url=None)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["model_name"] == "digits"
+    assert status["tracking_uri"].startswith("sqlite:///") and str(ws.root) in status["tracking_uri"]
+    assert status["champion_version"] == 3
+    accepted = [i for i in status["increments"] if i["state"] == "accepted"]
+    assert [i["id"] for i in accepted] == [o.increment_id for o in digits["outcomes"]]
+    for item in status["increments"]:
+        assert {"id", "file", "state"} <= set(item)
+        assert (ws.root / item["file"]).exists()
+
+
+def test_string_binary_labels(clean_dir, prefect_api):
+    """A binary dataset with string labels: trained, promoted, and predicted back as the same strings."""
+    import mlflow.pyfunc
+    from sklearn.datasets import load_breast_cancer
+
+    from flows.continual import continual_training
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.frame.drop(columns=["target"]).rename(columns=lambda c: c.replace(" ", "_"))
+    frame["diagnosis"] = np.where(data.target == 0, "malignant", "benign")
+    ws = make_workspace(clean_dir / "ws", "diagnosis", "cancer")
+    halves = [frame.iloc[::2], frame.iloc[1::2]]
+    outcomes = []
+    for i, half in enumerate(halves):
+        path = clean_dir / f"cancer-{i}.csv"
+        half.to_csv(path, index=False)
+        outcomes.append(continual_training(str(path), str(ws.root), FAST))
+    assert outcomes[0].status == "promoted"
+    assert outcomes[0].metrics["candidate_new_accuracy"] > 0.85
+    assert outcomes[1].status in {"promoted", "kept_out"}
+    registry(ws)
+    model = mlflow.pyfunc.load_model("models:/cancer@champion")
+    predicted = np.asarray(model.predict(frame.drop(columns=["diagnosis"]).head(50)))
+    assert set(predicted.tolist()) <= {"malignant", "benign"}
+    assert (predicted == frame["diagnosis"].head(50).to_numpy()).mean() > 0.85
+    assert outcomes[1].metrics["candidate_all_accuracy"] > 0.85
