@@ -66,7 +66,7 @@ def _quiet_libraries() -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -145,13 +145,15 @@ def run(
     ws = _workspace(workspace)
     overrides = list(set_ or [])
     _check_config(ws, overrides)
+    if not path.is_file():
+        raise fail(f"{path} does not exist or is not a file")
     try:
         outcome = _run_flow(ws, path, overrides)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
     if as_json:
         console.print_json(outcome.model_dump_json())
-    console.print(outcome.message)
+    console.print(outcome.message, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -276,7 +278,7 @@ def demo(
             outcome = _run_flow(ws, path, overrides)
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
-        console.print(f"  -> {outcome.message}")
+        console.print(f"  -> {outcome.message}", soft_wrap=True)
         rows.append((path.name, outcome))
     console.print(_summary_table(rows))
     rejected = [o for _, o in rows if o.status == "rejected"]

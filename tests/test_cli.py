@@ -1,0 +1,116 @@
+"""The command-line contract: init, run's exit statuses and messages, configuration errors, the demo."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import LEPTON, ROOT, make_workspace, run_cli
+
+
+def test_help_lists_the_commands():
+    """`lepton --help` answers without starting anything and names every command."""
+    result = subprocess.run([LEPTON, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    for command in ("init", "run", "status", "demo", "data"):
+        assert command in result.stdout
+
+
+def test_init_makes_a_workspace(clean_dir):
+    """init: git repo, DVC with a remote under .lepton/, lepton.yaml with the label, data/ tracked by data.dvc."""
+    target = clean_dir / "new-ws"
+    result = run_cli(["init", str(target), "--label", "species", "--name", "flowers"], api_url=None)
+    assert result.returncode == 0, result.stderr
+    assert (target / ".git").is_dir() and (target / ".dvc").is_dir()
+    config = yaml.safe_load((target / "lepton.yaml").read_text())
+    assert config["data"]["label"] == "species" and config["registry"]["model_name"] == "flowers"
+    pointer = yaml.safe_load((target / "data.dvc").read_text())
+    assert pointer["outs"][0]["path"] == "data" and pointer["outs"][0]["md5"].endswith(".dir")
+    assert "../.lepton/dvc-remote" in (target / ".dvc" / "config").read_text()
+    assert ".lepton/" in (target / ".gitignore").read_text().splitlines()
+    # A second init leaves the config alone.
+    again = run_cli(["init", str(target), "--label", "other"], api_url=None)
+    assert again.returncode == 0 and "left as it is" in again.stdout
+    assert yaml.safe_load((target / "lepton.yaml").read_text())["data"]["label"] == "species"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "train.epochs=zero"], "train.epochs"),
+        (["--set", "epochs=5"], "section.key=value"),
+        (["--set", "strategy.name=magic"], "strategy.name"),
+    ],
+)
+def test_bad_overrides_fail_readably(clean_dir, args, needle):
+    """A wrong --set exits 1 with a message naming the setting, before any work is done."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    increment = clean_dir / "inc.csv"
+    increment.write_text("x,y\n1,0\n2,1\n")
+    result = run_cli(["run", str(increment), "--workspace", str(ws.root), *args], api_url=None)
+    assert result.returncode == 1
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not list((ws.root / "data").rglob("*.csv"))
+
+
+def test_missing_file_and_missing_workspace(clean_dir, prefect_api):
+    """A file that is not there, or a directory that is no workspace: exit 1 and a sentence saying so."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    result = run_cli(["run", str(clean_dir / "nope.csv"), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(["status", "--workspace", str(clean_dir)], api_url=None)
+    assert result.returncode == 1 and "not a Lepton workspace" in result.stderr
+
+
+def test_unreadable_increment_is_rejected(clean_dir, prefect_api):
+    """A file that claims to be Parquet but is not: rejected (exit 2) and quarantined, not lost."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    bogus = clean_dir / "export.parquet"
+    bogus.write_text("this is not parquet\n")
+    result = run_cli(["run", str(bogus), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("rejected because could not be read as Parquet")
+    kept = list((ws.root / "data" / "quarantine").glob("*.parquet"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bogus.read_bytes()
+
+
+def test_demo_tells_its_story_and_matches_the_committed_data(clean_dir, prefect_api):
+    """`lepton demo` runs 5 increments and a broken one; its data is byte-for-byte what data.dvc records."""
+    workspace = clean_dir / "demo"
+    result = run_cli(["demo", "--workspace", str(workspace), "--set", "train.epochs=10"], api_url=prefect_api)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "starting from a fresh embedded state" in out
+    assert out.count("promoted as version") >= 3
+    assert "rejected because missing column(s) 'pixel_10'" in out
+    assert "quarantined: data/quarantine/" in out
+    committed = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
+    produced = yaml.safe_load((workspace / "data.dvc").read_text())["outs"][0]
+    assert produced["md5"] == committed["md5"]
+    # Run twice, same story: the same increments and data version.
+    again = run_cli(["demo", "--workspace", str(workspace), "--set", "train.epochs=10"], api_url=prefect_api)
+    assert again.returncode == 0
+    assert yaml.safe_load((workspace / "data.dvc").read_text())["outs"][0]["md5"] == committed["md5"]
+
+
+def test_prefect_yaml_points_at_the_flow():
+    """Every deployment in prefect.yaml names an entrypoint that loads as a Prefect flow."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert config["deployments"]
+    for deployment in config["deployments"]:
+        file, _, name = deployment["entrypoint"].partition(":")
+        flow = load_flow_from_entrypoint(f"{ROOT / file}:{name}")
+        assert flow.name == "continual-training"
+        assert set(deployment["parameters"]) <= set(flow.parameters.properties)
+
+
+def test_readme_names_the_two_commands():
+    """The README's front door: make demo and make test."""
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme

@@ -1,0 +1,101 @@
+"""The typed configuration: overrides, validation messages, the init template and loading."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lepton.config import (
+    ConfigError,
+    DataConfig,
+    LeptonConfig,
+    RegistryConfig,
+    apply_overrides,
+    default_yaml,
+    load,
+    parse,
+)
+
+RAW = {"data": {"label": "digit"}}
+
+
+def test_overrides_give_typed_values() -> None:
+    """Dotted overrides are parsed as YAML and validated into ints, literals and lists of ints."""
+    config = parse(RAW, ["train.epochs=5", "strategy.name=naive", "train.hidden=[32,16]"])
+    assert config.train.epochs == 5 and type(config.train.epochs) is int
+    assert config.strategy.name == "naive"
+    assert config.train.hidden == [32, 16] and all(type(h) is int for h in config.train.hidden)
+    # Untouched keys keep their defaults.
+    assert config.train.batch_size == 32 and config.data.label == "digit"
+
+
+def test_overrides_do_not_mutate_the_raw_mapping() -> None:
+    """Applying overrides returns a new mapping; the file's contents stay as read."""
+    raw = {"data": {"label": "digit"}, "train": {"epochs": 3}}
+    result = apply_overrides(raw, ["train.epochs=9"])
+    assert result["train"]["epochs"] == 9
+    assert raw["train"]["epochs"] == 3
+
+
+@pytest.mark.parametrize("override", ["epochs=5", "train.epochs", "a.b.c=1", ".epochs=5"])
+def test_bad_override_form_raises_readable_error(override: str) -> None:
+    """An override that is not section.key=value is refused with a message quoting it and the expected form."""
+    with pytest.raises(ConfigError) as err:
+        parse(RAW, [override])
+    message = str(err.value)
+    assert repr(override) in message
+    assert "section.key=value" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("train.epochs=0", "train.epochs"), ("strategy.name=magic", "strategy.name"), ("train.foo=1", "train.foo")],
+)
+def test_invalid_value_names_the_field(override: str, field: str) -> None:
+    """An out-of-range value, an unknown choice or an unknown key raises ConfigError naming the field."""
+    with pytest.raises(ConfigError) as err:
+        parse(RAW, [override])
+    assert f"{field}:" in str(err.value)
+    assert "lepton.yaml" in str(err.value)
+
+
+def test_missing_label_names_data_label() -> None:
+    """The only required key, data.label, is reported by name when absent."""
+    with pytest.raises(ConfigError, match=r"data\.label"):
+        parse({"data": {}})
+
+
+def test_default_yaml_round_trips_to_the_defaults() -> None:
+    """The init template parses back to the default config with the given label and model name."""
+    text = default_yaml("species", "iris-model")
+    assert text.startswith("#")
+    config = parse(yaml.safe_load(text))
+    expected = LeptonConfig(data=DataConfig(label="species"), registry=RegistryConfig(model_name="iris-model"))
+    assert config == expected
+    assert config.data.label == "species" and config.registry.model_name == "iris-model"
+    assert config.train.epochs == 30 and config.strategy.name == "replay"
+
+
+def test_load_applies_overrides_to_the_file(tmp_path) -> None:
+    """load() reads lepton.yaml from the workspace and applies overrides on top."""
+    (tmp_path / "lepton.yaml").write_text(default_yaml("digit", "digits"))
+    config = load(tmp_path, ["gate.min_accuracy=0.75"])
+    assert config.gate.min_accuracy == 0.75
+    assert config.registry.model_name == "digits"
+
+
+def test_load_missing_file_says_to_run_init(tmp_path) -> None:
+    """Without lepton.yaml, load() raises ConfigError telling the user to run `lepton init`."""
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path)
+    assert "lepton init" in str(err.value)
+    assert str(tmp_path / "lepton.yaml") in str(err.value)
+
+
+def test_load_invalid_value_names_the_file(tmp_path) -> None:
+    """A bad value in the file is reported with the file's path and the field."""
+    (tmp_path / "lepton.yaml").write_text("data:\n  label: digit\ngate:\n  confidence: 1.5\n")
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path)
+    assert str(tmp_path / "lepton.yaml") in str(err.value)
+    assert "gate.confidence:" in str(err.value)

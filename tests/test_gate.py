@@ -1,0 +1,123 @@
+"""The promotion gate: floors, a significant gain on new data, bounded forgetting, and its reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lepton.config import GateConfig
+from models.gate import GateDecision, decide, paired_bootstrap_lower
+
+CONFIG = GateConfig()  # floor 0.5, max forgetting 0.1, min improvement 0, 95% bootstrap
+
+
+def correct(n_right: int, n: int = 100) -> np.ndarray:
+    """Per-row correctness: the first n_right rows right, the rest wrong."""
+    return np.arange(n) < n_right
+
+
+NONE = np.zeros(0, dtype=bool)
+
+
+def assert_consistent(decision: GateDecision) -> None:
+    """Every decision explains itself and passes exactly when nothing failed."""
+    assert decision.reasons
+    assert all(isinstance(r, str) and r for r in decision.reasons)
+    assert decision.passed == (decision.failures == ())
+
+
+def test_first_model_passes_on_the_floors() -> None:
+    """Without a champion, a candidate above the accuracy floor passes on the floors alone."""
+    d = decide(new_candidate=correct(80), new_champion=None, old_candidate=correct(70), old_champion=None, config=CONFIG)
+    assert_consistent(d)
+    assert d.passed
+    assert len(d.reasons) == 3  # new-holdout floor, all-holdouts floor, no champion
+    assert any("no champion" in r for r in d.reasons)
+
+
+def test_first_model_below_the_floor_fails() -> None:
+    """Without a champion, a candidate under the floor on the new holdout fails, and that is the only failure."""
+    d = decide(new_candidate=correct(30), new_champion=None, old_candidate=NONE, old_champion=None, config=CONFIG)
+    assert_consistent(d)
+    assert not d.passed
+    assert len(d.failures) == 1
+    assert d.failures[0].startswith("accuracy on the new holdout 0.300 <")
+
+
+def test_clearly_better_candidate_passes() -> None:
+    """All correct against a champion at half, with no forgetting, passes every check."""
+    d = decide(new_candidate=correct(100), new_champion=correct(50), old_candidate=correct(90), old_champion=correct(90), config=CONFIG)
+    assert_consistent(d)
+    assert d.passed
+    assert len(d.reasons) == 4  # two floors, gain, forgetting
+    assert any(r.startswith("gain on the new holdout +0.500") for r in d.reasons)
+
+
+def test_identical_candidate_and_champion_fail_for_lack_of_gain() -> None:
+    """A candidate no better than the champion shows no significant gain, and fails on that alone."""
+    same = np.random.default_rng(0).random(100) < 0.7
+    d = decide(new_candidate=same, new_champion=same.copy(), old_candidate=correct(80), old_champion=correct(80), config=CONFIG)
+    assert_consistent(d)
+    assert not d.passed
+    assert len(d.failures) == 1
+    assert d.failures[0].startswith("gain on the new holdout +0.000")
+
+
+def test_gain_with_too_much_forgetting_fails() -> None:
+    """A gain on new data does not excuse a drop on old data larger than max_forgetting."""
+    d = decide(new_candidate=correct(100), new_champion=correct(50), old_candidate=correct(70), old_champion=correct(95), config=CONFIG)
+    assert_consistent(d)
+    assert not d.passed
+    assert len(d.failures) == 1
+    assert "forgetting" in d.failures[0]
+    assert "+0.250" in d.failures[0]
+
+
+def test_forgetting_within_the_allowance_passes() -> None:
+    """A drop on old data up to max_forgetting is tolerated when the gain on new data is significant."""
+    d = decide(new_candidate=correct(100), new_champion=correct(50), old_candidate=correct(87), old_champion=correct(95), config=CONFIG)
+    assert_consistent(d)
+    assert d.passed
+
+
+def test_failures_list_exactly_the_failing_checks() -> None:
+    """With a floor and the gain both failing, failures names those two and none of the passing checks."""
+    d = decide(new_candidate=correct(30), new_champion=correct(40), old_candidate=correct(90), old_champion=correct(90), config=CONFIG)
+    assert_consistent(d)
+    assert not d.passed
+    assert len(d.reasons) == 4
+    assert len(d.failures) == 2
+    assert d.failures[0].startswith("accuracy on the new holdout")
+    assert d.failures[1].startswith("gain on the new holdout")
+    passing = [r for r in d.reasons if r not in d.failures]
+    assert len(passing) == 2
+    assert passing[0].startswith("accuracy on all holdouts 0.600 >=")
+    assert passing[1].startswith("forgetting on earlier holdouts")
+
+
+def test_paired_bootstrap_lower_is_deterministic_and_below_the_mean() -> None:
+    """The bootstrap bound repeats exactly for a seed and lies at or below the observed mean difference."""
+    rng = np.random.default_rng(3)
+    candidate, champion = rng.random(200) < 0.8, rng.random(200) < 0.7
+    observed = candidate.mean() - champion.mean()
+    first = paired_bootstrap_lower(candidate, champion, confidence=0.95, samples=500)
+    assert first == paired_bootstrap_lower(candidate, champion, confidence=0.95, samples=500)
+    assert first <= observed
+    # A lower bound: looser at higher confidence.
+    assert paired_bootstrap_lower(candidate, champion, confidence=0.99, samples=500) <= first
+    assert paired_bootstrap_lower(correct(100), correct(50), confidence=0.95, samples=500) > 0.35
+    assert paired_bootstrap_lower(candidate, candidate, confidence=0.95, samples=500) == 0.0
+
+
+def test_paired_bootstrap_lower_of_nothing_is_nan() -> None:
+    """With no rows there is no bound: the result is NaN (which the gate treats as no gain)."""
+    assert np.isnan(paired_bootstrap_lower(NONE, NONE, confidence=0.95, samples=100))
+
+
+@pytest.mark.parametrize("min_improvement", [0.0, 0.25])
+def test_min_improvement_raises_the_bar(min_improvement: float) -> None:
+    """An observed gain of 0.3 on 40 rows passes a zero bar but not a 0.25 bar once bootstrap uncertainty counts."""
+    config = GateConfig(min_improvement=min_improvement)
+    d = decide(new_candidate=correct(36, 40), new_champion=correct(24, 40), old_candidate=NONE, old_champion=None, config=config)
+    assert_consistent(d)
+    assert d.passed == (min_improvement == 0.0)

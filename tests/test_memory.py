@@ -1,0 +1,144 @@
+"""ClassBalancedMemory: size, balance, provenance and resumable state, on tiny synthetic increments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.memory import ClassBalancedMemory
+
+N_FEATURES = 3
+
+
+class Stream:
+    """Increments whose rows are unique and self-describing: (row id, label, noise)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.next_id = 0
+        self.rng = np.random.default_rng(seed)
+        self.offered: dict[float, int] = {}
+
+    def increment(self, counts: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        y = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in counts.items()])
+        self.rng.shuffle(y)
+        ids = np.arange(self.next_id, self.next_id + len(y), dtype=np.float64)
+        self.next_id += len(y)
+        x = np.column_stack([ids, y.astype(np.float64), self.rng.normal(size=len(y))])
+        self.offered.update({float(i): int(c) for i, c in zip(ids, y)})
+        return x, y
+
+
+def test_len_is_min_of_capacity_and_seen_across_increments() -> None:
+    """With a fixed capacity, the memory holds min(capacity, samples seen) after every increment."""
+    memory, stream = ClassBalancedMemory(capacity=40, seed=0), Stream()
+    seen = 0
+    sizes = []
+    for counts in ({0: 6, 1: 6}, {0: 20, 1: 20, 2: 20}, {3: 30}, {1: 15, 4: 15}):
+        x, y = stream.increment(counts)
+        memory.update(x, y)
+        seen += len(y)
+        sizes.append(len(memory))
+        assert len(memory) == min(40, seen)
+    assert sizes == [12, 40, 40, 40]
+
+
+def test_each_class_gets_an_even_share_of_the_capacity() -> None:
+    """When every class has enough samples, each class count is within 1 of capacity / n_classes."""
+    memory, stream = ClassBalancedMemory(capacity=40, seed=1), Stream(1)
+    memory.update(*stream.increment({0: 50, 1: 80}))
+    assert memory.class_counts() == {0: 20, 1: 20}
+    # Skewed arrivals must not skew the memory: class 2 arrives 4x as often as class 0.
+    memory.update(*stream.increment({0: 25, 2: 100}))
+    counts = memory.class_counts()
+    assert sorted(counts) == [0, 1, 2]
+    assert sum(counts.values()) == 40
+    assert all(abs(n - 40 / 3) <= 1 for n in counts.values()), counts
+    memory.update(*stream.increment({3: 30, 4: 30}))
+    counts = memory.class_counts()
+    assert counts == {0: 8, 1: 8, 2: 8, 3: 8, 4: 8}
+
+
+def test_fraction_mode_fills_on_the_first_increment() -> None:
+    """A fraction-sized memory holds int(fraction * seen) right after the first increment (it used to hold 0)."""
+    memory, stream = ClassBalancedMemory(fraction=0.1, seed=0), Stream()
+    memory.update(*stream.increment({0: 50, 1: 50}))
+    assert len(memory) == 10
+    assert memory.capacity == 10
+    # The capacity grows with what was seen; the classes offered now can fill it.
+    memory.update(*stream.increment({0: 60, 1: 60, 2: 60}))
+    assert len(memory) == int(0.1 * 280) == 28
+    assert memory.class_counts() == {0: 10, 1: 9, 2: 9}
+
+
+def test_samples_are_rows_that_were_offered_with_their_labels() -> None:
+    """Every stored sample is an offered row, unchanged, under the label it was offered with."""
+    memory, stream = ClassBalancedMemory(capacity=25, seed=2), Stream(2)
+    for counts in ({0: 30, 1: 30}, {2: 40}, {0: 10, 3: 40}):
+        memory.update(*stream.increment(counts))
+    x, y = memory.samples(N_FEATURES)
+    assert x.shape == (25, N_FEATURES) and y.shape == (25,)
+    assert len(np.unique(x[:, 0])) == 25, "a row is stored twice"
+    for row, label in zip(x, y):
+        assert stream.offered[float(row[0])] == label
+        assert row[1] == label
+    # Classes come out in ascending order.
+    assert np.all(np.diff(y) >= 0)
+
+
+def test_state_round_trip_restores_samples_and_rng_stream(tmp_path) -> None:
+    """A memory rebuilt from state_dict (via .npz) holds the same samples and evolves identically afterwards."""
+    stream = Stream(3)
+    first = [stream.increment({0: 40, 1: 40}), stream.increment({2: 40})]
+    later = [stream.increment({0: 60, 3: 30}), stream.increment({1: 50, 2: 50})]
+
+    original = ClassBalancedMemory(capacity=30, seed=3)
+    for x, y in first:
+        original.update(x, y)
+    np.savez(tmp_path / "memory.npz", **original.state_dict(N_FEATURES))
+    with np.load(tmp_path / "memory.npz", allow_pickle=False) as npz:
+        state = {k: npz[k] for k in npz.files}
+
+    # A different seed: only a restored RNG state can make the two continue alike.
+    restored = ClassBalancedMemory(capacity=30, seed=12345)
+    restored.load_state_dict(state)
+    before_x, before_y = original.samples(N_FEATURES)
+    np.testing.assert_array_equal(restored.samples(N_FEATURES)[0], before_x)
+    np.testing.assert_array_equal(restored.samples(N_FEATURES)[1], before_y)
+    assert restored.seen == original.seen
+
+    for x, y in later:
+        original.update(x, y)
+        restored.update(x, y)
+    after_x, after_y = original.samples(N_FEATURES)
+    np.testing.assert_array_equal(restored.samples(N_FEATURES)[0], after_x)
+    np.testing.assert_array_equal(restored.samples(N_FEATURES)[1], after_y)
+    assert restored.seen == original.seen == {0: 100, 1: 90, 2: 90, 3: 30}
+    # The continuation did draw random numbers, so the check above had something to catch.
+    assert not np.isin(after_x[:, 0], before_x[:, 0]).all()
+
+
+def test_fresh_memory_with_another_seed_diverges() -> None:
+    """The seed drives the reservoir: two seeds keep different samples of the same stream."""
+    stream = Stream(4)
+    increments = [stream.increment({0: 100, 1: 100}), stream.increment({2: 100})]
+    a, b = ClassBalancedMemory(capacity=20, seed=0), ClassBalancedMemory(capacity=20, seed=1)
+    for x, y in increments:
+        a.update(x, y)
+        b.update(x, y)
+    assert not np.array_equal(a.samples(N_FEATURES)[0], b.samples(N_FEATURES)[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"capacity": 10, "fraction": 0.1}, "exactly one"),
+        ({}, "exactly one"),
+        ({"capacity": -1}, "capacity must be >= 0"),
+        ({"fraction": -0.1}, r"fraction must be in \[0, 1\]"),
+        ({"fraction": 1.5}, r"fraction must be in \[0, 1\]"),
+    ],
+)
+def test_constructor_rejects_bad_sizes(kwargs: dict, message: str) -> None:
+    """Both or neither of capacity/fraction, a negative capacity and a fraction outside [0, 1] are refused."""
+    with pytest.raises(ValueError, match=message):
+        ClassBalancedMemory(**kwargs)

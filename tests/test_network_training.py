@@ -1,0 +1,175 @@
+"""The MLP, the training loop and fine-tuning across class-incremental digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lepton.config import StrategyConfig, TrainConfig
+from models.bundle import Bundle
+from models.datasets import LABEL, class_incremental
+from models.evaluation import score
+from models.network import MLP
+from models.splits import split
+from models.training import fine_tune, fit, select_device
+
+CPU = torch.device("cpu")
+
+
+def blobs(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two well-separated Gaussian blobs in 4 dimensions, float32 features and int64 labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n).astype(np.int64)
+    x = rng.normal(size=(n, 4)) + np.where(y[:, None] == 1, 3.0, -3.0)
+    return x.astype(np.float32), y
+
+
+def trained_losses(*, init_seed: int, fit_seed: int, device: torch.device = CPU) -> tuple[list[float], MLP]:
+    torch.manual_seed(init_seed)
+    model = MLP(n_features=4, n_classes=2, hidden=(16,))
+    x, y = blobs()
+    losses = fit(model, x, y, epochs=15, batch_size=32, lr=1e-2, seed=fit_seed, device=device)
+    return losses, model
+
+
+def test_expand_head_keeps_known_outputs_and_adds_new_ones() -> None:
+    """Growing the head keeps old rows of weight and bias byte-identical, so old logits do not move."""
+    torch.manual_seed(0)
+    model = MLP(n_features=4, n_classes=3, hidden=(8,))
+    x = torch.randn(5, 4)
+    weight, bias = model.head.weight.detach().clone(), model.head.bias.detach().clone()
+    before = model(x).detach()
+    model.expand_head(5)
+    assert model.n_classes == 5 and model.arch["n_classes"] == 5
+    assert model.head.weight.shape == (5, 8) and model.head.bias.shape == (5,)
+    assert torch.equal(model.head.weight[:3], weight)
+    assert torch.equal(model.head.bias[:3], bias)
+    after = model(x).detach()
+    assert after.shape == (5, 5)
+    assert torch.equal(after[:, :3], before)
+    # The grown head is still trainable as one parameter.
+    assert model.head.weight.requires_grad and model.head.weight.is_leaf
+
+
+def test_expand_head_refuses_to_shrink() -> None:
+    """Asking for fewer classes than the head has raises ValueError and leaves the head alone."""
+    model = MLP(n_features=4, n_classes=3, hidden=(8,))
+    with pytest.raises(ValueError, match="cannot shrink"):
+        model.expand_head(2)
+    assert model.n_classes == 3
+
+
+def test_fit_makes_the_loss_fall_on_a_separable_problem() -> None:
+    """On two separated blobs the last epoch's loss is under half the first's and the data is learned."""
+    losses, model = trained_losses(init_seed=0, fit_seed=0)
+    assert len(losses) == 15
+    assert losses[-1] < losses[0] / 2
+    x, y = blobs()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(x)).argmax(dim=1).numpy()
+    assert (predicted == y).mean() == 1.0
+    assert not model.training, "fit leaves the model in eval mode"
+
+
+def test_fit_is_deterministic_for_a_seed() -> None:
+    """The same initialisation and seed give identical per-epoch losses; another shuffling seed does not."""
+    first, _ = trained_losses(init_seed=0, fit_seed=0)
+    second, _ = trained_losses(init_seed=0, fit_seed=0)
+    other, _ = trained_losses(init_seed=0, fit_seed=1)
+    assert first == second
+    assert first != other
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_select_device_without_cuda() -> None:
+    """Without CUDA, auto and cpu pick the CPU and an explicit cuda request raises RuntimeError."""
+    assert select_device("auto") == torch.device("cpu")
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        select_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda() -> None:
+    """Mixed-precision training on CUDA also makes the loss fall and returns the model ready to predict."""
+    assert select_device("auto").type == "cuda"
+    losses, model = trained_losses(init_seed=0, fit_seed=0, device=torch.device("cuda"))
+    assert losses[-1] < losses[0] / 2
+    assert next(model.parameters()).device.type == "cuda"
+
+
+# Fine-tuning on digits: increments of classes (0, 1), (2, 3), (4, 5).
+
+
+@pytest.fixture(scope="module")
+def digits() -> list[tuple]:
+    """(train, holdout) of the first three class-incremental digit increments."""
+    return [split(frame, 0.2) for frame in class_incremental()[:3]]
+
+
+def run_chain(digits: list[tuple], strategy: str) -> list[Bundle]:
+    """Fine-tune increment by increment, each candidate becoming the next champion."""
+    bundles: list[Bundle] = []
+    champion = None
+    for train, _ in digits:
+        champion, report = fine_tune(champion, train, label=LABEL, train=TrainConfig(epochs=10), strategy=StrategyConfig(name=strategy))
+        assert report.warm_start == bool(bundles)
+        bundles.append(champion)
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def replay_chain(digits: list[tuple]) -> list[Bundle]:
+    return run_chain(digits, "replay")
+
+
+def test_replay_remembers_the_first_increment(digits: list[tuple], replay_chain: list[Bundle]) -> None:
+    """After three increments with replay, the model still scores > 0.8 on the first increment's holdout."""
+    final = replay_chain[-1]
+    assert final.preprocessor.classes == [0, 1, 2, 3, 4, 5]
+    assert score(final, digits[0][1], LABEL).accuracy > 0.8
+    assert score(final, digits[2][1], LABEL).accuracy > 0.8
+    # The memory travelled with each version and grew with what was seen.
+    assert len(replay_chain[0].strategy_state["memory.y"]) < len(final.strategy_state["memory.y"])
+
+
+def test_naive_fine_tuning_forgets_the_first_increment(digits: list[tuple]) -> None:
+    """Without replay the same run scores < 0.3 on the first increment's holdout: catastrophic forgetting."""
+    final = run_chain(digits, "naive")[-1]
+    assert score(final, digits[0][1], LABEL).accuracy < 0.3
+    assert score(final, digits[2][1], LABEL).accuracy > 0.8
+
+
+def test_fine_tune_leaves_the_champion_untouched(digits: list[tuple], replay_chain: list[Bundle]) -> None:
+    """The champion's weights, preprocessing and replay memory are unchanged by fine-tuning from it."""
+    champion = replay_chain[0]
+    weights = {k: v.detach().clone() for k, v in champion.network.state_dict().items()}
+    memory = {k: v.copy() for k, v in champion.strategy_state.items()}
+    preprocessing = champion.preprocessor.to_dict()
+    candidate, _ = fine_tune(champion, digits[1][0], label=LABEL, train=TrainConfig(epochs=2), strategy=StrategyConfig(name="replay"))
+
+    after = champion.network.state_dict()
+    assert after.keys() == weights.keys()
+    assert all(torch.equal(after[k], weights[k]) for k in weights)
+    assert champion.network.n_classes == 2 and candidate.network.n_classes == 4
+    assert champion.strategy_state.keys() == memory.keys()
+    assert all(np.array_equal(champion.strategy_state[k], memory[k]) for k in memory)
+    assert champion.preprocessor.to_dict() == preprocessing
+    # The candidate did train: its shared weights moved away from the champion's.
+    assert not torch.equal(candidate.network.features[0].weight, weights["features.0.weight"])
+
+
+def test_bundle_save_load_predicts_identically(tmp_path, digits: list[tuple], replay_chain: list[Bundle]) -> None:
+    """A bundle saved and loaded gives bit-identical probabilities and the same labels, state and meta."""
+    bundle = replay_chain[-1]
+    loaded = Bundle.load(bundle.save(tmp_path / "bundle"))
+    holdout = digits[0][1]
+    np.testing.assert_array_equal(loaded.predict_proba(holdout), bundle.predict_proba(holdout))
+    np.testing.assert_array_equal(loaded.predict(holdout), bundle.predict(holdout))
+    assert loaded.network.arch == bundle.network.arch
+    assert loaded.preprocessor.classes == bundle.preprocessor.classes
+    assert loaded.strategy_state.keys() == bundle.strategy_state.keys()
+    assert all(np.array_equal(loaded.strategy_state[k], bundle.strategy_state[k]) for k in bundle.strategy_state)
+    assert loaded.meta == bundle.meta

@@ -1,0 +1,117 @@
+"""Preprocessor: merged running statistics, a stable label vocabulary and a faithful round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.preprocessing import Preprocessor
+
+FEATURES = ["a", "b", "flat"]
+
+
+def frame_of(rng: np.random.Generator, n: int, shift: float) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "a": rng.normal(loc=shift, scale=2.0, size=n),
+            "b": rng.integers(0, 17, size=n),
+            "flat": np.full(n, 7.0),
+        }
+    )
+
+
+def test_running_mean_and_std_match_numpy_on_the_concatenation() -> None:
+    """Two `updated` calls give the mean and population std of both frames together."""
+    rng = np.random.default_rng(0)
+    first, second = frame_of(rng, 37, shift=5.0), frame_of(rng, 113, shift=-3.0)
+    p = Preprocessor(FEATURES).updated(first, pd.Series([0] * 37)).updated(second, pd.Series([1] * 113))
+    both = pd.concat([first, second])[FEATURES].to_numpy(dtype=np.float64)
+    assert p.count == 150
+    np.testing.assert_allclose(p.mean, both.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(p.scale[:2], both.std(axis=0)[:2], rtol=1e-12)
+    standardised = p.transform(both)
+    assert standardised.dtype == np.float32
+    np.testing.assert_allclose(standardised[:, :2].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(standardised[:, :2].std(axis=0), 1.0, atol=1e-5)
+
+
+def test_constant_column_has_unit_scale() -> None:
+    """A column that never varies is scaled by 1, so it maps to exactly 0 rather than blowing up."""
+    rng = np.random.default_rng(1)
+    p = Preprocessor(FEATURES).updated(frame_of(rng, 20, 0.0), pd.Series([0] * 20)).updated(frame_of(rng, 30, 1.0), pd.Series([0] * 30))
+    assert p.scale[2] == 1.0
+    assert p.mean[2] == pytest.approx(7.0)
+    x = p.raw_matrix(frame_of(rng, 4, 0.0))
+    np.testing.assert_allclose(p.transform(x)[:, 2], 0.0, atol=1e-6)
+
+
+def test_classes_are_appended_and_keep_their_ids() -> None:
+    """New labels are appended in sorted order; labels already known keep their ids."""
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0, 1, 2], "flat": [7.0] * 3})
+    p1 = Preprocessor(FEATURES).updated(frame, pd.Series([3, 1, 3]))
+    assert p1.classes == [1, 3]
+    np.testing.assert_array_equal(p1.encode(np.array([1, 3, 3])), [0, 1, 1])
+    p2 = p1.updated(frame, pd.Series([5, 0, 1]))
+    assert p2.classes == [1, 3, 0, 5]
+    np.testing.assert_array_equal(p2.encode(np.array([1, 3, 3])), p1.encode(np.array([1, 3, 3])))
+    np.testing.assert_array_equal(p2.encode(pd.Series([0, 5])), [2, 3])
+    # The earlier version is not changed by deriving a new one.
+    assert p1.classes == [1, 3]
+
+
+def test_int_labels_round_trip_as_ints() -> None:
+    """decode(encode(x)) == x for integer labels, and the decoded values are integers."""
+    frame = pd.DataFrame({"a": [0.0] * 5, "b": [0] * 5, "flat": [7.0] * 5})
+    labels = pd.Series([9, 2, 4, 2, 9], dtype=np.int64)
+    p = Preprocessor(FEATURES).updated(frame, labels)
+    decoded = p.decode(p.encode(labels))
+    np.testing.assert_array_equal(decoded, labels.to_numpy())
+    assert np.issubdtype(decoded.dtype, np.integer)
+
+
+def test_string_labels_round_trip_as_strings() -> None:
+    """decode(encode(x)) == x for string labels, and the decoded values are Python str."""
+    frame = pd.DataFrame({"a": [0.0] * 4, "b": [0] * 4, "flat": [7.0] * 4})
+    labels = pd.Series(["dog", "cat", "ant", "cat"])
+    p = Preprocessor(FEATURES).updated(frame, labels)
+    assert p.classes == ["ant", "cat", "dog"]
+    decoded = p.decode(p.encode(labels))
+    assert list(decoded) == ["dog", "cat", "ant", "cat"]
+    assert all(type(v) is str for v in decoded)
+
+
+def test_unknown_label_raises_key_error() -> None:
+    """Encoding a label outside the vocabulary raises KeyError naming that label."""
+    frame = pd.DataFrame({"a": [0.0, 1.0], "b": [0, 1], "flat": [7.0, 7.0]})
+    p = Preprocessor(FEATURES).updated(frame, pd.Series([0, 1]))
+    with pytest.raises(KeyError, match="unknown label 7"):
+        p.encode(np.array([0, 7]))
+
+
+def test_to_dict_from_dict_round_trip_through_json() -> None:
+    """A preprocessor rebuilt from its JSON state has the same statistics and classes and transforms identically."""
+    rng = np.random.default_rng(2)
+    frame = frame_of(rng, 50, 3.0)
+    p = Preprocessor(FEATURES).updated(frame, pd.Series(rng.integers(0, 4, size=50)))
+    q = Preprocessor.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert q.features == p.features
+    assert q.classes == p.classes == [0, 1, 2, 3]
+    assert q.count == p.count == 50
+    np.testing.assert_array_equal(q.mean, p.mean)
+    np.testing.assert_array_equal(q.m2, p.m2)
+    x = p.raw_matrix(frame)
+    np.testing.assert_array_equal(q.transform(x), p.transform(x))
+    np.testing.assert_array_equal(q.encode(np.array([3, 0])), p.encode(np.array([3, 0])))
+
+
+def test_missing_feature_column_raises_key_error_naming_it() -> None:
+    """A frame without a training feature is refused with a KeyError that names the missing column."""
+    p = Preprocessor(FEATURES)
+    frame = pd.DataFrame({"a": [1.0], "flat": [7.0]})
+    with pytest.raises(KeyError, match="missing feature columns: b"):
+        p.raw_matrix(frame)
+    with pytest.raises(KeyError, match="b"):
+        p.updated(frame, pd.Series([0]))

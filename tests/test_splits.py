@@ -1,0 +1,66 @@
+"""Hash-based holdout split: stable across runs and row order, close to the requested share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.splits import holdout_mask, split
+
+
+def rows(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": rng.normal(size=n),
+            "pixel": rng.integers(0, 17, size=n),
+            "label": rng.integers(0, 10, size=n),
+        }
+    )
+
+
+def test_same_frame_gives_the_same_mask() -> None:
+    """Splitting the same frame (or an equal copy of it) twice gives the same mask."""
+    frame = rows(500)
+    mask = holdout_mask(frame, 0.2)
+    np.testing.assert_array_equal(holdout_mask(frame, 0.2), mask)
+    np.testing.assert_array_equal(holdout_mask(frame.copy(deep=True), 0.2), mask)
+    assert 0 < mask.sum() < len(frame)
+
+
+def test_shuffled_rows_land_on_the_same_side() -> None:
+    """Reordering the rows (and renumbering the index) does not move any row across the split."""
+    frame = rows(500)
+    side = {tuple(r): bool(m) for r, m in zip(frame.itertuples(index=False), holdout_mask(frame, 0.3))}
+    shuffled = frame.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    assert not shuffled["id"].equals(frame["id"])
+    shuffled_mask = holdout_mask(shuffled, 0.3)
+    for r, m in zip(shuffled.itertuples(index=False), shuffled_mask):
+        assert side[tuple(r)] == bool(m)
+    assert shuffled_mask.sum() == sum(side.values())
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
+def test_holdout_share_is_close_to_the_requested_fraction(fraction: float) -> None:
+    """On 1,000 rows the holdout share is within 0.05 of the requested fraction."""
+    mask = holdout_mask(rows(1000, seed=1), fraction)
+    assert abs(mask.mean() - fraction) <= 0.05
+
+
+def test_split_partitions_the_frame() -> None:
+    """split() returns the rows outside and inside the mask, every row exactly once."""
+    frame = rows(300)
+    train, holdout = split(frame, 0.25)
+    mask = holdout_mask(frame, 0.25)
+    assert len(train) == (~mask).sum() and len(holdout) == mask.sum()
+    assert sorted(pd.concat([train, holdout])["id"]) == list(range(300))
+    assert set(holdout["id"]) == set(frame.loc[mask, "id"])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_invalid_fraction_raises(fraction: float) -> None:
+    """A fraction outside the open interval (0, 1) is refused."""
+    with pytest.raises(ValueError, match="holdout fraction must be in"):
+        holdout_mask(rows(10), fraction)
