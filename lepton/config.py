@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,3 +142,14 @@ def default_yaml(label: str, model_name: str) -> str:
     body = config.model_dump(mode="json")
     header = "# Lepton workspace configuration. Every key is optional except data.label.\n"
     return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """The configuration reference for the README, generated from the models so it cannot drift."""
+    sections = {name: field.annotation for name, field in LeptonConfig.model_fields.items()}
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for section, model in sections.items():
+        for key, field in model.model_fields.items():  # type: ignore[union-attr]
+            default = "required" if field.is_required() else f"`{json.dumps(field.get_default(call_default_factory=True))}`"
+            lines.append(f"| `{section}.{key}` | {default} | {field.description or ''} |")
+    return "\n".join(lines) + "\n"

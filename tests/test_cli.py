@@ -10,6 +10,8 @@ import yaml
 
 from tests.conftest import LEPTON, ROOT, make_workspace, run_cli
 
+pytestmark = pytest.mark.integration
+
 
 def test_help_lists_the_commands():
     """`lepton --help` answers without starting anything and names every command."""

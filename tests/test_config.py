@@ -99,3 +99,14 @@ def test_load_invalid_value_names_the_file(tmp_path) -> None:
         load(tmp_path)
     assert str(tmp_path / "lepton.yaml") in str(err.value)
     assert "gate.confidence:" in str(err.value)
+
+
+def test_readme_config_reference_is_generated_from_the_code():
+    """The README's configuration table is exactly what the pydantic models say."""
+    from pathlib import Path
+
+    from lepton.config import reference_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == reference_markdown()
