@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +11,7 @@ from pydantic import BaseModel
 from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
-from tasks.registry import TAG, load_champion, promote, register
+from tasks.registry import config_params, lineage_tags, load_champion, promote, register
 from tasks.splits import read, split_increments
 from tasks.training import evaluate, gate, train
 from tasks.validate import validate
@@ -91,22 +90,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
     metrics = {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}
     parent = champion.version if champion else None
-    tags = {
-        TAG + "increment_id": landing.id,
-        TAG + "increment_file": relative,
-        TAG + "data_hash": data_hash,
-        TAG + "git_commit": git_commit(ws.root),
-        TAG + "parent_version": str(parent) if parent is not None else "none",
-        TAG + "strategy": config.strategy.name,
-        TAG + "config": config.model_dump_json(),
-        TAG + "gate_passed": str(decision.passed).lower(),
-        TAG + "gate_reasons": json.dumps(list(decision.reasons)),
-        TAG + "metrics": json.dumps({k: round(v, 6) for k, v in evaluation.summary().items() if v is not None}),
-    }
-    params = {f"{section}.{k}": v for section, values in config.model_dump().items() for k, v in values.items()}
+    tags = lineage_tags(
+        increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
+        parent_version=parent, config=config, decision=decision, summary=evaluation.summary(),
+    )
     version, run_id = register(
         ws, config.registry, candidate, train_frame,
-        run_name=f"increment-{landing.id}", params=params, metrics=metrics, tags=tags,
+        run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
     if decision.passed:
         promote(ws, config.registry, version)

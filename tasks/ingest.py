@@ -34,10 +34,6 @@ class Landing:
     source: str  # the name it arrived under
     duplicate_of: IncrementRecord | None = None
 
-    @property
-    def relative(self) -> str:
-        return str(self.path)
-
 
 def content_id(path: Path) -> str:
     """The increment id: a hash of the file's bytes, so the same content is recognised however it is named."""

@@ -185,6 +185,37 @@ def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
     return info
 
 
+def lineage_tags(
+    *,
+    increment_id: str,
+    increment_file: str,
+    data_hash: str,
+    git_commit: str,
+    parent_version: int | None,
+    config: Any,
+    decision: Any,
+    summary: dict[str, float | None],
+) -> dict[str, str]:
+    """The tags that let a model version be traced to, and rebuilt from, its data and code."""
+    return {
+        TAG + "increment_id": increment_id,
+        TAG + "increment_file": increment_file,
+        TAG + "data_hash": data_hash,
+        TAG + "git_commit": git_commit,
+        TAG + "parent_version": str(parent_version) if parent_version is not None else "none",
+        TAG + "strategy": config.strategy.name,
+        TAG + "config": config.model_dump_json(),
+        TAG + "gate_passed": str(decision.passed).lower(),
+        TAG + "gate_reasons": json.dumps(list(decision.reasons)),
+        TAG + "metrics": json.dumps({k: round(v, 6) for k, v in summary.items() if v is not None}),
+    }
+
+
+def config_params(config: Any) -> dict[str, Any]:
+    """The config flattened to ``section.key`` params for the tracking run."""
+    return {f"{section}.{k}": v for section, values in config.model_dump().items() for k, v in values.items()}
+
+
 def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:
     client, _ = connect(ws, config)
     return dict(client.get_model_version(config.model_name, str(version)).tags)

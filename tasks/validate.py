@@ -38,6 +38,8 @@ def build_suite(frame_columns: list[str], schema: DataSchema | None, config: Dat
     if schema is None:
         # First increment: it defines the schema, so only its own consistency is checked.
         suite.append(gxe.ExpectColumnToExist(column=label))
+        # The label and at least one feature.
+        suite.append(gxe.ExpectTableColumnCountToBeBetween(min_value=2))
         features = [c for c in frame_columns if c != label]
     else:
         # Exactly the columns of the schema, no more, no fewer.
@@ -88,6 +90,8 @@ def _describe(result: Any) -> str:
         return f"{kind} could not be checked: {message}"
     if kind == "expect_table_row_count_to_be_between":
         return f"{res.get('observed_value')} rows, fewer than the {kwargs.get('min_value')} required"
+    if kind == "expect_table_column_count_to_be_between":
+        return f"{res.get('observed_value')} column(s): need the label and at least one feature"
     if kind == "expect_column_to_exist":
         return f"column {column!r} is missing"
     if kind == "expect_table_columns_to_match_set":
