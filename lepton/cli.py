@@ -315,6 +315,76 @@ def _summary_table(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def _no_tracebacks() -> None:
+    """Prefect logs a failed run's traceback; at the command line the one-line message says enough."""
+    import logging
+
+    class DropTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.exc_info, record.exc_text = None, None
+            return True
+
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "prefect.flow_engine", "prefect.task_engine"):
+        logging.getLogger(name).addFilter(DropTraceback())
+
+
+@app.command()
+def rollback(
+    to: Annotated[int | None, typer.Option("--to", min=1, help="Version to make champion.", show_default="the previous champion in the history")] = None,
+    reason: Annotated[str, typer.Option(help="Why; kept in the history on the registered model.")] = "rolled back by hand",
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Move the champion back to an earlier version (a Prefect flow) and record why in the history."""
+    ws = _workspace(workspace)
+    if not reason.strip():
+        raise fail("--reason is empty: say why the champion moves back")
+    _quiet_libraries()
+    _no_tracebacks()
+    from flows.rollback import rollback as rollback_flow
+
+    state = rollback_flow(str(ws.root), to, reason, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_failed() or isinstance(result, BaseException):
+        raise fail(f"rollback failed: {result if isinstance(result, BaseException) else state.message}")
+    if result is None:
+        console.print(f"version {to} is already the champion: nothing moved")
+        return
+    console.print(f"champion moved back from version {result.from_version} to version {result.to_version} ({result.reason})")
+
+
+@app.command()
+def history(
+    workspace: WorkspaceOption = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every move of the champion: from which version to which, when, by which run, and why."""
+    ws = _workspace(workspace)
+    _quiet_libraries()
+    from lepton.config import load
+    from tasks.registry import history as champion_moves
+
+    config = load(ws.root)
+    try:
+        moves = champion_moves(ws, config.registry)
+    except Exception as error:  # a tracking server that is down, say
+        raise fail(f"could not read the history of {config.registry.model_name!r}: {error}") from None
+    if as_json:
+        print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))
+        return
+    if not moves:
+        console.print(f"no champion moves recorded for {config.registry.model_name!r} yet")
+        return
+    table = Table("#", "when (UTC)", "kind", "from", "to", "by", "reason", title=f"champion history of {config.registry.model_name}")
+    for m in moves:
+        by = " ".join(filter(None, [m.flow_run_name, f"({m.user})" if m.user else None])) or "-"
+        table.add_row(
+            str(m.seq), f"{m.at:%Y-%m-%d %H:%M:%S}", m.kind, "-" if m.from_version is None else f"v{m.from_version}",
+            f"v{m.to_version}", by, m.reason,
+        )
+    console.print(table)
+
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -16,6 +16,8 @@ from prefect.cache_policies import NO_CACHE
 import lepton
 import models
 from lepton.config import RegistryConfig
+from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded
+from lepton.history import parse as parse_history
 from lepton.workspace import Workspace
 from models.bundle import Bundle
 
@@ -43,8 +45,17 @@ def connect(ws: Workspace, config: RegistryConfig):
     uri = tracking_uri(ws, config)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
+    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
+    # where tracking_uri() would take them for the user's choice: the first workspace a
+    # process connects to would capture every later one. Keep the environment as it was.
+    exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
@@ -61,12 +72,16 @@ def _not_found(err: Exception) -> bool:
 def champion_version(client: Any, name: str) -> int | None:
     from mlflow.exceptions import MlflowException
 
+    # Read from the registered model: asking for a missing alias directly is an
+    # INVALID_PARAMETER_VALUE error, indistinguishable from a real one.
     try:
-        return int(client.get_model_version_by_alias(name, ALIAS).version)
+        aliases = client.get_registered_model(name).aliases
     except MlflowException as err:
         if _not_found(err):
             return None
         raise
+    version = aliases.get(ALIAS)
+    return int(version) if version is not None else None
 
 
 def download_bundle(name: str, version: int, destination: Path) -> Bundle:
@@ -148,10 +163,114 @@ def register(
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def promote(ws: Workspace, config: RegistryConfig, version: int) -> None:
-    """Move the ``champion`` alias to ``version`` (setting it twice is harmless)."""
+def promote(ws: Workspace, config: RegistryConfig, version: int, reason: str | None = None) -> AliasMove | None:
+    """Move the ``champion`` alias to ``version`` and record the move in the model's history (a retry records nothing twice).
+
+    The reason defaults to the gate's reasons tagged on the version.
+    """
     client, _ = connect(ws, config)
-    client.set_registered_model_alias(config.model_name, ALIAS, str(version))
+    if reason is None:
+        tags = client.get_model_version(config.model_name, str(version)).tags
+        reasons = json.loads(tags.get(TAG + "gate_reasons", "[]"))
+        reason = "gate passed: " + "; ".join(reasons) if reasons else "promoted"
+    return move_champion(client, config.model_name, version, kind="promote", reason=reason)
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """Where a rollback would move the champion, or why it cannot."""
+
+    current: int | None
+    target: int | None
+    problem: str | None = None
+
+
+def _current_run() -> tuple[str | None, str | None]:
+    """The Prefect flow run making a move (None outside one)."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return (str(run_id), flow_run.name) if run_id else (None, None)
+
+
+def _user() -> str | None:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry
+        return None
+
+
+def champion_history(client: Any, name: str) -> list[AliasMove]:
+    """Every recorded move of the champion alias, oldest first (empty for an unknown model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as err:
+        if _not_found(err):
+            return []
+        raise
+    return parse_history(tags, ALIAS)
+
+
+def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: str) -> AliasMove | None:
+    """Point ``champion`` at ``version``, recording the move first; None when it already points there.
+
+    The record is written before the alias: if the alias call fails, a retry finds the
+    record as the last one and only moves the alias, so history never misses a move.
+    """
+    current = champion_version(client, name)
+    if current == version:
+        return None
+    moves = champion_history(client, name)
+    if recorded(moves, current, version):
+        move = moves[-1]
+    else:
+        run_id, run_name = _current_run()
+        move = new_move(
+            moves, alias=ALIAS, kind=kind, from_version=current, to_version=version, reason=reason,
+            flow_run_id=run_id, flow_run_name=run_name, user=_user(),
+        )
+        client.set_registered_model_tag(name, *move.tag())
+    client.set_registered_model_alias(name, ALIAS, str(version))
+    return move
+
+
+def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
+    """The champion's recorded moves for the workspace's model, oldest first."""
+    client, _ = connect(ws, config)
+    return champion_history(client, config.model_name)
+
+
+@task(name="plan-rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> RollbackPlan:
+    """The version to roll back to: ``to``, else the previous champion in the history (reads only)."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = connect(ws, config)
+    name = config.model_name
+    current = champion_version(client, name)
+    target = to if to is not None else previous_champion(champion_history(client, name), current)
+    if target is None:
+        where = f"champion is version {current}" if current else "no champion yet"
+        return RollbackPlan(current, None, f"model {name!r} has no earlier champion in its history ({where}); name a version with --to VERSION")
+    try:
+        client.get_model_version(name, str(target))
+    except MlflowException as err:
+        if _not_found(err):
+            return RollbackPlan(current, None, f"model {name!r} has no version {target}")
+        raise
+    return RollbackPlan(current, target)
+
+
+# Retrying is harmless: the target is fixed by the plan, so a second attempt moves nothing twice.
+@task(name="rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def rollback(ws: Workspace, config: RegistryConfig, version: int, reason: str) -> AliasMove | None:
+    """Move the champion back to ``version`` and record why; None when it already is the champion."""
+    client, _ = connect(ws, config)
+    return move_champion(client, config.model_name, version, kind="rollback", reason=reason)
 
 
 def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""The champion's history: every alias move, as kept on the registered model (MLflow keeps none).
+
+One registered-model tag per move, ``lepton.history.<seq>.<UTC time>`` holding the move as
+JSON. One small tag per move rather than one growing list: a SQL registry stores a tag value
+in a VARCHAR(5000), and two writers never rewrite each other's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+PREFIX = "lepton.history."
+REASON_LIMIT = 2000  # keeps a record well under the registry's 5000-character tag values
+
+Kind = Literal["promote", "rollback"]
+
+
+class AliasMove(BaseModel):
+    """One move of an alias: from which version to which, by which run, when and why."""
+
+    seq: int = Field(description="Position in the history, from 1.")
+    alias: str
+    kind: Kind
+    from_version: int | None = Field(description="Version the alias pointed at before; None for the first champion.")
+    to_version: int
+    at: datetime
+    reason: str
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    user: str | None = None
+
+    def tag(self) -> tuple[str, str]:
+        """The registered-model tag (key, value) that records this move."""
+        return f"{PREFIX}{self.seq:06d}.{self.at:%Y%m%dT%H%M%S%fZ}", self.model_dump_json()
+
+
+def new_move(
+    history: list[AliasMove], *, alias: str, kind: Kind, from_version: int | None, to_version: int, reason: str,
+    flow_run_id: str | None = None, flow_run_name: str | None = None, user: str | None = None,
+) -> AliasMove:
+    """The next move after ``history``, stamped now."""
+    reason = reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 3] + "..."
+    return AliasMove(
+        seq=(history[-1].seq + 1) if history else 1, alias=alias, kind=kind, from_version=from_version, to_version=to_version,
+        at=datetime.now(timezone.utc), reason=reason, flow_run_id=flow_run_id, flow_run_name=flow_run_name, user=user,
+    )
+
+
+def parse(tags: Mapping[str, str], alias: str) -> list[AliasMove]:
+    """The moves of ``alias`` recorded in a registered model's tags, oldest first."""
+    moves = [AliasMove.model_validate_json(value) for key, value in tags.items() if key.startswith(PREFIX)]
+    return sorted((m for m in moves if m.alias == alias), key=lambda m: (m.seq, m.at))
+
+
+def recorded(history: list[AliasMove], current: int | None, target: int) -> bool:
+    """Whether ``current -> target`` is already the last record: a retried move writes no second one."""
+    return bool(history) and history[-1].from_version == current and history[-1].to_version == target
+
+
+def previous_champion(history: list[AliasMove], current: int | None) -> int | None:
+    """The version to roll back to: the latest earlier champion that was never rolled back from.
+
+    Going back twice goes back two steps (a version that was rolled away from is skipped),
+    not back and forth between the last two.
+    """
+    rejected = {m.from_version for m in history if m.kind == "rollback"}
+    for move in reversed(history):
+        version = move.from_version
+        if version is not None and version != current and version not in rejected:
+            return version
+    return None
