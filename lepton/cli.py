@@ -385,6 +385,100 @@ def history(
 
 
 
+def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
+    """``--set`` pairs as the typed overrides the deployment flows take; a bad one fails readably."""
+    from lepton.config import ConfigError, ConfigOverrides
+
+    overrides = list(set_ or [])
+    _check_config(ws, overrides)
+    try:
+        return ConfigOverrides.from_list(overrides)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+
+
+def _finish_series(state: Any, as_json: bool, what: str) -> None:
+    """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
+    from flows.deployments import SeriesStopped
+
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, SeriesStopped):
+        report = report.report
+    elif report is None or isinstance(report, BaseException):
+        raise fail(f"{what} failed: {report if report is not None else state.message}")
+    if as_json:
+        print(json.dumps({**report.model_dump(mode="json"), "message": report.message, "exit_code": report.exit_code}, indent=2))
+        raise typer.Exit(report.exit_code)
+    if report.processed or report.failed:
+        table = Table("file", "status", "outcome", title=what)
+        for item in report.processed:
+            table.add_row(item.file, item.outcome.status, item.outcome.message)
+        if report.failed:
+            table.add_row(report.failed, "[red]failed[/red]", report.error or "")
+        console.print(table)
+    console.print(report.message, soft_wrap=True)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def land(
+    paths: Annotated[list[Path], typer.Argument(help="Increment files, CSV or Parquet, in arrival order.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Put increments into the landing folder, where the nightly run (or `lepton run-pending`) picks them up."""
+    from lepton import landing
+    from lepton.config import ConfigError, load
+
+    ws = _workspace(workspace)
+    try:
+        folder = landing.folder(ws, load(ws.root).landing)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+    for path in paths:
+        try:
+            target = landing.land(path, folder)
+        except (OSError, ValueError) as error:
+            raise fail(str(error)) from None
+        console.print(f"landed {path} as {target}", soft_wrap=True)
+
+
+@app.command("run-pending")
+def run_pending(
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run every increment landed since the last run, in arrival order, stopping at the first failure (the nightly deployment by hand)."""
+    ws = _workspace(workspace)
+    overrides = _typed_overrides(ws, set_)
+    _quiet_libraries()
+    _no_tracebacks()
+    from flows.deployments import run_pending as pending_flow
+
+    _finish_series(pending_flow(str(ws.root), overrides, return_state=True), as_json, "run-pending")
+
+
+@app.command()
+def backfill(
+    folder: Annotated[Path, typer.Argument(help="Folder of increments, named so that name order is arrival order.")],
+    workspace: WorkspaceOption = Path("."),
+    pattern: Annotated[str, typer.Option(help="Glob of the files to take.")] = "*",
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run every CSV and Parquet file of FOLDER in name order, stopping at the first failure; run again to resume."""
+    ws = _workspace(workspace)
+    if not folder.is_dir():
+        raise fail(f"{folder} is not a folder")
+    overrides = _typed_overrides(ws, set_)
+    _quiet_libraries()
+    _no_tracebacks()
+    from flows.deployments import backfill as backfill_flow
+
+    _finish_series(backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True), as_json, "backfill")
+
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

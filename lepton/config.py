@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 CONFIG_FILE = "lepton.yaml"
 
@@ -82,6 +82,15 @@ class DvcConfig(Section):
     push: bool = Field(True, description="Push every data version to the remote.")
 
 
+class LandingConfig(Section):
+    """Where increments wait for the nightly run."""
+
+    folder: str | None = Field(
+        None,
+        description="Folder that `lepton land` fills and the nightly run empties, in arrival order; relative to the workspace; default .lepton/inbox.",
+    )
+
+
 class LeptonConfig(Section):
     data: DataConfig
     train: TrainConfig = TrainConfig()
@@ -89,6 +98,7 @@ class LeptonConfig(Section):
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
     dvc: DvcConfig = DvcConfig()
+    landing: LandingConfig = LandingConfig()
 
 
 class ConfigError(ValueError):
@@ -153,3 +163,45 @@ def reference_markdown() -> str:
             default = "required" if field.is_required() else f"`{json.dumps(field.get_default(call_default_factory=True))}`"
             lines.append(f"| `{section}.{key}` | {default} | {field.description or ''} |")
     return "\n".join(lines) + "\n"
+
+
+def _optional(section: type[Section]) -> type[Section]:
+    """``section`` with every key optional (unset is None) but the same types, bounds and descriptions."""
+    fields: dict[str, Any] = {}
+    for name, field in section.model_fields.items():
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        fields[name] = (Optional[annotation], Field(None, description=field.description))  # noqa: UP045 - a runtime type
+    return create_model(section.__name__.removesuffix("Config") + "Overrides", __base__=Section, __doc__=section.__doc__, **fields)
+
+
+class _Overrides(Section):
+    def to_list(self) -> list[str]:
+        """The same overrides as ``section.key=value`` strings (values as JSON, which YAML reads back)."""
+        return [
+            f"{section}.{key}={json.dumps(value)}"
+            for section, values in self.model_dump(mode="json", exclude_none=True).items()
+            for key, value in values.items()
+        ]
+
+    @classmethod
+    def from_list(cls, overrides: list[str]) -> ConfigOverrides:
+        """Parse ``--set`` style overrides; raises ConfigError naming the bad one."""
+        raw = apply_overrides({}, overrides)
+        try:
+            return cls.model_validate(raw)  # type: ignore[return-value]
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"invalid override ({problems})") from None
+
+
+# Per-run changes to lepton.yaml as a typed model, generated from the sections so it cannot
+# drift: Prefect validates deployment parameters against it and its UI renders it as a form.
+ConfigOverrides = create_model(
+    "ConfigOverrides",
+    __base__=_Overrides,
+    __doc__="Per-run changes to the workspace's lepton.yaml, section by section; unset keys keep the file's values.",
+    **{
+        name: (_optional(field.annotation), Field(default_factory=_optional(field.annotation), description=field.annotation.__doc__))  # type: ignore[arg-type]
+        for name, field in LeptonConfig.model_fields.items()
+    },
+)

@@ -72,3 +72,67 @@ def clean_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("ws")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# Real servers started by tests (Prefect, MLflow, PostgreSQL, the scoring server): each in
+# its own process group, listening on 127.0.0.1 only, and stopped by its PID at teardown.
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, sig: int | None = None, timeout: float = 30) -> None:
+    """Stop a server started by ``start_process``: signal its process group (led by its PID), then kill what is left."""
+    import signal
+
+    sig = signal.SIGTERM if sig is None else sig
+    try:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        # Workers the server forked may outlive it; they are in its group.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_process(cmd: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None, user: str | None = None) -> subprocess.Popen:
+    """A long-running process in its own process group (so its workers can be stopped with it), output to ``log``."""
+    handle = log.open("w")
+    try:
+        return subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, user=user, group=user, extra_groups=[] if user else None,
+        )
+    finally:
+        handle.close()
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200; fail with the server's log if it exits or the time runs out."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[0]} exited with {proc.returncode} before {url} answered:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")

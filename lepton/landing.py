@@ -1,0 +1,89 @@
+"""The landing folder: increments wait there, in arrival order, for the nightly run.
+
+Plain file handling with no heavy imports, so ``lepton land`` is instant.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lepton.config import LandingConfig
+from lepton.workspace import Workspace
+
+SUFFIXES = (".csv", ".parquet", ".pq")
+LOCK = ".lock"
+
+
+class LandingBusy(RuntimeError):
+    """Another run is already working through the landing folder."""
+
+
+def folder(ws: Workspace, config: LandingConfig) -> Path:
+    """The landing folder: ``landing.folder`` (relative to the workspace) or ``.lepton/inbox``."""
+    if config.folder:
+        path = Path(config.folder).expanduser()
+        return path if path.is_absolute() else ws.root / path
+    return ws.state / "inbox"
+
+
+def landed_name(source: str, when: datetime) -> str:
+    """``<UTC arrival time>-<sanitised name>``: unique, safe in a shell, and sorts in arrival order."""
+    name = Path(source).name
+    stem, suffix = os.path.splitext(name)
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "increment"
+    return f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{clean[:80]}{suffix.lower()}"
+
+
+def land(source: Path, target_folder: Path) -> Path:
+    """Copy ``source`` into the landing folder; the copy appears whole or not at all."""
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist or is not a file")
+    if source.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{source.name}: unsupported format {source.suffix or '(none)'}; use .csv or .parquet")
+    target_folder.mkdir(parents=True, exist_ok=True)
+    target = target_folder / landed_name(source.name, datetime.now(timezone.utc))
+    # Written under a hidden name and renamed: a nightly run listing the folder meanwhile
+    # never sees half a file (pending() skips dot-files).
+    partial = target_folder / f".{target.name}.partial"
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+    return target
+
+
+def pending(target_folder: Path) -> list[Path]:
+    """Every landed file, oldest first (modification time, then name); dot-files are not increments."""
+    if not target_folder.is_dir():
+        return []
+    files = [p for p in target_folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def in_folder(target_folder: Path, pattern: str = "*") -> list[Path]:
+    """The increments of a backfill folder (CSV and Parquet matching ``pattern``), by name."""
+    if not target_folder.is_dir():
+        raise FileNotFoundError(f"{target_folder} is not a folder")
+    files = [p for p in target_folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.name)
+
+
+@contextmanager
+def exclusive(target_folder: Path) -> Iterator[None]:
+    """Hold the landing folder's lock: two runs must not take the same increment twice."""
+    target_folder.mkdir(parents=True, exist_ok=True)
+    with (target_folder / LOCK).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LandingBusy(f"another run is already processing {target_folder}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,260 @@
+"""Deployments and triggers: the landing folder, the nightly run, backfill, dry runs, and a real Prefect server with a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port, make_workspace, run_cli, start_process, stop_process, wait_for_http
+
+pytestmark = pytest.mark.integration
+
+DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
+# Small and fast, and the gate never keeps a model out: these tests are about orchestration, not accuracy.
+QUICK = {"train": {"epochs": 5, "hidden": [64]}, "gate": {"bootstrap_samples": 200, "max_forgetting": 1.0}, "strategy": {"name": "replay"}}
+QUICK_SET = [f"{section}.{key}={json.dumps(value)}" for section, values in QUICK.items() for key, value in values.items()]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+@pytest.fixture(scope="module")
+def increments(tmp_path_factory) -> list[Path]:
+    """Two class-incremental digits increments (classes 0-1, then 2-3)."""
+    from models.datasets import class_incremental
+
+    folder = tmp_path_factory.mktemp("increments")
+    files = []
+    for i, frame in enumerate(class_incremental()[:2], start=1):
+        path = folder / f"day-{i}.parquet"
+        frame.to_parquet(path, index=False)
+        files.append(path)
+    return files
+
+
+def champion(ws) -> int | None:
+    from lepton.config import load
+    from tasks.registry import champion_version, connect
+
+    config = load(ws.root)
+    client, _ = connect(ws, config.registry)
+    return champion_version(client, config.registry.model_name)
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_deployments_are_declared_with_typed_parameters():
+    """prefect.yaml declares nightly (cron), manual, backfill and rollback; bad parameters are refused by validation."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"nightly", "manual", "backfill", "rollback"}
+    assert deployments["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert deployments["nightly"]["concurrency_limit"] == 1
+    flows = {name: load_flow_from_entrypoint(str(ROOT / d["entrypoint"])) for name, d in deployments.items()}
+    assert {name: f.name for name, f in flows.items()} == {
+        "nightly": "run-pending", "manual": "run-increment", "backfill": "backfill", "rollback": "rollback",
+    }
+    manual = parameter_schema(flows["manual"])
+    assert set(manual.properties) == {"path", "workspace", "overrides", "dry_run"}
+    assert manual.properties["dry_run"]["type"] == "boolean"
+    assert manual.properties["path"]["description"]  # the UI's form shows what each field is
+    # The overrides form carries the config's own types and bounds.
+    epochs = manual.definitions["TrainOverrides"]["properties"]["epochs"]
+    assert {"type": "integer", "minimum": 1} in epochs["anyOf"]
+    assert manual.definitions["ConfigOverrides"]["additionalProperties"] is False
+    for bad in ({"train": {"epochs": 0}}, {"train": {"epoch": 5}}, {"training": {}}):
+        with pytest.raises(ParameterTypeError):
+            flows["manual"].validate_parameters({"path": "x.csv", "overrides": bad})
+    ok = flows["manual"].validate_parameters({"path": "x.csv", "overrides": QUICK})
+    assert sorted(ok["overrides"].to_list()) == sorted(QUICK_SET)
+    with pytest.raises(ParameterTypeError):
+        flows["rollback"].validate_parameters({"to": 0})
+    for d in deployments.values():
+        assert set(d["parameters"]) <= set(parameter_schema(flows[d["name"]]).properties)
+
+
+def test_help_lists_the_production_commands():
+    """`lepton --help` names the commands for landing, the nightly logic, backfill, rollback and history."""
+    result = subprocess.run([str(Path(sys.executable).parent / "lepton"), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    for command in ("land", "run-pending", "backfill", "rollback", "history"):
+        assert command in result.stdout
+
+
+def test_land_sanitises_names_and_keeps_arrival_order(clean_dir):
+    """`lepton land` copies files into .lepton/inbox under safe names, in arrival order, and refuses what is no increment."""
+    from lepton.landing import pending
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    odd = clean_dir / "export; rm -rf ~ (final).CSV"
+    odd.write_text("pixel_0,digit\n1,0\n")
+    plain = clean_dir / "b.parquet"
+    pd.DataFrame({"pixel_0": [1.0], "digit": [1]}).to_parquet(plain)
+    result = run_cli(["land", str(odd), str(plain), "--workspace", str(ws.root)], api_url=None)
+    assert result.returncode == 0, result.stderr
+    inbox = ws.root / ".lepton" / "inbox"
+    landed = pending(inbox)
+    assert [p.name.split("-", 1)[1] for p in landed] == ["export_rm_-rf_final.csv", "b.parquet"]
+    assert all(re.fullmatch(r"[0-9T]+Z-[A-Za-z0-9._-]+", p.name) for p in landed)
+    assert landed[0].read_bytes() == odd.read_bytes() and landed[1].read_bytes() == plain.read_bytes()
+    assert odd.exists() and plain.exists()  # copied, not moved
+
+    notes = clean_dir / "notes.txt"
+    notes.write_text("hello")
+    refused = run_cli(["land", str(notes), "--workspace", str(ws.root)], api_url=None)
+    assert refused.returncode == 1 and "unsupported format .txt" in refused.stderr and "Traceback" not in refused.stderr
+    missing = run_cli(["land", str(clean_dir / "nope.csv"), "--workspace", str(ws.root)], api_url=None)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert len(pending(inbox)) == 2
+
+
+def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increments):
+    """dry_run=True reports whether an increment would pass, without copying, versioning, training or registering."""
+    from flows.deployments import run_increment
+    from lepton.config import ConfigOverrides
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    before = tree(ws.root / "data")
+    report = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), dry_run=True)
+    assert report.status == "valid" and report.exit_code == 0 and report.rows == 360
+    assert report.message.startswith("dry run: valid")
+
+    holes = pd.read_parquet(increments[0])
+    holes.loc[:4, "pixel_3"] = np.nan
+    broken = clean_dir / "holes.parquet"
+    holes.to_parquet(broken, index=False)
+    report = run_increment(str(broken), str(ws.root), dry_run=True)
+    assert report.status == "invalid" and report.exit_code == 2
+    assert any("'pixel_3' has 5 empty value(s)" in p for p in report.problems)
+    assert tree(ws.root / "data") == before
+    assert not ws.mlflow_db.exists()  # nothing registered, not even a tracking store
+
+
+def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments):
+    """The nightly logic: each landed file one flow run, in arrival order; a failure stops the series and keeps the rest for next time."""
+    from flows.deployments import SeriesStopped, run_pending
+    from lepton.config import ConfigOverrides
+    from lepton.landing import land, pending
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    inbox = ws.root / ".lepton" / "inbox"
+    land(increments[1], inbox)  # arrives first although its name sorts last
+    stray = inbox / "zz-notes.txt"
+    stray.write_text("not an increment")
+    os.utime(stray, ns=(pending(inbox)[0].stat().st_mtime_ns + 1000,) * 2)
+    land(increments[0], inbox)
+    first, _, last = pending(inbox)
+
+    with pytest.raises(SeriesStopped) as stopped:
+        run_pending(str(ws.root), ConfigOverrides.model_validate(QUICK))
+    report = stopped.value.report
+    assert [(p.file, p.outcome.status) for p in report.processed] == [(first.name, "promoted")]
+    assert report.failed == "zz-notes.txt" and "unsupported format .txt" in report.error
+    assert report.remaining == ["zz-notes.txt", last.name]
+    assert [p.name for p in pending(inbox)] == ["zz-notes.txt", last.name]  # the processed one is gone, the rest wait
+    assert champion(ws) == 1
+
+    stray.unlink()
+    result = run_cli(["run-pending", "--workspace", str(ws.root), "--json", *sum((["--set", s] for s in QUICK_SET), [])], api_url=prefect_api)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert [(p["file"], p["outcome"]["status"]) for p in report["processed"]] == [(last.name, "promoted")]
+    assert report["failed"] is None and report["exit_code"] == 0
+    assert pending(inbox) == [] and champion(ws) == 2
+
+
+def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_api, increments):
+    """backfill: CSV and Parquet files in name order, other files skipped; running it again finds only duplicates."""
+    from flows.deployments import backfill
+    from lepton.config import ConfigOverrides
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    folder = clean_dir / "exports"
+    folder.mkdir()
+    shutil.copyfile(increments[0], folder / "2026-11-01.parquet")
+    shutil.copyfile(increments[0], folder / "2026-11-02.parquet")  # the same export sent twice
+    (folder / "README.md").write_text("exports of the digits feed\n")
+    overrides = ConfigOverrides.model_validate(QUICK)
+    report = backfill(str(folder), str(ws.root), overrides)
+    assert [(p.file, p.outcome.status) for p in report.processed] == [("2026-11-01.parquet", "promoted"), ("2026-11-02.parquet", "duplicate")]
+    assert report.exit_code == 0 and champion(ws) == 1
+    again = backfill(str(folder), str(ws.root), overrides)
+    assert [p.outcome.status for p in again.processed] == ["duplicate", "duplicate"]
+
+
+def _prefect(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PREFECT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
+    """prefect server + process work pool + `prefect deploy --all` + `prefect deployment run` + a worker: a new champion."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "LEPTON_HOME": str(ROOT),
+    }
+    ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
+    server_log = tmp_path / "server.log"
+    # No scheduler: the nightly cron must not create runs while the test owns the worker.
+    server = start_process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-scheduler"], log=server_log, env=env)
+    try:
+        wait_for_http(f"{api}/health", server, server_log)
+        created = _prefect(["work-pool", "create", "lepton", "--type", "process"], env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        deployed = _prefect(["--no-prompt", "deploy", "--all"], env)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        nightly = _get(f"{api}/deployments/name/run-pending/nightly")
+        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+        assert nightly["global_concurrency_limit"]["limit"] == 1
+
+        # The server checks parameters against the flow's schema before a run exists.
+        refused = _prefect(["deployment", "run", "run-increment/manual", "--param", f"path={increments[0]}", "--param", 'overrides={"train": {"epochs": 0}}'], env)
+        assert refused.returncode != 0 and "epochs" in refused.stdout + refused.stderr
+
+        started = _prefect([
+            "deployment", "run", "run-increment/manual",
+            "--param", f"path={increments[0]}", "--param", f"workspace={ws.root}", "--param", f"overrides={json.dumps(QUICK)}",
+        ], env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1)
+
+        worker = _prefect(["worker", "start", "--pool", "lepton", "--run-once"], env, timeout=400)
+        run = _get(f"{api}/flow_runs/{run_id}")
+        assert run["state"]["type"] == "COMPLETED", worker.stdout[-4000:] + worker.stderr[-4000:]
+        assert run["parameters"]["overrides"] == QUICK
+    finally:
+        stop_process(server)
+    assert champion(ws) == 1
+    from lepton.config import load
+    from tasks.registry import history
+
+    moves = history(ws, load(ws.root).registry)
+    assert [(m.kind, m.from_version, m.to_version) for m in moves] == [("promote", None, 1)]
+    assert moves[0].flow_run_id  # recorded by the run that made the move
