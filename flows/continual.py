@@ -12,6 +12,7 @@ from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
 from tasks.registry import config_params, lineage_tags, load_champion, promote, register
+from tasks.reporting import log_accuracy_matrix
 from tasks.splits import read, split_increments
 from tasks.training import evaluate, gate, train
 from tasks.validate import validate
@@ -98,6 +99,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         ws, config.registry, candidate, train_frame,
         run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
+    log_accuracy_matrix(ws, config.registry, run_id, evaluation.matrix)
     if decision.passed:
         promote(ws, config.registry, version)
         status: Status = "promoted"

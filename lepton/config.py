@@ -49,12 +49,47 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present, else the CPU.")
 
 
-class StrategyConfig(Section):
-    """The anti-forgetting strategy."""
+STRATEGIES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
 
-    name: Literal["replay", "naive"] = Field("replay", description="replay rehearses a class-balanced memory; naive only fine-tunes.")
+
+class StrategyConfig(Section):
+    """The anti-forgetting strategy: one or several, joined with '+', applied in that order."""
+
+    name: str = Field(
+        "replay+distill+nme",
+        description="'+'-joined strategies from: naive, replay, distill, ewc, freeze, interpolate, joint, align, balance, nme.",
+    )
     memory_fraction: float = Field(0.1, ge=0, le=1, description="Replay memory size as a fraction of the training samples seen.")
     memory_size: int | None = Field(None, ge=0, description="Replay memory size in samples; overrides memory_fraction.")
+    memory_selection: Literal["herding", "reservoir"] = Field("herding", description="How replay picks what to keep within a class: herding (closest to the class mean) or reservoir (uniform).")
+    distill_weight: float = Field(1.0, ge=0, description="Weight of the distillation loss (distill).")
+    distill_temperature: float = Field(2.0, gt=0, description="Softmax temperature of distillation (distill).")
+    distill_only_new_classes: bool = Field(True, description="Distil only on increments that bring new classes; under domain shift the teacher would hold the model back (distill).")
+    ewc_weight: float = Field(100.0, ge=0, description="Strength of the EWC penalty (ewc).")
+    ewc_decay: float = Field(0.9, ge=0, le=1, description="How much of the previous Fisher estimate EWC keeps (ewc).")
+    freeze_layers: list[str] = Field(["features"], description="Parameter name prefixes not trained after the first increment (freeze).")
+    interpolation_alphas: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1, description="Fine-tuned shares tried when mixing with the champion's weights (interpolate).")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share of an increment's training rows held out to choose the mixing weight (interpolate only).")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        names = [n.strip() for n in value.split("+")]
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown or not names:
+            raise ValueError(f"unknown strategy {', '.join(map(repr, unknown))}; choose from {', '.join(STRATEGIES)} joined with '+'")
+        return "+".join(names)
+
+    @field_validator("interpolation_alphas")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in value):
+            raise ValueError("mixing weights must lie in [0, 1]")
+        return value
+
+    @property
+    def names(self) -> list[str]:
+        return self.name.split("+")
 
 
 class GateConfig(Section):

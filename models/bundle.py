@@ -57,7 +57,7 @@ class Bundle:
         x = torch.from_numpy(self.preprocessor.transform(self.preprocessor.raw_matrix(frame)))
         self.network.eval()
         device = next(self.network.parameters()).device
-        return torch.softmax(self.network(x.to(device)).float(), dim=1).cpu().numpy()
+        return torch.softmax(self.network.predict_logits(x.to(device)).float(), dim=1).cpu().numpy()
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Labels, in the original label values."""

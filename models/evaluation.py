@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from models.bundle import Bundle
+from models.metrics import grow, lineage_summary
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Evaluation:
     new_id: str
     candidate: dict[str, Score]
     champion: dict[str, Score] | None
+    matrix: dict | None = None  # the lineage's accuracy matrix R, candidate row last
 
     @property
     def old_ids(self) -> list[str]:
@@ -90,6 +92,8 @@ class Evaluation:
         if self.champion is not None:
             # Prequential: the champion scored on data it has not trained on yet.
             out["prequential_accuracy"] = self.champion[self.new_id].accuracy
+        if self.matrix is not None:
+            out |= {f"lineage_{k}": v for k, v in lineage_summary(self.matrix).items()}
         for i, key in enumerate(self.candidate):
             out[f"holdout_{i}_candidate_accuracy"] = self.candidate[key].accuracy
             if self.champion is not None:
@@ -98,9 +102,18 @@ class Evaluation:
 
 
 def compare(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], *, new_id: str, label: str) -> Evaluation:
-    """Score both models on every holdout."""
-    return Evaluation(
+    """Score both models on every holdout, and extend the lineage's accuracy matrix with the candidate's row."""
+    evaluation = Evaluation(
         new_id=new_id,
         candidate={k: score(candidate, f, label) for k, f in holdouts.items()},
         champion=None if champion is None else {k: score(champion, f, label) for k, f in holdouts.items()},
     )
+    columns = list(holdouts)
+    evaluation.matrix = grow(
+        champion.meta.get("accuracy_matrix") if champion is not None else None,
+        columns,
+        [evaluation.champion[c].accuracy for c in columns] if evaluation.champion is not None else None,
+        [evaluation.candidate[c].accuracy for c in columns],
+        trained_on=new_id,
+    )
+    return evaluation

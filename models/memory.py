@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import ast
+from collections.abc import Callable
+
 import numpy as np
+
+Embed = Callable[[np.ndarray], np.ndarray]
 
 
 class ClassBalancedMemory:
-    """Reservoir sampling within each class, under one shared capacity.
+    """Samples of every class seen, under one shared capacity split evenly across classes.
 
-    The capacity is split evenly across the classes seen; each class keeps a uniform
-    sample of its own stream (reservoir), so the memory never drifts towards the
-    classes that happen to arrive most often. Samples are stored raw (unscaled),
-    because the scaler moves as data arrives.
+    Two ways to choose what to keep within a class:
+
+    - ``reservoir``: a uniform sample of the class's stream (reservoir sampling), no model needed;
+    - ``herding``: exemplars picked greedily so their mean embedding tracks the class mean
+      (iCaRL), which matters most when the memory is small. Kept in priority order, so a
+      shrinking share drops the least representative first.
+
+    A class with fewer samples than its share lends the rest to the others. Samples are
+    stored raw (unscaled), because the scaler moves as data arrives.
     """
 
-    def __init__(self, *, capacity: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
+    def __init__(self, *, capacity: int | None = None, fraction: float | None = None, selection: str = "reservoir", seed: int = 0) -> None:
         if (capacity is None) == (fraction is None):
             raise ValueError("give exactly one of capacity (samples) or fraction (of samples seen)")
         if capacity is not None and capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         if fraction is not None and not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        if selection not in ("reservoir", "herding"):
+            raise ValueError(f"selection must be 'reservoir' or 'herding', got {selection!r}")
         self.fixed_capacity = capacity
         self.fraction = fraction
+        self.selection = selection
         self.rng = np.random.default_rng(seed)
         self.buffers: dict[int, list[np.ndarray]] = {}
         self.seen: dict[int, int] = {}
@@ -39,19 +52,53 @@ class ClassBalancedMemory:
     def __len__(self) -> int:
         return sum(len(b) for b in self.buffers.values())
 
-    def _quotas(self, capacity: int) -> dict[int, int]:
-        classes = sorted(self.seen)
-        base, extra = divmod(capacity, max(len(classes), 1))
-        return {c: base + (1 if i < extra else 0) for i, c in enumerate(classes)}
+    def _quotas(self, capacity: int, available: dict[int, int]) -> dict[int, int]:
+        """Even shares of ``capacity``; a class that cannot fill its share hands the rest on."""
+        quotas = {c: 0 for c in available}
+        left = capacity
+        open_classes = [c for c in sorted(available) if available[c] > 0]
+        while left > 0 and open_classes:
+            share, extra = divmod(left, len(open_classes))
+            if share == 0:
+                for c in open_classes[:extra]:
+                    quotas[c] += 1
+                break
+            for c in open_classes:
+                grant = min(share, available[c] - quotas[c])
+                quotas[c] += grant
+                left -= grant
+            open_classes = [c for c in open_classes if quotas[c] < available[c]]
+        return quotas
 
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Offer every sample of an increment to the memory."""
-        for c in np.unique(y):
-            self.seen.setdefault(int(c), 0)
-            self.buffers.setdefault(int(c), [])
+    def update(self, x: np.ndarray, y: np.ndarray, embed: Embed | None = None) -> None:
+        """Offer every sample of an increment to the memory (``embed`` is required for herding)."""
+        if self.selection == "herding" and embed is None:
+            raise ValueError("herding needs an embedding function")
+        labels = [int(c) for c in np.unique(y)]
+        for c in labels:
+            self.seen.setdefault(c, 0)
+            self.buffers.setdefault(c, [])
+        # What each class could hold: what it has kept, plus what arrives now.
+        incoming = {c: int((y == c).sum()) for c in labels}
+        available = {c: len(self.buffers[c]) + incoming.get(c, 0) for c in self.seen}
         # Shares are set by the capacity once this increment is counted, so a memory
         # sized as a fraction of what was seen fills on the very first increment.
-        quotas = self._quotas(self._capacity_at(sum(self.seen.values()) + len(y)))
+        quotas = self._quotas(self._capacity_at(sum(self.seen.values()) + len(y)), available)
+        if self.selection == "reservoir":
+            self._reservoir(x, y, quotas)
+        else:
+            self._herding(x, y, quotas, embed)  # type: ignore[arg-type]
+        for c, quota in quotas.items():
+            buffer = self.buffers[c]
+            if len(buffer) > quota:
+                if self.selection == "herding":
+                    self.buffers[c] = buffer[:quota]
+                else:
+                    # A uniform subset of a uniform sample is still uniform.
+                    keep = np.sort(self.rng.choice(len(buffer), size=quota, replace=False))
+                    self.buffers[c] = [buffer[i] for i in keep]
+
+    def _reservoir(self, x: np.ndarray, y: np.ndarray, quotas: dict[int, int]) -> None:
         for row, label in zip(x, y, strict=True):
             c = int(label)
             self.seen[c] += 1
@@ -62,13 +109,21 @@ class ClassBalancedMemory:
                 j = int(self.rng.integers(self.seen[c]))
                 if j < quota:
                     buffer[j] = row.copy()
-        # New classes shrink everyone's share: drop a uniform subset, which keeps
-        # each remaining buffer a uniform sample of its class.
-        for c, quota in quotas.items():
-            buffer = self.buffers[c]
-            if len(buffer) > quota:
-                keep = np.sort(self.rng.choice(len(buffer), size=quota, replace=False))
-                self.buffers[c] = [buffer[i] for i in keep]
+
+    def _herding(self, x: np.ndarray, y: np.ndarray, quotas: dict[int, int], embed: Embed) -> None:
+        for c in [int(v) for v in np.unique(y)]:
+            new = x[y == c]
+            old = np.stack(self.buffers[c]) if self.buffers[c] else np.zeros((0, x.shape[1]))
+            candidates = np.concatenate([old, new])
+            features = embed(candidates)
+            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+            # The kept exemplars stand for every earlier sample of the class.
+            weight_old = self.seen[c] / max(len(old), 1) if len(old) else 0.0
+            weights = np.concatenate([np.full(len(old), weight_old), np.ones(len(new))])
+            target = (features * weights[:, None]).sum(axis=0) / weights.sum()
+            order = herding_order(features, target, quotas[c])
+            self.buffers[c] = [candidates[i].copy() for i in order]
+            self.seen[c] += len(new)
 
     def samples(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         """All stored (x, y), classes in ascending order."""
@@ -98,6 +153,20 @@ class ClassBalancedMemory:
         for row, label in zip(state["x"], state["y"], strict=True):
             self.buffers[int(label)].append(np.asarray(row))
         if "rng_state" in state and len(state["rng_state"]):
-            import ast
-
             self.rng.bit_generator.state = ast.literal_eval(bytes(state["rng_state"]).decode())
+
+
+def herding_order(features: np.ndarray, target: np.ndarray, k: int) -> list[int]:
+    """Indices of up to ``k`` rows chosen greedily so the running mean of the chosen stays closest to ``target``."""
+    chosen: list[int] = []
+    total = np.zeros_like(target)
+    available = np.ones(len(features), dtype=bool)
+    for step in range(1, min(k, len(features)) + 1):
+        # Distance of the would-be mean to the target, for every candidate still available.
+        gaps = np.linalg.norm(target - (total + features) / step, axis=1)
+        gaps[~available] = np.inf
+        best = int(np.argmin(gaps))
+        chosen.append(best)
+        available[best] = False
+        total += features[best]
+    return chosen

@@ -1,35 +1,62 @@
 """Anti-forgetting strategies: small objects that return things, never reach into the trainer.
 
-A strategy may change what the model trains on (``training_data``), add a term to
-the loss (``penalty``) and learn from an increment once training is done
-(``after_increment``). Its state travels with the model version.
+The training loop calls five hooks, each optional in effect (``Naive`` implements
+them as no-ops):
+
+- ``begin(context)``: the increment starts; snapshot what it will be measured against
+  (a teacher for distillation, anchor weights for EWC and interpolation);
+- ``training_data(x, y)``: what to train on (joint retraining returns everything seen);
+- ``batch(x, y)``: the batch to step on (replay appends a class-balanced memory batch);
+- ``penalty(model, x, y, logits)``: an extra loss term (distillation, EWC);
+- ``end(model, x, y)``: learn from the finished increment (memory, Fisher information);
+- ``finish(model)``: the model to keep (interpolation, bias correction), a new object or the same.
+
+Strategies compose in a list (``Composite``); their state travels with the model version.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lepton.config import StrategyConfig
 from models.memory import ClassBalancedMemory
+from models.network import MLP
+
+
+@dataclass
+class Context:
+    """What a strategy may know about the increment that starts."""
+
+    model: MLP  # the warm-started network, before any step
+    transform: Callable[[np.ndarray], np.ndarray]  # raw features -> network inputs
+    old_classes: int  # classes the champion knew (0 for the first increment)
+    device: torch.device
+    generator: torch.Generator
+    validation: tuple[np.ndarray, np.ndarray] | None = None  # raw x, y held out of training
 
 
 class Strategy(Protocol):
     name: str
 
-    def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What to train on for an increment (raw features, class ids)."""
-        ...
+    def begin(self, context: Context) -> None: ...
 
-    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """An extra loss term for a batch, or None."""
-        ...
+    def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def after_increment(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Learn from the increment just trained on."""
-        ...
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None: ...
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None: ...
+
+    def finish(self, model: MLP) -> MLP: ...
 
     def state_dict(self) -> dict[str, np.ndarray]: ...
 
@@ -41,14 +68,23 @@ class Naive:
 
     name = "naive"
 
+    def begin(self, context: Context) -> None:
+        self.context = context
+
     def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x, y
 
-    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def after_increment(self, x: np.ndarray, y: np.ndarray) -> None:
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
         return None
+
+    def finish(self, model: MLP) -> MLP:
+        return model
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}
@@ -58,37 +94,418 @@ class Naive:
 
 
 class Replay(Naive):
-    """Rehearse a class-balanced memory of earlier samples alongside the new ones."""
+    """Rehearsal: every step on new data also steps on a class-balanced batch from the memory.
+
+    Pairing batches (rather than appending the memory to the data) keeps the cost of an
+    increment proportional to the new data alone, and gives old classes as much weight
+    per step as new ones however small the memory.
+    """
 
     name = "replay"
 
-    def __init__(self, *, n_features: int, capacity: int | None = None, fraction: float | None = None, seed: int = 0) -> None:
+    def __init__(self, *, n_features: int, capacity: int | None = None, fraction: float | None = None, selection: str = "herding", seed: int = 0) -> None:
         self.n_features = n_features
-        self.memory = ClassBalancedMemory(capacity=capacity, fraction=fraction, seed=seed)
+        self.memory = ClassBalancedMemory(capacity=capacity, fraction=fraction, selection=selection, seed=seed)
+        self._x: torch.Tensor | None = None
 
-    def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mx, my = self.memory.samples(self.n_features)
-        return np.concatenate([x, mx]), np.concatenate([y, my])
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        x, y = self.memory.samples(self.n_features)
+        self._x = torch.from_numpy(context.transform(x)).to(context.device) if len(y) else None
+        self._y = torch.from_numpy(y).to(context.device)
+        # Sampling weights that make every class equally likely in a replay batch.
+        counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 1)
+        self._weights = torch.from_numpy((1.0 / counts[y]).astype(np.float64)) if len(y) else None
 
-    def after_increment(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.memory.update(x, y)
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._x is None or self._weights is None:
+            return x, y
+        idx = torch.multinomial(self._weights, len(y), replacement=True, generator=self.context.generator).to(self._x.device)
+        return torch.cat([x, self._x[idx]]), torch.cat([y, self._y[idx]])
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        embed = None
+        if self.memory.selection == "herding":
+            transform, device = self.context.transform, self.context.device
+
+            def embed(rows: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return model.features(torch.from_numpy(transform(rows)).to(device)).float().cpu().numpy()
+
+        self.memory.update(x, y, embed=embed)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"memory.{k}": v for k, v in self.memory.state_dict(self.n_features).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        prefix = "memory."
-        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        own = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
         if own:
             self.memory.load_state_dict(own)
 
 
-def build(name: str, *, n_features: int, memory_size: int | None, memory_fraction: float, seed: int) -> Strategy:
-    """The strategy named in the config."""
-    if name == "naive":
-        return Naive()
-    if name == "replay":
-        if memory_size is not None:
-            return Replay(n_features=n_features, capacity=memory_size, seed=seed)
-        return Replay(n_features=n_features, fraction=memory_fraction, seed=seed)
-    raise ValueError(f"unknown strategy {name!r}; choose one of: naive, replay")
+class Distillation(Naive):
+    """Learning without forgetting: keep the old classes' outputs close to the champion's (KL at temperature T)."""
+
+    name = "distill"
+
+    def __init__(self, *, weight: float = 1.0, temperature: float = 2.0, only_new_classes: bool = True) -> None:
+        self.weight = weight
+        self.temperature = temperature
+        self.only_new_classes = only_new_classes
+        self.teacher: MLP | None = None
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        self.old = context.old_classes
+        # Without new classes the teacher would only hold the model to the old data's
+        # distribution and keep it from adapting to the new one (domain shift).
+        grows = context.model.n_classes > self.old
+        active = self.old > 0 and (grows or not self.only_new_classes)
+        self.teacher = copy.deepcopy(context.model).eval() if active else None
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        with torch.no_grad():
+            target = self.teacher(x)[:, : self.old]
+        return self.weight * distillation_loss(logits[:, : self.old], target, self.temperature)
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        self.teacher = None  # not part of the state: the next champion is the next teacher
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on softened outputs, scaled by T^2 so its gradient does not shrink with T."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean") * t * t
+
+
+class EWC(Naive):
+    """Elastic weight consolidation with an online (running) Fisher estimate."""
+
+    name = "ewc"
+
+    def __init__(self, *, weight: float = 100.0, decay: float = 0.9) -> None:
+        self.weight = weight
+        self.decay = decay
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        device = context.device
+        self._fisher = {k: v.to(device) for k, v in self.fisher.items()}
+        self._anchor = {k: v.to(device) for k, v in self.anchor.items()}
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if not self._fisher:
+            return None
+        total = torch.zeros((), device=x.device)
+        for name, param in model.named_parameters():
+            if name in self._fisher:
+                fisher, anchor = self._fisher[name], self._anchor[name]
+                # A grown head has rows the anchor never had: only the old ones are held.
+                rows = tuple(slice(0, s) for s in anchor.shape)
+                total = total + (fisher * (param[rows] - anchor) ** 2).sum()
+        return 0.5 * self.weight * total
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        """Fisher diagonal from per-sample squared gradients of the log-likelihood (empirical Fisher)."""
+        device = self.context.device
+        inputs = torch.from_numpy(self.context.transform(x)).to(device)
+        targets = torch.from_numpy(y).to(device)
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        fresh = {n: torch.zeros_like(p) for n, p in params.items()}
+        model.eval()
+        for start in range(0, len(targets), 64):
+            for i in range(start, min(start + 64, len(targets))):
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(inputs[i : i + 1]), targets[i : i + 1]).backward()
+                for n, p in params.items():
+                    if p.grad is not None:
+                        fresh[n] += p.grad.detach() ** 2
+        model.zero_grad(set_to_none=True)
+        fresh = {n: f / max(len(targets), 1) for n, f in fresh.items()}
+        merged = {}
+        for n, f in fresh.items():
+            old = self.fisher.get(n)
+            if old is not None:
+                grown = torch.zeros_like(f)
+                grown[tuple(slice(0, s) for s in old.shape)] = old.to(f.device)
+                f = f + self.decay * grown
+            merged[n] = f.detach().cpu()
+        self.fisher = merged
+        self.anchor = {n: p.detach().cpu().clone() for n, p in params.items()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {f"fisher.{k}": v.numpy() for k, v in self.fisher.items()}
+        state |= {f"anchor.{k}": v.numpy() for k, v in self.anchor.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.fisher = {k.removeprefix("fisher."): torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("fisher.")}
+        self.anchor = {k.removeprefix("anchor."): torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("anchor.")}
+
+
+class Freeze(Naive):
+    """Partial update: parameters whose names start with one of ``layers`` are not trained."""
+
+    name = "freeze"
+
+    def __init__(self, *, layers: tuple[str, ...] = ("features",)) -> None:
+        self.layers = tuple(layers)
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        # The first increment has nothing to keep: everything learns.
+        if context.old_classes == 0:
+            return
+        for name, param in context.model.named_parameters():
+            if name.startswith(self.layers):
+                param.requires_grad_(False)
+
+    def finish(self, model: MLP) -> MLP:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+
+
+class Interpolation(Naive):
+    """WiSE-FT: mix champion and fine-tuned weights, the mixing weight chosen on held-out data.
+
+    ``alpha`` is the fine-tuned share: 0 gives back the champion, 1 the fine-tuned network.
+    """
+
+    name = "interpolate"
+
+    def __init__(self, *, alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> None:
+        self.alphas = tuple(alphas)
+        self.chosen: float | None = None
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        # The champion as it was: the head rows added for new classes are not its own.
+        self.champion = _head_trimmed(context.model, context.old_classes) if context.old_classes else None
+
+    def finish(self, model: MLP) -> MLP:
+        if self.champion is None or self.context.validation is None:
+            self.chosen = 1.0
+            return model
+        x, y = self.context.validation
+        inputs = torch.from_numpy(self.context.transform(x))
+        targets = torch.from_numpy(y)
+        best, best_score = model, -1.0
+        for alpha in self.alphas:
+            mixed = interpolate(self.champion, model.cpu(), alpha)
+            with torch.no_grad():
+                score = float((mixed(inputs).argmax(dim=1) == targets).float().mean())
+            if score > best_score + 1e-12:
+                best, best_score, self.chosen = mixed, score, alpha
+        return best
+
+
+def _head_trimmed(model: MLP, n_classes: int) -> MLP:
+    """A CPU copy of ``model`` whose head keeps only its first ``n_classes`` outputs."""
+    trimmed = copy.deepcopy(model).cpu()
+    head = nn.Linear(trimmed.head.in_features, n_classes)
+    with torch.no_grad():
+        head.weight.copy_(trimmed.head.weight[:n_classes])
+        head.bias.copy_(trimmed.head.bias[:n_classes])
+    trimmed.head = head
+    trimmed.prototypes = trimmed.prototypes[:n_classes].clone()
+    return trimmed
+
+
+def interpolate(champion: MLP, tuned: MLP, alpha: float) -> MLP:
+    """(1 - alpha) * champion + alpha * tuned, parameter by parameter; a grown head keeps its new rows as tuned."""
+    mixed = copy.deepcopy(tuned)
+    with torch.no_grad():
+        old = dict(champion.named_parameters())
+        for name, param in mixed.named_parameters():
+            anchor = old[name]
+            rows = tuple(slice(0, s) for s in anchor.shape)
+            param[rows] = (1.0 - alpha) * anchor + alpha * param[rows]
+    return mixed
+
+
+class Joint(Replay):
+    """Retrain from scratch on everything accepted so far: the reference, and a fallback."""
+
+    name = "joint"
+
+    def __init__(self, *, n_features: int, seed: int = 0) -> None:
+        super().__init__(n_features=n_features, fraction=1.0, selection="reservoir", seed=seed)
+
+    def begin(self, context: Context) -> None:
+        Naive.begin(self, context)
+
+    def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mx, my = self.memory.samples(self.n_features)
+        return np.concatenate([mx, x]), np.concatenate([my, y])
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        self.memory.update(x, y)
+
+
+class WeightAlign(Naive):
+    """Bias correction: scale the new classes' head weights to the old classes' mean norm (weight aligning).
+
+    Training on many new samples and few old ones inflates the new classes' logits;
+    aligning the norms removes most of that bias at no training cost.
+    """
+
+    name = "align"
+
+    def finish(self, model: MLP) -> MLP:
+        old = self.context.old_classes
+        if old == 0 or old >= model.n_classes:
+            return model
+        with torch.no_grad():
+            norms = model.head.weight.norm(dim=1)
+            gamma = norms[:old].mean() / norms[old:].mean()
+            model.head.weight[old:] *= gamma
+            model.head.bias[old:] *= gamma
+        return model
+
+
+class NearestMean(Naive):
+    """Classify by the nearest mean of the memory's exemplars in feature space (iCaRL).
+
+    The class means come from the same few exemplars for every class, so new classes
+    get no advantage from their numbers: the bias a linear head picks up disappears.
+    """
+
+    name = "nme"
+
+    def __init__(self, *, replay: Replay) -> None:
+        self.replay = replay
+
+    def finish(self, model: MLP) -> MLP:
+        x, y = self.replay.memory.samples(self.replay.n_features)
+        if len(y) == 0 or len(np.unique(y)) < model.n_classes:
+            return model  # a class without exemplars: the linear head decides
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            embedding = F.normalize(model.features(torch.from_numpy(self.context.transform(x)).to(device)), dim=1)
+            labels = torch.from_numpy(y).to(device)
+            means = torch.stack([embedding[labels == c].mean(dim=0) for c in range(model.n_classes)])
+            model.prototypes = F.normalize(means, dim=1)
+        model.classifier = "nme"
+        return model
+
+
+class BalancedHead(Naive):
+    """Bias correction: a short fine-tune of the head alone on the (class-balanced) memory."""
+
+    name = "balance"
+
+    def __init__(self, *, replay: Replay, epochs: int = 30, lr: float = 1e-4, batch_size: int = 32) -> None:
+        self.replay, self.epochs, self.lr, self.batch_size = replay, epochs, lr, batch_size
+
+    def finish(self, model: MLP) -> MLP:
+        if self.context.old_classes == 0:
+            return model
+        x, y = self.replay.memory.samples(self.replay.n_features)
+        if len(y) == 0:
+            return model
+        device = next(model.parameters()).device
+        inputs = torch.from_numpy(self.context.transform(x)).to(device)
+        targets = torch.from_numpy(y).to(device)
+        optimiser = torch.optim.Adam(model.head.parameters(), lr=self.lr)
+        model.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(len(targets), generator=self.context.generator).to(device)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                loss = F.cross_entropy(model(inputs[idx]), targets[idx])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        model.eval()
+        return model
+
+
+class Composite(Naive):
+    """Several strategies at once: data and batches pass through each in turn, penalties add up."""
+
+    def __init__(self, parts: list[Strategy]) -> None:
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        for part in self.parts:
+            part.begin(context)
+
+    def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        for part in self.parts:
+            x, y = part.training_data(x, y)
+        return x, y
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for part in self.parts:
+            x, y = part.batch(x, y)
+        return x, y
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        terms = [t for part in self.parts if (t := part.penalty(model, x, y, logits)) is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        for part in self.parts:
+            part.end(model, x, y)
+
+    def finish(self, model: MLP) -> MLP:
+        for part in self.parts:
+            model = part.finish(model)
+        return model
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {f"{p.name}.{k}": v for p in self.parts for k, v in p.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for part in self.parts:
+            prefix = f"{part.name}."
+            part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+
+
+NAMES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
+
+
+def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
+    """The strategies named in ``config.name`` (e.g. ``replay+distill+align``), in that order."""
+    parts: list[Strategy] = []
+    for name in config.names:
+        if name == "naive":
+            parts.append(Naive())
+        elif name == "replay":
+            if config.memory_size is not None:
+                parts.append(Replay(n_features=n_features, capacity=config.memory_size, selection=config.memory_selection, seed=seed))
+            else:
+                parts.append(Replay(n_features=n_features, fraction=config.memory_fraction, selection=config.memory_selection, seed=seed))
+        elif name == "distill":
+            parts.append(Distillation(weight=config.distill_weight, temperature=config.distill_temperature, only_new_classes=config.distill_only_new_classes))
+        elif name == "ewc":
+            parts.append(EWC(weight=config.ewc_weight, decay=config.ewc_decay))
+        elif name == "freeze":
+            parts.append(Freeze(layers=tuple(config.freeze_layers)))
+        elif name == "interpolate":
+            parts.append(Interpolation(alphas=tuple(config.interpolation_alphas)))
+        elif name == "joint":
+            parts.append(Joint(n_features=n_features, seed=seed))
+        elif name == "align":
+            parts.append(WeightAlign())
+        elif name in ("nme", "balance"):
+            replay = next((p for p in parts if isinstance(p, Replay)), None)
+            if replay is None:
+                raise ValueError(f"strategy {name!r} needs a memory: put replay (or joint) before it")
+            parts.append(NearestMean(replay=replay) if name == "nme" else BalancedHead(replay=replay))
+        else:  # the config validates names; this guards direct callers
+            raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(NAMES)}")
+    return Composite(parts)

@@ -16,6 +16,7 @@ from models import strategies
 from models.bundle import Bundle
 from models.network import MLP
 from models.preprocessing import Preprocessor
+from models.splits import holdout_mask
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -36,6 +37,12 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
+@dataclass
+class FitResult:
+    losses: list[float]  # mean loss of each epoch
+    samples: int  # samples through forward and backward passes, memory batches included
+
+
 def fit(
     model: nn.Module,
     x: np.ndarray,
@@ -44,31 +51,33 @@ def fit(
     epochs: int,
     batch_size: int,
     lr: float,
-    seed: int,
     device: torch.device,
+    generator: torch.Generator,
     strategy: strategies.Strategy | None = None,
-) -> list[float]:
-    """Train ``model`` in place with Adam and cross-entropy; returns the mean loss of each epoch."""
-    generator = torch.Generator().manual_seed(seed)
+) -> FitResult:
+    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches and add penalties."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     if device.type == "cuda":
         xt, yt = xt.pin_memory(), yt.pin_memory()
     # The whole increment fits on the device: moving it once beats a DataLoader per batch.
     xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
     model.to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     autocast, scaler = _autocast(device)
-    losses = []
+    losses, samples = [], 0
     for _ in range(epochs):
         order = torch.randperm(len(xt), generator=generator).to(device)
-        total = 0.0
+        total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             xb, yb = xt[idx], yt[idx]
+            if strategy is not None:
+                xb, yb = strategy.batch(xb, yb)
             with autocast:
-                loss = loss_fn(model(xb), yb)
-                extra = strategy.penalty(model, xb, yb) if strategy is not None else None
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                extra = strategy.penalty(model, xb, yb, logits) if strategy is not None else None
                 if extra is not None:
                     loss = loss + extra
             optimiser.zero_grad(set_to_none=True)
@@ -79,10 +88,12 @@ def fit(
             else:
                 loss.backward()
                 optimiser.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / max(len(order), 1))
+            total += float(loss.detach()) * len(yb)
+            count += len(yb)
+        samples += count
+        losses.append(total / max(count, 1))
     model.eval()
-    return losses
+    return FitResult(losses, samples)
 
 
 @dataclass
@@ -90,12 +101,13 @@ class TrainReport:
     """What a fine-tuning step did, for tracking."""
 
     losses: list[float]
-    train_samples: int
+    train_samples: int  # samples processed, memory batches and every epoch included
     new_samples: int
     memory_samples: int
     seconds: float
     device: str
     warm_start: bool
+    strategy: str = ""
     classes: list = field(default_factory=list)
 
 
@@ -107,60 +119,80 @@ def fine_tune(
     train: TrainConfig,
     strategy: StrategyConfig,
 ) -> tuple[Bundle, TrainReport]:
-    """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategy.
+    """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
     The champion itself is never modified: its weights are copied into a new network.
     """
     torch.manual_seed(train.seed)
+    generator = torch.Generator().manual_seed(train.seed)
     features = [c for c in frame.columns if c != label] if champion is None else champion.preprocessor.features
     previous = champion.preprocessor if champion is not None else Preprocessor(features)
     preprocessor = previous.updated(frame, frame[label])
+    n_classes = len(preprocessor.classes)
 
-    network = MLP(n_features=len(features), n_classes=len(preprocessor.classes), hidden=tuple(train.hidden))
-    if champion is not None:
-        network = MLP(n_features=len(features), n_classes=champion.network.n_classes, hidden=champion.network.hidden)
-        network.load_state_dict(champion.network.state_dict())
-        network.expand_head(len(preprocessor.classes))
-
-    plan = strategies.build(
-        strategy.name,
-        n_features=len(features),
-        memory_size=strategy.memory_size,
-        memory_fraction=strategy.memory_fraction,
-        seed=train.seed,
-    )
+    plan = strategies.build(strategy, n_features=len(features), seed=train.seed)
     if champion is not None and champion.meta.get("strategy", {}).get("name") == strategy.name:
         plan.load_state_dict(champion.strategy_state)
 
+    retrain = "joint" in strategy.names or champion is None
+    if retrain:
+        hidden = tuple(train.hidden) if champion is None else champion.network.hidden
+        network = MLP(n_features=len(features), n_classes=n_classes, hidden=hidden)
+    else:
+        network = MLP(n_features=len(features), n_classes=champion.network.n_classes, hidden=champion.network.hidden)
+        network.load_state_dict(champion.network.state_dict())
+        network.expand_head(n_classes)
+
     x_new = preprocessor.raw_matrix(frame)
     y_new = preprocessor.encode(frame[label])
-    x_raw, y = plan.training_data(x_new, y_new)
+    validation = None
+    x_fit, y_fit = x_new, y_new
+    if "interpolate" in strategy.names and strategy.validation_fraction > 0 and champion is not None:
+        held = holdout_mask(frame, strategy.validation_fraction)
+        x_fit, y_fit = x_new[~held], y_new[~held]
+        memory_x, memory_y = _memory_of(plan, len(features))
+        validation = (np.concatenate([x_new[held], memory_x]), np.concatenate([y_new[held], memory_y]))
+
     device = select_device(train.device)
+    network.to(device)
+    old_classes = 0 if champion is None or retrain else champion.network.n_classes
+    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
+    x_raw, y = plan.training_data(x_fit, y_fit)
     started = time.perf_counter()
-    losses = fit(
+    result = fit(
         network,
         preprocessor.transform(x_raw),
         y,
         epochs=train.epochs,
         batch_size=train.batch_size,
         lr=train.lr,
-        seed=train.seed,
         device=device,
+        generator=generator,
         strategy=plan,
     )
+    plan.end(network, x_new, y_new)
+    network = plan.finish(network)
     seconds = time.perf_counter() - started
-    plan.after_increment(x_new, y_new)
-    network.cpu()
+    network.cpu().eval()
     meta = {"label": label, "train": train.model_dump(), "strategy": strategy.model_dump()}
     candidate = Bundle(network, preprocessor, plan.state_dict(), meta)
     report = TrainReport(
-        losses=losses,
-        train_samples=len(y) * train.epochs,
-        new_samples=len(y_new),
-        memory_samples=len(y) - len(y_new),
+        losses=result.losses,
+        train_samples=result.samples,
+        new_samples=len(y_fit),
+        memory_samples=result.samples // max(train.epochs, 1) - len(y_fit) if not retrain or champion is None else len(y) - len(y_fit),
         seconds=seconds,
         device=str(device),
-        warm_start=champion is not None,
+        warm_start=not retrain,
+        strategy=strategy.name,
         classes=list(preprocessor.classes),
     )
     return candidate, report
+
+
+def _memory_of(plan: strategies.Composite, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The replay memory's samples, if the plan has one (old classes for choosing a mixing weight)."""
+    for part in plan.parts:
+        if isinstance(part, strategies.Replay):
+            return part.memory.samples(n_features)
+    return np.zeros((0, n_features)), np.zeros(0, dtype=np.int64)

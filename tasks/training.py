@@ -21,8 +21,10 @@ def train(champion: Bundle | None, frame: pd.DataFrame, label: str, train: Train
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str) -> Evaluation:
-    """Candidate and champion on the new holdout and every earlier one."""
-    return compare(candidate, champion, holdouts, new_id=new_id, label=label)
+    """Candidate and champion on the new holdout and every earlier one; the candidate keeps its lineage's matrix."""
+    evaluation = compare(candidate, champion, holdouts, new_id=new_id, label=label)
+    candidate.meta["accuracy_matrix"] = evaluation.matrix
+    return evaluation
 
 
 @task(name="gate", cache_policy=NO_CACHE)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from pydantic import ValidationError
+
 from lepton.config import (
+    STRATEGIES,
     ConfigError,
     DataConfig,
     LeptonConfig,
     RegistryConfig,
+    StrategyConfig,
     apply_overrides,
     default_yaml,
     load,
@@ -59,6 +63,29 @@ def test_invalid_value_names_the_field(override: str, field: str) -> None:
     assert "lepton.yaml" in str(err.value)
 
 
+def test_strategy_name_is_a_plus_joined_list_of_known_strategies() -> None:
+    """'replay+distill' is accepted (spaces trimmed) and split into names; the default is replay+distill+nme."""
+    assert StrategyConfig(name="replay+distill").names == ["replay", "distill"]
+    assert StrategyConfig(name=" replay + ewc ").name == "replay+ewc"
+    assert StrategyConfig().name == "replay+distill+nme"
+    assert StrategyConfig().names == ["replay", "distill", "nme"]
+    assert parse(RAW, ["strategy.name=replay+distill"]).strategy.names == ["replay", "distill"]
+    assert all(StrategyConfig(name=name).names == [name] for name in STRATEGIES)
+
+
+@pytest.mark.parametrize(("name", "bad"), [("replay+magic", "'magic'"), ("magic", "'magic'"), ("replay+", "''"), ("Replay", "'Replay'")])
+def test_unknown_strategy_is_rejected_by_name(name: str, bad: str) -> None:
+    """A name that is not a known strategy is refused, naming the bad part and listing the choices."""
+    with pytest.raises(ValidationError) as err:
+        StrategyConfig(name=name)
+    message = str(err.value)
+    assert f"unknown strategy {bad}" in message
+    assert "replay" in message and "nme" in message and "'+'" in message
+    assert "'replay'" not in message, "the known part is not blamed"
+    with pytest.raises(ConfigError, match=f"strategy.name: .*{bad}"):
+        parse(RAW, [f"strategy.name={name}"])
+
+
 def test_missing_label_names_data_label() -> None:
     """The only required key, data.label, is reported by name when absent."""
     with pytest.raises(ConfigError, match=r"data\.label"):
@@ -73,7 +100,7 @@ def test_default_yaml_round_trips_to_the_defaults() -> None:
     expected = LeptonConfig(data=DataConfig(label="species"), registry=RegistryConfig(model_name="iris-model"))
     assert config == expected
     assert config.data.label == "species" and config.registry.model_name == "iris-model"
-    assert config.train.epochs == 30 and config.strategy.name == "replay"
+    assert config.train.epochs == 30 and config.strategy.name == "replay+distill+nme"
 
 
 def test_load_applies_overrides_to_the_file(tmp_path) -> None:

@@ -101,12 +101,33 @@ def test_lineage_tags(digits):
     assert tags["lepton.increment_id"] == outcome.increment_id
     assert tags["lepton.data_hash"] == outcome.data_hash and tags["lepton.data_hash"].endswith(".dir")
     assert tags["lepton.git_commit"]
-    assert tags["lepton.strategy"] == "replay"
+    from lepton.config import StrategyConfig
+
+    assert tags["lepton.strategy"] == StrategyConfig().name
     assert json.loads(tags["lepton.config"])["train"]["epochs"] == 15
     assert json.loads(tags["lepton.gate_reasons"])
     assert json.loads(tags["lepton.metrics"])["candidate_new_accuracy"] == pytest.approx(outcome.metrics["candidate_new_accuracy"], abs=1e-6)
     run = client.get_run(client.get_model_version(name, str(outcome.version)).run_id)
     assert run.data.metrics["candidate_new_accuracy"] == pytest.approx(outcome.metrics["candidate_new_accuracy"])
+
+
+def test_accuracy_matrix_is_tracked(digits):
+    """Each version's run carries R[i][j] (JSON and heatmap) and the continual metrics derived from it."""
+    client, name, _ = registry(digits["ws"])
+    version = client.get_model_version(name, "3")
+    run = client.get_run(version.run_id)
+    for key in ("lineage_average_accuracy", "lineage_forgetting", "lineage_bwt", "prequential_accuracy"):
+        assert key in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "report")}
+    assert {"report/accuracy_matrix.json", "report/accuracy_matrix.png"} <= artifacts
+    local = client.download_artifacts(version.run_id, "report/accuracy_matrix.json")
+    matrix = json.loads(Path(local).read_text())
+    ids = [o.increment_id for o in digits["outcomes"][:3]]
+    assert matrix["columns"] == ids and matrix["trained"] == ids
+    assert len(matrix["rows"]) == 3
+    # The diagonal is each model on the increment it just learned; the last row is version 3's own scores.
+    assert matrix["rows"][2][2] == pytest.approx(digits["outcomes"][2].metrics["candidate_new_accuracy"])
+    assert run.data.metrics["prequential_accuracy"] == pytest.approx(matrix["rows"][1][2])
 
 
 def test_same_content_is_not_trained_twice(digits, prefect_api):

@@ -1,11 +1,11 @@
-"""ClassBalancedMemory: size, balance, provenance and resumable state, on tiny synthetic increments."""
+"""ClassBalancedMemory: size, balance, provenance, herding and resumable state, on tiny synthetic increments."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.memory import ClassBalancedMemory
+from models.memory import ClassBalancedMemory, herding_order
 
 N_FEATURES = 3
 
@@ -30,7 +30,7 @@ class Stream:
 
 def test_len_is_min_of_capacity_and_seen_across_increments() -> None:
     """With a fixed capacity, the memory holds min(capacity, samples seen) after every increment."""
-    memory, stream = ClassBalancedMemory(capacity=40, seed=0), Stream()
+    memory, stream = ClassBalancedMemory(capacity=40, selection="reservoir", seed=0), Stream()
     seen = 0
     sizes = []
     for counts in ({0: 6, 1: 6}, {0: 20, 1: 20, 2: 20}, {3: 30}, {1: 15, 4: 15}):
@@ -44,7 +44,7 @@ def test_len_is_min_of_capacity_and_seen_across_increments() -> None:
 
 def test_each_class_gets_an_even_share_of_the_capacity() -> None:
     """When every class has enough samples, each class count is within 1 of capacity / n_classes."""
-    memory, stream = ClassBalancedMemory(capacity=40, seed=1), Stream(1)
+    memory, stream = ClassBalancedMemory(capacity=40, selection="reservoir", seed=1), Stream(1)
     memory.update(*stream.increment({0: 50, 1: 80}))
     assert memory.class_counts() == {0: 20, 1: 20}
     # Skewed arrivals must not skew the memory: class 2 arrives 4x as often as class 0.
@@ -60,7 +60,7 @@ def test_each_class_gets_an_even_share_of_the_capacity() -> None:
 
 def test_fraction_mode_fills_on_the_first_increment() -> None:
     """A fraction-sized memory holds int(fraction * seen) right after the first increment (it used to hold 0)."""
-    memory, stream = ClassBalancedMemory(fraction=0.1, seed=0), Stream()
+    memory, stream = ClassBalancedMemory(fraction=0.1, selection="reservoir", seed=0), Stream()
     memory.update(*stream.increment({0: 50, 1: 50}))
     assert len(memory) == 10
     assert memory.capacity == 10
@@ -72,7 +72,7 @@ def test_fraction_mode_fills_on_the_first_increment() -> None:
 
 def test_samples_are_rows_that_were_offered_with_their_labels() -> None:
     """Every stored sample is an offered row, unchanged, under the label it was offered with."""
-    memory, stream = ClassBalancedMemory(capacity=25, seed=2), Stream(2)
+    memory, stream = ClassBalancedMemory(capacity=25, selection="reservoir", seed=2), Stream(2)
     for counts in ({0: 30, 1: 30}, {2: 40}, {0: 10, 3: 40}):
         memory.update(*stream.increment(counts))
     x, y = memory.samples(N_FEATURES)
@@ -91,7 +91,7 @@ def test_state_round_trip_restores_samples_and_rng_stream(tmp_path) -> None:
     first = [stream.increment({0: 40, 1: 40}), stream.increment({2: 40})]
     later = [stream.increment({0: 60, 3: 30}), stream.increment({1: 50, 2: 50})]
 
-    original = ClassBalancedMemory(capacity=30, seed=3)
+    original = ClassBalancedMemory(capacity=30, selection="reservoir", seed=3)
     for x, y in first:
         original.update(x, y)
     np.savez(tmp_path / "memory.npz", **original.state_dict(N_FEATURES))
@@ -99,7 +99,7 @@ def test_state_round_trip_restores_samples_and_rng_stream(tmp_path) -> None:
         state = {k: npz[k] for k in npz.files}
 
     # A different seed: only a restored RNG state can make the two continue alike.
-    restored = ClassBalancedMemory(capacity=30, seed=12345)
+    restored = ClassBalancedMemory(capacity=30, selection="reservoir", seed=12345)
     restored.load_state_dict(state)
     before_x, before_y = original.samples(N_FEATURES)
     np.testing.assert_array_equal(restored.samples(N_FEATURES)[0], before_x)
@@ -121,7 +121,7 @@ def test_fresh_memory_with_another_seed_diverges() -> None:
     """The seed drives the reservoir: two seeds keep different samples of the same stream."""
     stream = Stream(4)
     increments = [stream.increment({0: 100, 1: 100}), stream.increment({2: 100})]
-    a, b = ClassBalancedMemory(capacity=20, seed=0), ClassBalancedMemory(capacity=20, seed=1)
+    a, b = ClassBalancedMemory(capacity=20, selection="reservoir", seed=0), ClassBalancedMemory(capacity=20, selection="reservoir", seed=1)
     for x, y in increments:
         a.update(x, y)
         b.update(x, y)
@@ -136,9 +136,102 @@ def test_fresh_memory_with_another_seed_diverges() -> None:
         ({"capacity": -1}, "capacity must be >= 0"),
         ({"fraction": -0.1}, r"fraction must be in \[0, 1\]"),
         ({"fraction": 1.5}, r"fraction must be in \[0, 1\]"),
+        ({"capacity": 10, "selection": "random"}, "selection must be 'reservoir' or 'herding', got 'random'"),
     ],
 )
 def test_constructor_rejects_bad_sizes(kwargs: dict, message: str) -> None:
-    """Both or neither of capacity/fraction, a negative capacity and a fraction outside [0, 1] are refused."""
+    """Both or neither of capacity/fraction, a negative capacity, a fraction outside [0, 1] and an unknown selection are refused."""
     with pytest.raises(ValueError, match=message):
         ClassBalancedMemory(**kwargs)
+
+
+def identity(rows: np.ndarray) -> np.ndarray:
+    return rows
+
+
+def test_herding_needs_an_embedding() -> None:
+    """update() with herding and no embedding function raises ValueError and stores nothing."""
+    memory, stream = ClassBalancedMemory(capacity=10, selection="herding"), Stream()
+    with pytest.raises(ValueError, match="embedding"):
+        memory.update(*stream.increment({0: 5}))
+    assert len(memory) == 0
+
+
+@pytest.mark.parametrize("selection", ["reservoir", "herding"])
+def test_default_selection_and_quota_redistribution(selection: str) -> None:
+    """Capacity 40 with 100 rows of class 0 and 5 of class 1 keeps 40: class 1's unused share goes to class 0."""
+    assert ClassBalancedMemory(capacity=1).selection == "reservoir"
+    memory, stream = ClassBalancedMemory(capacity=40, selection=selection, seed=0), Stream()
+    memory.update(*stream.increment({0: 100, 1: 5}), embed=identity)
+    assert memory.class_counts() == {0: 35, 1: 5}
+    # A new class with enough rows takes back an even share; class 1 still holds all it has.
+    memory.update(*stream.increment({2: 50}), embed=identity)
+    assert memory.class_counts() == {0: 18, 1: 5, 2: 17}
+    assert len(memory) == 40
+
+
+def test_herding_order_follows_the_running_mean() -> None:
+    """herding_order picks the row nearest the target first, then whichever keeps the running mean closest."""
+    features = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.1, 0.0]])
+    target = np.array([1.0, 0.0])
+    # Step 1: row 3 is 0.1 away. Step 2: mean with row 0 is (0.55, 0), 0.45 away, closer than rows 1 (0.55) and 2 (~0.50).
+    # Step 3: with row 1 the mean is (1.03, 0), with row 2 (0.70, 0.33).
+    assert herding_order(features, target, 4) == [3, 0, 1, 2]
+    assert herding_order(features, target, 2) == [3, 0]
+    assert herding_order(features, target, 10) == [3, 0, 1, 2], "asks for more rows than there are"
+    assert herding_order(features, target, 0) == []
+
+
+def test_herding_exemplars_track_the_class_mean_better_than_random_subsets() -> None:
+    """On a 16-d Gaussian blob, 10 herded exemplars' mean is nearer the class mean than any of 200 random 10-row subsets."""
+    rng = np.random.default_rng(0)
+    # 16 dimensions, like a (small) embedding: in 2-5 dimensions unit vectors all sit about
+    # 1 - |mean| from their mean, and greedy herding gains little over chance there.
+    x = rng.normal(loc=2.0, size=(200, 16))
+    y = np.zeros(200, dtype=np.int64)
+    memory = ClassBalancedMemory(capacity=10, selection="herding")
+    memory.update(x, y, embed=identity)
+    kept, labels = memory.samples(16)
+    assert kept.shape == (10, 16) and (labels == 0).all()
+    # Herding works on unit-norm embeddings: compare means there.
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centre = unit.mean(axis=0)
+
+    def gap(rows: np.ndarray) -> float:
+        return float(np.linalg.norm((rows / np.linalg.norm(rows, axis=1, keepdims=True)).mean(axis=0) - centre))
+
+    random_gaps = [gap(x[rng.choice(200, size=10, replace=False)]) for _ in range(200)]
+    assert gap(kept) < min(random_gaps)
+    assert gap(kept) < 0.5 * float(np.median(random_gaps))
+    # The exemplars are offered rows, each kept once.
+    assert all(any(np.array_equal(row, offered) for offered in x) for row in kept)
+    assert len(np.unique(kept, axis=0)) == 10
+
+
+def test_herding_keeps_exemplars_in_priority_order_when_shares_shrink() -> None:
+    """A class's share shrinking drops its last (least representative) exemplars: the rest is the old prefix."""
+    stream = Stream(5)
+    memory = ClassBalancedMemory(capacity=12, selection="herding")
+    memory.update(*stream.increment({0: 30, 1: 30}), embed=identity)
+    before = {c: [row.copy() for row in rows] for c, rows in memory.buffers.items()}
+    assert memory.class_counts() == {0: 6, 1: 6}
+    memory.update(*stream.increment({2: 30}), embed=identity)
+    assert memory.class_counts() == {0: 4, 1: 4, 2: 4}
+    for c in (0, 1):
+        np.testing.assert_array_equal(np.stack(memory.buffers[c]), np.stack(before[c][:4]))
+
+
+def test_herding_state_round_trip(tmp_path) -> None:
+    """A herding memory rebuilt from state_dict holds the same exemplars and selects the same ones afterwards."""
+    stream = Stream(6)
+    first, later = stream.increment({0: 20, 1: 20}), stream.increment({0: 10, 2: 20})
+    original = ClassBalancedMemory(capacity=12, selection="herding")
+    original.update(*first, embed=identity)
+    np.savez(tmp_path / "memory.npz", **original.state_dict(N_FEATURES))
+    with np.load(tmp_path / "memory.npz", allow_pickle=False) as npz:
+        restored = ClassBalancedMemory(capacity=12, selection="herding")
+        restored.load_state_dict({k: npz[k] for k in npz.files})
+    for memory in (original, restored):
+        memory.update(*later, embed=identity)
+    np.testing.assert_array_equal(restored.samples(N_FEATURES)[0], original.samples(N_FEATURES)[0])
+    assert restored.seen == original.seen == {0: 30, 1: 20, 2: 20}

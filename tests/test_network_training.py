@@ -25,12 +25,23 @@ def blobs(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: on busy cores, thread synchronisation costs far more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def trained_losses(*, init_seed: int, fit_seed: int, device: torch.device = CPU) -> tuple[list[float], MLP]:
     torch.manual_seed(init_seed)
     model = MLP(n_features=4, n_classes=2, hidden=(16,))
     x, y = blobs()
-    losses = fit(model, x, y, epochs=15, batch_size=32, lr=1e-2, seed=fit_seed, device=device)
-    return losses, model
+    result = fit(model, x, y, epochs=15, batch_size=32, lr=1e-2, device=device, generator=torch.Generator().manual_seed(fit_seed))
+    # Without a strategy every epoch passes each sample through once.
+    assert result.samples == 15 * len(y)
+    return result.losses, model
 
 
 def test_expand_head_keeps_known_outputs_and_adds_new_ones() -> None:
@@ -50,6 +61,26 @@ def test_expand_head_keeps_known_outputs_and_adds_new_ones() -> None:
     assert torch.equal(after[:, :3], before)
     # The grown head is still trainable as one parameter.
     assert model.head.weight.requires_grad and model.head.weight.is_leaf
+
+
+def test_expand_head_grows_prototypes_and_falls_back_to_the_linear_head() -> None:
+    """Growing keeps the known class means, adds zero rows for the new classes and predicts with the head again."""
+    torch.manual_seed(0)
+    model = MLP(n_features=4, n_classes=3, hidden=(8,), classifier="nme")
+    with torch.no_grad():
+        model.prototypes.copy_(torch.nn.functional.normalize(torch.randn(3, 8), dim=1))
+    prototypes = model.prototypes.clone()
+    x = torch.randn(5, 4)
+    # Before growing, nme predictions are negative scaled distances to the prototypes, not the head's logits.
+    assert not torch.equal(model.predict_logits(x), model(x))
+    model.expand_head(5)
+    assert model.prototypes.shape == (5, 8)
+    assert torch.equal(model.prototypes[:3], prototypes)
+    assert torch.equal(model.prototypes[3:], torch.zeros(2, 8))
+    assert model.classifier == "linear" and model.arch["classifier"] == "linear"
+    assert torch.equal(model.predict_logits(x), model(x))
+    # The grown buffer is what a checkpoint saves.
+    assert model.state_dict()["prototypes"].shape == (5, 8)
 
 
 def test_expand_head_refuses_to_shrink() -> None:
@@ -132,7 +163,7 @@ def test_replay_remembers_the_first_increment(digits: list[tuple], replay_chain:
     assert score(final, digits[0][1], LABEL).accuracy > 0.8
     assert score(final, digits[2][1], LABEL).accuracy > 0.8
     # The memory travelled with each version and grew with what was seen.
-    assert len(replay_chain[0].strategy_state["memory.y"]) < len(final.strategy_state["memory.y"])
+    assert len(replay_chain[0].strategy_state["replay.memory.y"]) < len(final.strategy_state["replay.memory.y"])
 
 
 def test_naive_fine_tuning_forgets_the_first_increment(digits: list[tuple]) -> None:

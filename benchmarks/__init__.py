@@ -1,0 +1,1 @@
+"""Benchmarks: retention and cost of the strategies, and what the pipeline costs around training."""
