@@ -479,6 +479,47 @@ def backfill(
 
 
 
+@app.command()
+def serve(
+    workspace: WorkspaceOption = Path("."),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5001,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes it beyond this machine.")] = "127.0.0.1",
+) -> None:
+    """Serve the champion with MLflow's scoring server: POST raw feature columns to /invocations, get labels."""
+    import socket
+
+    ws = _workspace(workspace)
+    _quiet_libraries()
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise fail(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    import mlflow.pyfunc
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    from lepton.config import load
+    from tasks.registry import champion_version, connect
+
+    registry = load(ws.root).registry
+    name = registry.model_name
+    try:
+        client, _ = connect(ws, registry)
+        version = champion_version(client, name)
+        if version is None:
+            raise fail(f"model {name!r} has no champion yet: run an increment first")
+        # Pinned at start: a promotion meanwhile does not change what this process answers with.
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    except typer.Exit:
+        raise
+    except Exception as error:
+        raise fail(f"could not load models:/{name}@champion: {error}") from None
+    console.print(f"serving {name} version {version} (champion) on http://{host}:{port}/invocations", soft_wrap=True)
+    uvicorn.run(scoring_server.init(model), host=host, port=port, log_level="warning")
+
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -92,7 +92,7 @@ def test_help_lists_the_production_commands():
     """`lepton --help` names the commands for landing, the nightly logic, backfill, rollback and history."""
     result = subprocess.run([str(Path(sys.executable).parent / "lepton"), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
-    for command in ("land", "run-pending", "backfill", "rollback", "history"):
+    for command in ("land", "run-pending", "backfill", "rollback", "history", "serve"):
         assert command in result.stdout
 
 
