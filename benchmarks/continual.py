@@ -67,41 +67,42 @@ def run(scenario: Scenario, strategy: StrategyConfig, train: TrainConfig) -> dic
 
 
 def continual(*, seeds: tuple[int, ...] = SEEDS, scenarios: list[str] | None = None, out: Path = RESULTS,
-              progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              epochs: int = 30, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every scenario x strategy x seed; joint's cost is recorded beside each record."""
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for name in scenarios or list(SCENARIOS):
         scenario = SCENARIOS[name]()
         for seed in seeds:
-            train = TrainConfig(seed=seed)
+            train = TrainConfig(seed=seed, epochs=epochs)
             rows = []
             for strategy in STRATEGIES[name]:
                 started = time.perf_counter()
                 result = run(scenario, StrategyConfig(name=strategy), train)
                 progress(f"{name:<18} {strategy:<24} seed {seed}: final {result['final_accuracy']:.3f} "
                          f"forgetting {result['forgetting']:.3f} samples {result['train_samples']} ({time.perf_counter() - started:.0f}s)")
-                rows.append({"scenario": name, "strategy": strategy, "seed": seed, "default": strategy == DEFAULT, **result})
+                rows.append({"scenario": name, "strategy": strategy, "seed": seed, "default": strategy == DEFAULT, "epochs": epochs, **result})
             joint = next(r for r in rows if r["strategy"] == "joint")
             for row in rows:
                 row["joint_train_samples"] = joint["train_samples"]
                 row["joint_train_samples_per_increment"] = joint["train_samples_per_increment"]
             records += rows
     (out / "continual.json").write_text(json.dumps(records, indent=1) + "\n")
-    curve = memory_curve(seeds=seeds, progress=progress)
+    curve = memory_curve(seeds=seeds, epochs=epochs, progress=progress)
     (out / "memory_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     plot_memory_curve(curve, out / "memory_curve.png")
     (out / "continual.md").write_text(markdown(records, curve))
     return records
 
 
-def memory_curve(*, seeds: tuple[int, ...] = SEEDS, fractions=(0.02, 0.05, 0.10, 0.20), progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def memory_curve(*, seeds: tuple[int, ...] = SEEDS, fractions=(0.02, 0.05, 0.10, 0.20), epochs: int = 30,
+                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Final accuracy of the default strategy on class-incremental digits at several memory budgets."""
     scenario = class_incremental()
     points = []
     for fraction in fractions:
         for seed in seeds:
-            result = run(scenario, StrategyConfig(memory_fraction=fraction), TrainConfig(seed=seed))
+            result = run(scenario, StrategyConfig(memory_fraction=fraction), TrainConfig(seed=seed, epochs=epochs))
             progress(f"memory {fraction:.0%} seed {seed}: final {result['final_accuracy']:.3f}")
             points.append({"memory_fraction_target": fraction, "seed": seed, "final_accuracy": result["final_accuracy"],
                            "memory_size": result["memory_size"], "memory_fraction": result["memory_fraction"]})
@@ -161,7 +162,9 @@ def targets(records: list[dict[str, Any]], curve: list[dict[str, Any]]) -> list[
 
 def markdown(records: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
     frame = pd.DataFrame(records)
-    lines = [f"Default strategy: `{DEFAULT}`. MLP 64-256-256-10, Adam 1e-3, batch 32, 30 epochs per increment, seeds {list(SEEDS)}; mean ± std over seeds.", ""]
+    epochs = records[0].get("epochs", 30) if records else 30
+    seeds = sorted({r["seed"] for r in records})
+    lines = [f"Default strategy: `{DEFAULT}`. MLP 64-256-256-10, Adam 1e-3, batch 32, {epochs} epochs per increment, seeds {seeds}; mean ± std over seeds.", ""]
     for name, group in frame.groupby("scenario", sort=False):
         lines += [f"### {name}", "", "| strategy | final accuracy | forgetting | BWT | samples at last increment | vs joint | train time (s) | memory |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for strategy, rows in group.groupby("strategy", sort=False):

@@ -16,6 +16,8 @@ bench_app = typer.Typer(help="Benchmarks: what the strategies keep and cost, and
 def continual(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
     scenario: Annotated[list[str] | None, typer.Option(help="Only these scenarios (class_incremental, domain_incremental, stream).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per increment (the peer protocol uses 30).")] = 30,
 ) -> None:
     """Every strategy on class-incremental, domain-incremental and stream digits; the memory-budget curve."""
     import torch
@@ -24,11 +26,12 @@ def continual(
     torch.set_num_threads(1)
     from benchmarks.continual import RESULTS, continual as run, targets
 
-    records = run(seeds=tuple(range(seeds)), scenarios=scenario)
-    typer.echo(f"wrote {RESULTS / 'continual.json'}, continual.md and the memory curve ({len(records)} runs)")
+    folder = out or RESULTS
+    records = run(seeds=tuple(range(seeds)), scenarios=scenario, out=folder, epochs=epochs, progress=typer.echo)
+    typer.echo(f"wrote {folder / 'continual.json'}, continual.md and the memory curve ({len(records)} runs)")
     import json
 
-    curve = json.loads((RESULTS / "memory_curve.json").read_text())
+    curve = json.loads((folder / "memory_curve.json").read_text())
     missed = 0
     for text, ok, measured in targets(records, curve):
         missed += not ok

@@ -13,11 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lepton.bench import bench_app
 from lepton.workspace import Workspace
 
 app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="Data versions of the workspace.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 # Piped output (CI logs, `make demo | tee`) gets room for the summary table.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
