@@ -56,7 +56,8 @@ def run(scenario: Scenario, strategy: StrategyConfig, train: TrainConfig) -> dic
     everything = pd.concat(scenario.tests[:t], ignore_index=True)
     return {
         "final_accuracy": score(champion, everything, LABEL).accuracy,
-        **metrics.summary(r),
+        # Forward transfer against chance (an untrained model's expected accuracy on ten digits).
+        **metrics.summary(r, baseline=np.full(t, 1.0 / 10)),
         "r": r.round(4).tolist(),
         "train_samples": samples[-1],
         "train_samples_per_increment": samples,
@@ -166,7 +167,7 @@ def markdown(records: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in records})
     lines = [f"Default strategy: `{DEFAULT}`. MLP 64-256-256-10, Adam 1e-3, batch 32, {epochs} epochs per increment, seeds {seeds}; mean ± std over seeds.", ""]
     for name, group in frame.groupby("scenario", sort=False):
-        lines += [f"### {name}", "", "| strategy | final accuracy | forgetting | BWT | samples at last increment | vs joint | train time (s) | memory |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"### {name}", "", "| strategy | final accuracy | forgetting | BWT | FWT | samples at last increment | vs joint | train time (s) | memory |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for strategy, rows in group.groupby("strategy", sort=False):
             def ms(col: str, pct: bool = True) -> str:
                 m, s = rows[col].mean(), rows[col].std()
@@ -174,6 +175,7 @@ def markdown(records: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
             tag = " **(default)**" if strategy == DEFAULT else ""
             lines.append(
                 f"| `{strategy}`{tag} | {ms('final_accuracy')} | {ms('forgetting', False)} | {ms('bwt', False)} | "
+                f"{ms('fwt', False) if 'fwt' in rows else '-'} | "
                 f"{rows.train_samples.mean():.0f} | {(rows.train_samples / rows.joint_train_samples).mean():.2f} x | "
                 f"{rows.train_seconds.mean():.1f} | {rows.memory_size.mean():.0f} ({rows.memory_fraction.mean():.1%}) |"
             )

@@ -136,3 +136,28 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def increments(tmp_path_factory) -> list[Path]:
+    """Two class-incremental digits increments as Parquet files (classes 0-1, then 2-3)."""
+    from models.datasets import class_incremental
+
+    folder = tmp_path_factory.mktemp("increments")
+    files = []
+    for i, frame in enumerate(class_incremental()[:2], start=1):
+        path = folder / f"day-{i}.parquet"
+        frame.to_parquet(path, index=False)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks: on busy cores, thread synchronisation costs far more than it saves."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,20 +27,6 @@ QUICK_SET = [f"{section}.{key}={json.dumps(value)}" for section, values in QUICK
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-@pytest.fixture(scope="module")
-def increments(tmp_path_factory) -> list[Path]:
-    """Two class-incremental digits increments (classes 0-1, then 2-3)."""
-    from models.datasets import class_incremental
-
-    folder = tmp_path_factory.mktemp("increments")
-    files = []
-    for i, frame in enumerate(class_incremental()[:2], start=1):
-        path = folder / f"day-{i}.parquet"
-        frame.to_parquet(path, index=False)
-        files.append(path)
-    return files
-
-
 def champion(ws) -> int | None:
     from lepton.config import load
     from tasks.registry import champion_version, connect

@@ -26,12 +26,8 @@ def blobs(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: on busy cores, thread synchronisation costs far more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def trained_losses(*, init_seed: int, fit_seed: int, device: torch.device = CPU) -> tuple[list[float], MLP]:

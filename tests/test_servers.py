@@ -100,19 +100,6 @@ def mlflow_server(postgres, tmp_path_factory):
         stop_process(server)
 
 
-@pytest.fixture(scope="module")
-def increments(tmp_path_factory) -> list[Path]:
-    from models.datasets import class_incremental
-
-    folder = tmp_path_factory.mktemp("increments")
-    files = []
-    for i, frame in enumerate(class_incremental()[:2], start=1):
-        path = folder / f"day-{i}.parquet"
-        frame.to_parquet(path, index=False)
-        files.append(path)
-    return files
-
-
 def holdout(files: list[Path]) -> pd.DataFrame:
     from models.splits import split
 

@@ -40,12 +40,8 @@ TINY = TrainConfig(epochs=2, hidden=[16])  # enough to move every weight, fast o
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: on busy cores, thread synchronisation costs far more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (see conftest)."""
 
 
 def blobs(classes: tuple[int, ...], n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
