@@ -47,6 +47,12 @@ class TrainConfig(Section):
     hidden: list[int] = Field([256, 256], min_length=1, description="Hidden layer widths of a new network.")
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present, else the CPU.")
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel worker processes on this machine (DistributedDataParallel); each steps on batch_size samples, so the effective batch is nproc x batch_size.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend when nproc > 1: auto is nccl on CUDA, gloo on the CPU.")
 
 
 STRATEGIES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")

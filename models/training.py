@@ -159,17 +159,35 @@ def fine_tune(
     plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
     x_raw, y = plan.training_data(x_fit, y_fit)
     started = time.perf_counter()
-    result = fit(
-        network,
-        preprocessor.transform(x_raw),
-        y,
-        epochs=train.epochs,
-        batch_size=train.batch_size,
-        lr=train.lr,
-        device=device,
-        generator=generator,
-        strategy=plan,
-    )
+    if train.nproc > 1:
+        # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
+        from models.distributed import fit_ddp
+
+        result = fit_ddp(
+            network,
+            preprocessor.transform(x_raw),
+            y,
+            nproc=train.nproc,
+            backend=train.backend,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            lr=train.lr,
+            device=device,
+            generator=generator,
+            strategy=plan,
+        )
+    else:
+        result = fit(
+            network,
+            preprocessor.transform(x_raw),
+            y,
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+            lr=train.lr,
+            device=device,
+            generator=generator,
+            strategy=plan,
+        )
     plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
