@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
-from tasks.registry import config_params, lineage_tags, load_champion, promote, register
+from tasks.registry import config_params, lineage_tags, load_champion, promote, register, version_for_increment
 from tasks.reporting import log_accuracy_matrix
 from tasks.splits import read, split_increments
 from tasks.training import evaluate, gate, train
@@ -51,29 +51,36 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
     landing = ingest(Path(path), ws)
     relative = str(landing.path.relative_to(ws.root))
-    if landing.duplicate_of is not None:
+    known = landing.duplicate_of
+    # Accepted but never registered: an earlier run stopped between acceptance and
+    # registration (a crash, a registry that was down). Pick it up at training.
+    resume = known is not None and known.state == "accepted" and version_for_increment(ws, config.registry, known.id) is None
+    if known is not None and not resume:
         record_duplicate(ws, landing)
-        known = landing.duplicate_of
         message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
         log.info(message)
         return RunOutcome(status="duplicate", increment_id=landing.id, file=known.file, message=message)
-    version_data(ws, config.dvc)
-    log.info("ingested %s as increment %s", landing.source, landing.id)
-
-    frame, read_error = read(landing.path)
-    report = validate(frame, read_error, ws.read_schema(), config.data)
-    if not report.passed:
-        where = quarantine(landing, ws, report.problems)
+    if resume:
+        log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
         data_hash = version_data(ws, config.dvc)
-        message = f"rejected because {'; '.join(report.problems)}; quarantined at {where.relative_to(ws.root)}"
-        log.warning(message)
-        return RunOutcome(
-            status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
-            message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
-        )
-    log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
-    accept(landing, ws, frame, config.data)
-    data_hash = version_data(ws, config.dvc)
+    else:
+        version_data(ws, config.dvc)
+        log.info("ingested %s as increment %s", landing.source, landing.id)
+
+        frame, read_error = read(landing.path)
+        report = validate(frame, read_error, ws.read_schema(), config.data)
+        if not report.passed:
+            where = quarantine(landing, ws, report.problems)
+            data_hash = version_data(ws, config.dvc)
+            message = f"rejected because {'; '.join(report.problems)}; quarantined at {where.relative_to(ws.root)}"
+            log.warning(message)
+            return RunOutcome(
+                status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
+                message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
+            )
+        log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
+        accept(landing, ws, frame, config.data)
+        data_hash = version_data(ws, config.dvc)
 
     champion = load_champion(ws, config.registry)
     train_frame, holdouts = split_increments(ws, landing.id, config.data.holdout_fraction)

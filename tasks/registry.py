@@ -84,6 +84,21 @@ def champion_version(client: Any, name: str) -> int | None:
     return int(version) if version is not None else None
 
 
+@task(name="find-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def version_for_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> int | None:
+    """The model version trained on an increment, if one was registered."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = connect(ws, config)
+    try:
+        versions = client.search_model_versions(f"name='{config.model_name}' and tags.`{TAG}increment_id` = '{increment_id}'")
+    except MlflowException as err:
+        if _not_found(err):
+            return None
+        raise
+    return min((int(v.version) for v in versions), default=None)
+
+
 def download_bundle(name: str, version: int, destination: Path) -> Bundle:
     import mlflow
 

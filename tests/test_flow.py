@@ -241,3 +241,24 @@ def test_string_binary_labels(clean_dir, prefect_api):
     assert set(predicted.tolist()) <= {"malignant", "benign"}
     assert (predicted == frame["diagnosis"].head(50).to_numpy()).mean() > 0.85
     assert outcomes[1].metrics["candidate_all_accuracy"] > 0.85
+
+
+def test_an_interrupted_run_resumes_at_training(clean_dir, prefect_api, increments, monkeypatch):
+    """Accepted, then the registry was unreachable: the same file again trains and registers it once, then is a duplicate."""
+    from flows.continual import continual_training
+
+    ws = make_workspace(clean_dir / "ws", "digit", "resume", DIGITS)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(Exception):
+        continual_training(str(increments[0]), str(ws.root), [*FAST, "registry.tracking_uri=http://127.0.0.1:9"])
+    assert [r.state for r in ws.read_manifest().increments] == ["accepted"]
+    assert registry(ws)[2] is None
+
+    outcome = continual_training(str(increments[0]), str(ws.root), FAST)
+    assert outcome.status == "promoted" and outcome.version == 1
+    again = continual_training(str(increments[0]), str(ws.root), FAST)
+    assert again.status == "duplicate"
+    client, name, _ = registry(ws)
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+    assert len(ws.read_manifest().increments) == 1
