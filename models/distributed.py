@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models import strategies
-from models.training import FitResult, _autocast
+from models.training import FitResult, _autocast, step
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,6 @@ def _train(rank: int, nproc: int, device: torch.device, job: _Job) -> dict:
     xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
     ddp.train()
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=job.lr)
-    loss_fn = nn.CrossEntropyLoss()
     autocast, scaler = _autocast(device)
     n = len(yt)
     # Pad every epoch's permutation (with its own first entries) to a multiple of nproc:
@@ -175,25 +174,9 @@ def _train(rank: int, nproc: int, device: torch.device, job: _Job) -> dict:
         total, count = 0.0, 0
         for start in range(0, len(shard), job.batch_size):
             idx = shard[start : start + job.batch_size]
-            xb, yb = xt[idx], yt[idx]
-            if strategy is not None:
-                xb, yb = strategy.batch(xb, yb)
-            with autocast:
-                logits = ddp(xb)
-                loss = loss_fn(logits, yb)
-                extra = strategy.penalty(model, xb, yb, logits) if strategy is not None else None
-                if extra is not None:
-                    loss = loss + extra
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                loss.backward()
-                optimiser.step()
-            total += float(loss.detach()) * len(yb)
-            count += len(yb)
+            loss, counted = step(ddp, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
+            total += loss
+            count += counted
         stats = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         dist.all_reduce(stats)
         losses.append(float(stats[0]) / max(float(stats[1]), 1.0))

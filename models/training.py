@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lepton.config import StrategyConfig, TrainConfig
@@ -37,6 +38,41 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
+def step(
+    forward: nn.Module,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    optimiser: torch.optim.Optimizer,
+    autocast,
+    scaler,
+    strategy: strategies.Strategy | None,
+) -> tuple[float, int]:
+    """One optimisation step: the strategy may extend the batch and add a penalty. Returns (summed loss, samples).
+
+    ``forward`` is what computes the logits (the model, or its DistributedDataParallel
+    wrapper); ``model`` is what strategies see.
+    """
+    if strategy is not None:
+        x, y = strategy.batch(x, y)
+    with autocast:
+        logits = forward(x)
+        loss = F.cross_entropy(logits, y)
+        extra = strategy.penalty(model, x, y, logits) if strategy is not None else None
+        if extra is not None:
+            loss = loss + extra
+    optimiser.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+    else:
+        loss.backward()
+        optimiser.step()
+    return float(loss.detach()) * len(y), len(y)
+
+
 @dataclass
 class FitResult:
     losses: list[float]  # mean loss of each epoch
@@ -63,7 +99,6 @@ def fit(
     xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
     model.to(device).train()
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
     autocast, scaler = _autocast(device)
     losses, samples = [], 0
     for _ in range(epochs):
@@ -71,25 +106,9 @@ def fit(
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            xb, yb = xt[idx], yt[idx]
-            if strategy is not None:
-                xb, yb = strategy.batch(xb, yb)
-            with autocast:
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
-                extra = strategy.penalty(model, xb, yb, logits) if strategy is not None else None
-                if extra is not None:
-                    loss = loss + extra
-            optimiser.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-            else:
-                loss.backward()
-                optimiser.step()
-            total += float(loss.detach()) * len(yb)
-            count += len(yb)
+            loss, n = step(model, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
+            total += loss
+            count += n
         samples += count
         losses.append(total / max(count, 1))
     model.eval()
@@ -159,35 +178,14 @@ def fine_tune(
     plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
     x_raw, y = plan.training_data(x_fit, y_fit)
     started = time.perf_counter()
+    loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, device=device, generator=generator, strategy=plan)
     if train.nproc > 1:
         # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
         from models.distributed import fit_ddp
 
-        result = fit_ddp(
-            network,
-            preprocessor.transform(x_raw),
-            y,
-            nproc=train.nproc,
-            backend=train.backend,
-            epochs=train.epochs,
-            batch_size=train.batch_size,
-            lr=train.lr,
-            device=device,
-            generator=generator,
-            strategy=plan,
-        )
+        result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
     else:
-        result = fit(
-            network,
-            preprocessor.transform(x_raw),
-            y,
-            epochs=train.epochs,
-            batch_size=train.batch_size,
-            lr=train.lr,
-            device=device,
-            generator=generator,
-            strategy=plan,
-        )
+        result = fit(network, preprocessor.transform(x_raw), y, **loop)
     plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
