@@ -124,12 +124,18 @@ def init(
     console.print(f"next: lepton run PATH/TO/increment.parquet --workspace {directory}")
 
 
-def _run_flow(ws: Workspace, path: Path, overrides: list[str]) -> Any:
+def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool = False) -> Any:
     """Run the flow once; returns its outcome or raises the failure with a readable message."""
-    from flows.continual import continual_training
-
     _quiet_libraries()
-    state = continual_training(str(path), str(ws.root), overrides, return_state=True)
+    if dry_run:
+        from flows.deployments import run_increment
+        from lepton.config import ConfigOverrides
+
+        state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(overrides), dry_run=True, return_state=True)
+    else:
+        from flows.continual import continual_training
+
+        state = continual_training(str(path), str(ws.root), overrides, return_state=True)
     result = state.result(raise_on_failure=False)
     if state.is_failed() or isinstance(result, BaseException):
         raise RuntimeError(str(result) if isinstance(result, BaseException) else state.message or "the flow failed")
@@ -142,6 +148,7 @@ def run(
     workspace: WorkspaceOption = Path("."),
     set_: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
 ) -> None:
     """Send one increment through the whole flow. Exit 0 processed, 2 rejected, 1 failed."""
     ws = _workspace(workspace)
@@ -150,7 +157,7 @@ def run(
     if not path.is_file():
         raise fail(f"{path} does not exist or is not a file")
     try:
-        outcome = _run_flow(ws, path, overrides)
+        outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
     if as_json:

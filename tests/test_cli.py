@@ -116,3 +116,20 @@ def test_readme_names_the_two_commands():
     """The README's front door: make demo and make test."""
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_run_dry_run_only_validates(clean_dir, prefect_api, increments):
+    """`lepton run --dry-run`: a verdict and its exit status, and the workspace's data untouched."""
+    import pandas as pd
+
+    ws = make_workspace(clean_dir / "ws", "digit", "dry", {"data": {"bounds": {"*": [0, 16]}}})
+    before = sorted(p.name for p in (ws.root / "data").rglob("*"))
+    result = run_cli(["run", str(increments[0]), "--dry-run", "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1].startswith("dry run: valid")
+    broken = clean_dir / "broken.parquet"
+    pd.read_parquet(increments[0]).assign(pixel_3=99).to_parquet(broken, index=False)
+    result = run_cli(["run", str(broken), "--dry-run", "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 2
+    assert "would be rejected" in result.stdout and "pixel_3" in result.stdout
+    assert sorted(p.name for p in (ws.root / "data").rglob("*")) == before
