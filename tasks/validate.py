@@ -7,16 +7,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
 from models.schema import DataSchema
+from models.splits import holdout_mask
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
 INTEGER_LABEL = [t for t in NUMERIC if "int" in t.lower()] + ["bool"]
 STRING_LABEL = ["str", "object", "category"]
+FINITE = float(np.finfo(np.float64).max)
 
 
 @dataclass
@@ -53,6 +56,8 @@ def build_suite(frame_columns: list[str], schema: DataSchema | None, config: Dat
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC))
         # No gaps: a missing value would silently become a wrong one.
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+        # Infinities pass a null check and poison the scaler's running statistics.
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
         declared = config.bounds.get(column) or config.bounds.get("*")
         bounds = declared
         if bounds is None and schema is not None and column in schema.ranges:
@@ -108,6 +113,8 @@ def _describe(result: Any) -> str:
         return f"column {column!r} does not hold {expected.get(tuple(kwargs.get('type_list') or []), 'the expected type')}" + (f" (found {observed})" if observed else "")
     if kind == "expect_column_values_to_not_be_null":
         return f"column {column!r} has {count} empty value(s)"
+    if kind == "expect_column_values_to_be_between" and kwargs.get("max_value") == FINITE:
+        return f"column {column!r} has {count} infinite value(s)"
     if kind == "expect_column_values_to_be_between":
         share = res.get("unexpected_percent") or 0.0
         return f"column {column!r} has {count} value(s) ({share:.1f}%) outside [{kwargs['min_value']:g}, {kwargs['max_value']:g}] (e.g. {examples})"
@@ -139,6 +146,14 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataC
     # GX's type check predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c]) and not pd.api.types.is_object_dtype(frame[c])]
     problems = run_suite(frame.astype({c: object for c in strings}) if strings else frame, suite)
+    if not problems:
+        # Both sides of the split must hold rows, or the increment can neither train nor be measured.
+        held = int(holdout_mask(frame, config.holdout_fraction).sum())
+        if held == 0 or held == len(frame):
+            problems.append(
+                f"{len(frame)} rows leave {'no' if held == 0 else 'only holdout'} rows "
+                f"{'for the holdout' if held == 0 else 'and none for training'} (data.holdout_fraction={config.holdout_fraction}); send a larger increment"
+            )
     return ValidationReport(passed=not problems, problems=problems, rows=len(frame), expectations=len(suite))
 
 
