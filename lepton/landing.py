@@ -17,7 +17,8 @@ from pathlib import Path
 from lepton.config import LandingConfig
 from lepton.workspace import Workspace
 
-SUFFIXES = (".csv", ".parquet", ".pq")
+FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+SUFFIXES = tuple(FORMATS)
 LOCK = ".lock"
 
 
@@ -41,13 +42,23 @@ def landed_name(source: str, when: datetime) -> str:
     return f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{clean[:80]}{suffix.lower()}"
 
 
+def file_problem(source: Path) -> str | None:
+    """Why ``source`` cannot be taken as an increment (missing, not a file, unknown format), or None."""
+    if not source.exists():
+        return f"{source} does not exist"
+    if not source.is_file():
+        return f"{source} is not a file"
+    if source.suffix.lower() not in FORMATS:
+        return f"{source.name}: unsupported format {source.suffix.lower() or '(none)'}; use .csv or .parquet"
+    return None
+
+
 def land(source: Path, target_folder: Path) -> Path:
     """Copy ``source`` into the landing folder; the copy appears whole or not at all."""
     source = Path(source).expanduser()
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist or is not a file")
-    if source.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{source.name}: unsupported format {source.suffix or '(none)'}; use .csv or .parquet")
+    problem = file_problem(source)
+    if problem is not None:
+        raise (FileNotFoundError if not source.is_file() else ValueError)(problem)
     target_folder.mkdir(parents=True, exist_ok=True)
     target = target_folder / landed_name(source.name, datetime.now(timezone.utc))
     # Written under a hidden name and renamed: a nightly run listing the folder meanwhile

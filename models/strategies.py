@@ -220,13 +220,12 @@ class EWC(Naive):
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         fresh = {n: torch.zeros_like(p) for n, p in params.items()}
         model.eval()
-        for start in range(0, len(targets), 64):
-            for i in range(start, min(start + 64, len(targets))):
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(inputs[i : i + 1]), targets[i : i + 1]).backward()
-                for n, p in params.items():
-                    if p.grad is not None:
-                        fresh[n] += p.grad.detach() ** 2
+        for i in range(len(targets)):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(inputs[i : i + 1]), targets[i : i + 1]).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    fresh[n] += p.grad.detach() ** 2
         model.zero_grad(set_to_none=True)
         fresh = {n: f / max(len(targets), 1) for n, f in fresh.items()}
         merged = {}

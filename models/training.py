@@ -196,7 +196,8 @@ def fine_tune(
         losses=result.losses,
         train_samples=result.samples,
         new_samples=len(y_fit),
-        memory_samples=result.samples // max(train.epochs, 1) - len(y_fit) if not retrain or champion is None else len(y) - len(y_fit),
+        # Per epoch, everything stepped on beyond the new rows came from memory (or, for joint, from earlier data).
+        memory_samples=result.samples // max(train.epochs, 1) - len(y_fit),
         seconds=seconds,
         device=str(device),
         warm_start=not retrain,

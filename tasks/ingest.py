@@ -15,10 +15,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
+from lepton.landing import FORMATS, file_problem
 from lepton.workspace import IncrementRecord, Workspace
 from models.schema import DataSchema
 
-FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
 
 
 class IncrementError(ValueError):
@@ -54,13 +54,10 @@ def safe_name(name: str) -> str:
 def ingest(path: Path, ws: Workspace) -> Landing:
     """Copy the increment into ``data/increments/`` under its content id (a duplicate is only recognised)."""
     source = Path(path).expanduser()
-    if not source.exists():
-        raise IncrementError(f"{source} does not exist")
-    if not source.is_file():
-        raise IncrementError(f"{source} is not a file")
+    problem = file_problem(source)
+    if problem is not None:
+        raise IncrementError(problem)
     suffix = source.suffix.lower()
-    if suffix not in FORMATS:
-        raise IncrementError(f"{source.name}: unsupported format {suffix or '(none)'}; use .csv or .parquet")
     increment_id = content_id(source)
     known = ws.read_manifest().find(increment_id)
     if known is not None:

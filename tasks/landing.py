@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton import landing
 from lepton.workspace import IncrementRecord, Workspace
-from tasks.ingest import FORMATS, IncrementError, content_id
+from tasks.ingest import IncrementError, content_id
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,8 @@ def clear_landed(path: Path) -> None:
 def inspect_increment(path: Path, ws: Workspace) -> Inspection:
     """The increment's id and, if the same content was landed before, that record; touches nothing."""
     source = Path(path).expanduser()
-    if not source.is_file():
-        raise IncrementError(f"{source} does not exist or is not a file")
-    if source.suffix.lower() not in FORMATS:
-        raise IncrementError(f"{source.name}: unsupported format {source.suffix or '(none)'}; use .csv or .parquet")
+    problem = landing.file_problem(source)
+    if problem is not None:
+        raise IncrementError(problem)
     increment_id = content_id(source)
     return Inspection(increment_id, ws.read_manifest().find(increment_id))

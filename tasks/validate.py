@@ -149,11 +149,11 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataC
     if not problems:
         # Both sides of the split must hold rows, or the increment can neither train nor be measured.
         held = int(holdout_mask(frame, config.holdout_fraction).sum())
-        if held == 0 or held == len(frame):
-            problems.append(
-                f"{len(frame)} rows leave {'no' if held == 0 else 'only holdout'} rows "
-                f"{'for the holdout' if held == 0 else 'and none for training'} (data.holdout_fraction={config.holdout_fraction}); send a larger increment"
-            )
+        split = f"(data.holdout_fraction={config.holdout_fraction}); send a larger increment"
+        if held == 0:
+            problems.append(f"{len(frame)} rows leave no rows for the holdout {split}")
+        elif held == len(frame):
+            problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
     return ValidationReport(passed=not problems, problems=problems, rows=len(frame), expectations=len(suite))
 
 
