@@ -138,18 +138,22 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
     pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def increments(tmp_path_factory) -> list[Path]:
-    """Two class-incremental digits increments as Parquet files (classes 0-1, then 2-3)."""
+def write_increments(folder: Path, count: int, name: str = "day-{}.parquet") -> list[Path]:
+    """The first ``count`` class-incremental digits increments as Parquet files, named ``name`` with 1, 2, ..."""
     from models.datasets import class_incremental
 
-    folder = tmp_path_factory.mktemp("increments")
     files = []
-    for i, frame in enumerate(class_incremental()[:2], start=1):
-        path = folder / f"day-{i}.parquet"
+    for i, frame in enumerate(class_incremental()[:count], start=1):
+        path = folder / name.format(i)
         frame.to_parquet(path, index=False)
         files.append(path)
     return files
+
+
+@pytest.fixture(scope="module")
+def increments(tmp_path_factory) -> list[Path]:
+    """Two class-incremental digits increments as Parquet files (classes 0-1, then 2-3)."""
+    return write_increments(tmp_path_factory.mktemp("increments"), 2)
 
 
 @pytest.fixture(scope="module")

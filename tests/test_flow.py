@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import FAST, make_workspace, run_cli
+from tests.conftest import FAST, make_workspace, run_cli, write_increments
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +44,11 @@ def digits(tmp_path_factory, prefect_api):
     data/ after the first increment (for the lineage test).
     """
     from flows.continual import continual_training
-    from models.datasets import class_incremental
 
     root = tmp_path_factory.mktemp("digits-ws")
     ws = make_workspace(root, "digit", "digits", DIGITS)
     landing = tmp_path_factory.mktemp("landing")
-    files = []
-    for i, frame in enumerate(class_incremental()[:4], start=1):
-        path = landing / f"inc{i}.parquet"
-        frame.to_parquet(path, index=False)
-        files.append(path)
+    files = write_increments(landing, 4, "inc{}.parquet")
 
     outcomes, aliases, snapshots = [], [], []
     for path in files[:3]:
