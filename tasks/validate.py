@@ -138,7 +138,21 @@ def run_suite(frame: pd.DataFrame, suite: list[Any]) -> list[str]:
     expectation_suite = context.suites.add(gx.ExpectationSuite(name="increment", expectations=suite))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="increment", data=batch, suite=expectation_suite))
     results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
-    return [_describe(r) for r in results.results if not r.success]
+    failed = [r for r in results.results if not r.success]
+    return [_describe(r) for r in failed if not _consequence(r, failed)]
+
+
+def _consequence(result: Any, failed: list[Any]) -> bool:
+    """A failure that only follows from another on the same column: the range check of a text or infinite column."""
+    config = result.expectation_config
+    if config.type != "expect_column_values_to_be_between":
+        return False
+    column = config.kwargs.get("column")
+    causes = [
+        r for r in failed if r is not result and r.expectation_config.kwargs.get("column") == column
+        and (r.expectation_config.type == "expect_column_values_to_be_in_type_list" or r.expectation_config.kwargs.get("max_value") == FINITE)
+    ]
+    return bool(causes)
 
 
 def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> ValidationReport:

@@ -39,7 +39,8 @@ def test_each_bad_increment_names_its_problem(name, frame, needle):
     """A bad increment fails validation with a message that names what is wrong."""
     report = validate_frame(frame, SCHEMA, CONFIG)
     assert not report.passed, name
-    assert any(needle in p for p in report.problems), report.problems
+    # The cause alone: no second message that only follows from it (a range check on text, say).
+    assert len(report.problems) == 1 and needle in report.problems[0], report.problems
 
 
 def test_unseen_labels_rejected_when_the_config_says_so():
