@@ -121,8 +121,16 @@ def run_increment(
         overrides: Changes to the workspace's lepton.yaml for this run only.
         dry_run: Only validate: nothing is copied, versioned, trained or registered.
     """
+    ws = Workspace.at(workspace)
+    refused = landing.outside_roots(Path(path), landing.roots(ws, lepton_config.load(ws.root, overrides.to_list()).landing))
+    if refused is not None:
+        # A parameter can name any path the worker can read: only the configured folders are taken.
+        get_run_logger().warning(refused)
+        if dry_run:
+            return DryRun(status="invalid", increment_id="", file=path, message=f"dry run: would be rejected because {refused}", problems=[refused])
+        return RunOutcome(status="rejected", increment_id="", file=path, message=f"rejected because {refused}; nothing was read", reasons=[refused], failures=[refused])
     if dry_run:
-        return _dry_run(Path(path), Workspace.at(workspace), overrides.to_list())
+        return _dry_run(Path(path), ws, overrides.to_list())
     return continual_training(path, workspace, overrides.to_list())
 
 
@@ -188,7 +196,10 @@ def backfill(
     """
     log = get_run_logger()
     ws = Workspace.at(workspace)
-    lepton_config.load(ws.root, overrides.to_list())  # a bad override fails before any run
+    config = lepton_config.load(ws.root, overrides.to_list())  # a bad override fails before any run
+    refused = landing.outside_roots(Path(folder), landing.roots(ws, config.landing))
+    if refused is not None:
+        raise PermissionError(refused)
     files = backfill_files(Path(folder).expanduser(), pattern)
     log.info("%d increment(s) to backfill from %s", len(files), folder)
     return _in_order(files, ws, overrides.to_list(), consume=False)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lepton.bench import bench_app
+from lepton.progress import Mode, mode_for, watch
 from lepton.workspace import Workspace
 
 app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
@@ -26,6 +27,8 @@ err = Console(stderr=True, highlight=False)
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.", show_default="current directory")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Only the result, as JSON on stdout (for machines).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only the last line, and errors (for cron).")]
 
 DEMO_LABEL = "digit"
 DEMO_MODEL = "digits"
@@ -125,13 +128,13 @@ def init(
 
 
 def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool = False) -> Any:
-    """Run the flow once; returns its outcome or raises the failure with a readable message."""
-    _quiet_libraries()
+    """Run the flow once (inside ``_watching``); returns its outcome or raises the failure with a readable message."""
     if dry_run:
         from flows.deployments import run_increment
         from lepton.config import ConfigOverrides
 
-        state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(overrides), dry_run=True, return_state=True)
+        local = _allowing(overrides, path.parent)
+        state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(local), dry_run=True, return_state=True)
     else:
         from flows.continual import continual_training
 
@@ -147,23 +150,64 @@ def run(
     path: Annotated[Path, typer.Argument(help="Increment file, CSV or Parquet.")],
     workspace: WorkspaceOption = Path("."),
     set_: SetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
 ) -> None:
-    """Send one increment through the whole flow. Exit 0 processed, 2 rejected, 1 failed."""
+    """Send one increment through the whole flow. Exit 0 processed, 2 rejected (or no such file), 1 failed."""
     ws = _workspace(workspace)
     overrides = list(set_ or [])
     _check_config(ws, overrides)
-    if not path.is_file():
-        raise fail(f"{path} does not exist or is not a file")
+    if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
+        raise fail(f"{path} is a directory, not an increment file" if path.is_dir() else f"{path} does not exist", code=2)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
     try:
-        outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
+        with _watching(ws, mode):
+            outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
-    if as_json:
-        console.print_json(outcome.model_dump_json())
-    console.print(outcome.message, soft_wrap=True)
+    if mode == "json":
+        print(outcome.model_dump_json(indent=2))
+    else:
+        if mode != "quiet" and not dry_run:
+            console.print(_outcome_table(outcome))
+        console.print(outcome.message, soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
+
+
+def _watching(ws: Workspace, mode: Mode) -> watch:
+    """The progress display for flow runs; Prefect's console lines go to .lepton/logs/lepton.log."""
+    _quiet_libraries()
+    _no_tracebacks()
+    # Importing prefect configures its logging (dictConfig); the display must take over after that.
+    import flows.continual  # noqa: F401
+
+    return watch(console, mode, ws.state / "logs" / "lepton.log")
+
+
+def _outcome_table(outcome: Any) -> Table:
+    """One run at a glance: what happened, the accuracies that decided it, and where to look next."""
+    table = Table(title=f"increment {outcome.increment_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    verdict = {"promoted": "[green]promoted[/green]", "kept_out": "[yellow]kept out by the gate[/yellow]", "rejected": "[red]rejected[/red]", "duplicate": "duplicate"}
+    table.add_row("outcome", verdict[outcome.status])
+    if outcome.version is not None:
+        table.add_row("model version", str(outcome.version))
+    if outcome.champion_version is not None:
+        table.add_row("champion", f"version {outcome.champion_version}" + (f" (was {outcome.parent_version})" if outcome.parent_version else ""))
+    m = outcome.metrics
+    if m:
+        table.add_row("new holdout", f"candidate {_fmt(m.get('candidate_new_accuracy'))}, champion {_fmt(m.get('champion_new_accuracy'))}")
+        table.add_row("earlier holdouts", f"candidate {_fmt(m.get('candidate_old_accuracy'))}, champion {_fmt(m.get('champion_old_accuracy'))}")
+    for reason in outcome.reasons:
+        table.add_row("reason", reason)
+    if outcome.data_hash:
+        table.add_row("data version", outcome.data_hash)
+    report = getattr(outcome, "report", None)
+    if report:
+        table.add_row("report", str(report))
+    return table
 
 
 def _check_config(ws: Workspace, overrides: list[str]) -> None:
@@ -208,15 +252,18 @@ def status(
     if champion is None:
         console.print("no champion yet")
     else:
-        console.print(f"champion: version {champion['version']}")
+        table = Table("", "", title=f"champion: version {champion['version']}", show_header=False, title_justify="left")
         for key, value in champion["lineage"].items():
             if key != "config":
-                console.print(f"  {key}: {value}")
+                table.add_row(key.replace("_", " "), str(value))
         for key, value in champion["metrics"].items():
-            console.print(f"  {key}: {value:.4f}")
-    table = Table("id", "state", "file", "arrived as", title="increments")
+            table.add_row(key.replace("_", " "), f"{value:.1%}" if "accuracy" in key or "forgetting" in key else f"{value:.4g}")
+        console.print(table)
+    states = {"accepted": "green", "rejected": "red", "duplicate": "dim"}
+    table = Table("id", "state", "file", "arrived as", "why", title="increments", title_justify="left")
     for item in info["increments"]:
-        table.add_row(item["id"], item["state"], str(item["file"]), item["source"])
+        colour = states.get(item["state"], "white")
+        table.add_row(item["id"], f"[{colour}]{item['state']}[/{colour}]", str(item["file"]), item["source"], "; ".join(item["reasons"]))
     console.print(table)
 
 
@@ -253,10 +300,15 @@ def data_checkout(
 def demo(
     workspace: WorkspaceOption = Path("."),
     set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Class-incremental handwritten digits, 5 increments and a broken one, through the whole flow."""
     ws = Workspace.at(workspace)
-    console.print(f"[bold]Lepton demo[/bold] in {ws.root}: starting from a fresh embedded state (removing .lepton/ and data/)")
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    talk = mode in ("live", "plain")
+    if talk:
+        console.print(f"[bold]Lepton demo[/bold] in {ws.root}: starting from a fresh embedded state (removing .lepton/ and data/)")
     shutil.rmtree(ws.state, ignore_errors=True)
     shutil.rmtree(ws.data, ignore_errors=True)
     embedded_environment(ws)
@@ -282,18 +334,24 @@ def demo(
 
     rows = []
     for n, path in enumerate(files, start=1):
-        console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
+        if talk:
+            console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
         try:
-            outcome = _run_flow(ws, path, overrides)
+            with _watching(ws, mode):
+                outcome = _run_flow(ws, path, overrides)
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
-        console.print(f"  -> {outcome.message}", soft_wrap=True)
+        if talk:
+            console.print(f"  -> {outcome.message}", soft_wrap=True)
         rows.append((path.name, outcome))
-    console.print(_summary_table(rows))
-    rejected = [o for _, o in rows if o.status == "rejected"]
-    for outcome in rejected:
-        console.print(f"quarantined: {outcome.file} ({'; '.join(outcome.reasons)})")
     final = next((o.champion_version for _, o in reversed(rows) if o.champion_version), None)
+    if mode == "json":
+        print(json.dumps({"champion_version": final, "runs": [{"file": name, **o.model_dump(mode="json")} for name, o in rows]}, indent=2))
+        return
+    if talk:
+        console.print(_summary_table(rows))
+        for outcome in (o for _, o in rows if o.status == "rejected"):
+            console.print(f"quarantined: {outcome.file} ({'; '.join(outcome.reasons)})")
     console.print(f"consumers: mlflow.pyfunc.load_model('models:/{DEMO_MODEL}@champion') -> version {final}")
 
 
@@ -394,6 +452,15 @@ def history(
 
 
 
+def _allowing(overrides: list[str], folder: Path) -> list[str]:
+    """``overrides`` plus ``folder`` as an allowed root: a path typed at the command line is the operator's own choice.
+
+    The deployment flows refuse paths outside ``landing.allowed_roots``, because a deployment
+    parameter can come from anyone who can trigger a run; the CLI runs as the operator.
+    """
+    return [*overrides, f"landing.allowed_roots={json.dumps([str(folder.resolve())])}"]
+
+
 def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
     """``--set`` pairs as the typed overrides the deployment flows take; a bad one fails readably."""
     from lepton.config import ConfigError, ConfigOverrides
@@ -479,7 +546,7 @@ def backfill(
     ws = _workspace(workspace)
     if not folder.is_dir():
         raise fail(f"{folder} is not a folder")
-    overrides = _typed_overrides(ws, set_)
+    overrides = _typed_overrides(ws, _allowing(list(set_ or []), folder))
     _quiet_libraries()
     _no_tracebacks()
     from flows.deployments import backfill as backfill_flow

@@ -53,6 +53,24 @@ class TrainConfig(Section):
         description="Data-parallel worker processes on this machine (DistributedDataParallel); each steps on batch_size samples, so the effective batch is nproc x batch_size.",
     )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend when nproc > 1: auto is nccl on CUDA, gloo on the CPU.")
+    launcher: Literal["spawn", "torchrun"] = Field(
+        "spawn",
+        description="How data-parallel ranks start: spawn (nproc processes on this machine) or torchrun (nproc per node, other nodes join through torchrun_args).",
+    )
+    torchrun_args: list[str] = Field(
+        default_factory=list,
+        description="Extra torchrun arguments, e.g. ['--nnodes=2', '--node-rank=0', '--rdzv-backend=c10d', '--rdzv-endpoint=head:29500']; none means --standalone (launcher=torchrun).",
+    )
+    shared_dir: str | None = Field(None, description="Folder every node reads, for the job and rank 0's result (launcher=torchrun across nodes); default a temporary folder.")
+
+    @field_validator("torchrun_args")
+    @classmethod
+    def _options_only(cls, value: list[str]) -> list[str]:
+        # The script and its arguments are Lepton's; only torchrun's own options may be added.
+        bad = [a for a in value if not a.startswith("-")]
+        if bad:
+            raise ValueError(f"torchrun_args takes torchrun options only (starting with '-'), not {', '.join(map(repr, bad))}; write --opt=value")
+        return value
 
 
 STRATEGIES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
@@ -129,6 +147,10 @@ class LandingConfig(Section):
     folder: str | None = Field(
         None,
         description="Folder that `lepton land` fills and the nightly run empties, in arrival order; relative to the workspace; default .lepton/inbox.",
+    )
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders that increment paths given as deployment parameters may lie in, besides the workspace and the landing folder (absolute, or relative to the workspace).",
     )
 
 

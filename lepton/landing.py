@@ -69,6 +69,23 @@ def land(source: Path, target_folder: Path) -> Path:
     return target
 
 
+def roots(ws: Workspace, config: LandingConfig) -> list[Path]:
+    """Where paths that arrive as deployment parameters may point: the workspace, the landing folder, ``allowed_roots``."""
+    extra = [Path(r).expanduser() for r in config.allowed_roots]
+    return [ws.root.resolve(), folder(ws, config).resolve(), *((r if r.is_absolute() else ws.root / r).resolve() for r in extra)]
+
+
+def outside_roots(path: Path, allowed: list[Path]) -> str | None:
+    """Why ``path`` may not be read (it resolves, symlinks and '..' included, outside every root), or None."""
+    resolved = Path(path).expanduser().resolve()
+    if any(resolved.is_relative_to(root) for root in allowed):
+        return None
+    return (
+        f"{path} is outside the folders increments may come from ({', '.join(map(str, allowed))}); "
+        "add its folder to landing.allowed_roots in lepton.yaml to allow it"
+    )
+
+
 def pending(target_folder: Path) -> list[Path]:
     """Every landed file, oldest first (modification time, then name); dot-files are not increments."""
     if not target_folder.is_dir():

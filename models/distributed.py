@@ -9,6 +9,11 @@ memory, Fisher information) is computed once, exactly as with one process.
 
 Nothing listens beyond the loopback interface: the ranks meet through a file store in a
 temporary directory, and gloo (or NCCL) connects them over loopback.
+
+Across machines, ``fit_torchrun`` hands the same job to ``torchrun`` (``torch.distributed.run``)
+instead: torchrun starts the ranks, on this node and on every other node started with the same
+rendezvous, and each rank runs ``python -m models.distributed`` (``main`` below), which joins
+the group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import math
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +113,76 @@ def fit_ddp(
     return FitResult(result["losses"], result["samples"])
 
 
+def fit_torchrun(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    nproc: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    generator: torch.Generator,
+    strategy: strategies.Strategy | None = None,
+    backend: str = "auto",
+    torchrun_args: list[str] | tuple[str, ...] = (),
+    shared_dir: str | None = None,
+) -> FitResult:
+    """Train like ``fit_ddp``, with the ranks started by ``torchrun``; rank 0's weights are loaded back into ``model``.
+
+    ``nproc`` ranks run on this node. ``torchrun_args`` (e.g. ``--nnodes=2 --node-rank=0
+    --rdzv-backend=c10d --rdzv-endpoint=head:29500``) let other nodes join; without a
+    rendezvous they default to ``--standalone``. The job and rank 0's result go through
+    ``shared_dir``/job.pkl and rank0.pt (a temporary folder when None), which every node must read.
+    """
+    backend = resolve_backend(backend, device)
+    job = pickle.dumps(_Job(model, x, y, epochs, batch_size, lr, device, generator, strategy))
+    with tempfile.TemporaryDirectory(prefix="lepton-torchrun-") as tmp:
+        folder = Path(shared_dir) if shared_dir else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        job_path, out = folder / "job.pkl", folder / "rank0.pt"
+        out.unlink(missing_ok=True)
+        job_path.write_bytes(job)
+        rendezvous = [] if any(a.startswith(("--rdzv", "--nnodes", "--standalone", "--master")) for a in torchrun_args) else ["--standalone"]
+        command = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *rendezvous, *torchrun_args,
+            "-m", "models.distributed", backend, str(job_path), str(out),
+        ]
+        log.info("starting %s", " ".join(command))
+        # The ranks import this package as the parent does (same interpreter, same sys.path).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [*sys.path, os.environ.get("PYTHONPATH", "")] if p)}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0 or not out.exists():
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"torchrun exited with status {done.returncode}:\n{tail}")
+        result = torch.load(out, weights_only=True)
+    model.load_state_dict(result["state"])
+    model.to(device).eval()
+    return FitResult(result["losses"], result["samples"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One rank started by torchrun: ``python -m models.distributed BACKEND JOB OUT``."""
+    backend, job_path, out = argv if argv is not None else sys.argv[1:]
+    job: _Job = pickle.loads(Path(job_path).read_bytes())
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(message)s")
+    if job.device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    try:
+        result = _train(rank, world, device, job)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
 def _stop(processes: list) -> None:
     """Terminate, then kill, whatever worker is still running, and reap them all."""
     for proc in processes:
@@ -185,3 +262,7 @@ def _train(rank: int, nproc: int, device: torch.device, job: _Job) -> dict:
             log.info("epoch %d/%d: loss %.4f over %d ranks", epoch + 1, job.epochs, losses[-1], nproc)
     model.eval()
     return {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "losses": losses, "samples": samples}
+
+
+if __name__ == "__main__":
+    main()

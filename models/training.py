@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from models.bundle import Bundle
 from models.network import MLP
 from models.preprocessing import Preprocessor
 from models.splits import holdout_mask
+
+log = logging.getLogger(__name__)
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -101,7 +104,7 @@ def fit(
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     autocast, scaler = _autocast(device)
     losses, samples = [], 0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(xt), generator=generator).to(device)
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
@@ -111,6 +114,8 @@ def fit(
             count += n
         samples += count
         losses.append(total / max(count, 1))
+        # For whoever watches (the CLI's progress display): structured, and free when nobody does.
+        log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
     model.eval()
     return FitResult(losses, samples)
 
@@ -179,7 +184,14 @@ def fine_tune(
     x_raw, y = plan.training_data(x_fit, y_fit)
     started = time.perf_counter()
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, device=device, generator=generator, strategy=plan)
-    if train.nproc > 1:
+    if train.launcher == "torchrun":
+        from models.distributed import fit_torchrun
+
+        result = fit_torchrun(
+            network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend,
+            torchrun_args=train.torchrun_args, shared_dir=train.shared_dir, **loop,
+        )
+    elif train.nproc > 1:
         # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
         from models.distributed import fit_ddp
 

@@ -59,11 +59,14 @@ def test_bad_overrides_fail_readably(clean_dir, args, needle):
 
 
 def test_missing_file_and_missing_workspace(clean_dir, prefect_api):
-    """A file that is not there, or a directory that is no workspace: exit 1 and a sentence saying so."""
+    """A file that is not there or a directory: exit 2 (a bad increment); a directory that is no workspace: exit 1."""
     ws = make_workspace(clean_dir / "ws", "y", "m")
     result = run_cli(["run", str(clean_dir / "nope.csv"), "--workspace", str(ws.root)], api_url=prefect_api)
-    assert result.returncode == 1
-    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "nope.csv does not exist" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(["run", str(clean_dir), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 2
+    assert "is a directory, not an increment file" in result.stderr and "Traceback" not in result.stderr
     result = run_cli(["status", "--workspace", str(clean_dir)], api_url=None)
     assert result.returncode == 1 and "not a Lepton workspace" in result.stderr
 
@@ -133,3 +136,30 @@ def test_run_dry_run_only_validates(clean_dir, prefect_api, increments):
     assert result.returncode == 2
     assert "would be rejected" in result.stdout and "pixel_3" in result.stdout
     assert sorted(p.name for p in (ws.root / "data").rglob("*")) == before
+
+
+def test_progress_quiet_and_json_output(clean_dir, prefect_api, increments):
+    """Piped: a line per step and epoch, then a summary table; --json: only JSON on stdout; --quiet: only the last line."""
+    import json
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", {"data": {"bounds": {"*": [0, 16]}}})
+    quick = ["--set", "train.epochs=3", "--set", "train.hidden=[32]", "--set", "gate.bootstrap_samples=200"]
+    shown = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), *quick], api_url=prefect_api)
+    assert shown.returncode == 0, shown.stderr
+    for step in ("✓ ingest", "✓ validate (Great Expectations)", "✓ fine-tune", "✓ register (MLflow)", "✓ promote (champion alias)"):
+        assert step in shown.stdout, shown.stdout
+    assert "epoch 3/3: loss" in shown.stdout and "model version" in shown.stdout
+    assert shown.stdout.rstrip().splitlines()[-1] == "promoted as version 1 (first champion)"
+    # Prefect's own lines went to the log file, not to the terminal.
+    assert "Finished in state" not in shown.stdout + shown.stderr
+    assert "Finished in state" in (ws.root / ".lepton" / "logs" / "lepton.log").read_text()
+
+    machine = run_cli(["run", str(increments[1]), "--workspace", str(ws.root), "--json", *quick], api_url=prefect_api)
+    assert machine.returncode == 0, machine.stderr
+    outcome = json.loads(machine.stdout)
+    assert outcome["status"] == "promoted" and outcome["version"] == 2 and outcome["parent_version"] == 1
+    assert 0.0 <= outcome["metrics"]["candidate_new_accuracy"] <= 1.0
+
+    cron = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--quiet"], api_url=prefect_api)
+    assert cron.returncode == 0, cron.stderr
+    assert cron.stdout.strip().startswith("duplicate of increment") and len(cron.stdout.strip().splitlines()) == 1

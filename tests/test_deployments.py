@@ -116,7 +116,14 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
     before = tree(ws.root / "data")
+    # A path outside the workspace and landing.allowed_roots is refused before it is read.
     report = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), dry_run=True)
+    assert report.status == "invalid" and report.exit_code == 2 and "landing.allowed_roots" in report.message
+    refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides())
+    assert refused.status == "rejected" and refused.exit_code == 2 and "is outside the folders increments may come from" in refused.message
+    assert not ws.mlflow_db.exists() and tree(ws.root / "data") == before
+    allowed = ConfigOverrides.model_validate({"landing": {"allowed_roots": [str(increments[0].parent), str(clean_dir)]}})
+    report = run_increment(str(increments[0]), str(ws.root), allowed, dry_run=True)
     assert report.status == "valid" and report.exit_code == 0 and report.rows == 360
     assert report.message.startswith("dry run: valid")
 
@@ -124,7 +131,7 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     holes.loc[:4, "pixel_3"] = np.nan
     broken = clean_dir / "holes.parquet"
     holes.to_parquet(broken, index=False)
-    report = run_increment(str(broken), str(ws.root), dry_run=True)
+    report = run_increment(str(broken), str(ws.root), allowed, dry_run=True)
     assert report.status == "invalid" and report.exit_code == 2
     assert any("'pixel_3' has 5 empty value(s)" in p for p in report.problems)
     assert tree(ws.root / "data") == before
@@ -175,7 +182,9 @@ def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_ap
     shutil.copyfile(increments[0], folder / "2026-11-01.parquet")
     shutil.copyfile(increments[0], folder / "2026-11-02.parquet")  # the same export sent twice
     (folder / "README.md").write_text("exports of the digits feed\n")
-    overrides = ConfigOverrides.model_validate(QUICK)
+    with pytest.raises(PermissionError, match="landing.allowed_roots"):
+        backfill(str(folder), str(ws.root), ConfigOverrides.model_validate(QUICK))
+    overrides = ConfigOverrides.model_validate({**QUICK, "landing": {"allowed_roots": [str(folder)]}})
     report = backfill(str(folder), str(ws.root), overrides)
     assert [(p.file, p.outcome.status) for p in report.processed] == [("2026-11-01.parquet", "promoted"), ("2026-11-02.parquet", "duplicate")]
     assert report.exit_code == 0 and champion(ws) == 1
@@ -224,9 +233,13 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         refused = _prefect(["deployment", "run", "run-increment/manual", "--param", f"path={increments[0]}", "--param", 'overrides={"train": {"epochs": 0}}'], env)
         assert refused.returncode != 0 and "epochs" in refused.stdout + refused.stderr
 
+        # Increments come from the workspace, the landing folder or landing.allowed_roots only.
+        incoming = ws.root / "incoming"
+        incoming.mkdir()
+        shutil.copyfile(increments[0], incoming / increments[0].name)
         started = _prefect([
             "deployment", "run", "run-increment/manual",
-            "--param", f"path={increments[0]}", "--param", f"workspace={ws.root}", "--param", f"overrides={json.dumps(QUICK)}",
+            "--param", f"path={incoming / increments[0].name}", "--param", f"workspace={ws.root}", "--param", f"overrides={json.dumps(QUICK)}",
         ], env)
         assert started.returncode == 0, started.stdout + started.stderr
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1)

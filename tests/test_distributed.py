@@ -142,3 +142,67 @@ def test_ddp_on_cuda_with_nccl() -> None:
     with torch.no_grad():
         predicted = model(torch.from_numpy(x).to(device)).argmax(dim=1).cpu().numpy()
     assert (predicted == y).mean() > 0.95
+
+
+TORCHRUN_SCRIPT = """
+import json, sys
+import torch
+from lepton.config import StrategyConfig, TrainConfig
+from models.datasets import LABEL, class_incremental
+from models.evaluation import score
+from models.splits import split
+from models.training import fine_tune
+
+torch.set_num_threads(1)
+digits = [split(frame, 0.2) for frame in class_incremental()[:2]]
+champion, reports = None, []
+for train, _ in digits:
+    config = TrainConfig(epochs=int(sys.argv[2]), nproc=2, launcher="torchrun")
+    champion, report = fine_tune(champion, train, label=LABEL, train=config, strategy=StrategyConfig(name="replay"))
+    reports.append(report.train_samples)
+torch.save({k: v for k, v in champion.network.state_dict().items()}, sys.argv[1])
+print(json.dumps({"samples": reports, "memory": champion.strategy_state["replay.memory.y"].tolist()}))
+"""
+
+
+def _in_private_network(command: list[str]) -> list[str]:
+    """``command`` in its own network namespace, where the only interface is loopback.
+
+    torchrun's rendezvous store listens on every interface of its namespace, whatever
+    address it is given; in a namespace of its own that is loopback alone.
+    """
+    return ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command]
+
+
+def test_torchrun_launcher_trains_like_spawned_ranks(tmp_path, digits, parallel) -> None:
+    """train.launcher=torchrun (2 ranks, gloo, --standalone) gives the weights, sample counts and memory of the spawned ranks."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2) to keep torchrun's store off the network")
+    probe = subprocess.run(_in_private_network(["true"]), capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private network namespace here: {probe.stderr.strip()}")
+    out = tmp_path / "weights.pt"
+    done = subprocess.run(
+        _in_private_network([sys.executable, "-c", TORCHRUN_SCRIPT, str(out), str(EPOCHS)]),
+        capture_output=True, text=True, timeout=600, check=False, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    spawned = parallel[-1][0]
+    assert seen["samples"] == [report.train_samples for _, report in parallel]
+    np.testing.assert_array_equal(np.array(seen["memory"]), spawned.strategy_state["replay.memory.y"])
+    weights = torch.load(out, weights_only=True)
+    for name, value in spawned.network.state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_arguments_are_options_only() -> None:
+    """Only torchrun's own options may be added: a script or argument would replace Lepton's ranks."""
+    assert TrainConfig(launcher="torchrun", torchrun_args=["--nnodes=2", "--rdzv-endpoint=head:29500"]).torchrun_args[0] == "--nnodes=2"
+    with pytest.raises(ValidationError, match="torchrun options only"):
+        TrainConfig(torchrun_args=["evil.py"])

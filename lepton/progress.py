@@ -1,0 +1,197 @@
+"""What an operator sees while a flow runs: its steps, the training epochs, and the flow's own story.
+
+Nothing in the flow knows about it. Prefect already says when each task run starts and
+finishes (``prefect.task_runs``), the flow logs what it decided (``prefect.flow_runs``), and
+the training loop logs every epoch (``models.training``); a logging handler turns those
+records into a rich display. Prefect's console output goes to a log file meanwhile, so its
+lines stay available (and in the Prefect UI) without drowning the display.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+Mode = Literal["live", "plain", "quiet", "json"]
+
+# Prefect task names, as an operator would call the steps; others are shown by their own name.
+STEPS = {
+    "ingest": "ingest",
+    "read-increment": "read",
+    "version-data": "version data (DVC)",
+    "validate": "validate (Great Expectations)",
+    "accept": "accept",
+    "quarantine": "quarantine",
+    "find-version": "look up the registry",
+    "load-champion": "load the champion",
+    "split": "split holdouts",
+    "train": "fine-tune",
+    "evaluate": "evaluate on every holdout",
+    "gate": "gate",
+    "register": "register (MLflow)",
+    "log-accuracy-matrix": "log the accuracy matrix",
+    "promote": "promote (champion alias)",
+}
+
+
+def mode_for(console: Console, *, quiet: bool, as_json: bool) -> Mode:
+    """json and quiet when asked; live on a terminal; plain lines in logs and pipes."""
+    if as_json:
+        return "json"
+    if quiet:
+        return "quiet"
+    return "live" if console.is_terminal else "plain"
+
+
+@dataclass
+class _Step:
+    name: str
+    started: float = field(default_factory=time.perf_counter)
+
+
+class _Display(logging.Handler):
+    """Receives the records and draws them; one per ``watch`` block."""
+
+    def __init__(self, console: Console, mode: Mode) -> None:
+        super().__init__(logging.DEBUG)
+        self.console, self.mode = console, mode
+        self.progress: Progress | None = None
+        self.current: _Step | None = None
+        self.step_task: TaskID | None = None
+        self.epoch_task: TaskID | None = None
+        if mode == "live":
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=True,
+            )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.name.startswith("prefect.task_runs"):
+                self._task_record(record)
+            elif record.name.startswith("prefect.flow_runs") and record.levelno >= logging.INFO:
+                message = record.getMessage()
+                if not message.startswith(("Finished in state", "Beginning flow run", "View at")):
+                    self._line(message, record.levelno)
+            elif record.name == "models.training" and hasattr(record, "epoch"):
+                self._epoch(record.epoch, record.epochs, record.loss)  # type: ignore[attr-defined]
+        except Exception:  # the display must never break a run
+            self.handleError(record)
+
+    def _task_record(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        name = getattr(record, "task_name", None) or message
+        if message.startswith("Created task run"):
+            self._start(STEPS.get(name, name))
+        elif message.startswith("Finished in state"):
+            ok = "Completed" in message
+            self._finish(ok, message.removeprefix("Finished in state ").rstrip("()"))
+
+    def _start(self, label: str) -> None:
+        if self.current is not None:  # the step before had no finish record of its own
+            self._finish(True, "")
+        self.current = _Step(label)
+        if self.progress is not None:
+            self._drop_epochs()
+            if self.step_task is None:
+                self.step_task = self.progress.add_task(label, total=None, detail="")
+            else:
+                self.progress.reset(self.step_task, description=label, total=None, detail="")
+
+    def _finish(self, ok: bool, state: str) -> None:
+        if self.current is None:
+            return
+        seconds = time.perf_counter() - self.current.started
+        mark = "[green]✓[/green]" if ok else f"[red]✗ {state}[/red]"
+        if self.mode in ("live", "plain"):
+            self.console.print(f"  {mark} {self.current.name} [dim]{seconds:.1f}s[/dim]", highlight=False)
+        self._drop_epochs()
+        self.current = None
+
+    def _epoch(self, epoch: int, epochs: int, loss: float) -> None:
+        if self.progress is not None:
+            if self.epoch_task is None:
+                self.epoch_task = self.progress.add_task("  epochs", total=epochs, detail="")
+            self.progress.update(self.epoch_task, completed=epoch, total=epochs, detail=f"loss {loss:.4f}")
+        elif self.mode == "plain" and (epoch == epochs or epoch == 1 or epoch % 10 == 0):
+            self.console.print(f"    epoch {epoch}/{epochs}: loss {loss:.4f}", highlight=False)
+
+    def _drop_epochs(self) -> None:
+        if self.progress is not None and self.epoch_task is not None:
+            self.progress.remove_task(self.epoch_task)
+            self.epoch_task = None
+
+    def _line(self, message: str, level: int) -> None:
+        if self.mode not in ("live", "plain"):
+            return
+        style = "yellow" if level == logging.WARNING else "red" if level >= logging.ERROR else "dim"
+        self.console.print(f"    [{style}]{_escape(message)}[/{style}]", soft_wrap=True, highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+class watch:  # noqa: N801 - used as a context manager, like open()
+    """Show the runs inside the block; Prefect's console lines go to ``log_file`` meanwhile."""
+
+    def __init__(self, console: Console, mode: Mode, log_file: Path) -> None:
+        self.console, self.mode, self.log_file = console, mode, log_file
+        self._undo: list = []
+
+    def __enter__(self) -> watch:
+        root = logging.getLogger()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        to_file = logging.FileHandler(self.log_file)
+        consoles = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
+        to_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+        to_file.setLevel(logging.INFO)
+        for handler in consoles:
+            root.removeHandler(handler)
+            self._undo.append(lambda h=handler: root.addHandler(h))
+        root.addHandler(to_file)
+        self._undo.append(lambda: (root.removeHandler(to_file), to_file.close()))
+
+        display = _Display(self.console, self.mode)
+        task_runs = logging.getLogger("prefect.task_runs")
+        # "Created task run" is a debug record: let it reach the display, and only the display.
+        for handler in task_runs.handlers:
+            level = handler.level
+            handler.setLevel(max(level, logging.INFO))
+            self._undo.append(lambda h=handler, lv=level: h.setLevel(lv))
+        self._set_level(task_runs, logging.DEBUG)
+        training = logging.getLogger("models.training")
+        self._set_level(training, logging.DEBUG)
+        for logger in (task_runs, logging.getLogger("prefect.flow_runs"), training):
+            logger.addHandler(display)
+            self._undo.append(lambda lg=logger: lg.removeHandler(display))
+        # Epoch records are for the display; the file gets the flow's own lines.
+        propagate = training.propagate
+        training.propagate = False
+        self._undo.append(lambda: setattr(training, "propagate", propagate))
+        if display.progress is not None:
+            display.progress.start()
+            self._undo.append(display.progress.stop)
+        # Until the first task, Prefect starts (its temporary server takes seconds) and the flow begins.
+        display._start("start the flow (Prefect)")
+        self.display = display
+        return self
+
+    def _set_level(self, logger: logging.Logger, level: int) -> None:
+        before = logger.level
+        logger.setLevel(level)
+        self._undo.append(lambda: logger.setLevel(before))
+
+    def __exit__(self, *exc: object) -> None:
+        self.display.current = None
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
