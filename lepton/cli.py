@@ -15,6 +15,7 @@ from rich.table import Table
 
 from lepton.bench import bench_app
 from lepton.progress import Mode, mode_for, watch
+from lepton.secrets import redact, redacted
 from lepton.workspace import Workspace
 
 app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
@@ -243,11 +244,11 @@ def status(
     """The registered model, the champion with its lineage and metrics, and the increments seen."""
     ws = _workspace(workspace)
     _quiet_libraries()
-    info = gather_status(ws)
+    info = redacted(gather_status(ws))
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
-    console.print(f"model [bold]{info['model_name']}[/bold] at {info['tracking_uri']}: {info['versions']} version(s)")
+    console.print(f"model [bold]{info['model_name']}[/bold] at {redact(info['tracking_uri'])}: {info['versions']} version(s)")
     champion = info["champion"]
     if champion is None:
         console.print("no champion yet")
@@ -473,7 +474,7 @@ def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
         raise fail(str(error)) from None
 
 
-def _finish_series(state: Any, as_json: bool, what: str) -> None:
+def _finish_series(state: Any, mode: Mode, what: str) -> None:
     """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
     from flows.deployments import SeriesStopped
 
@@ -482,10 +483,10 @@ def _finish_series(state: Any, as_json: bool, what: str) -> None:
         report = report.report
     elif report is None or isinstance(report, BaseException):
         raise fail(f"{what} failed: {report if report is not None else state.message}")
-    if as_json:
+    if mode == "json":
         print(json.dumps({**report.model_dump(mode="json"), "message": report.message, "exit_code": report.exit_code}, indent=2))
         raise typer.Exit(report.exit_code)
-    if report.processed or report.failed:
+    if mode != "quiet" and (report.processed or report.failed):
         table = Table("file", "status", "outcome", title=what)
         for item in report.processed:
             table.add_row(item.file, item.outcome.status, item.outcome.message)
@@ -522,16 +523,18 @@ def land(
 def run_pending(
     workspace: WorkspaceOption = Path("."),
     set_: SetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run every increment landed since the last run, in arrival order, stopping at the first failure (the nightly deployment by hand)."""
     ws = _workspace(workspace)
     overrides = _typed_overrides(ws, set_)
-    _quiet_libraries()
-    _no_tracebacks()
-    from flows.deployments import run_pending as pending_flow
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    with _watching(ws, mode):
+        from flows.deployments import run_pending as pending_flow
 
-    _finish_series(pending_flow(str(ws.root), overrides, return_state=True), as_json, "run-pending")
+        state = pending_flow(str(ws.root), overrides, return_state=True)
+    _finish_series(state, mode, "run-pending")
 
 
 @app.command()
@@ -540,18 +543,20 @@ def backfill(
     workspace: WorkspaceOption = Path("."),
     pattern: Annotated[str, typer.Option(help="Glob of the files to take.")] = "*",
     set_: SetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run every CSV and Parquet file of FOLDER in name order, stopping at the first failure; run again to resume."""
     ws = _workspace(workspace)
     if not folder.is_dir():
         raise fail(f"{folder} is not a folder")
     overrides = _typed_overrides(ws, _allowing(list(set_ or []), folder))
-    _quiet_libraries()
-    _no_tracebacks()
-    from flows.deployments import backfill as backfill_flow
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    with _watching(ws, mode):
+        from flows.deployments import backfill as backfill_flow
 
-    _finish_series(backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True), as_json, "backfill")
+        state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
+    _finish_series(state, mode, "backfill")
 
 
 

@@ -1,0 +1,32 @@
+"""Credentials in URIs never reach tags, params, logs or reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from lepton.secrets import redact, redacted
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://mlflow:s3cr3t@db.internal:5432/mlflow", "postgresql://mlflow:***@db.internal:5432/mlflow"),
+        ("http://user:p%40ss@mlflow.internal:5000", "http://user:***@mlflow.internal:5000"),
+        ("https://mlflow.internal:5000/api", "https://mlflow.internal:5000/api"),
+        ("sqlite:////home/me/ws/.lepton/mlflow.db", "sqlite:////home/me/ws/.lepton/mlflow.db"),
+        ("s3://bucket/lepton?access_key=AKIA123&region=eu", "s3://bucket/lepton?access_key=***&region=eu"),
+        ("https://acct.blob.core.windows.net/c?sv=2024&sig=abc%2Fdef", "https://acct.blob.core.windows.net/c?sv=2024&sig=***"),
+        ("connected to postgresql://a:b@h/db then http://h:80", "connected to postgresql://a:***@h/db then http://h:80"),
+    ],
+)
+def test_passwords_and_secret_parameters_are_masked(text, expected):
+    """The password of a URL and secret query parameters are masked; hosts, ports, paths and users stay readable."""
+    assert redact(text) == expected
+
+
+def test_nested_values_are_redacted():
+    """A config dump (dicts and lists of strings and numbers) comes back with every string redacted, numbers untouched."""
+    config = {"registry": {"tracking_uri": "postgresql://u:pw@h/db", "experiment": "x"}, "train": {"epochs": 3, "hidden": [8]}}
+    clean = redacted(config)
+    assert clean == {"registry": {"tracking_uri": "postgresql://u:***@h/db", "experiment": "x"}, "train": {"epochs": 3, "hidden": [8]}}
+    assert config["registry"]["tracking_uri"] == "postgresql://u:pw@h/db"  # the original is untouched
