@@ -134,8 +134,10 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
         from flows.deployments import run_increment
         from lepton.config import ConfigOverrides
 
-        local = _allowing(overrides, path.parent)
-        state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(local), dry_run=True, return_state=True)
+        from lepton.landing import trusting
+
+        with trusting(path.parent):
+            state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(overrides), dry_run=True, return_state=True)
     else:
         from flows.continual import continual_training
 
@@ -453,15 +455,6 @@ def history(
 
 
 
-def _allowing(overrides: list[str], folder: Path) -> list[str]:
-    """``overrides`` plus ``folder`` as an allowed root: a path typed at the command line is the operator's own choice.
-
-    The deployment flows refuse paths outside ``landing.allowed_roots``, because a deployment
-    parameter can come from anyone who can trigger a run; the CLI runs as the operator.
-    """
-    return [*overrides, f"landing.allowed_roots={json.dumps([str(folder.resolve())])}"]
-
-
 def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
     """``--set`` pairs as the typed overrides the deployment flows take; a bad one fails readably."""
     from lepton.config import ConfigError, ConfigOverrides
@@ -550,9 +543,11 @@ def backfill(
     ws = _workspace(workspace)
     if not folder.is_dir():
         raise fail(f"{folder} is not a folder")
-    overrides = _typed_overrides(ws, _allowing(list(set_ or []), folder))
+    overrides = _typed_overrides(ws, set_)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
-    with _watching(ws, mode):
+    from lepton.landing import trusting
+
+    with _watching(ws, mode), trusting(folder):
         from flows.deployments import backfill as backfill_flow
 
         state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)

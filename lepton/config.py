@@ -187,12 +187,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
+def _problems(err: ValidationError, model: type[BaseModel]) -> str:
+    """Pydantic's errors as ``section.key: what is wrong``; an unknown key lists the keys its section knows."""
+    out = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            section = model.model_fields.get(str(e["loc"][0])) if len(e["loc"]) > 1 else None
+            known = list(section.annotation.model_fields) if section is not None else list(model.model_fields)  # type: ignore[union-attr]
+            out.append(f"{where}: unknown key (known: {', '.join(known) or 'none that a run may change'})")
+        else:
+            out.append(f"{where}: {e['msg']}")
+    return "; ".join(out)
+
+
 def parse(raw: dict[str, Any], overrides: list[str] | None = None, *, source: str = CONFIG_FILE) -> LeptonConfig:
     try:
         return LeptonConfig.model_validate(apply_overrides(raw, overrides or []))
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid configuration ({source}): {problems}") from None
+        raise ConfigError(f"invalid configuration ({source}): {_problems(err, LeptonConfig)}") from None
 
 
 def load(workspace: Path, overrides: list[str] | None = None) -> LeptonConfig:
@@ -206,7 +219,7 @@ def load(workspace: Path, overrides: list[str] | None = None) -> LeptonConfig:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of sections")
-    return parse(raw, overrides, source=str(path))
+    return parse(raw, overrides, source=str(path) + (" with --set overrides" if overrides else ""))
 
 
 def default_yaml(label: str, model_name: str) -> str:
@@ -228,10 +241,23 @@ def reference_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _optional(section: type[Section]) -> type[Section]:
-    """``section`` with every key optional (unset is None) but the same types, bounds and descriptions."""
+# Keys a deployment parameter must not change: where increments may be read from, where
+# models and data go, and what reaches a launcher's command line. Anyone who can trigger a
+# run can pass overrides; these stay as lepton.yaml says.
+LOCKED = {
+    "landing": {"folder", "allowed_roots"},
+    "registry": {"tracking_uri", "model_name", "experiment"},
+    "dvc": {"remote_url"},
+    "train": {"launcher", "torchrun_args", "shared_dir"},
+}
+
+
+def _optional(section: type[Section], locked: set[str] = frozenset()) -> type[Section]:  # type: ignore[assignment]
+    """``section`` with every key optional (unset is None) but the same types, bounds and descriptions; ``locked`` keys left out."""
     fields: dict[str, Any] = {}
     for name, field in section.model_fields.items():
+        if name in locked:
+            continue
         annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
         fields[name] = (Optional[annotation], Field(None, description=field.description))  # noqa: UP045 - a runtime type
     return create_model(section.__name__.removesuffix("Config") + "Overrides", __base__=Section, __doc__=section.__doc__, **fields)
@@ -250,11 +276,13 @@ class _Overrides(Section):
     def from_list(cls, overrides: list[str]) -> ConfigOverrides:
         """Parse ``--set`` style overrides; raises ConfigError naming the bad one."""
         raw = apply_overrides({}, overrides)
+        locked = [f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict) for key in values if key in LOCKED.get(section, ())]
+        if locked:
+            raise ConfigError(f"{', '.join(locked)} can only be set in lepton.yaml, not per run (runs triggered from deployments must not change where data and models go)")
         try:
             return cls.model_validate(raw)  # type: ignore[return-value]
         except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            raise ConfigError(f"invalid override ({problems})") from None
+            raise ConfigError(f"invalid override ({_problems(err, cls)})") from None
 
 
 # Per-run changes to lepton.yaml as a typed model, generated from the sections so it cannot
@@ -264,7 +292,8 @@ ConfigOverrides = create_model(
     __base__=_Overrides,
     __doc__="Per-run changes to the workspace's lepton.yaml, section by section; unset keys keep the file's values.",
     **{
-        name: (_optional(field.annotation), Field(default_factory=_optional(field.annotation), description=field.annotation.__doc__))  # type: ignore[arg-type]
+        name: (model, Field(default_factory=model, description=field.annotation.__doc__))  # type: ignore[arg-type]
         for name, field in LeptonConfig.model_fields.items()
+        for model in [_optional(field.annotation, LOCKED.get(name, set()))]  # type: ignore[arg-type]
     },
 )

@@ -6,6 +6,7 @@ Plain file handling with no heavy imports, so ``lepton land`` is instant.
 from __future__ import annotations
 
 import fcntl
+from contextvars import ContextVar
 import os
 import re
 import shutil
@@ -69,10 +70,24 @@ def land(source: Path, target_folder: Path) -> Path:
     return target
 
 
+_trusted: ContextVar[tuple[Path, ...]] = ContextVar("lepton_trusted_roots", default=())
+
+
+@contextmanager
+def trusting(*folders: Path) -> Iterator[None]:
+    """Allow ``folders`` too, for flows run inside the block: a path typed at the command line is the operator's own choice."""
+    token = _trusted.set((*_trusted.get(), *(Path(f).expanduser().resolve() for f in folders)))
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
 def roots(ws: Workspace, config: LandingConfig) -> list[Path]:
     """Where paths that arrive as deployment parameters may point: the workspace, the landing folder, ``allowed_roots``."""
     extra = [Path(r).expanduser() for r in config.allowed_roots]
-    return [ws.root.resolve(), folder(ws, config).resolve(), *((r if r.is_absolute() else ws.root / r).resolve() for r in extra)]
+    configured = [ws.root.resolve(), folder(ws, config).resolve(), *((r if r.is_absolute() else ws.root / r).resolve() for r in extra)]
+    return configured + [t for t in _trusted.get() if t not in configured]
 
 
 def outside_roots(path: Path, allowed: list[Path]) -> str | None:

@@ -137,3 +137,23 @@ def test_readme_config_reference_is_generated_from_the_code():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     assert readme[readme.index(start) + len(start) : readme.index(end)] == reference_markdown()
+
+
+def test_unknown_key_lists_the_known_ones() -> None:
+    """A misspelt key or section names itself and what its section does know."""
+    with pytest.raises(ConfigError, match=r"train\.epochz: unknown key \(known: epochs, batch_size"):
+        parse({"data": {"label": "y"}}, ["train.epochz=3"])
+    with pytest.raises(ConfigError, match=r"trian: unknown key \(known: data, train, strategy"):
+        parse({"data": {"label": "y"}}, ["trian.epochs=3"])
+
+
+def test_deployment_overrides_cannot_move_data_or_models() -> None:
+    """Where increments are read from and where models and data go stay as lepton.yaml says: per-run overrides refuse them."""
+    from lepton.config import LOCKED, ConfigOverrides
+
+    for section, keys in LOCKED.items():
+        assert not keys & set(ConfigOverrides.model_fields[section].annotation.model_fields)
+        for key in keys:
+            with pytest.raises(ConfigError, match=f"{section}.{key} can only be set in lepton.yaml"):
+                ConfigOverrides.from_list([f"{section}.{key}=x"])
+    assert ConfigOverrides.from_list(["train.epochs=3"]).to_list() == ["train.epochs=3"]

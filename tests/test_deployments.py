@@ -122,7 +122,15 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides())
     assert refused.status == "rejected" and refused.exit_code == 2 and "is outside the folders increments may come from" in refused.message
     assert not ws.mlflow_db.exists() and tree(ws.root / "data") == before
-    allowed = ConfigOverrides.model_validate({"landing": {"allowed_roots": [str(increments[0].parent), str(clean_dir)]}})
+    # A run's overrides cannot widen the roots: only lepton.yaml can.
+    with pytest.raises(ValueError, match="allowed_roots"):
+        ConfigOverrides.model_validate({"landing": {"allowed_roots": ["/"]}})
+    with pytest.raises(ValueError, match="landing.allowed_roots can only be set in lepton.yaml"):
+        ConfigOverrides.from_list(["landing.allowed_roots=['/']"])
+    settings = yaml.safe_load((ws.root / "lepton.yaml").read_text())
+    settings["landing"]["allowed_roots"] = [str(increments[0].parent), str(clean_dir)]
+    (ws.root / "lepton.yaml").write_text(yaml.safe_dump(settings))
+    allowed = ConfigOverrides()
     report = run_increment(str(increments[0]), str(ws.root), allowed, dry_run=True)
     assert report.status == "valid" and report.exit_code == 0 and report.rows == 360
     assert report.message.startswith("dry run: valid")
@@ -184,7 +192,10 @@ def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_ap
     (folder / "README.md").write_text("exports of the digits feed\n")
     with pytest.raises(PermissionError, match="landing.allowed_roots"):
         backfill(str(folder), str(ws.root), ConfigOverrides.model_validate(QUICK))
-    overrides = ConfigOverrides.model_validate({**QUICK, "landing": {"allowed_roots": [str(folder)]}})
+    settings = yaml.safe_load((ws.root / "lepton.yaml").read_text())
+    settings["landing"]["allowed_roots"] = ["../exports"]  # relative to the workspace
+    (ws.root / "lepton.yaml").write_text(yaml.safe_dump(settings))
+    overrides = ConfigOverrides.model_validate(QUICK)
     report = backfill(str(folder), str(ws.root), overrides)
     assert [(p.file, p.outcome.status) for p in report.processed] == [("2026-11-01.parquet", "promoted"), ("2026-11-02.parquet", "duplicate")]
     assert report.exit_code == 0 and champion(ws) == 1
