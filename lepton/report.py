@@ -306,8 +306,8 @@ TEMPLATE = """<!doctype html>
   </table>
   {% if not has_champion %}<p class="note">No champion yet: this is the first model, so there is nothing to compare with.</p>{% endif %}
   <div class="plots" style="margin-top:16px">
-    {% if images.holdouts %}<figure><img alt="accuracy on each holdout" src="{{ images.holdouts }}"></figure>{% endif %}
-    {% if images.matrix %}<figure><img alt="accuracy matrix" src="{{ images.matrix }}">
+    {% if images.get("holdouts") %}<figure><img alt="accuracy on each holdout" src="{{ images.holdouts }}"></figure>{% endif %}
+    {% if images.get("matrix") %}<figure><img alt="accuracy matrix" src="{{ images.matrix }}">
       <figcaption>Accuracy matrix: row i is the model after increment i of the champion's lineage (the candidate last), column j the holdout of increment j.
       {% if d.lineage_metrics %}Candidate: average accuracy {{ pct(d.lineage_metrics.get("average_accuracy")) }}, forgetting {{ num(d.lineage_metrics.get("forgetting")) }}, backward transfer {{ signed(d.lineage_metrics.get("bwt")) }}.{% endif %}</figcaption>
     </figure>{% endif %}
@@ -319,7 +319,7 @@ TEMPLATE = """<!doctype html>
 <section>
   <h2>Training</h2>
   <div class="plots">
-    {% if images.loss %}<img alt="training loss per epoch" src="{{ images.loss }}">{% endif %}
+    {% if images.get("loss") %}<img alt="training loss per epoch" src="{{ images.loss }}">{% endif %}
     <dl class="kv" style="flex:1; min-width:320px; grid-template-columns:150px 1fr">
       <dt>strategy</dt><dd>{{ d.training.strategy }}</dd>
       <dt>start</dt><dd>{{ "warm, from the champion (version " ~ d.parent_version ~ ")" if d.training.warm_start and d.parent_version else ("warm, from the champion" if d.training.warm_start else "a new network") }}</dd>
