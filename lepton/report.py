@@ -124,7 +124,8 @@ def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path
     """R[i][j] as a PNG: rows are the lineage's models (candidate last), columns the holdouts."""
     plt = _pyplot()
     r = np.array([[np.nan if v is None else v for v in row] for row in matrix["rows"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.9 + 0.75 * r.shape[1], 1.5 + 0.5 * r.shape[0]), dpi=110)
+    # Sized so that up to five holdouts fit beside the holdout bars on the report's page.
+    fig, ax = plt.subplots(figsize=(max(3.8, 1.8 + 0.65 * r.shape[1]), max(2.8, 1.5 + 0.5 * r.shape[0])), dpi=100)
     image = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
     for (i, j), value in np.ndenumerate(r):
         if not np.isnan(value):
@@ -163,7 +164,7 @@ def loss_curve(losses: list[float], path: Path) -> Path:
 def holdout_bars(holdouts: list[HoldoutRow], path: Path) -> Path:
     """Candidate and champion accuracy on every holdout, side by side."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(min(9.0, max(4.4, 1.4 + 0.8 * len(holdouts))), 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(min(9.0, max(4.4, 1.4 + 0.65 * len(holdouts))), 3.2), dpi=100)
     x = np.arange(len(holdouts))
     has_champion = any(h.champion_accuracy is not None for h in holdouts)
     width = 0.38 if has_champion else 0.6
@@ -173,6 +174,8 @@ def holdout_bars(holdouts: list[HoldoutRow], path: Path) -> Path:
         champion = [np.nan if h.champion_accuracy is None else h.champion_accuracy for h in holdouts]
         ax.bar(x + width / 2, champion, width, label="champion", color="#9ca3af")
     ax.set_xticks(x, [h.increment_id[:8] + (" (new)" if h.new else "") for h in holdouts], rotation=30, ha="right", fontsize=8)
+    pad = max(0.7, (4 - len(holdouts)) / 2)  # one or two holdouts get bars of a normal width, centred
+    ax.set_xlim(-pad, len(holdouts) - 1 + pad)
     # Headroom above 1.0 for the legend, so it never covers a bar.
     ax.set_ylim(0, 1.22)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -225,7 +228,7 @@ TEMPLATE = """<!doctype html>
   section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:18px 22px; margin-bottom:16px; }
   h2 { margin:0 0 12px; font-size:19px; }
   h3 { margin:14px 0 8px; font-size:15px; color:var(--muted); font-weight:600; }
-  .cards { display:grid; grid-template-columns:repeat(4, 1fr); gap:12px; }
+  .cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(200px, 1fr)); gap:12px; }
   .card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
   .card .label { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.03em; }
   .card .value { font-size:24px; font-weight:700; }
@@ -324,7 +327,7 @@ TEMPLATE = """<!doctype html>
       <dt>strategy</dt><dd>{{ d.training.strategy }}</dd>
       <dt>start</dt><dd>{{ "warm, from the champion (version " ~ d.parent_version ~ ")" if d.training.warm_start and d.parent_version else ("warm, from the champion" if d.training.warm_start else "a new network") }}</dd>
       <dt>epochs</dt><dd>{{ d.training.losses | length }}</dd>
-      <dt>loss</dt><dd>{{ num(d.training.losses[0]) }} → {{ num(d.training.losses[-1]) }}</dd>
+      <dt>loss</dt><dd>{{ loss(d.training.losses[0]) }} → {{ loss(d.training.losses[-1]) }}</dd>
       <dt>samples per epoch</dt><dd>{{ d.training.new_samples }} new + {{ d.training.memory_samples }} from memory</dd>
       <dt>device, time</dt><dd>{{ d.training.device }}, {{ "%.1f" | format(d.training.seconds) }} s</dd>
     </dl>
@@ -422,18 +425,23 @@ def _headline(d: ReportData) -> str:
     return f"Rejected: increment {d.increment_id} quarantined"
 
 
+def _loss(value: float) -> str:
+    return f"{value:.1e}" if 0 < abs(value) < 0.001 else f"{value:.3f}"
+
+
 def _cards(d: ReportData) -> list[dict[str, str]]:
     """The headline numbers: new data, earlier data, and how the run got there."""
     if d.status == "rejected":
         return []
-    s = d.summary
-    cards = [
-        {"label": "new holdout: candidate", "value": _pct(s.get("candidate_new_accuracy")), "sub": "champion " + _pct(s.get("champion_new_accuracy"))},
-        {"label": "earlier holdouts: candidate", "value": _pct(s.get("candidate_old_accuracy")), "sub": "champion " + _pct(s.get("champion_old_accuracy"))},
-        {"label": "all holdouts: candidate", "value": _pct(s.get("candidate_all_accuracy")), "sub": "champion " + _pct(s.get("champion_all_accuracy"))},
-    ]
+    s, cards = d.summary, []
+    for key, label in (("new", "new holdout"), ("old", "earlier holdouts"), ("all", "all holdouts")):
+        value, champion = s.get(f"candidate_{key}_accuracy"), s.get(f"champion_{key}_accuracy")
+        if value is None:
+            continue  # the first increment has no earlier holdouts
+        sub = f"champion {_pct(champion)}" if champion is not None else "no champion yet"
+        cards.append({"label": f"{label}: candidate", "value": _pct(value), "sub": sub})
     if d.training is not None and d.training.losses:
-        cards.append({"label": "final training loss", "value": f"{d.training.losses[-1]:.3f}", "sub": f"{len(d.training.losses)} epochs, {d.training.seconds:.1f} s"})
+        cards.append({"label": "final training loss", "value": _loss(d.training.losses[-1]), "sub": f"{len(d.training.losses)} epochs, {d.training.seconds:.1f} s"})
     return cards
 
 
@@ -485,7 +493,7 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
         docs_href=docs_href,
         drift_rows=drift_rows,
         drifted=sum(r.drifted for r in drift_rows),
-        pct=_pct, num=_num, signed=_signed, delta=_delta, delta_class=_delta_class,
+        pct=_pct, num=_num, signed=_signed, loss=_loss, delta=_delta, delta_class=_delta_class,
     )
 
 
