@@ -11,7 +11,6 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton import report as pages
 from lepton.config import RegistryConfig
-from lepton.report import heatmap  # noqa: F401  (re-exported: the accuracy-matrix PNG)
 from lepton.workspace import Workspace
 from models.evaluation import Evaluation
 from models.gate import GateDecision

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -175,7 +176,7 @@ def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
         logging.getLogger(__name__).warning("could not build the Data Docs page of this validation: %s", err)
         return None
     url = next((u["site_url"] for u in urls if u.get("site_url")), None)
-    return Path(url.removeprefix("file://")) if url else None
+    return Path(unquote(urlparse(url).path)) if url else None
 
 
 def validate_frame(
