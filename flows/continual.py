@@ -12,7 +12,7 @@ from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
 from tasks.registry import config_params, lineage_tags, load_champion, promote, register, version_for_increment
-from tasks.reporting import log_accuracy_matrix
+from tasks.reporting import write_report
 from tasks.splits import read, split_increments
 from tasks.training import evaluate, gate, train
 from tasks.validate import validate
@@ -36,6 +36,7 @@ class RunOutcome(BaseModel):
     parent_version: int | None = None
     data_hash: str | None = None
     metrics: dict[str, float | None] = {}
+    report: str | None = None  # the run's report page, relative to the workspace
 
     @property
     def exit_code(self) -> int:
@@ -68,16 +69,18 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log.info("ingested %s as increment %s", landing.source, landing.id)
 
         frame, read_error = read(landing.path)
-        report = validate(frame, read_error, ws.read_schema(), config.data)
+        report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
         if not report.passed:
             where = quarantine(landing, ws, report.problems)
             data_hash = version_data(ws, config.dvc)
             message = f"rejected because {'; '.join(report.problems)}; quarantined at {where.relative_to(ws.root)}"
             log.warning(message)
-            return RunOutcome(
+            outcome = RunOutcome(
                 status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
                 message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
             )
+            outcome.report = write_report(ws, config.registry, outcome, validation=report, drift=None, drift_action=None)
+            return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
         accept(landing, ws, frame, config.data)
         data_hash = version_data(ws, config.dvc)
@@ -106,7 +109,6 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         ws, config.registry, candidate, train_frame,
         run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
-    log_accuracy_matrix(ws, config.registry, run_id, evaluation.matrix)
     if decision.passed:
         promote(ws, config.registry, version)
         status: Status = "promoted"
@@ -117,8 +119,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         champion_after = parent
         message = f"kept out by the gate because {'; '.join(decision.failures)}; registered as version {version}, champion stays version {parent}"
     log.info(message)
-    return RunOutcome(
+    outcome = RunOutcome(
         status=status, increment_id=landing.id, file=relative, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
         version=version, champion_version=champion_after, parent_version=parent, data_hash=data_hash,
         metrics=evaluation.summary(),
     )
+    outcome.report = write_report(
+        ws, config.registry, outcome, validation=None if resume else report, training=training, evaluation=evaluation,
+        decision=decision, run_id=run_id, tags=tags, drift=None, drift_action=None,
+    )
+    return outcome

@@ -596,6 +596,33 @@ def serve(
 
 
 
+@app.command()
+def report(
+    model_version: Annotated[int | None, typer.Option("--model-version", min=1, help="Registered model version whose run to show.", show_default="the latest run")] = None,
+    workspace: WorkspaceOption = Path("."),
+    open_: Annotated[bool, typer.Option("--open", help="Also open the page in a web browser, if one is available.")] = False,
+    png: Annotated[Path | None, typer.Option("--png", help="Also render the page to this PNG with headless Chromium.")] = None,
+) -> None:
+    """Print the path of a run's report: the HTML page with validation, drift, training, gate and lineage."""
+    import webbrowser
+
+    from lepton.report import RenderError, ReportNotFound, find, screenshot
+
+    ws = _workspace(workspace)
+    try:
+        page = find(ws.state, model_version)
+    except ReportNotFound as error:
+        raise fail(str(error)) from None
+    print(page)
+    if png is not None:
+        try:
+            err.print(f"rendered {screenshot(page, png)}", soft_wrap=True)
+        except RenderError as error:
+            raise fail(str(error)) from None
+    if open_ and not webbrowser.open(page.as_uri()):
+        err.print("no web browser available here: open the path above on a machine with one", soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -1,52 +1,144 @@
-"""Artifacts that show a run: the accuracy matrix as JSON and as a heatmap."""
+"""The report of a run: gathered from what the flow produced, written to the workspace and logged to the tracking run."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lepton import report as pages
 from lepton.config import RegistryConfig
 from lepton.workspace import Workspace
-from tasks.registry import connect
+from models.evaluation import Evaluation
+from models.gate import GateDecision
+from models.metrics import lineage_summary
+from models.training import TrainReport
+from tasks.registry import TAG, connect
+from tasks.validate import ValidationReport
+from tasks.versioning import git_commit
 
 
-def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path:
-    """R[i][j] as a PNG: rows are the lineage's models (candidate last), columns the holdouts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = np.array(matrix["rows"], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * r.shape[1], 1.0 + 0.6 * r.shape[0]), dpi=110)
-    image = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
-    for (i, j), value in np.ndenumerate(r):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black", fontsize=8)
-    ax.set_xticks(range(r.shape[1]), [c[:8] for c in matrix["columns"]], rotation=45, ha="right", fontsize=8)
-    labels = versions or [f"after {c[:8]}" for c in matrix["trained"]]
-    ax.set_yticks(range(r.shape[0]), labels, fontsize=8)
-    ax.set_xlabel("holdout of increment")
-    ax.set_ylabel("model")
-    ax.set_title("accuracy matrix R[i][j]")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def _relative(ws: Workspace, path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return str(Path(path).relative_to(ws.root))
+    except ValueError:
+        return path
 
 
-@task(name="log-accuracy-matrix", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def log_accuracy_matrix(ws: Workspace, config: RegistryConfig, run_id: str, matrix: dict) -> None:
-    """Attach R (JSON and heatmap) to the candidate's tracking run."""
-    client, _ = connect(ws, config)
-    with tempfile.TemporaryDirectory(prefix="lepton-report-") as tmp:
-        folder = Path(tmp)
-        (folder / "accuracy_matrix.json").write_text(json.dumps(matrix, indent=1, default=float))
-        heatmap(matrix, folder / "accuracy_matrix.png")
-        client.log_artifacts(run_id, str(folder), artifact_path="report")
+def _finite(value: float | None) -> float | None:
+    return None if value is None or np.isnan(value) else float(value)
+
+
+def gather(
+    ws: Workspace,
+    model_name: str,
+    outcome: Any,
+    *,
+    validation: ValidationReport | None = None,
+    training: TrainReport | None = None,
+    evaluation: Evaluation | None = None,
+    decision: GateDecision | None = None,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    drift: list[dict] | None = None,
+    drift_action: str | None = None,
+) -> pages.ReportData:
+    """The report's data from a run's outcome (a RunOutcome) and the values the flow passed along the way."""
+    tags = tags or {}
+    record = ws.read_manifest().find(outcome.increment_id)
+    holdouts = []
+    if evaluation is not None:
+        for key, score in evaluation.candidate.items():
+            champion = evaluation.champion[key] if evaluation.champion is not None else None
+            holdouts.append(
+                pages.HoldoutRow(
+                    increment_id=key, rows=len(score.correct), new=key == evaluation.new_id,
+                    candidate_accuracy=score.accuracy, champion_accuracy=champion.accuracy if champion else None,
+                    candidate_macro_f1=score.macro_f1, champion_macro_f1=champion.macro_f1 if champion else None,
+                )
+            )
+    return pages.ReportData(
+        status=outcome.status,
+        message=outcome.message,
+        created=pages.now(),
+        model_name=model_name,
+        increment_id=outcome.increment_id,
+        file=outcome.file,
+        source=record.source if record else None,
+        model_version=outcome.version,
+        champion_version=outcome.champion_version,
+        parent_version=outcome.parent_version,
+        data_hash=outcome.data_hash,
+        # The registered version's tag when there is one: the report shows what the registry recorded.
+        git_commit=tags.get(TAG + "git_commit") or git_commit(ws.root),
+        run_id=run_id,
+        strategy=tags.get(TAG + "strategy") or (training.strategy if training else None),
+        validation=None if validation is None else pages.ValidationSummary(
+            passed=validation.passed, rows=validation.rows, expectations=validation.expectations, failed=validation.failed,
+            problems=validation.problems, data_docs=_relative(ws, validation.data_docs),
+        ),
+        drift=None if drift is None else [pages.DriftRow.model_validate(row) for row in drift],
+        drift_action=drift_action,
+        training=None if training is None else pages.TrainingSummary(
+            losses=training.losses, seconds=training.seconds, device=training.device, strategy=training.strategy,
+            new_samples=training.new_samples, memory_samples=training.memory_samples, warm_start=training.warm_start,
+        ),
+        holdouts=holdouts,
+        summary=evaluation.summary() if evaluation is not None else {},
+        lineage_metrics=lineage_summary(evaluation.matrix) if evaluation is not None and evaluation.matrix else {},
+        gate=None if decision is None else [pages.GateCheck(reason=r, passed=ok) for r, ok in decision.checks.items()],
+        matrix=_clean_matrix(evaluation.matrix) if evaluation is not None and evaluation.matrix else None,
+    )
+
+
+def _clean_matrix(matrix: dict) -> dict:
+    """NaN (a holdout a model never met) as null, so report.json stays valid JSON."""
+    return {**matrix, "rows": [[_finite(v) for v in row] for row in matrix["rows"]]}
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def write_report(
+    ws: Workspace,
+    config: RegistryConfig,
+    outcome: Any,
+    *,
+    validation: ValidationReport | None = None,
+    training: TrainReport | None = None,
+    evaluation: Evaluation | None = None,
+    decision: GateDecision | None = None,
+    run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    drift: list[dict] | None = None,
+    drift_action: str | None = None,
+) -> str | None:
+    """Write the run's report under ``.lepton/reports/`` and, for a registered model, log it to its run under ``report/``.
+
+    Returns the page's path relative to the workspace. A report that cannot be written is
+    logged as an error and gives None: the run itself (a promotion, say) already happened.
+    """
+    log = get_run_logger()
+    try:
+        data = gather(
+            ws, config.model_name, outcome, validation=validation, training=training, evaluation=evaluation,
+            decision=decision, run_id=run_id, tags=tags, drift=drift, drift_action=drift_action,
+        )
+        folder = pages.reports_root(ws.state) / data.folder_name()
+        page = pages.write(data, folder, ws.root)
+    except Exception as err:  # matplotlib, a full disk: the report is lost, the run is not
+        log.error("could not write the report of increment %s: %s", outcome.increment_id, err)
+        return None
+    if run_id is not None:
+        try:
+            client, _ = connect(ws, config)
+            client.log_artifacts(run_id, str(folder), artifact_path="report")
+        except Exception as err:  # a tracking server that went away: the workspace copy stands
+            log.error("could not log the report to tracking run %s: %s", run_id, err)
+    relative = str(page.relative_to(ws.root))
+    log.info("report: %s", relative)
+    return relative
+

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
@@ -28,6 +30,8 @@ class ValidationReport:
     problems: list[str] = field(default_factory=list)
     rows: int = 0
     expectations: int = 0
+    failed: int = 0  # expectations that failed (problems may add checks beyond the suite)
+    data_docs: str | None = None  # GX Data Docs page of this validation, when one was built
 
 
 def build_suite(frame_columns: list[str], schema: DataSchema | None, config: DataConfig):
@@ -125,8 +129,13 @@ def _describe(result: Any) -> str:
     return f"{kind} failed on {column or 'the table'}"
 
 
-def run_suite(frame: pd.DataFrame, suite: list[Any]) -> list[str]:
-    """Run the expectations on an in-memory frame; returns the failures in plain words."""
+def run_suite(frame: pd.DataFrame, suite: list[Any], data_docs: Path | None = None, run_name: str = "increment") -> tuple[list[str], Path | None]:
+    """Run the expectations on an in-memory frame: the failures in plain words, and the Data Docs page if asked for.
+
+    The suite runs in an ephemeral context (a file context costs seconds per run in
+    writes); ``data_docs`` names the folder of a file context that only stores the
+    result and renders its page.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
@@ -139,7 +148,8 @@ def run_suite(frame: pd.DataFrame, suite: list[Any]) -> list[str]:
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="increment", data=batch, suite=expectation_suite))
     results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     failed = [r for r in results.results if not r.success]
-    return [_describe(r) for r in failed if not _consequence(r, failed)]
+    page = build_data_docs(results, data_docs, run_name) if data_docs is not None else None
+    return [_describe(r) for r in failed if not _consequence(r, failed)], page
 
 
 def _consequence(result: Any, failed: list[Any]) -> bool:
@@ -155,11 +165,42 @@ def _consequence(result: Any, failed: list[Any]) -> bool:
     return bool(causes)
 
 
-def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> ValidationReport:
+def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
+    """Store one validation result in the file context under ``root/gx/`` and render its Data Docs page.
+
+    Only this result's page is built: rebuilding the index reads every stored result,
+    which grows with each run. Returns None (and logs why) when GX cannot render it:
+    the page is a view of the validation, never a reason to fail it.
+    """
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
+
+    try:
+        context = gx.get_context(mode="file", project_root_dir=str(root))
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name="increment"),
+            run_id=RunIdentifier(run_name=run_name),
+            batch_identifier=run_name,
+        )
+        context.validation_results_store.set(key, results)
+        context.build_data_docs(resource_identifiers=[key], build_index=False)
+        urls = context.get_docs_sites_urls(resource_identifier=key, only_if_exists=True)
+    except Exception as err:  # GX's renderers raise many kinds; none should reject an increment
+        logging.getLogger(__name__).warning("could not build the Data Docs page of this validation: %s", err)
+        return None
+    url = next((u["site_url"] for u in urls if u.get("site_url")), None)
+    return Path(unquote(urlparse(url).path)) if url else None
+
+
+def validate_frame(
+    frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig, data_docs: Path | None = None, run_name: str = "increment"
+) -> ValidationReport:
     suite = build_suite(list(map(str, frame.columns)), schema, config)
     # GX's type check predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c]) and not pd.api.types.is_object_dtype(frame[c])]
-    problems = run_suite(frame.astype({c: object for c in strings}) if strings else frame, suite)
+    problems, page = run_suite(frame.astype({c: object for c in strings}) if strings else frame, suite, data_docs, run_name)
+    failed = len(problems)
     if not problems:
         # Both sides of the split must hold rows, or the increment can neither train nor be measured.
         held = int(holdout_mask(frame, config.holdout_fraction).sum())
@@ -168,13 +209,27 @@ def validate_frame(frame: pd.DataFrame, schema: DataSchema | None, config: DataC
             problems.append(f"{len(frame)} rows leave no rows for the holdout {split}")
         elif held == len(frame):
             problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
-    return ValidationReport(passed=not problems, problems=problems, rows=len(frame), expectations=len(suite))
+    return ValidationReport(
+        passed=not problems, problems=problems, rows=len(frame), expectations=len(suite), failed=failed,
+        data_docs=str(page) if page else None,
+    )
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(frame: pd.DataFrame | None, read_error: str | None, schema_state: dict | None, config: DataConfig) -> ValidationReport:
-    """Check an increment against the schema with Great Expectations."""
+def validate(
+    frame: pd.DataFrame | None,
+    read_error: str | None,
+    schema_state: dict | None,
+    config: DataConfig,
+    data_docs: Path | None = None,
+    run_name: str = "increment",
+) -> ValidationReport:
+    """Check an increment against the schema with Great Expectations.
+
+    With ``data_docs`` (a folder), GX also renders the result as a Data Docs page under
+    ``data_docs/gx/uncommitted/data_docs/``, filed under ``run_name``.
+    """
     if frame is None:
         return ValidationReport(passed=False, problems=[read_error or "could not be read"])
     schema = DataSchema.from_dict(schema_state) if schema_state else None
-    return validate_frame(frame, schema, config)
+    return validate_frame(frame, schema, config, data_docs, run_name)
