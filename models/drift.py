@@ -219,8 +219,11 @@ def measure(
     new_classes = sorted(set(increment[label].dropna().tolist()) - known, key=str)
     current = increment[increment[label].isin(known)]
     if len(current) < config.min_rows:
-        why = "holds only classes never seen before" if len(current) == 0 else f"has {len(current)} rows of known classes"
-        return DriftReport([], None, False, None, 0, len(current), new_classes, f"the increment {why} (fewer than drift.min_rows={config.min_rows})")
+        if len(current) == 0:
+            why = f"the increment holds only classes never seen before ({_names([str(c) for c in new_classes])}): nothing to compare"
+        else:
+            why = f"the increment has {len(current)} rows of known classes, fewer than drift.min_rows={config.min_rows}"
+        return DriftReport([], None, False, None, 0, len(current), new_classes, why)
 
     label_test = _label_test(history[label], current[label], config, fixed_classes)
     current = _sample(current, config.reference_cap, rng)

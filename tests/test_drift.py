@@ -175,6 +175,17 @@ def test_label_shift_over_known_classes():
     assert report.rows()[-1] == report.label.as_dict()
 
 
+def test_class_mix_change_is_label_drift_not_feature_drift():
+    """Digits with most of classes 5-9 left out: the pixels' distribution moves with the class mix, but class by class
+    nothing changed, so only the label drifts (the history is sampled to the increment's mix)."""
+    for seed in range(3):
+        parts = digits_parts(seed)
+        rest = parts[4]
+        increment = pd.concat([rest[rest["digit"] < 5], rest[rest["digit"] >= 5].sample(frac=0.2, random_state=seed)])
+        report = measure(pd.concat(parts[:4]), increment, label="digit", config=DEFAULT)
+        assert report.label_drifted and report.drifted_features == [], report.message()
+
+
 def test_a_vanished_class_is_drift_only_with_a_fixed_label_set():
     """History of classes 0-2, an increment of classes 0 and 1 in equal shares: label drift only when the label set is fixed."""
     history = gaussian(3000, 0)
@@ -187,7 +198,7 @@ def test_a_vanished_class_is_drift_only_with_a_fixed_label_set():
 def test_tiny_increment_is_not_tested():
     """Fewer rows of known classes than drift.min_rows: not measured, with the reason, and nothing flagged."""
     report = measure(gaussian(1000, 0), gaussian(12, 1), label="y", config=DEFAULT)
-    assert not report.drifted and report.features == [] and "12 rows" in report.skipped and "drift.min_rows=20" in report.skipped
+    assert not report.drifted and report.features == [] and "12 rows of known classes, fewer than drift.min_rows=20" in report.skipped
 
 
 def test_min_share_needs_that_many_features():
@@ -352,3 +363,50 @@ def test_joint_and_replay_train_on_more(drift_runs):
     # Replay: as many earlier rows as new ones (replay_share=1), so about twice the warn run's samples (same increment size).
     assert samples["replay"] > 1.8 * samples["warn"] * len(pd.read_parquet(drift_runs["files"]["replay"])) / len(pd.read_parquet(drift_runs["files"]["warn"]))
     assert "rehearsed" in run_of("replay").data.tags["lepton.drift_training"]
+
+
+def test_rehearsed_rows_are_trained_on_but_not_remembered():
+    """fine_tune(rehearse=...): more samples stepped on, while the scaler and the replay memory count only the new rows."""
+    import torch
+
+    from lepton.config import StrategyConfig, TrainConfig
+    from models.training import fine_tune
+
+    torch.set_num_threads(1)
+    parts = digits_parts(0)
+    train, strategy = TrainConfig(epochs=2, hidden=[16], device="cpu"), StrategyConfig(name="replay")
+    champion, _ = fine_tune(None, parts[0], label="digit", train=train, strategy=strategy)
+    plain, plain_report = fine_tune(champion, parts[1], label="digit", train=train, strategy=strategy)
+    rehearsed, report = fine_tune(champion, parts[1], label="digit", train=train, strategy=strategy, rehearse=parts[0].head(100))
+    assert report.train_samples == plain_report.train_samples + 2 * 2 * 100  # 100 rows, paired with memory, 2 epochs
+    assert report.new_samples == plain_report.new_samples == len(parts[1])
+    assert rehearsed.preprocessor.count == plain.preprocessor.count == len(parts[0]) + len(parts[1])
+    seen = {k: v for k, v in rehearsed.strategy_state.items() if k.endswith("seen_counts")}
+    assert all(np.array_equal(v, plain.strategy_state[k]) for k, v in seen.items()) and seen
+
+
+def test_block_turns_drift_into_a_failed_validation():
+    """with_drift fails the validation report only for a drifted increment under drift.action=block, naming the features."""
+    from tasks.drift import with_drift
+    from tasks.validate import ValidationReport
+
+    passed = ValidationReport(passed=True, rows=300, expectations=10)
+    shifted = gaussian(300, 1, {"f3": 1.0})
+    blocked = with_drift(passed, measure(gaussian(2000, 0), shifted, label="y", config=DriftConfig(action="block")))
+    assert not blocked.passed and "f3" in blocked.problems[0] and "drift.action=block" in blocked.problems[0]
+    assert with_drift(passed, measure(gaussian(2000, 0), shifted, label="y", config=DEFAULT)) is passed
+    assert with_drift(passed, measure(gaussian(2000, 0), gaussian(300, 2), label="y", config=DriftConfig(action="block"))) is passed
+    assert with_drift(passed, None) is passed
+
+
+def test_drift_metrics_are_flat_and_valid_mlflow_keys():
+    """Per test a statistic and a flag (a p-value unless PSI), keys MLflow accepts whatever the column is called."""
+    from tasks.drift import drift_metrics, metric_key
+
+    assert metric_key("price (€)/m²") == "price ___/m_"
+    frame = gaussian(300, 0).rename(columns={"f0": "width (cm)"}).assign(colour=np.tile(["a", "b", "c"], 100))
+    report = measure(gaussian(2000, 1).rename(columns={"f0": "width (cm)"}).assign(colour=np.tile(["a", "b"], 1000)), frame, label="y", config=DriftConfig(categorical_test="psi"))
+    metrics = drift_metrics(report)
+    assert "drift.width _cm_.p_value" in metrics and "drift.colour.statistic" in metrics and "drift.colour.p_value" not in metrics
+    assert metrics["drift.colour.drifted"] == 1.0 and metrics["drift.drifted"] == 1.0
+    assert len([k for k in metrics if k.endswith(".statistic")]) == 66  # 65 features and the label
