@@ -112,11 +112,6 @@ def _names(names: list[str], limit: int = 20) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def not_measured(reason: str) -> DriftReport:
-    """A report for an increment that could not be compared (nothing flagged, nothing done)."""
-    return DriftReport([], None, False, None, 0, 0, skipped=reason)
-
-
 def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two-sample Kolmogorov-Smirnov, column by column: (largest gap between the two CDFs, p-value) per column.
 
@@ -251,8 +246,8 @@ def measure(
 
     # One family: every p-valued test of this increment, the label's included.
     family = [*tested, *([label_test] if label_test else [])]
-    valued = [i for i, t in enumerate(family) if t[3] is not None]
-    rejected = dict(zip(valued, holm([family[i][3] for i in valued], config.p_value), strict=True))  # type: ignore[misc]
+    valued = [i for i, (*_, p) in enumerate(family) if p is not None]
+    rejected = dict(zip(valued, holm([p for *_, p in family if p is not None], config.p_value), strict=True))
     results = [
         FeatureDrift(name, test, stat, p, rejected[i] if p is not None else stat >= config.psi_threshold)
         for i, (name, test, stat, p) in enumerate(family)
