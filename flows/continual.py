@@ -86,7 +86,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 drift=drift.rows() if drift else None, drift_action=drift.action if drift else None,
             )
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
-        if drift:
+        if drift is not None:
             (log.warning if drift.drifted else log.info)(drift.message())
         accept(landing, ws, frame, config.data)
         data_hash = version_data(ws, config.dvc)
@@ -119,7 +119,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
     log_accuracy_matrix(ws, config.registry, run_id, evaluation.matrix)
-    if drift:
+    if drift is not None:
         log_drift(ws, config.registry, run_id, drift, plan)
     if decision.passed:
         promote(ws, config.registry, version)

@@ -354,6 +354,7 @@ def test_joint_and_replay_train_on_more(drift_runs):
         return client.get_run(version.run_id)
 
     samples = {key: run_of(key).data.metrics["train_samples"] for key in ("warn", "joint", "replay")}
+    print(f"train_samples by drift.action: {samples}")
     assert outcomes["joint"].drift_action == "joint" and outcomes["replay"].drift_action == "replay"
     # Joint: every accepted increment's training part (block's was rejected), every epoch.
     accepted = [pd.read_parquet(drift_runs["files"][k]) for k in ("first", "clean", "warn", "joint")]
@@ -410,3 +411,19 @@ def test_drift_metrics_are_flat_and_valid_mlflow_keys():
     assert "drift.width _cm_.p_value" in metrics and "drift.colour.statistic" in metrics and "drift.colour.p_value" not in metrics
     assert metrics["drift.colour.drifted"] == 1.0 and metrics["drift.drifted"] == 1.0
     assert len([k for k in metrics if k.endswith(".statistic")]) == 66  # 65 features and the label
+
+
+def test_drift_settings_reach_overrides_and_deployment_parameters():
+    """--set drift.action=block and the deployments' typed parameters get the drift section, validated."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deployments import run_increment
+    from lepton.config import ConfigError, ConfigOverrides, parse
+
+    overrides = ConfigOverrides.from_list(["drift.action=block", "drift.p_value=0.05"])
+    config = parse({"data": {"label": "y"}}, overrides.to_list())
+    assert config.drift.action == "block" and config.drift.p_value == 0.05
+    with pytest.raises(ConfigError, match="drift.action"):
+        ConfigOverrides.from_list(["drift.action=retrain"])
+    schema = json.dumps(parameter_schema(run_increment).model_dump())
+    assert "DriftOverrides" in schema and "replay_share" in schema
