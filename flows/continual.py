@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from lepton import config as lepton_config
 from lepton.workspace import Workspace
+from tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
 from tasks.registry import config_params, lineage_tags, load_champion, promote, register, version_for_increment
 from tasks.reporting import write_report
@@ -37,6 +38,8 @@ class RunOutcome(BaseModel):
     data_hash: str | None = None
     metrics: dict[str, float | None] = {}
     report: str | None = None  # the run's report page, relative to the workspace
+    drift: list[dict] | None = None  # per test: feature, test, statistic, p_value, drifted; None when not compared
+    drift_action: str | None = None  # drift.action, when the increment drifted
 
     @property
     def exit_code(self) -> int:
@@ -61,6 +64,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
         log.info(message)
         return RunOutcome(status="duplicate", increment_id=landing.id, file=known.file, message=message)
+    drift = None
     if resume:
         log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
         data_hash = version_data(ws, config.dvc)
@@ -70,6 +74,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
         frame, read_error = read(landing.path)
         report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
+        drift = measure_drift(ws, frame, config.data, config.drift) if report.passed else None
+        report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:
             where = quarantine(landing, ws, report.problems)
             data_hash = version_data(ws, config.dvc)
@@ -78,17 +84,23 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             outcome = RunOutcome(
                 status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
                 message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
+                drift=drift.rows() if drift else None, drift_action=drift.action if drift else None,
             )
-            outcome.report = write_report(ws, config.registry, outcome, validation=report, drift=None, drift_action=None)
+            outcome.report = write_report(ws, config.registry, outcome, validation=report, drift=outcome.drift, drift_action=outcome.drift_action)
             return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
+        if drift is not None:
+            (log.warning if drift.drifted else log.info)(drift.message())
         accept(landing, ws, frame, config.data)
         data_hash = version_data(ws, config.dvc)
 
     champion = load_champion(ws, config.registry)
     train_frame, holdouts = split_increments(ws, landing.id, config.data.holdout_fraction)
+    plan = plan_training(ws, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
+    if plan.note:
+        log.warning(plan.note)
     candidate, training = train(
-        champion.bundle if champion else None, train_frame, config.data.label, config.train, config.strategy
+        champion.bundle if champion and plan.warm_start else None, plan.frame, config.data.label, config.train, config.strategy, plan.rehearse
     )
     log.info(
         "trained on %d samples (%d new, %d from memory) for %d epochs on %s in %.1fs, final loss %.4f",
@@ -109,6 +121,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         ws, config.registry, candidate, train_frame,
         run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
+    if drift is not None:
+        log_drift(ws, config.registry, run_id, drift, plan)
     if decision.passed:
         promote(ws, config.registry, version)
         status: Status = "promoted"
@@ -122,10 +136,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     outcome = RunOutcome(
         status=status, increment_id=landing.id, file=relative, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
         version=version, champion_version=champion_after, parent_version=parent, data_hash=data_hash,
-        metrics=evaluation.summary(),
+        metrics=evaluation.summary(), drift=drift.rows() if drift else None, drift_action=drift.action if drift else None,
     )
     outcome.report = write_report(
         ws, config.registry, outcome, validation=None if resume else report, training=training, evaluation=evaluation,
-        decision=decision, run_id=run_id, tags=tags, drift=None, drift_action=None,
+        decision=decision, run_id=run_id, tags=tags, drift=outcome.drift, drift_action=outcome.drift_action,
     )
     return outcome

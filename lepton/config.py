@@ -154,6 +154,24 @@ class LandingConfig(Section):
     )
 
 
+class DriftConfig(Section):
+    """How an increment is compared with the accepted history before it is accepted, and what drift does."""
+
+    enabled: bool = Field(True, description="Measure drift of every increment after the first.")
+    action: Literal["warn", "block", "replay", "joint"] = Field(
+        "warn",
+        description="On drift: warn (report and carry on), block (reject and quarantine, exit 2), replay (rehearse earlier rows with this increment) or joint (retrain on all accepted data).",
+    )
+    p_value: float = Field(0.01, gt=0, lt=1, description="Family-wise significance: a test flags drift when its p-value passes Holm's correction over all of the increment's tests at this level.")
+    psi_threshold: float = Field(0.25, gt=0, description="Population stability index at or above which a categorical feature or the label drifts (categorical_test=psi).")
+    categorical_test: Literal["chi2", "psi"] = Field("chi2", description="Test for categorical features and the label distribution: chi-square or PSI.")
+    categorical: list[str] = Field([], description="Numeric features to compare as categories (codes); non-numeric features always are.")
+    min_share: float = Field(0.0, ge=0, le=1, description="Share of tested features that must drift (at least one) for the increment to count as drifted; a drifted label always counts.")
+    min_rows: int = Field(20, ge=2, description="Fewest rows each side of a comparison needs; fewer and the increment is not tested.")
+    reference_cap: int = Field(5000, ge=10, description="Most history rows compared (a deterministic sample matching the increment's class mix); also caps the increment's rows.")
+    replay_share: float = Field(1.0, gt=0, description="action=replay: earlier training rows rehearsed with this increment, per new training row.")
+
+
 class LeptonConfig(Section):
     data: DataConfig
     train: TrainConfig = TrainConfig()
@@ -162,6 +180,7 @@ class LeptonConfig(Section):
     registry: RegistryConfig = RegistryConfig()
     dvc: DvcConfig = DvcConfig()
     landing: LandingConfig = LandingConfig()
+    drift: DriftConfig = DriftConfig()
 
 
 class ConfigError(ValueError):

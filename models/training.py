@@ -142,9 +142,12 @@ def fine_tune(
     label: str,
     train: TrainConfig,
     strategy: StrategyConfig,
+    rehearse: pd.DataFrame | None = None,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
+    ``rehearse``: earlier rows (of known classes) trained on alongside ``frame`` but not
+    offered to the memory or the scaler again, which have already counted them.
     The champion itself is never modified: its weights are copied into a new network.
     """
     torch.manual_seed(train.seed)
@@ -181,7 +184,11 @@ def fine_tune(
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
     plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
-    x_raw, y = plan.training_data(x_fit, y_fit)
+    x_train, y_train = x_fit, y_fit
+    if rehearse is not None and len(rehearse):
+        x_train = np.concatenate([x_fit, preprocessor.raw_matrix(rehearse)])
+        y_train = np.concatenate([y_fit, preprocessor.encode(rehearse[label])])
+    x_raw, y = plan.training_data(x_train, y_train)
     started = time.perf_counter()
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, device=device, generator=generator, strategy=plan)
     if train.launcher == "torchrun":
@@ -208,7 +215,7 @@ def fine_tune(
         losses=result.losses,
         train_samples=result.samples,
         new_samples=len(y_fit),
-        # Per epoch, everything stepped on beyond the new rows came from memory (or, for joint, from earlier data).
+        # Per epoch, everything stepped on beyond the new rows came from memory (or, for joint and rehearsal, from earlier data).
         memory_samples=result.samples // max(train.epochs, 1) - len(y_fit),
         seconds=seconds,
         device=str(device),

@@ -14,9 +14,11 @@ from models.training import TrainReport, fine_tune
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(champion: Bundle | None, frame: pd.DataFrame, label: str, train: TrainConfig, strategy: StrategyConfig) -> tuple[Bundle, TrainReport]:
-    """The candidate: the champion fine-tuned on the increment (a new network for the first one)."""
-    return fine_tune(champion, frame, label=label, train=train, strategy=strategy)
+def train(
+    champion: Bundle | None, frame: pd.DataFrame, label: str, train: TrainConfig, strategy: StrategyConfig, rehearse: pd.DataFrame | None = None
+) -> tuple[Bundle, TrainReport]:
+    """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
+    return fine_tune(champion, frame, label=label, train=train, strategy=strategy, rehearse=rehearse)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -1,0 +1,121 @@
+"""Drift against the accepted history: measured before acceptance, acted on, and logged to the candidate's run."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
+from lepton.workspace import Workspace
+from models.drift import DriftReport, TrainingPlan, measure, respond
+from models.splits import split
+from tasks.ingest import read_increment
+from tasks.registry import TAG, connect
+from tasks.validate import ValidationReport
+
+# MLflow accepts at most this many metrics per log_batch call.
+_BATCH = 1000
+
+
+def _history(ws: Workspace, exclude: str | None = None) -> list[pd.DataFrame]:
+    return [read_increment(ws.root / r.file) for r in ws.read_manifest().accepted() if r.id != exclude]
+
+
+@task(name="measure-drift", cache_policy=NO_CACHE)
+def measure_drift(ws: Workspace, frame: pd.DataFrame, data: DataConfig, config: DriftConfig) -> DriftReport | None:
+    """The increment against every accepted increment; None when drift is off or nothing was accepted yet."""
+    if not config.enabled:
+        return None
+    history = _history(ws)
+    if not history:
+        return None
+    return measure(pd.concat(history, ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes)
+
+
+def with_drift(report: ValidationReport, drift: DriftReport | None) -> ValidationReport:
+    """The validation report, failed when drift.action=block and the increment drifted: it is rejected like invalid data."""
+    if drift is None or drift.action != "block":
+        return report
+    problem = f"drift against the accepted history: {drift.summary()} (drift.action=block)"
+    return ValidationReport(passed=False, problems=[*report.problems, problem], rows=report.rows, expectations=report.expectations)
+
+
+@task(name="plan-training", cache_policy=NO_CACHE)
+def plan_training(ws: Workspace, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig) -> TrainingPlan:
+    """What the candidate trains on: the increment, or (drift.action replay or joint, on drift) more of the past."""
+    action = drift.action if drift is not None else None
+    earlier = None
+    if action in ("replay", "joint"):
+        parts = [split(f, config.data.holdout_fraction)[0] for f in _history(ws, exclude=new_id)]
+        earlier = pd.concat(parts, ignore_index=True) if parts else None
+    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed)
+
+
+def metric_key(name: str) -> str:
+    """A feature name as MLflow accepts it in a metric key (letters, digits, _ - . / : and spaces)."""
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", name)[:200]
+
+
+def drift_metrics(drift: DriftReport) -> dict[str, float]:
+    """Per-feature statistic, p-value and flag, and the summary, as flat metric names."""
+    metrics: dict[str, float] = {
+        "drift.drifted": float(drift.drifted),
+        "drift.share": drift.share,
+        "drift.drifted_features": float(len(drift.drifted_features)),
+        "drift.label_drifted": float(drift.label_drifted),
+        "drift.reference_rows": float(drift.reference_rows),
+        "drift.current_rows": float(drift.current_rows),
+    }
+    for row in drift.rows():
+        key = f"drift.{metric_key(row['feature'])}"
+        metrics[f"{key}.statistic"] = row["statistic"]
+        metrics[f"{key}.drifted"] = float(row["drifted"])
+        if row["p_value"] is not None:
+            metrics[f"{key}.p_value"] = row["p_value"]
+    return metrics
+
+
+def drift_document(drift: DriftReport, plan: TrainingPlan | None = None) -> dict[str, Any]:
+    """drift.json: the decision, the training change it caused, and every test."""
+    return {
+        "drifted": drift.drifted,
+        "action": drift.action,
+        "message": drift.message(),
+        "drifted_features": drift.drifted_features,
+        "share": drift.share,
+        "label_drifted": drift.label_drifted,
+        "new_classes": drift.new_classes,
+        "reference_rows": drift.reference_rows,
+        "current_rows": drift.current_rows,
+        "skipped": drift.skipped,
+        "training": plan.note if plan is not None else None,
+        "tests": drift.rows(),
+    }
+
+
+@task(name="log-drift", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def log_drift(ws: Workspace, config: RegistryConfig, run_id: str, drift: DriftReport, plan: TrainingPlan | None = None) -> None:
+    """Attach the drift to the candidate's run: the statistics as metrics (batched), drift.json, and tags for the decision."""
+    from mlflow.entities import Metric, RunTag
+
+    client, _ = connect(ws, config)
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in drift_metrics(drift).items()]
+    tags = [RunTag(TAG + "drift_action", drift.action or "none"), RunTag(TAG + "drift_features", ",".join(drift.drifted_features)[:5000])]
+    if plan is not None and plan.note:
+        tags.append(RunTag(TAG + "drift_training", plan.note))
+    # Re-logging the same values is harmless, so a retry is too.
+    for start in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + _BATCH], tags=tags if start == 0 else [])
+    with tempfile.TemporaryDirectory(prefix="lepton-drift-") as tmp:
+        path = Path(tmp) / "drift.json"
+        path.write_text(json.dumps(drift_document(drift, plan), indent=1, default=str))
+        client.log_artifact(run_id, str(path), artifact_path="report")

@@ -1,0 +1,429 @@
+"""Drift against the accepted history: the statistics on generated data, and the flow's warn/block/replay/joint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lepton.config import DriftConfig
+from models.datasets import class_incremental, digits_frame
+from models.drift import chi2_test, holm, ks_test, matched_reference, measure, psi, respond
+
+DEFAULT = DriftConfig()
+FEATURES = [f"f{i}" for i in range(64)]
+
+
+def gaussian(n: int, seed: int, shift: dict[str, float] | None = None, classes: int = 3) -> pd.DataFrame:
+    """64 standard-normal features and a uniform label; ``shift`` moves named features' means (in SDs)."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(n, 64)), columns=FEATURES)
+    for name, delta in (shift or {}).items():
+        frame[name] += delta
+    frame["y"] = rng.integers(0, classes, n)
+    return frame
+
+
+def digits_parts(seed: int, parts: int = 5) -> list[pd.DataFrame]:
+    """The digits shuffled and cut into ``parts`` increments that each hold every class (the same distribution)."""
+    shuffled = digits_frame().sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return [shuffled.iloc[idx].reset_index(drop=True) for idx in np.array_split(np.arange(len(shuffled)), parts)]
+
+
+SHIFTED = ["pixel_20", "pixel_28", "pixel_36", "pixel_44"]
+
+
+def shift_pixels(frame: pd.DataFrame, columns: list[str] = SHIFTED, by: int = 4) -> pd.DataFrame:
+    """A few pixels brighter, kept in the 0-16 range (so validation's bounds still pass): a sensor or export change."""
+    return frame.assign(**{c: np.minimum(frame[c] + by, 16) for c in columns})
+
+
+# -- the tests themselves ---------------------------------------------------------------
+
+
+def test_holm_steps_down():
+    """Holm compares the k-th smallest p-value with alpha / (m - k + 1) and stops at the first that fails."""
+    assert holm([0.001, 0.02, 0.04], 0.05) == [True, True, True]  # 0.001<=0.0167, 0.02<=0.025, 0.04<=0.05
+    assert holm([0.03, 0.001, 0.04], 0.05) == [False, True, False]  # 0.03 > 0.025 stops the procedure
+    assert holm([0.2, 0.3], 0.05) == [False, False]
+
+
+def test_ks_on_constant_features():
+    """Identical constants: no gap, p = 1. A constant that changed value: the largest gap there is."""
+    statistic, p = ks_test(np.zeros((50, 2)), np.column_stack([np.zeros(30), np.ones(30)]))
+    assert statistic.tolist() == [0.0, 1.0] and p[0] == 1.0 and p[1] < 1e-10
+
+
+def test_constant_feature_in_an_increment():
+    """A feature constant in history and increment is tested and not flagged; one that jumps to another constant is."""
+    history = gaussian(1000, 0).assign(const=3.0, jumps=0.0)
+    increment = gaussian(200, 1).assign(const=3.0, jumps=5.0)
+    report = measure(history, increment, label="y", config=DEFAULT)
+    by_name = {f.feature: f for f in report.features}
+    assert by_name["const"].statistic == 0.0 and by_name["const"].p_value == 1.0 and not by_name["const"].drifted
+    assert by_name["jumps"].drifted and report.drifted_features == ["jumps"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mean_shift_flags_exactly_the_shifted_features(seed):
+    """Three of 64 features moved by half a standard deviation: those three, and no other, drift."""
+    shifted = {"f3": 0.5, "f17": -0.5, "f40": 0.5}
+    report = measure(gaussian(2000, seed), gaussian(300, 100 + seed, shifted), label="y", config=DEFAULT)
+    assert set(report.drifted_features) == set(shifted)
+    assert report.drifted and report.action == "warn"
+    assert all(f.test == "ks" for f in report.features) and len(report.features) == 64
+    assert report.share == pytest.approx(3 / 64)
+
+
+def test_same_distribution_rarely_alarms():
+    """Gaussian data, history and increment from the same distribution: at p_value=0.01 (family-wise)
+    at most 2 of 60 seeds may alarm (expected 0.6; 3 or more has probability 2% under a correct 1%)."""
+    alarms = [seed for seed in range(60) if measure(gaussian(1000, seed), gaussian(200, 1000 + seed), label="y", config=DEFAULT).drifted]
+    assert len(alarms) <= 2, alarms
+
+
+def test_digits_from_one_distribution_do_not_drift():
+    """The digits cut at random into five increments: no increment drifts against those before it, over 10 shuffles."""
+    alarms = []
+    for seed in range(10):
+        parts = digits_parts(seed)
+        for k in range(1, 5):
+            report = measure(pd.concat(parts[:k]), parts[k], label="digit", config=DEFAULT)
+            assert len(report.features) == 64 and report.label is not None
+            if report.drifted:
+                alarms.append((seed, k, report.message()))
+    assert alarms == []
+
+
+def test_class_incremental_digits_are_not_drift():
+    """The demo's increments bring only new classes: nothing to compare, so nothing is flagged, and the new classes are named."""
+    increments = class_incremental()
+    for k in range(1, len(increments)):
+        report = measure(pd.concat(increments[:k]), increments[k], label="digit", config=DEFAULT)
+        assert not report.drifted and report.features == [] and report.label is None
+        assert report.new_classes == sorted(increments[k]["digit"].unique().tolist())
+        assert "only classes never seen before" in report.message()
+
+
+def test_new_classes_are_left_out_of_the_comparison():
+    """An increment with a known class (same distribution) and a new class (very different): no drift."""
+    parts = digits_parts(0)
+    history = parts[0][parts[0]["digit"] < 5]
+    known = parts[1][parts[1]["digit"] < 5]
+    novel = parts[1][parts[1]["digit"] >= 5]
+    report = measure(history, pd.concat([known, novel]), label="digit", config=DEFAULT)
+    assert not report.drifted
+    assert report.current_rows == len(known) and report.new_classes == [5, 6, 7, 8, 9]
+
+
+def test_shifted_digits_flag_the_shifted_pixels():
+    """Four pixels made brighter in one increment: exactly those four drift, over several shuffles."""
+    for seed in range(5):
+        parts = digits_parts(seed)
+        report = measure(pd.concat(parts[:4]), shift_pixels(parts[4]), label="digit", config=DEFAULT)
+        assert set(report.drifted_features) == set(SHIFTED), (seed, report.message())
+
+
+def test_unseen_category_drifts():
+    """A categorical feature where a third of the increment holds a category the history never had: chi-square and PSI both flag it."""
+    rng = np.random.default_rng(0)
+    history = pd.DataFrame({"colour": rng.choice(["red", "green"], 1000), "x": rng.normal(size=1000), "y": rng.integers(0, 2, 1000)})
+    increment = pd.DataFrame({"colour": rng.choice(["red", "green", "blue"], 300, p=[0.35, 0.35, 0.3]), "x": rng.normal(size=300), "y": rng.integers(0, 2, 300)})
+    chi2 = measure(history, increment, label="y", config=DEFAULT)
+    colour = next(f for f in chi2.features if f.feature == "colour")
+    assert colour.test == "chi2" and colour.drifted and colour.p_value < 1e-10
+    assert chi2.drifted_features == ["colour"]
+    by_psi = measure(history, increment, label="y", config=DriftConfig(categorical_test="psi"))
+    colour = next(f for f in by_psi.features if f.feature == "colour")
+    assert colour.test == "psi" and colour.p_value is None and colour.statistic > 0.25 and colour.drifted
+    # The same categories in the same shares: no drift either way.
+    same = pd.DataFrame({"colour": rng.choice(["red", "green"], 300), "x": rng.normal(size=300), "y": rng.integers(0, 2, 300)})
+    assert not measure(history, same, label="y", config=DEFAULT).drifted
+    assert not measure(history, same, label="y", config=DriftConfig(categorical_test="psi")).drifted
+
+
+def test_declared_categorical_numeric_feature_uses_chi2():
+    """An integer code listed in drift.categorical is compared as categories."""
+    history = gaussian(500, 0).assign(code=np.tile([1, 2, 3, 4, 5], 100))
+    increment = gaussian(200, 1).assign(code=np.tile([1, 2, 3, 4, 5], 40))
+    report = measure(history, increment, label="y", config=DriftConfig(categorical=["code"]))
+    code = next(f for f in report.features if f.feature == "code")
+    assert code.test == "chi2" and code.p_value > 0.5 and not code.drifted
+
+
+def test_chi2_pools_rare_categories_and_handles_one_category():
+    """Categories with under five rows share a bucket; one category on both sides is no evidence of anything."""
+    assert chi2_test(np.array([[100.0], [40.0]])) == (0.0, 1.0)
+    pooled = chi2_test(np.array([[50.0, 50.0, 1.0, 0.0], [20.0, 20.0, 0.0, 2.0]]))
+    assert pooled[1] > 0.05
+    assert psi(np.array([[50.0, 50.0], [50.0, 50.0]])) == pytest.approx(0.0)
+
+
+def test_label_shift_over_known_classes():
+    """The known classes' mix moved from uniform to 70/20/10: the label drifts, the features (class by class) do not."""
+    history = gaussian(3000, 0)
+    rng = np.random.default_rng(5)
+    increment = gaussian(400, 1).assign(y=rng.choice([0, 1, 2], 400, p=[0.7, 0.2, 0.1]))
+    report = measure(history, increment, label="y", config=DEFAULT)
+    assert report.label is not None and report.label.feature == "y" and report.label.test == "chi2"
+    assert report.label_drifted and report.drifted and report.drifted_features == []
+    assert report.rows()[-1] == report.label.as_dict()
+
+
+def test_class_mix_change_is_label_drift_not_feature_drift():
+    """Digits with most of classes 5-9 left out: the pixels' distribution moves with the class mix, but class by class
+    nothing changed, so only the label drifts (the history is sampled to the increment's mix)."""
+    for seed in range(3):
+        parts = digits_parts(seed)
+        rest = parts[4]
+        increment = pd.concat([rest[rest["digit"] < 5], rest[rest["digit"] >= 5].sample(frac=0.2, random_state=seed)])
+        report = measure(pd.concat(parts[:4]), increment, label="digit", config=DEFAULT)
+        assert report.label_drifted and report.drifted_features == [], report.message()
+
+
+def test_a_vanished_class_is_drift_only_with_a_fixed_label_set():
+    """History of classes 0-2, an increment of classes 0 and 1 in equal shares: label drift only when the label set is fixed."""
+    history = gaussian(3000, 0)
+    increment = gaussian(400, 1).assign(y=np.tile([0, 1], 200))
+    assert not measure(history, increment, label="y", config=DEFAULT).drifted
+    fixed = measure(history, increment, label="y", config=DEFAULT, fixed_classes=True)
+    assert fixed.label_drifted
+
+
+def test_tiny_increment_is_not_tested():
+    """Fewer rows of known classes than drift.min_rows: not measured, with the reason, and nothing flagged."""
+    report = measure(gaussian(1000, 0), gaussian(12, 1), label="y", config=DEFAULT)
+    assert not report.drifted and report.features == [] and "12 rows of known classes, fewer than drift.min_rows=20" in report.skipped
+
+
+def test_min_share_needs_that_many_features():
+    """With drift.min_share=0.1, three drifted features of 64 (5%) are reported but do not make the increment drifted."""
+    shifted = {"f3": 1.0, "f17": 1.0, "f40": 1.0}
+    report = measure(gaussian(2000, 0), gaussian(300, 1, shifted), label="y", config=DriftConfig(min_share=0.1))
+    assert set(report.drifted_features) == set(shifted) and not report.drifted and report.action is None
+
+
+def test_reference_matches_the_increment_class_mix_and_is_deterministic():
+    """The history sample has the increment's class proportions, at most the cap, and is the same every time."""
+    history = gaussian(20000, 0)
+    increment = gaussian(400, 1).assign(y=np.repeat([0, 1, 2], [200, 150, 50]))
+    a = matched_reference(history, increment, "y", 800, np.random.default_rng(0))
+    b = matched_reference(history, increment, "y", 800, np.random.default_rng(0))
+    assert a.index.equals(b.index) and len(a) == 800
+    assert a["y"].value_counts().to_dict() == {0: 400, 1: 300, 2: 100}
+    report_a = measure(history, increment, label="y", config=DEFAULT)
+    report_b = measure(history, increment, label="y", config=DEFAULT)
+    assert report_a.rows() == report_b.rows()
+
+
+def test_missing_history_column_is_named():
+    with pytest.raises(ValueError, match="no column"):
+        measure(gaussian(100, 0).drop(columns=["f5"]), gaussian(100, 1), label="y", config=DEFAULT)
+
+
+def test_64_features_against_a_large_history_is_fast():
+    """An increment of 400 rows x 64 features against 200,000 history rows: the capped sample keeps it under 3 s."""
+    history = gaussian(200_000, 0)
+    increment = gaussian(400, 1)
+    started = time.perf_counter()
+    report = measure(history, increment, label="y", config=DEFAULT)
+    seconds = time.perf_counter() - started
+    print(f"drift of 64 features against 200,000 rows: {seconds:.2f}s")
+    assert report.reference_rows <= DEFAULT.reference_cap and len(report.features) == 64
+    assert seconds < 3.0
+
+
+def test_respond_plans_replay_and_joint():
+    """replay adds replay_share earlier rows per new row (not remembered again); joint trains on everything from scratch."""
+    new, earlier = gaussian(100, 0), gaussian(1000, 1)
+    assert respond("warn", new, earlier, replay_share=1.0).frame is new
+    replay = respond("replay", new, earlier, replay_share=0.5, seed=3)
+    assert replay.frame is new and len(replay.rehearse) == 50 and replay.warm_start
+    assert replay.rehearse.equals(respond("replay", new, earlier, replay_share=0.5, seed=3).rehearse)
+    assert len(respond("replay", new, earlier.head(20), replay_share=1.0).rehearse) == 20
+    joint = respond("joint", new, earlier, replay_share=1.0)
+    assert len(joint.frame) == 1100 and not joint.warm_start and joint.rehearse is None and "1100" in joint.note
+
+
+# -- the flow ----------------------------------------------------------------------------
+
+QUICK = ["train.epochs=5", "gate.bootstrap_samples=200"]
+DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
+
+
+@pytest.fixture(scope="module")
+def drift_runs(tmp_path_factory, prefect_api):
+    """A digits workspace: a first increment, a clean one, then shifted ones under block (CLI), warn, joint and replay."""
+    from flows.continual import continual_training
+    from tests.conftest import make_workspace, run_cli
+
+    root = tmp_path_factory.mktemp("drift-ws")
+    ws = make_workspace(root, "digit", "drifting", DIGITS)
+    landing = tmp_path_factory.mktemp("drift-landing")
+    shuffled = digits_frame().sample(frac=1.0, random_state=0).reset_index(drop=True)
+    cuts = {"first": (0, 720), "clean": (720, 1080), "block": (1080, 1260), "warn": (1260, 1440), "joint": (1440, 1620), "replay": (1620, 1797)}
+    files = {}
+    for name, (lo, hi) in cuts.items():
+        frame = shuffled.iloc[lo:hi].reset_index(drop=True)
+        files[name] = landing / f"{name}.parquet"
+        (frame if name in ("first", "clean") else shift_pixels(frame)).to_parquet(files[name], index=False)
+
+    from tests.test_flow import registry
+
+    outcomes, champions = {}, {}
+    for name in ("first", "clean"):
+        outcomes[name] = continual_training(str(files[name]), str(ws.root), QUICK)
+    champions["block"] = registry(ws)[2]
+    blocked = run_cli(["run", str(files["block"]), "--workspace", str(ws.root), "--json", *sum((["--set", o] for o in [*QUICK, "drift.action=block"]), [])], api_url=prefect_api)
+    champions["after_block"] = registry(ws)[2]
+    for name in ("warn", "joint", "replay"):
+        outcomes[name] = continual_training(str(files[name]), str(ws.root), [*QUICK, f"drift.action={name}"])
+    yield {"ws": ws, "files": files, "outcomes": outcomes, "blocked": blocked, "champions": champions}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_first_and_clean_increments(drift_runs):
+    """The first increment has nothing to compare with; a clean second one is compared on all 64 features and the label, and nothing drifts."""
+    first, clean = drift_runs["outcomes"]["first"], drift_runs["outcomes"]["clean"]
+    assert first.drift is None and first.drift_action is None
+    assert clean.status in ("promoted", "kept_out") and clean.drift_action is None
+    assert len(clean.drift) == 65 and not any(row["drifted"] for row in clean.drift)
+    assert all(set(row) == {"feature", "test", "statistic", "p_value", "drifted"} for row in clean.drift)
+    assert clean.drift[-1]["feature"] == "digit" and clean.drift[-1]["test"] == "chi2"
+
+
+@pytest.mark.integration
+def test_block_rejects_quarantines_and_keeps_the_champion(drift_runs):
+    """drift.action=block: exit 2, the shifted pixels named, the file in quarantine, the champion unchanged."""
+    result, ws = drift_runs["blocked"], drift_runs["ws"]
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("rejected because drift against the accepted history") and all(c in last for c in SHIFTED)
+    quarantined = list((ws.data / "quarantine").glob("*.parquet"))
+    assert len(quarantined) == 1 and quarantined[0].read_bytes() == drift_runs["files"]["block"].read_bytes()
+    reasons = json.loads(quarantined[0].with_name(quarantined[0].name + ".reasons.json").read_text())["reasons"]
+    assert "drift.action=block" in reasons[0]
+    assert drift_runs["champions"]["after_block"] == drift_runs["champions"]["block"]
+    assert [r.state for r in ws.read_manifest().increments].count("rejected") == 1
+    outcome = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert outcome["drift_action"] == "block"
+    assert {row["feature"] for row in outcome["drift"] if row["drifted"]} == set(SHIFTED)
+
+
+@pytest.mark.integration
+def test_warn_carries_on_and_logs_to_mlflow(drift_runs):
+    """drift.action=warn: trained and gated as usual, the drift in the outcome and on the candidate's run (metrics and drift.json)."""
+    from tests.test_flow import registry
+
+    outcome = drift_runs["outcomes"]["warn"]
+    assert outcome.status in ("promoted", "kept_out") and outcome.version is not None
+    assert outcome.drift_action == "warn"
+    assert {row["feature"] for row in outcome.drift if row["drifted"]} == set(SHIFTED)
+    client, name, _ = registry(drift_runs["ws"])
+    run_id = client.get_model_version(name, str(outcome.version)).run_id
+    run = client.get_run(run_id)
+    rows = {row["feature"]: row for row in outcome.drift}
+    for pixel in SHIFTED:
+        assert run.data.metrics[f"drift.{pixel}.drifted"] == 1.0
+        assert run.data.metrics[f"drift.{pixel}.p_value"] == pytest.approx(rows[pixel]["p_value"])
+        assert run.data.metrics[f"drift.{pixel}.statistic"] == pytest.approx(rows[pixel]["statistic"])
+    assert run.data.metrics["drift.drifted_features"] == len(SHIFTED)
+    assert run.data.tags["lepton.drift_action"] == "warn"
+    document = json.loads(Path(client.download_artifacts(run_id, "report/drift.json")).read_text())
+    assert document["drifted_features"] == [c for c in rows if rows[c]["drifted"] and c != "digit"]
+    assert document["tests"] == outcome.drift
+
+
+@pytest.mark.integration
+def test_joint_and_replay_train_on_more(drift_runs):
+    """joint retrains on every accepted training row; replay rehearses earlier rows: both step on more samples than warn."""
+    from models.splits import split
+    from tests.test_flow import registry
+
+    outcomes, ws = drift_runs["outcomes"], drift_runs["ws"]
+    client, name, _ = registry(ws)
+
+    def run_of(key):
+        version = client.get_model_version(name, str(outcomes[key].version))
+        return client.get_run(version.run_id)
+
+    samples = {key: run_of(key).data.metrics["train_samples"] for key in ("warn", "joint", "replay")}
+    print(f"train_samples by drift.action: {samples}")
+    assert outcomes["joint"].drift_action == "joint" and outcomes["replay"].drift_action == "replay"
+    # Joint: every accepted increment's training part (block's was rejected), every epoch.
+    accepted = [pd.read_parquet(drift_runs["files"][k]) for k in ("first", "clean", "warn", "joint")]
+    rows = sum(len(split(f, 0.2)[0]) for f in accepted)
+    assert samples["joint"] >= 5 * rows
+    assert "retraining from scratch" in run_of("joint").data.tags["lepton.drift_training"]
+    # Replay: as many earlier rows as new ones (replay_share=1), so about twice the warn run's samples (same increment size).
+    assert samples["replay"] > 1.8 * samples["warn"] * len(pd.read_parquet(drift_runs["files"]["replay"])) / len(pd.read_parquet(drift_runs["files"]["warn"]))
+    assert "rehearsed" in run_of("replay").data.tags["lepton.drift_training"]
+
+
+def test_rehearsed_rows_are_trained_on_but_not_remembered():
+    """fine_tune(rehearse=...): more samples stepped on, while the scaler and the replay memory count only the new rows."""
+    import torch
+
+    from lepton.config import StrategyConfig, TrainConfig
+    from models.training import fine_tune
+
+    torch.set_num_threads(1)
+    parts = digits_parts(0)
+    train, strategy = TrainConfig(epochs=2, hidden=[16], device="cpu"), StrategyConfig(name="replay")
+    champion, _ = fine_tune(None, parts[0], label="digit", train=train, strategy=strategy)
+    plain, plain_report = fine_tune(champion, parts[1], label="digit", train=train, strategy=strategy)
+    rehearsed, report = fine_tune(champion, parts[1], label="digit", train=train, strategy=strategy, rehearse=parts[0].head(100))
+    assert report.train_samples == plain_report.train_samples + 2 * 2 * 100  # 100 rows, paired with memory, 2 epochs
+    assert report.new_samples == plain_report.new_samples == len(parts[1])
+    assert rehearsed.preprocessor.count == plain.preprocessor.count == len(parts[0]) + len(parts[1])
+    seen = {k: v for k, v in rehearsed.strategy_state.items() if k.endswith("seen_counts")}
+    assert all(np.array_equal(v, plain.strategy_state[k]) for k, v in seen.items()) and seen
+
+
+def test_block_turns_drift_into_a_failed_validation():
+    """with_drift fails the validation report only for a drifted increment under drift.action=block, naming the features."""
+    from tasks.drift import with_drift
+    from tasks.validate import ValidationReport
+
+    passed = ValidationReport(passed=True, rows=300, expectations=10)
+    shifted = gaussian(300, 1, {"f3": 1.0})
+    blocked = with_drift(passed, measure(gaussian(2000, 0), shifted, label="y", config=DriftConfig(action="block")))
+    assert not blocked.passed and "f3" in blocked.problems[0] and "drift.action=block" in blocked.problems[0]
+    assert with_drift(passed, measure(gaussian(2000, 0), shifted, label="y", config=DEFAULT)) is passed
+    assert with_drift(passed, measure(gaussian(2000, 0), gaussian(300, 2), label="y", config=DriftConfig(action="block"))) is passed
+    assert with_drift(passed, None) is passed
+
+
+def test_drift_metrics_are_flat_and_valid_mlflow_keys():
+    """Per test a statistic and a flag (a p-value unless PSI), keys MLflow accepts whatever the column is called."""
+    from tasks.drift import drift_metrics, metric_key
+
+    assert metric_key("price (€)/m²") == "price ___/m_"
+    frame = gaussian(300, 0).rename(columns={"f0": "width (cm)"}).assign(colour=np.tile(["a", "b", "c"], 100))
+    report = measure(gaussian(2000, 1).rename(columns={"f0": "width (cm)"}).assign(colour=np.tile(["a", "b"], 1000)), frame, label="y", config=DriftConfig(categorical_test="psi"))
+    metrics = drift_metrics(report)
+    assert "drift.width _cm_.p_value" in metrics and "drift.colour.statistic" in metrics and "drift.colour.p_value" not in metrics
+    assert metrics["drift.colour.drifted"] == 1.0 and metrics["drift.drifted"] == 1.0
+    assert len([k for k in metrics if k.endswith(".statistic")]) == 66  # 65 features and the label
+
+
+def test_drift_settings_reach_overrides_and_deployment_parameters():
+    """--set drift.action=block and the deployments' typed parameters get the drift section, validated."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.deployments import run_increment
+    from lepton.config import ConfigError, ConfigOverrides, parse
+
+    overrides = ConfigOverrides.from_list(["drift.action=block", "drift.p_value=0.05"])
+    config = parse({"data": {"label": "y"}}, overrides.to_list())
+    assert config.drift.action == "block" and config.drift.p_value == 0.05
+    with pytest.raises(ConfigError, match="drift.action"):
+        ConfigOverrides.from_list(["drift.action=retrain"])
+    schema = json.dumps(parameter_schema(run_increment).model_dump())
+    assert "DriftOverrides" in schema and "replay_share" in schema
