@@ -205,6 +205,10 @@ def _outcome_table(outcome: Any) -> Table:
         table.add_row("earlier holdouts", f"candidate {_fmt(m.get('candidate_old_accuracy'))}, champion {_fmt(m.get('champion_old_accuracy'))}")
     for reason in outcome.reasons:
         table.add_row("reason", reason)
+    drift = getattr(outcome, "drift", None)
+    if drift is not None:
+        drifted = [row["feature"] for row in drift if row["drifted"]]
+        table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none in {len(drift)} test(s)")
     if outcome.data_hash:
         table.add_row("data version", outcome.data_hash)
     report = getattr(outcome, "report", None)
