@@ -303,7 +303,8 @@ def test_block_rejects_quarantines_and_keeps_the_champion(drift_runs):
     """drift.action=block: exit 2, the shifted pixels named, the file in quarantine, the champion unchanged."""
     result, ws = drift_runs["blocked"], drift_runs["ws"]
     assert result.returncode == 2, result.stdout + result.stderr
-    last = result.stdout.strip().splitlines()[-1]
+    outcome = json.loads(result.stdout)  # --json: the outcome and nothing else on stdout
+    last = outcome["message"]
     assert last.startswith("rejected because drift against the accepted history") and all(c in last for c in SHIFTED)
     quarantined = list((ws.data / "quarantine").glob("*.parquet"))
     assert len(quarantined) == 1 and quarantined[0].read_bytes() == drift_runs["files"]["block"].read_bytes()
@@ -311,7 +312,6 @@ def test_block_rejects_quarantines_and_keeps_the_champion(drift_runs):
     assert "drift.action=block" in reasons[0]
     assert drift_runs["champions"]["after_block"] == drift_runs["champions"]["block"]
     assert [r.state for r in ws.read_manifest().increments].count("rejected") == 1
-    outcome = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
     assert outcome["drift_action"] == "block"
     assert {row["feature"] for row in outcome["drift"] if row["drifted"]} == set(SHIFTED)
 
