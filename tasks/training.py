@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import GateConfig, StrategyConfig, TrainConfig
+from lepton.faults import checkpoint
 from models.bundle import Bundle
 from models.evaluation import Evaluation, compare
 from models.gate import GateDecision, decide
@@ -16,7 +17,9 @@ from models.training import TrainReport, fine_tune
 @task(name="train", cache_policy=NO_CACHE)
 def train(champion: Bundle | None, frame: pd.DataFrame, label: str, train: TrainConfig, strategy: StrategyConfig) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one)."""
-    return fine_tune(champion, frame, label=label, train=train, strategy=strategy)
+    result = fine_tune(champion, frame, label=label, train=train, strategy=strategy)
+    checkpoint("train")
+    return result
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
