@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,11 +127,13 @@ class Workspace:
         """Replace ``path`` with ``text`` whole: a crash leaves the old file or the new one, never half of one."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.scratch, prefix=path.name + ".", suffix=".tmp", delete=False) as handle:
+        partial = self.scratch / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        # os.open with 0o666 leaves the permissions to the umask, as a plain write_text would.
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(partial, path)
 
     @contextmanager
     def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:

@@ -17,7 +17,7 @@ import lepton
 import models
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
-from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded
+from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
 from lepton.workspace import Workspace
 from models.bundle import Bundle
@@ -85,8 +85,9 @@ def champion_version(client: Any, name: str) -> int | None:
     return int(version) if version is not None else None
 
 
-# Reads only, so a retry is harmless; the delays back off for a tracking server that is restarting.
-BACKOFF = [2, 10, 30]
+# Retry delays (seconds) for registry steps where a second attempt is harmless (reads, and moves
+# that find themselves already made): they back off for a tracking server that is restarting.
+BACKOFF = [2, 10]
 
 
 def _live_version(client: Any, name: str, increment_id: str) -> Any | None:
@@ -103,7 +104,7 @@ def _live_version(client: Any, name: str, increment_id: str) -> Any | None:
     return max(live, key=lambda v: int(v.version), default=None)
 
 
-@task(name="find-version", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=BACKOFF)
+@task(name="find-version", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def version_for_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> int | None:
     """The model version trained on an increment, if one was registered."""
     client, _ = connect(ws, config)
@@ -118,7 +119,7 @@ def download_bundle(name: str, version: int, destination: Path) -> Bundle:
     return Bundle.load(Path(local) / "artifacts" / "bundle")
 
 
-@task(name="load-champion", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=BACKOFF)
+@task(name="load-champion", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def load_champion(ws: Workspace, config: RegistryConfig) -> Champion | None:
     """The current champion from the registry (by version, so a concurrent alias move cannot mix two)."""
     client, _ = connect(ws, config)
@@ -256,7 +257,7 @@ def register(
 
 
 # A retry is harmless: it finds the move recorded, or the alias already there.
-@task(name="finish-increment", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=BACKOFF)
+@task(name="finish-increment", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> Registration | None:
     """What an earlier run of an accepted increment left: None when it registered nothing (train it again).
 
@@ -273,10 +274,7 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
         if found is None:
             return None
         version, tags = int(found.version), dict(found.tags)
-        # Every record but the last took effect (move_champion drops one that did not before
-        # writing the next), and the last did if the alias is where it points.
-        applied = current == version or any(m.to_version == version for m in champion_history(client, name)[:-1])
-        if tags.get(TAG + "gate_passed") != "true" or applied:
+        if tags.get(TAG + "gate_passed") != "true" or was_champion(champion_history(client, name), current, version):
             return Registration(version, found.run_id, created=False, champion=current)
         try:
             move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=_parent(tags))
@@ -297,7 +295,7 @@ def _not_stale(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=BACKOFF, retry_condition_fn=_not_stale)
+@task(name="promote", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF, retry_condition_fn=_not_stale)
 def promote(ws: Workspace, config: RegistryConfig, version: int, reason: str | None = None) -> AliasMove | None:
     """Move the ``champion`` alias to ``version`` if the champion is still its parent; record the move (a retry records nothing twice).
 
@@ -371,10 +369,11 @@ def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: s
     if recorded(moves, current, version):
         move = moves[-1]
     else:
-        if moves and moves[-1].from_version == current and moves[-1].to_version != current:
-            # A move recorded from the current champion whose alias never moved: its run died in
-            # between and nobody finished it. It never happened; keep the history a chain.
-            client.delete_registered_model_tag(name, moves[-1].tag()[0])
+        stray = unapplied(moves, current)
+        if stray is not None:
+            # Recorded from the current champion, but its run died before the alias moved and nobody
+            # finished it: that move never happened. Dropped, so the history stays a chain.
+            client.delete_registered_model_tag(name, stray.tag()[0])
             moves = moves[:-1]
         run_id, run_name = _current_run()
         move = new_move(
@@ -393,7 +392,7 @@ def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
     return champion_history(client, config.model_name)
 
 
-@task(name="plan-rollback", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=BACKOFF)
+@task(name="plan-rollback", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> RollbackPlan:
     """The version to roll back to: ``to``, else the previous champion in the history (reads only)."""
     from mlflow.exceptions import MlflowException
