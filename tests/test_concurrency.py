@@ -30,12 +30,13 @@ def start_run(path: Path, ws, api_url: str) -> subprocess.Popen:
     return subprocess.Popen([LEPTON, "run", str(path), "--workspace", str(ws.root), *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def together(*procs: subprocess.Popen) -> list[tuple[int, str]]:
-    """Wait for every process; (exit status, output) of each."""
+def together(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
+    """Wait for every process; (exit status, the message it ended with, all its output) of each."""
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=600)
-        results.append((proc.returncode, out + err))
+        lines = out.strip().splitlines()
+        results.append((proc.returncode, lines[-1] if lines else "", out + err))
     return results
 
 
@@ -90,7 +91,7 @@ def test_two_runs_on_different_increments_at_once(workspace, prefect_api):
     started = time.monotonic()
     results = together(start_run(files[1], ws, prefect_api), start_run(files[2], ws, prefect_api))
     elapsed = time.monotonic() - started
-    for code, output in results:
+    for code, _, output in results:
         assert code == 0, output[-3000:]
     state = registry_state(ws)
     assert_consistent(state)
@@ -101,7 +102,7 @@ def test_two_runs_on_different_increments_at_once(workspace, prefect_api):
     assert len(state["history"]) == 3
     manifest = ws.read_manifest()
     assert sorted(r.id for r in manifest.increments) == sorted(content_id(p) for p in files[:3])
-    retrained = sum("training again" in output for _, output in results)
+    retrained = sum("training again" in output for _, _, output in results)
     print(f"\ntwo increments at once: {elapsed:.1f}s, {retrained} run(s) retrained on the new champion")
 
 
@@ -112,7 +113,7 @@ def test_the_same_increment_twice_at_once(workspace, prefect_api):
     ws, files = workspace
     before = registry_state(ws)
     results = together(start_run(files[3], ws, prefect_api), start_run(files[3], ws, prefect_api))
-    for code, output in results:
+    for code, _, output in results:
         assert code == 0, output[-3000:]
     state = registry_state(ws)
     assert_consistent(state)
@@ -120,7 +121,9 @@ def test_the_same_increment_twice_at_once(workspace, prefect_api):
     assert len(live_versions(state, increment)) == 1
     assert len(state["versions"]) == len(before["versions"]) + 1
     assert [r.id for r in ws.read_manifest().increments].count(increment) == 1
-    assert sum("duplicate" in output.strip().splitlines()[-1] for _, output in results) == 1
+    endings = sorted(message.split(" ")[0].rstrip(":") for _, message, _ in results)
+    assert endings == ["duplicate", "promoted"], [message for _, message, _ in results]
+    print("\nthe same increment twice at once:", *(message for _, message, _ in results), sep="\n  ")
 
 
 CONSUMER = textwrap.dedent(
