@@ -10,7 +10,7 @@ The points, in the order a run reaches them:
 - ``ingest``: the increment's bytes are copied into the workspace, not yet in place in ``data/``;
 - ``train``: the candidate is trained in memory, nothing about it written anywhere (training
   writes nothing until registration, so this is the state a kill at any epoch leaves);
-- ``register``: the model version exists in the registry, the champion has not moved;
+- ``register``: the model version exists in the registry, its tracking run is not ended, the champion has not moved;
 - ``promote``: the champion's history records the move, the alias has not moved yet.
 """
 

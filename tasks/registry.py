@@ -171,6 +171,19 @@ class Registration:
         return self.version is None
 
 
+def _log() -> Any:
+    """The run's logger inside a flow, a plain one outside."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def _parent(tags: dict[str, str]) -> int | None:
     value = tags.get(TAG + "parent_version", "none")
     return None if value == "none" else int(value)
@@ -188,6 +201,8 @@ def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> N
     so no live registration of this workspace can be among them.
     """
     runs = client.search_runs([experiment_id], f"tags.`{TAG}increment_id` = '{increment_id}' and attributes.status = 'RUNNING'")
+    if runs:
+        _log().warning("marking %d tracking run(s) of increment %s KILLED: their process died while registering", len(runs), increment_id)
     for run in runs:
         client.set_terminated(run.info.run_id, status="KILLED")
 
@@ -247,9 +262,9 @@ def register(
                     input_example=features,
                     pip_requirements=_requirements(),
                 )
-        # The version and its tags are one insert in the registry: it is never found without its increment id.
-        version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
-        checkpoint("register")
+            # The version and its tags are one insert in the registry: it is never found without its increment id.
+            version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+            checkpoint("register")
         move = None
         if promote:
             move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=parent)
@@ -266,9 +281,10 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
     that version is marked superseded and None is returned: the increment is trained again on the
     new champion.
     """
-    client, _ = connect(ws, config)
+    client, experiment_id = connect(ws, config)
     name = config.model_name
     with ws.lock("champion"):
+        _end_abandoned_runs(client, experiment_id, increment_id)
         found = _live_version(client, name, increment_id)
         current = champion_version(client, name)
         if found is None:

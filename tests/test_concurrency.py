@@ -258,3 +258,23 @@ def test_the_champion_lock_times_out_with_a_readable_message(three_versions):
     # The kernel freed the killed holder's lock: it is free at once.
     with ws.lock("champion", timeout=1.0):
         pass
+
+
+def test_an_unfinished_promotion_is_finished_or_superseded(three_versions, clean_dir):
+    """A re-run finds a passing version its earlier run never promoted: promoted if the champion is still its parent, else marked superseded."""
+    from lepton.config import load
+    from tasks.registry import champion_history, champion_version, finish_increment, version_for_increment
+
+    ws, client = three_versions
+    config = load(ws.root).registry
+    source = (clean_dir / "nothing").as_uri()
+    passed = {"lepton.gate_passed": "true", "lepton.gate_reasons": '["fine"]'}
+    client.create_model_version("cas", source=source, tags={**passed, "lepton.increment_id": "fresh", "lepton.parent_version": "1"})  # version 4
+    finished = finish_increment.fn(ws, config, "fresh")
+    assert finished.version == 4 and finished.move.from_version == 1 and champion_version(client, "cas") == 4
+    assert finish_increment.fn(ws, config, "fresh").move is None  # done: nothing moves twice
+    client.create_model_version("cas", source=source, tags={**passed, "lepton.increment_id": "late", "lepton.parent_version": "1"})  # version 5
+    assert finish_increment.fn(ws, config, "late") is None  # the champion is 4 now: train it again
+    assert client.get_model_version("cas", "5").tags["lepton.superseded_by"] == "champion 4"
+    assert version_for_increment.fn(ws, config, "late") is None
+    assert [(m.from_version, m.to_version) for m in champion_history(client, "cas")] == [(None, 1), (1, 4)]
