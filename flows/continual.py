@@ -119,9 +119,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     )
     if registration.stale:
         # Another run promoted meanwhile: this candidate was gated against a champion that is gone.
-        # Nothing was registered; the increment goes again from the new champion, as a re-run would.
+        # Nothing was registered; the increment goes again from the new champion, as a re-run would
+        # (from its copy in data/, the same content, whatever became of the file it arrived as).
         log.warning("the champion moved from version %s to version %s while this run trained: training again from it", parent, registration.champion)
-        return continual_training(path, workspace, overrides)
+        return continual_training(str(landing.path), workspace, overrides)
     if not registration.created:
         message = f"duplicate: another run registered increment {landing.id} as version {registration.version} meanwhile; nothing to do"
         log.info(message)
