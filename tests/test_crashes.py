@@ -112,6 +112,27 @@ def test_a_run_killed_there_converges_when_run_again(crashes, point):
     assert [r.state for r in records] == ["accepted"]
 
 
+@pytest.mark.parametrize("point", POINTS)
+def test_each_kill_left_the_state_its_point_names(crashes, point):
+    """The kills are where they say: what each left behind, before the re-run cleaned it up."""
+    from tasks.ingest import content_id
+
+    step = crashes["steps"][point]
+    increment = content_id(step["path"])
+    left, before = step["left"]["registry"], step["before"]
+    states = {r["id"]: r["state"] for r in step["left"]["manifest"]["increments"]}
+    versions = left["by_increment"].get(increment, [])
+    assert left["champion"] == before["champion"]  # no kill moved the champion
+    if point == "ingest":
+        assert increment not in states and not any(increment in name for name in step["left"]["data"])
+    elif point == "train":
+        assert states[increment] == "accepted" and versions == []
+    elif point == "register":
+        assert len(versions) == 1 and left["history"] == before["history"] and len(left["running"]) == 1
+    else:  # promote: the move is recorded, the alias has not followed
+        assert len(versions) == 1 and left["history"] == [*before["history"], (before["champion"], versions[0])]
+
+
 def test_history_is_a_chain_and_every_increment_recorded_once(crashes):
     """After all four crashes: each move starts where the previous one ended, one record and one version per increment."""
     from tasks.ingest import content_id
