@@ -12,7 +12,7 @@ from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from tasks.ingest import accept, ingest, quarantine, record_duplicate
-from tasks.registry import config_params, lineage_tags, load_champion, promote, register, version_for_increment
+from tasks.registry import config_params, finish_increment, lineage_tags, load_champion, register
 from tasks.reporting import write_report
 from tasks.splits import read, split_increments
 from tasks.training import evaluate, gate, train
@@ -56,9 +56,19 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     landing = ingest(Path(path), ws)
     relative = str(landing.path.relative_to(ws.root))
     known = landing.duplicate_of
-    # Accepted but never registered: an earlier run stopped between acceptance and
-    # registration (a crash, a registry that was down). Pick it up at training.
-    resume = known is not None and known.state == "accepted" and version_for_increment(ws, config.registry, known.id) is None
+    # Accepted before: an earlier run may have stopped part-way (a crash, a registry that was
+    # down). finish_increment completes an interrupted promotion; nothing registered means
+    # the increment is picked up at training.
+    earlier = finish_increment(ws, config.registry, known.id) if known is not None and known.state == "accepted" else None
+    resume = known is not None and known.state == "accepted" and earlier is None
+    if earlier is not None and earlier.move is not None:
+        was = earlier.move.from_version
+        message = f"promoted as version {earlier.version}" + (f" (champion was version {was})" if was else " (first champion)") + ", finishing an interrupted run"
+        log.warning(message)
+        return RunOutcome(
+            status="promoted", increment_id=landing.id, file=known.file, message=message,
+            version=earlier.version, champion_version=earlier.version, parent_version=was,
+        )
     if known is not None and not resume:
         record_duplicate(ws, landing)
         message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
@@ -117,14 +127,25 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
         parent_version=parent, config=config, decision=decision, summary=evaluation.summary(),
     )
-    version, run_id = register(
-        ws, config.registry, candidate, train_frame,
+    # Registered, and promoted if the gate passed, only while the champion is still the parent.
+    registration = register(
+        ws, config.registry, candidate, train_frame, promote=decision.passed,
         run_name=f"increment-{landing.id}", params=config_params(config), metrics=metrics, tags=tags,
     )
+    if registration.stale:
+        # Another run promoted meanwhile: this candidate was gated against a champion that is gone.
+        # Nothing was registered; the increment goes again from the new champion, as a re-run would
+        # (from its copy in data/, the same content, whatever became of the file it arrived as).
+        log.warning("the champion moved from version %s to version %s while this run trained: training again from it", parent, registration.champion)
+        return continual_training(str(landing.path), workspace, overrides)
+    if not registration.created:
+        message = f"duplicate: another run registered increment {landing.id} as version {registration.version} meanwhile; nothing to do"
+        log.info(message)
+        return RunOutcome(status="duplicate", increment_id=landing.id, file=relative, message=message, version=registration.version, champion_version=registration.champion)
+    version, run_id = registration.version, registration.run_id
     if drift is not None:
         log_drift(ws, config.registry, run_id, drift, plan)
     if decision.passed:
-        promote(ws, config.registry, version)
         status: Status = "promoted"
         champion_after = version
         message = f"promoted as version {version}" + (f" (champion was version {parent})" if parent else " (first champion)")

@@ -61,6 +61,19 @@ def recorded(history: list[AliasMove], current: int | None, target: int) -> bool
     return bool(history) and history[-1].from_version == current and history[-1].to_version == target
 
 
+def unapplied(history: list[AliasMove], current: int | None) -> AliasMove | None:
+    """The last record if its alias never moved (its run died between record and alias): it starts from ``current`` and ends elsewhere."""
+    if history and history[-1].from_version == current and history[-1].to_version != current:
+        return history[-1]
+    return None
+
+
+def was_champion(history: list[AliasMove], current: int | None, version: int) -> bool:
+    """Whether ``version`` ever held the alias: it holds it now, or a record other than an unapplied last one moved it there."""
+    applied = history[:-1] if unapplied(history, current) else history
+    return current == version or any(m.to_version == version for m in applied)
+
+
 def previous_champion(history: list[AliasMove], current: int | None) -> int | None:
     """The version to roll back to: the latest earlier champion that was never rolled back from.
 

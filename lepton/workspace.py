@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 State = Literal["accepted", "rejected", "duplicate"]
+
+LOCK_TIMEOUT_VARIABLE = "LEPTON_LOCK_TIMEOUT_SECONDS"
+LOCK_TIMEOUT = 600.0  # seconds a run waits for another run's lock before giving up
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another run held a workspace lock for longer than the timeout."""
 
 
 class IncrementRecord(BaseModel):
@@ -86,6 +96,15 @@ class Workspace:
         return self.state / "dvc-remote"
 
     @property
+    def locks(self) -> Path:
+        return self.state / "locks"
+
+    @property
+    def scratch(self) -> Path:
+        """Where files are written before being renamed into place: outside ``data/``, so DVC never sees half of one."""
+        return self.state / "tmp"
+
+    @property
     def is_initialised(self) -> bool:
         return (self.root / "lepton.yaml").exists() and (self.root / ".dvc").is_dir()
 
@@ -96,12 +115,47 @@ class Workspace:
 
     def write_manifest(self, manifest: Manifest) -> None:
         # Deterministic bytes: the same increments give the same DVC hash.
-        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest_path.write_text(manifest.model_dump_json(indent=2) + "\n")
+        self.write_atomically(self.manifest_path, manifest.model_dump_json(indent=2) + "\n")
 
     def read_schema(self) -> dict[str, Any] | None:
         return json.loads(self.schema_path.read_text()) if self.schema_path.exists() else None
 
     def write_schema(self, schema: dict[str, Any]) -> None:
-        self.schema_path.parent.mkdir(parents=True, exist_ok=True)
-        self.schema_path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        self.write_atomically(self.schema_path, json.dumps(schema, indent=2, sort_keys=True) + "\n")
+
+    def write_atomically(self, path: Path, text: str) -> None:
+        """Replace ``path`` with ``text`` whole: a crash leaves the old file or the new one, never half of one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        partial = self.scratch / f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        # os.open with 0o666 leaves the permissions to the umask, as a plain write_text would.
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+
+    @contextmanager
+    def lock(self, name: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold the workspace's lock ``name`` (``data``: data/ and DVC; ``champion``: registration and the alias).
+
+        A file lock under ``.lepton/locks/``: the kernel releases it when its holder dies, so a
+        killed run never leaves it taken. It serialises runs on one machine; across machines the
+        registry's compare-and-set on the champion is what keeps two promotions apart.
+        """
+        from filelock import FileLock, Timeout
+
+        wait = timeout if timeout is not None else float(os.environ.get(LOCK_TIMEOUT_VARIABLE, LOCK_TIMEOUT))
+        self.locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.locks / f"{name}.lock", timeout=wait)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise WorkspaceBusy(
+                f"another run has held the {name!r} lock of {self.root} for more than {wait:.0f}s "
+                f"({self.locks / (name + '.lock')}); try again when it has finished, or raise {LOCK_TIMEOUT_VARIABLE}"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
+from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem
 from lepton.workspace import IncrementRecord, Workspace
 from models.schema import DataSchema
@@ -59,12 +61,18 @@ def ingest(path: Path, ws: Workspace) -> Landing:
         raise IncrementError(problem)
     suffix = source.suffix.lower()
     increment_id = content_id(source)
-    known = ws.read_manifest().find(increment_id)
-    if known is not None:
-        return Landing(increment_id, ws.root / known.file, safe_name(source.name), duplicate_of=known)
-    target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    with ws.lock("data"):
+        known = ws.read_manifest().find(increment_id)
+        if known is not None:
+            return Landing(increment_id, ws.root / known.file, safe_name(source.name), duplicate_of=known)
+        target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
+        # Copied outside data/ and renamed in: a crash mid-copy leaves no half file for DVC to version.
+        ws.scratch.mkdir(parents=True, exist_ok=True)
+        partial = ws.scratch / f"{target.name}.partial"
+        shutil.copyfile(source, partial)
+        checkpoint("ingest")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, target)
     return Landing(increment_id, target, safe_name(source.name))
 
 
@@ -79,6 +87,7 @@ def read_increment(path: Path) -> pd.DataFrame:
 
 
 def _record(ws: Workspace, landing: Landing, state: str, file: Path, reasons: list[str]) -> None:
+    """Put the increment in the manifest once, replacing an earlier record of it (a re-run records nothing twice)."""
     manifest = ws.read_manifest()
     manifest.increments = [r for r in manifest.increments if r.id != landing.id]
     manifest.increments.append(
@@ -92,23 +101,27 @@ def quarantine(landing: Landing, ws: Workspace, reasons: list[str]) -> Path:
     """Move a rejected increment to ``data/quarantine/`` (kept and versioned, never deleted)."""
     target = ws.quarantine / landing.path.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    if landing.path.exists():
-        shutil.move(str(landing.path), target)
-    # The reasons travel with the file, for whoever looks in the quarantine.
-    target.with_name(target.name + ".reasons.json").write_text(
-        json.dumps({"id": landing.id, "source": landing.source, "reasons": reasons}, indent=2) + "\n"
-    )
-    _record(ws, landing, "rejected", target, reasons)
+    with ws.lock("data"):
+        if landing.path.exists():
+            os.replace(landing.path, target)  # same filesystem: a rename, whole or not at all
+        # The reasons travel with the file, for whoever looks in the quarantine.
+        ws.write_atomically(
+            target.with_name(target.name + ".reasons.json"),
+            json.dumps({"id": landing.id, "source": landing.source, "reasons": reasons}, indent=2) + "\n",
+        )
+        _record(ws, landing, "rejected", target, reasons)
     return target
 
 
 @task(name="accept", cache_policy=NO_CACHE)
 def accept(landing: Landing, ws: Workspace, frame: pd.DataFrame, config: DataConfig) -> DataSchema:
     """File an increment as accepted and widen the workspace schema to cover it."""
-    state = ws.read_schema()
-    schema = DataSchema.infer(frame, config.label) if state is None else DataSchema.from_dict(state).widened(frame)
-    ws.write_schema(schema.to_dict())
-    _record(ws, landing, "accepted", landing.path, [])
+    # Read, widen and write under the lock: two runs accepting at once must not lose each other's record.
+    with ws.lock("data"):
+        state = ws.read_schema()
+        schema = DataSchema.infer(frame, config.label) if state is None else DataSchema.from_dict(state).widened(frame)
+        ws.write_schema(schema.to_dict())
+        _record(ws, landing, "accepted", landing.path, [])
     return schema
 
 

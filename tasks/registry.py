@@ -16,7 +16,8 @@ from prefect.cache_policies import NO_CACHE
 import lepton
 import models
 from lepton.config import RegistryConfig
-from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded
+from lepton.faults import checkpoint
+from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
 from lepton.workspace import Workspace
 from models.bundle import Bundle
@@ -84,19 +85,31 @@ def champion_version(client: Any, name: str) -> int | None:
     return int(version) if version is not None else None
 
 
-@task(name="find-version", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def version_for_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> int | None:
-    """The model version trained on an increment, if one was registered."""
+# Retry delays (seconds) for registry steps where a second attempt is harmless (reads, and moves
+# that find themselves already made): they back off for a tracking server that is restarting.
+BACKOFF = [2, 10]
+
+
+def _live_version(client: Any, name: str, increment_id: str) -> Any | None:
+    """The model version registered for an increment and not superseded (a re-run registers no second one)."""
     from mlflow.exceptions import MlflowException
 
-    client, _ = connect(ws, config)
     try:
-        versions = client.search_model_versions(f"name='{config.model_name}' and tags.`{TAG}increment_id` = '{increment_id}'")
+        versions = client.search_model_versions(f"name='{name}' and tags.`{TAG}increment_id` = '{increment_id}'")
     except MlflowException as err:
         if _not_found(err):
             return None
         raise
-    return min((int(v.version) for v in versions), default=None)
+    live = [v for v in versions if TAG + "superseded_by" not in v.tags]
+    return max(live, key=lambda v: int(v.version), default=None)
+
+
+@task(name="find-version", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def version_for_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> int | None:
+    """The model version trained on an increment, if one was registered."""
+    client, _ = connect(ws, config)
+    found = _live_version(client, config.model_name, increment_id)
+    return int(found.version) if found is not None else None
 
 
 def download_bundle(name: str, version: int, destination: Path) -> Bundle:
@@ -106,7 +119,7 @@ def download_bundle(name: str, version: int, destination: Path) -> Bundle:
     return Bundle.load(Path(local) / "artifacts" / "bundle")
 
 
-@task(name="load-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="load-champion", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def load_champion(ws: Workspace, config: RegistryConfig) -> Champion | None:
     """The current champion from the registry (by version, so a concurrent alias move cannot mix two)."""
     client, _ = connect(ws, config)
@@ -132,6 +145,68 @@ def _requirements() -> list[str]:
     ]
 
 
+class StaleChampion(RuntimeError):
+    """The champion is no longer the version a candidate was trained from and gated against."""
+
+    def __init__(self, expected: int | None, current: int | None):
+        self.expected, self.current = expected, current
+        super().__init__(
+            f"the champion is version {current}, not version {expected} that the candidate was trained from: "
+            "it moved while this run was training"
+        )
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``register`` did: registered a version (and promoted it), found one another run registered, or nothing (stale)."""
+
+    version: int | None  # None: nothing registered, the champion moved (``champion`` says to what)
+    run_id: str | None
+    created: bool  # False: another run had already registered this increment as ``version``
+    champion: int | None  # the champion once register returned
+    move: AliasMove | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.version is None
+
+
+def _log() -> Any:
+    """The run's logger inside a flow, a plain one outside."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _parent(tags: dict[str, str]) -> int | None:
+    value = tags.get(TAG + "parent_version", "none")
+    return None if value == "none" else int(value)
+
+
+def _promotion_reason(tags: dict[str, str]) -> str:
+    reasons = json.loads(tags.get(TAG + "gate_reasons", "[]"))
+    return "gate passed: " + "; ".join(reasons) if reasons else "promoted"
+
+
+def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> None:
+    """Mark KILLED the tracking runs of this increment still RUNNING: their process died mid-registration.
+
+    Called under the champion lock, which every registration holds from its run's start to its end,
+    so no live registration of this workspace can be among them.
+    """
+    runs = client.search_runs([experiment_id], f"tags.`{TAG}increment_id` = '{increment_id}' and attributes.status = 'RUNNING'")
+    if runs:
+        _log().warning("marking %d tracking run(s) of increment %s KILLED: their process died while registering", len(runs), increment_id)
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register(
     ws: Workspace,
@@ -143,52 +218,112 @@ def register(
     params: dict[str, Any],
     metrics: dict[str, float],
     tags: dict[str, str],
-) -> tuple[int, str]:
-    """Log the candidate as a pyfunc in a tracking run and register it as a new model version.
+    promote: bool = False,
+) -> Registration:
+    """Log the candidate as a pyfunc in a tracking run, register it, and make it champion when ``promote``.
 
-    Returns (version, run id). The version carries the lineage tags whether or not it is promoted.
+    One critical section under the workspace's champion lock, guarded by a compare-and-set: it
+    registers only if no version exists yet for the increment (find-or-create, so a re-run or a
+    concurrent run of the same increment registers nothing twice) and only if the champion is
+    still the candidate's parent (``lepton.parent_version``); otherwise it returns a stale
+    registration and writes nothing. The version carries the lineage tags whether or not it is promoted.
     """
     import mlflow
     from mlflow.models import infer_signature
 
     from lepton.serving import LeptonClassifier
 
-    _, experiment_id = connect(ws, config)
+    client, experiment_id = connect(ws, config)
+    name, increment_id, parent = config.model_name, tags[TAG + "increment_id"], _parent(tags)
     # The signature keeps the raw columns' own types: consumers send data as it arrives.
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
     signature = infer_signature(features, candidate.predict(features), params={"probabilities": False})
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        mlflow.set_tags(tags)
-        with tempfile.TemporaryDirectory(prefix="lepton-candidate-") as tmp:
-            bundle_dir = candidate.save(Path(tmp) / "bundle")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=LeptonClassifier(),
-                artifacts={"bundle": str(bundle_dir)},
-                # The model's own code travels with it: loading needs mlflow, torch and pandas, not Lepton.
-                code_paths=[str(Path(models.__file__).parent), str(Path(lepton.__file__).parent)],
-                signature=signature,
-                input_example=features,
-                pip_requirements=_requirements(),
-            )
-    version = mlflow.register_model(info.model_uri, config.model_name, tags=tags)
-    return int(version.version), run.info.run_id
+    with ws.lock("champion"):
+        existing = _live_version(client, name, increment_id)
+        current = champion_version(client, name)
+        if existing is not None:
+            return Registration(int(existing.version), existing.run_id, created=False, champion=current)
+        if current != parent:
+            return Registration(None, None, created=False, champion=current)
+        _end_abandoned_runs(client, experiment_id, increment_id)
+        # The increment id is on the run from its first moment, for _end_abandoned_runs to find.
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            with tempfile.TemporaryDirectory(prefix="lepton-candidate-") as tmp:
+                bundle_dir = candidate.save(Path(tmp) / "bundle")
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=LeptonClassifier(),
+                    artifacts={"bundle": str(bundle_dir)},
+                    # The model's own code travels with it: loading needs mlflow, torch and pandas, not Lepton.
+                    code_paths=[str(Path(models.__file__).parent), str(Path(lepton.__file__).parent)],
+                    signature=signature,
+                    input_example=features,
+                    pip_requirements=_requirements(),
+                )
+            # The version and its tags are one insert in the registry: it is never found without its increment id.
+            version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+            checkpoint("register")
+        move = None
+        if promote:
+            move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=parent)
+    return Registration(version, run.info.run_id, created=True, champion=version if promote else current, move=move)
 
 
-@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+# A retry is harmless: it finds the move recorded, or the alias already there.
+@task(name="finish-increment", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -> Registration | None:
+    """What an earlier run of an accepted increment left: None when it registered nothing (train it again).
+
+    When it registered a version that passed the gate but died before the champion moved, the move
+    is finished here (same compare-and-set as ``register``). If the champion has moved on since,
+    that version is marked superseded and None is returned: the increment is trained again on the
+    new champion.
+    """
+    client, experiment_id = connect(ws, config)
+    name = config.model_name
+    with ws.lock("champion"):
+        _end_abandoned_runs(client, experiment_id, increment_id)
+        found = _live_version(client, name, increment_id)
+        current = champion_version(client, name)
+        if found is None:
+            return None
+        version, tags = int(found.version), dict(found.tags)
+        if tags.get(TAG + "gate_passed") != "true" or was_champion(champion_history(client, name), current, version):
+            return Registration(version, found.run_id, created=False, champion=current)
+        try:
+            move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=_parent(tags))
+        except StaleChampion:
+            client.set_model_version_tag(name, str(version), TAG + "superseded_by", f"champion {current}")
+            return None
+    return Registration(version, found.run_id, created=False, champion=version, move=move)
+
+
+def _not_stale(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry anything but a champion that moved: trying again cannot bring it back."""
+    try:
+        state.result()
+    except StaleChampion:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="promote", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF, retry_condition_fn=_not_stale)
 def promote(ws: Workspace, config: RegistryConfig, version: int, reason: str | None = None) -> AliasMove | None:
-    """Move the ``champion`` alias to ``version`` and record the move in the model's history (a retry records nothing twice).
+    """Move the ``champion`` alias to ``version`` if the champion is still its parent; record the move (a retry records nothing twice).
 
-    The reason defaults to the gate's reasons tagged on the version.
+    The reason defaults to the gate's reasons tagged on the version. Raises StaleChampion when the
+    champion is no longer the version's parent.
     """
     client, _ = connect(ws, config)
-    if reason is None:
-        tags = client.get_model_version(config.model_name, str(version)).tags
-        reasons = json.loads(tags.get(TAG + "gate_reasons", "[]"))
-        reason = "gate passed: " + "; ".join(reasons) if reasons else "promoted"
-    return move_champion(client, config.model_name, version, kind="promote", reason=reason)
+    tags = client.get_model_version(config.model_name, str(version)).tags
+    with ws.lock("champion"):
+        return move_champion(
+            client, config.model_name, version, kind="promote", reason=reason or _promotion_reason(tags), expected=_parent(tags)
+        )
 
 
 @dataclass(frozen=True)
@@ -230,25 +365,39 @@ def champion_history(client: Any, name: str) -> list[AliasMove]:
     return parse_history(tags, ALIAS)
 
 
-def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: str) -> AliasMove | None:
+ANY: Any = object()  # move_champion's ``expected`` when any current champion will do (a rollback)
+
+
+def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: str, expected: int | None = ANY) -> AliasMove | None:
     """Point ``champion`` at ``version``, recording the move first; None when it already points there.
 
-    The record is written before the alias: if the alias call fails, a retry finds the
-    record as the last one and only moves the alias, so history never misses a move.
+    Compare-and-set: with ``expected``, raises StaleChampion unless the champion is that version.
+    The record is written before the alias: if the alias call fails or the process dies, a
+    retry finds the record as the last one and only moves the alias, so history never misses a
+    move. Callers hold the workspace's champion lock.
     """
     current = champion_version(client, name)
     if current == version:
         return None
+    if expected is not ANY and current != expected:
+        raise StaleChampion(expected, current)
     moves = champion_history(client, name)
     if recorded(moves, current, version):
         move = moves[-1]
     else:
+        stray = unapplied(moves, current)
+        if stray is not None:
+            # Recorded from the current champion, but its run died before the alias moved and nobody
+            # finished it: that move never happened. Dropped, so the history stays a chain.
+            client.delete_registered_model_tag(name, stray.tag()[0])
+            moves = moves[:-1]
         run_id, run_name = _current_run()
         move = new_move(
             moves, alias=ALIAS, kind=kind, from_version=current, to_version=version, reason=reason,
             flow_run_id=run_id, flow_run_name=run_name, user=_user(),
         )
         client.set_registered_model_tag(name, *move.tag())
+        checkpoint("promote")
     client.set_registered_model_alias(name, ALIAS, str(version))
     return move
 
@@ -259,7 +408,7 @@ def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
     return champion_history(client, config.model_name)
 
 
-@task(name="plan-rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+@task(name="plan-rollback", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
 def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> RollbackPlan:
     """The version to roll back to: ``to``, else the previous champion in the history (reads only)."""
     from mlflow.exceptions import MlflowException
@@ -285,7 +434,8 @@ def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> Roll
 def rollback(ws: Workspace, config: RegistryConfig, version: int, reason: str) -> AliasMove | None:
     """Move the champion back to ``version`` and record why; None when it already is the champion."""
     client, _ = connect(ws, config)
-    return move_champion(client, config.model_name, version, kind="rollback", reason=reason)
+    with ws.lock("champion"):
+        return move_champion(client, config.model_name, version, kind="rollback", reason=reason)
 
 
 def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import GateConfig, StrategyConfig, TrainConfig
+from lepton.faults import checkpoint
 from models.bundle import Bundle
 from models.evaluation import Evaluation, compare
 from models.gate import GateDecision, decide
@@ -18,7 +19,9 @@ def train(
     champion: Bundle | None, frame: pd.DataFrame, label: str, train: TrainConfig, strategy: StrategyConfig, rehearse: pd.DataFrame | None = None
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
-    return fine_tune(champion, frame, label=label, train=train, strategy=strategy, rehearse=rehearse)
+    result = fine_tune(champion, frame, label=label, train=train, strategy=strategy, rehearse=rehearse)
+    checkpoint("train")
+    return result
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

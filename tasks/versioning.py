@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -39,18 +40,46 @@ def _ensure_remote(ws: Workspace, config: DvcConfig) -> None:
         local.write_text(wanted)
 
 
+def clear_broken_lock(ws: Workspace) -> bool:
+    """Remove DVC's ``.dvc/tmp/rwlock`` when a killed DVC left it unreadable; True when it did.
+
+    What a killed DVC leaves: its repo lock (``.dvc/tmp/lock``) is an fcntl lock the kernel frees
+    with the process, and rwlock entries of dead PIDs DVC removes itself, with a warning. Only an
+    rwlock file cut off mid-write stops every later command ("rwlock is corrupted"). Called
+    under the workspace's data lock, so no other Lepton DVC command is running.
+    """
+    path = ws.root / ".dvc" / "tmp" / "rwlock"
+    try:
+        text = path.read_text()
+        if text.strip():
+            json.loads(text)
+        return False
+    except FileNotFoundError:
+        return False
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        path.unlink(missing_ok=True)
+        return True
+
+
 def version(ws: Workspace, config: DvcConfig) -> str:
-    """``dvc add data`` (and push): returns the ``.dir`` hash that identifies this data version."""
-    _ensure_remote(ws, config)
-    with _repo(ws) as repo:
-        stages = repo.add(str(ws.data))
-        digest = stages[0].outs[0].hash_info.value
-        if config.push:
-            repo.push(targets=[str(ws.root / "data.dvc")], remote=REMOTE)
+    """``dvc add data`` (and push): returns the ``.dir`` hash that identifies this data version.
+
+    Under the workspace's data lock: DVC fails outright when another DVC command holds the repo.
+    Both steps are idempotent: the same data/ gives the same hash, and a push sends only what is missing.
+    """
+    with ws.lock("data"):
+        _ensure_remote(ws, config)
+        clear_broken_lock(ws)
+        with _repo(ws) as repo:
+            stages = repo.add(str(ws.data))
+            digest = stages[0].outs[0].hash_info.value
+            if config.push:
+                repo.push(targets=[str(ws.root / "data.dvc")], remote=REMOTE)
     return digest
 
 
-@task(name="version-data", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+# Retried with backoff: a remote that is briefly unreachable, or a DVC command run by hand meanwhile.
+@task(name="version-data", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 10, 30])
 def version_data(ws: Workspace, config: DvcConfig) -> str:
     """Record the current ``data/`` as a DVC version and push it; safe to repeat."""
     return version(ws, config)
@@ -67,13 +96,15 @@ def current_hash(ws: Workspace) -> str | None:
 
 def restore(ws: Workspace, digest: str, config: DvcConfig) -> None:
     """Make ``data/`` exactly the version ``digest``, from the cache or else the remote."""
-    _ensure_remote(ws, config)
-    pointer = ws.root / "data.dvc"
-    pointer.write_text(yaml.safe_dump({"outs": [{"md5": digest, "hash": "md5", "path": "data"}]}, sort_keys=False))
-    with _repo(ws) as repo:
-        repo.pull(targets=[str(pointer)], remote=REMOTE, force=True)
-        # Re-adding rewrites data.dvc with size and file count, as `dvc add` leaves it.
-        repo.add(str(ws.data))
+    with ws.lock("data"):
+        _ensure_remote(ws, config)
+        clear_broken_lock(ws)
+        pointer = ws.root / "data.dvc"
+        ws.write_atomically(pointer, yaml.safe_dump({"outs": [{"md5": digest, "hash": "md5", "path": "data"}]}, sort_keys=False))
+        with _repo(ws) as repo:
+            repo.pull(targets=[str(pointer)], remote=REMOTE, force=True)
+            # Re-adding rewrites data.dvc with size and file count, as `dvc add` leaves it.
+            repo.add(str(ws.data))
 
 
 def git_commit(root: Path) -> str:

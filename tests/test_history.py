@@ -141,3 +141,15 @@ def test_rollback_and_history_commands(promoted, prefect_api):
     assert records[2]["reason"] == "version 2 mislabels 3s" and records[2]["at"].endswith("Z")
     table = run_cli(["history", "--workspace", ws], api_url=None)
     assert table.returncode == 0 and "fixed labels upstream" in table.stdout and "rollback" in table.stdout
+
+
+def test_a_move_whose_alias_never_moved_is_told_apart():
+    """A record from the current champion to elsewhere is unapplied (its run died before the alias call); earlier records all took effect."""
+    from lepton.history import unapplied, was_champion
+
+    history = moves(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3))
+    assert unapplied(history, 3) is None
+    assert unapplied(history, 2) == history[-1]  # 2 -> 3 recorded, alias still on 2
+    assert was_champion(history, 2, 1) and was_champion(history, 2, 2) and not was_champion(history, 2, 3)
+    assert was_champion(history, 3, 3) and not was_champion(history, 3, 4)
+    assert unapplied([], None) is None and not was_champion([], None, 1)
