@@ -17,6 +17,7 @@ import lepton
 import models
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
+from lepton.secrets import redacted
 from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
 from lepton.workspace import Workspace
@@ -488,7 +489,7 @@ def lineage_tags(
         TAG + "git_commit": git_commit,
         TAG + "parent_version": str(parent_version) if parent_version is not None else "none",
         TAG + "strategy": config.strategy.name,
-        TAG + "config": config.model_dump_json(),
+        TAG + "config": json.dumps(redacted(config.model_dump(mode="json"))),
         TAG + "gate_passed": str(decision.passed).lower(),
         TAG + "gate_reasons": json.dumps(list(decision.reasons)),
         TAG + "metrics": json.dumps({k: round(v, 6) for k, v in summary.items() if v is not None}),
@@ -496,8 +497,8 @@ def lineage_tags(
 
 
 def config_params(config: Any) -> dict[str, Any]:
-    """The config flattened to ``section.key`` params for the tracking run."""
-    return {f"{section}.{k}": v for section, values in config.model_dump().items() for k, v in values.items()}
+    """The config flattened to ``section.key`` params for the tracking run, credentials masked."""
+    return {f"{section}.{k}": v for section, values in redacted(config.model_dump()).items() for k, v in values.items()}
 
 
 def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:

@@ -30,3 +30,26 @@ def test_nested_values_are_redacted():
     clean = redacted(config)
     assert clean == {"registry": {"tracking_uri": "postgresql://u:***@h/db", "experiment": "x"}, "train": {"epochs": 3, "hidden": [8]}}
     assert config["registry"]["tracking_uri"] == "postgresql://u:pw@h/db"  # the original is untouched
+
+
+def test_tags_and_params_of_a_model_version_carry_no_credentials():
+    """The config a model version is tagged and tracked with has the tracking and remote passwords masked."""
+    import json
+
+    from lepton.config import parse
+    from models.gate import GateDecision
+    from tasks.registry import config_params, lineage_tags
+
+    config = parse({
+        "data": {"label": "y"},
+        "registry": {"tracking_uri": "postgresql://mlflow:hunter2@db.internal/mlflow"},
+        "dvc": {"remote_url": "https://store.internal/dvc?token=hunter2"},
+    })
+    params = config_params(config)
+    tags = lineage_tags(
+        increment_id="i", increment_file="f", data_hash="h", git_commit="c", parent_version=None, config=config,
+        decision=GateDecision(passed=True, reasons=()), summary={},
+    )
+    assert "hunter2" not in json.dumps(params) + json.dumps(tags)
+    assert params["registry.tracking_uri"] == "postgresql://mlflow:***@db.internal/mlflow"
+    assert json.loads(tags["lepton.config"])["dvc"]["remote_url"] == "https://store.internal/dvc?token=***"
