@@ -43,13 +43,17 @@ def landed_name(source: str, when: datetime) -> str:
     return f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{clean[:80]}{suffix.lower()}"
 
 
-def file_problem(source: Path) -> str | None:
-    """Why ``source`` cannot be taken as an increment (missing, not a file, unknown format), or None."""
+def file_problem(source: Path, *, check_format: bool = True) -> str | None:
+    """Why ``source`` cannot be taken as an increment (missing, not a file, unknown format), or None.
+
+    The flow takes a file of any format in (``check_format=False``), to reject it with the
+    others and keep it in quarantine; only the landing folder refuses one at the door.
+    """
     if not source.exists():
         return f"{source} does not exist"
     if not source.is_file():
         return f"{source} is not a file"
-    if source.suffix.lower() not in FORMATS:
+    if check_format and source.suffix.lower() not in FORMATS:
         return f"{source.name}: unsupported format {source.suffix.lower() or '(none)'}; use .csv or .parquet"
     return None
 

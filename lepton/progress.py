@@ -34,9 +34,13 @@ STEPS = {
     "train": "fine-tune",
     "evaluate": "evaluate on every holdout",
     "gate": "gate",
-    "register": "register (MLflow)",
-    "log-accuracy-matrix": "log the accuracy matrix",
-    "promote": "promote (champion alias)",
+    "measure-drift": "measure drift",
+    "plan-training": "plan training",
+    "register": "register and promote (MLflow)",
+    "finish-increment": "finish an interrupted run",
+    "log-drift": "log drift",
+    "write-report": "report",
+    "report": "report",
 }
 
 
@@ -177,6 +181,12 @@ class watch:  # noqa: N801 - used as a context manager, like open()
         propagate = training.propagate
         training.propagate = False
         self._undo.append(lambda: setattr(training, "propagate", propagate))
+        # MLflow prints its own notices ("Registered model ... already exists") straight to
+        # stderr; the flow's lines already say what happened.
+        from mlflow.utils import logging_utils
+
+        logging_utils.disable_logging()
+        self._undo.append(logging_utils.enable_logging)
         if display.progress is not None:
             display.progress.start()
             self._undo.append(display.progress.stop)

@@ -56,10 +56,12 @@ def safe_name(name: str) -> str:
 def ingest(path: Path, ws: Workspace) -> Landing:
     """Copy the increment into ``data/increments/`` under its content id (a duplicate is only recognised)."""
     source = Path(path).expanduser()
-    problem = file_problem(source)
+    problem = file_problem(source, check_format=False)
     if problem is not None:
         raise IncrementError(problem)
     suffix = source.suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):  # kept in quarantine under a name nothing can misread
+        suffix = ".bin"
     increment_id = content_id(source)
     with ws.lock("data"):
         known = ws.read_manifest().find(increment_id)
@@ -78,8 +80,11 @@ def ingest(path: Path, ws: Workspace) -> Landing:
 
 def read_increment(path: Path) -> pd.DataFrame:
     """The increment as a frame; raises ValueError with a readable message when it cannot be parsed."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"unsupported format {suffix if suffix != '.bin' else '(unknown)'}; use .csv or .parquet")
     try:
-        if path.suffix.lower() == ".csv":
+        if suffix == ".csv":
             return pd.read_csv(path)
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user

@@ -43,7 +43,7 @@ def clear_landed(path: Path) -> None:
 def inspect_increment(path: Path, ws: Workspace) -> Inspection:
     """The increment's id and, if the same content was landed before, that record; touches nothing."""
     source = Path(path).expanduser()
-    problem = landing.file_problem(source)
+    problem = landing.file_problem(source, check_format=False)
     if problem is not None:
         raise IncrementError(problem)
     increment_id = content_id(source)

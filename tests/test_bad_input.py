@@ -86,3 +86,18 @@ def test_unreadable_files_are_quarantined(clean_dir, prefect_api, name, content,
     assert needle in result.stdout.strip().splitlines()[-1]
     kept = [p for p in (ws.root / "data" / "quarantine").iterdir() if not p.name.endswith(".reasons.json")]
     assert len(kept) == 1 and kept[0].read_bytes() == content
+
+
+@pytest.mark.integration
+def test_unsupported_format_is_quarantined(clean_dir, prefect_api):
+    """A file that is neither CSV nor Parquet: exit 2, the format named, and its bytes kept in quarantine."""
+    from tests.conftest import make_workspace, run_cli
+
+    ws = make_workspace(clean_dir / "ws", "y", "bad")
+    path = clean_dir / "notes.txt"
+    path.write_bytes(b"a,b,y\n1,2,0\n")
+    result = run_cli(["run", str(path), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "rejected because unsupported format .txt; use .csv or .parquet" in result.stdout.strip().splitlines()[-1]
+    kept = [p for p in (ws.root / "data" / "quarantine").iterdir() if not p.name.endswith(".reasons.json")]
+    assert len(kept) == 1 and kept[0].read_bytes() == path.read_bytes()

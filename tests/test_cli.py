@@ -146,7 +146,7 @@ def test_progress_quiet_and_json_output(clean_dir, prefect_api, increments):
     quick = ["--set", "train.epochs=3", "--set", "train.hidden=[32]", "--set", "gate.bootstrap_samples=200"]
     shown = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), *quick], api_url=prefect_api)
     assert shown.returncode == 0, shown.stderr
-    for step in ("✓ ingest", "✓ validate (Great Expectations)", "✓ fine-tune", "✓ register (MLflow)", "✓ promote (champion alias)"):
+    for step in ("✓ ingest", "✓ validate (Great Expectations)", "✓ fine-tune", "✓ register and promote (MLflow)", "✓ report"):
         assert step in shown.stdout, shown.stdout
     assert "epoch 3/3: loss" in shown.stdout and "model version" in shown.stdout
     assert shown.stdout.rstrip().splitlines()[-1] == "promoted as version 1 (first champion)"

@@ -146,8 +146,8 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     assert not ws.mlflow_db.exists()  # nothing registered, not even a tracking store
 
 
-def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments):
-    """The nightly logic: each landed file one flow run, in arrival order; a failure stops the series and keeps the rest for next time."""
+def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments, monkeypatch):
+    """The nightly logic: each landed file one flow run, in arrival order; a rejection goes on, a failure stops the series and keeps the rest."""
     from flows.deployments import SeriesStopped, run_pending
     from lepton.config import ConfigOverrides
     from lepton.landing import land, pending
@@ -161,22 +161,36 @@ def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir,
     land(increments[0], inbox)
     first, _, last = pending(inbox)
 
-    with pytest.raises(SeriesStopped) as stopped:
-        run_pending(str(ws.root), ConfigOverrides.model_validate(QUICK))
+    # Another process holds the workspace's data lock: the first run cannot take the increment in.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)",
+         str(ws.root / ".lepton" / "locks" / "data.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("LEPTON_LOCK_TIMEOUT_SECONDS", "1")
+        with pytest.raises(SeriesStopped) as stopped:
+            run_pending(str(ws.root), ConfigOverrides.model_validate(QUICK))
+    finally:
+        holder.kill()
+        holder.wait()
+    monkeypatch.delenv("LEPTON_LOCK_TIMEOUT_SECONDS")
     report = stopped.value.report
-    assert [(p.file, p.outcome.status) for p in report.processed] == [(first.name, "promoted")]
-    assert report.failed == "zz-notes.txt" and "unsupported format .txt" in report.error
-    assert report.remaining == ["zz-notes.txt", last.name]
-    assert [p.name for p in pending(inbox)] == ["zz-notes.txt", last.name]  # the processed one is gone, the rest wait
-    assert champion(ws) == 1
+    assert report.processed == [] and report.failed == first.name and "'data' lock" in report.error
+    assert report.remaining == [first.name, "zz-notes.txt", last.name]
+    assert pending(inbox) == [first, stray, last]  # nothing taken: everything waits for the next run
+    assert champion(ws) is None
 
-    stray.unlink()
+    # The next run takes all three in arrival order; the stray file is rejected and kept, the series goes on.
     result = run_cli(["run-pending", "--workspace", str(ws.root), "--json", *sum((["--set", s] for s in QUICK_SET), [])], api_url=prefect_api)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(result.stdout)
-    assert [(p["file"], p["outcome"]["status"]) for p in report["processed"]] == [(last.name, "promoted")]
-    assert report["failed"] is None and report["exit_code"] == 0
+    assert [(p["file"], p["outcome"]["status"]) for p in report["processed"]] == [(first.name, "promoted"), ("zz-notes.txt", "rejected"), (last.name, "promoted")]
+    assert "unsupported format .txt" in report["processed"][1]["outcome"]["message"]
+    assert report["failed"] is None and report["exit_code"] == 2
     assert pending(inbox) == [] and champion(ws) == 2
+    assert [p.read_text() for p in (ws.root / "data" / "quarantine").glob("*.txt")] == ["not an increment"]
 
 
 def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_api, increments):
