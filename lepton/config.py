@@ -62,20 +62,16 @@ class StrategyConfig(Section):
     """The anti-forgetting strategy: one or several, joined with '+', applied in that order."""
 
     name: str = Field(
-        "der+distill+nme",
+        "der+nme",
         description="'+'-joined strategies from: naive, replay, der, distill, ewc, freeze, interpolate, joint, align, balance, nme.",
     )
     memory_fraction: float = Field(0.1, ge=0, le=1, description="Replay memory size as a fraction of the training samples seen.")
     memory_size: int | None = Field(None, ge=0, description="Replay memory size in samples; overrides memory_fraction.")
     memory_selection: Literal["herding", "reservoir"] = Field("herding", description="How replay picks what to keep within a class: herding (closest to the class mean) or reservoir (uniform).")
     der_weight: float = Field(0.5, ge=0, description="Weight of matching the logits recorded with each memory sample when it entered the memory (der).")
-    distill_weight: float = Field(0.25, ge=0, description="Weight of the distillation loss (distill).")
+    distill_weight: float = Field(1.0, ge=0, description="Weight of the distillation loss (distill).")
     distill_temperature: float = Field(2.0, gt=0, description="Softmax temperature of distillation (distill).")
-    distill_when: Literal["new_classes", "reliable", "always"] = Field(
-        "reliable",
-        description="Increments the champion teaches on: new_classes (those that bring new classes, LwF), reliable (those on which it already gets distill_min_accuracy of the rows right: little drift), always (distill).",
-    )
-    distill_min_accuracy: float = Field(0.7, ge=0, le=1, description="The champion's least accuracy on an increment for distill_when=reliable (distill).")
+    distill_only_new_classes: bool = Field(True, description="Distil only on increments that bring new classes; under domain shift the teacher would hold the model back (distill).")
     ewc_weight: float = Field(100.0, ge=0, description="Strength of the EWC penalty (ewc).")
     ewc_decay: float = Field(0.9, ge=0, le=1, description="How much of the previous Fisher estimate EWC keeps (ewc).")
     freeze_layers: list[str] = Field(["features"], description="Parameter name prefixes not trained after the first increment (freeze).")

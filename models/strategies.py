@@ -41,7 +41,6 @@ class Context:
     device: torch.device
     generator: torch.Generator
     validation: tuple[np.ndarray, np.ndarray] | None = None  # raw x, y held out of training
-    increment: tuple[np.ndarray, np.ndarray] | None = None  # raw x, y of the new rows about to be trained on
 
 
 class Strategy(Protocol):
@@ -194,57 +193,27 @@ def recorded_logits_loss(logits: torch.Tensor, recorded: torch.Tensor) -> torch.
 
 
 class Distillation(Naive):
-    """Learning without forgetting: keep the old classes' outputs close to the champion's (KL at temperature T).
-
-    ``when`` decides on which increments the champion teaches:
-
-    - ``new_classes``: increments that bring new classes (LwF), where the old classes'
-      outputs are what there is to keep;
-    - ``reliable``: increments on which the champion already gets at least
-      ``min_accuracy`` of the rows right, i.e. the data drifted little. Under a large shift
-      (or on rows of classes it never saw) its outputs are mostly wrong, and holding the
-      model to them keeps it from adapting. Without the increment in its context
-      (``Context.increment``) it cannot judge, and teaches;
-    - ``always``: every increment after the first.
-    """
+    """Learning without forgetting: keep the old classes' outputs close to the champion's (KL at temperature T)."""
 
     name = "distill"
 
-    def __init__(self, *, weight: float = 0.25, temperature: float = 2.0, when: str = "reliable", min_accuracy: float = 0.7) -> None:
-        if when not in ("new_classes", "reliable", "always"):
-            raise ValueError(f"when must be 'new_classes', 'reliable' or 'always', got {when!r}")
+    def __init__(self, *, weight: float = 1.0, temperature: float = 2.0, only_new_classes: bool = True) -> None:
         self.weight = weight
         self.temperature = temperature
-        self.when = when
-        self.min_accuracy = min_accuracy
+        self.only_new_classes = only_new_classes
         self.teacher: MLP | None = None
-        self.teacher_accuracy: float | None = None  # the champion's accuracy on the increment, when ``reliable`` measured it
 
     def begin(self, context: Context) -> None:
         super().begin(context)
         self.old = context.old_classes
+        # Without new classes the teacher would only hold the model to the old data's
+        # distribution and keep it from adapting to the new one (domain shift).
         grows = context.model.n_classes > self.old
-        active = self.old > 0 and (grows or self.when != "new_classes")
+        active = self.old > 0 and (grows or not self.only_new_classes)
         self.teacher = copy.deepcopy(context.model).eval() if active else None
-        self.teacher_accuracy = None
-        if self.teacher is None:
-            return
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        if self.when == "reliable" and context.increment is not None:
-            # Decided here, from the context alone, so that every data-parallel rank decides alike.
-            self.teacher_accuracy = self._accuracy(*context.increment)
-            if self.teacher_accuracy < self.min_accuracy:
-                self.teacher = None
-
-    def _accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        """The teacher's accuracy on raw rows; rows of classes it never saw count as wrong (it cannot teach them)."""
-        if len(y) == 0:
-            return 0.0
-        assert self.teacher is not None
-        with torch.no_grad():
-            logits = self.teacher(torch.from_numpy(self.context.transform(x)).to(self.context.device))[:, : self.old]
-        return float((logits.argmax(dim=1).cpu().numpy() == y).mean())
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
 
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         if self.teacher is None:
@@ -580,7 +549,7 @@ def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
             memory = {"n_features": n_features, "selection": config.memory_selection, "seed": seed, **size}
             parts.append(Replay(**memory) if name == "replay" else DarkReplay(weight=config.der_weight, **memory))
         elif name == "distill":
-            parts.append(Distillation(weight=config.distill_weight, temperature=config.distill_temperature, when=config.distill_when, min_accuracy=config.distill_min_accuracy))
+            parts.append(Distillation(weight=config.distill_weight, temperature=config.distill_temperature, only_new_classes=config.distill_only_new_classes))
         elif name == "ewc":
             parts.append(EWC(weight=config.ewc_weight, decay=config.ewc_decay))
         elif name == "freeze":

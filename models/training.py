@@ -175,7 +175,7 @@ def fine_tune(
     device = select_device(train.device)
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
-    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation, (x_fit, y_fit)))
+    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
     x_raw, y = plan.training_data(x_fit, y_fit)
     started = time.perf_counter()
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, device=device, generator=generator, strategy=plan)

@@ -64,9 +64,8 @@ def value(penalty: torch.Tensor | None) -> float:
     return float(penalty.detach())
 
 
-def context(model: MLP, old_classes: int, validation: tuple[np.ndarray, np.ndarray] | None = None,
-            increment: tuple[np.ndarray, np.ndarray] | None = None) -> Context:
-    return Context(model, as_inputs, old_classes, CPU, torch.Generator().manual_seed(0), validation, increment)
+def context(model: MLP, old_classes: int, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Context:
+    return Context(model, as_inputs, old_classes, CPU, torch.Generator().manual_seed(0), validation)
 
 
 def train(model: MLP, x: np.ndarray, y: np.ndarray, strategy=None, epochs: int = 5) -> None:
@@ -491,61 +490,6 @@ def test_der_through_fine_tune_keeps_each_rows_logits_from_when_it_entered(small
         np.testing.assert_allclose(payload2[new], second.network(torch.from_numpy(second.preprocessor.transform(x2[new]))).numpy(), rtol=0, atol=1e-5)
 
 
-# When distillation teaches
-
-
-def test_distillation_when_decides_from_the_champions_accuracy_on_the_increment() -> None:
-    """reliable: teach only if the champion gets >= min_accuracy of the new rows right (unseen classes count wrong); new_classes and always as named."""
-    model = tiny_model(2)
-    x, _ = blobs((0, 1), n=10)
-    with torch.no_grad():
-        predicted = model(torch.from_numpy(as_inputs(x))).argmax(dim=1).numpy()
-    y = predicted.copy()
-    y[:6] = 1 - y[:6]  # the champion is right on 14 of 20 rows
-
-    def teaches(when: str, labels: np.ndarray, rows: np.ndarray = x, grow_to: int = 2, min_accuracy: float = 0.7) -> tuple[bool, float | None]:
-        m = copy.deepcopy(model)
-        m.expand_head(grow_to)
-        distill = Distillation(when=when, min_accuracy=min_accuracy)
-        distill.begin(context(m, 2, increment=(rows, labels)))
-        return distill.teacher is not None, distill.teacher_accuracy
-
-    assert teaches("reliable", y) == (True, pytest.approx(0.7))
-    assert teaches("reliable", y, min_accuracy=0.75) == (False, pytest.approx(0.7))
-    assert teaches("reliable", predicted) == (True, 1.0)
-    # Rows of a class the champion never saw: it cannot be right on them.
-    x3, _ = blobs((2,), n=20)
-    assert teaches("reliable", np.concatenate([predicted, np.full(20, 2)]), np.concatenate([x, x3]), grow_to=3) == (False, pytest.approx(0.5))
-    assert teaches("new_classes", predicted) == (False, None)
-    assert teaches("new_classes", y, grow_to=3) == (True, None)
-    assert teaches("always", y, min_accuracy=1.0) == (True, None)
-    with pytest.raises(ValueError, match="when must be 'new_classes', 'reliable' or 'always', got 'sometimes'"):
-        Distillation(when="sometimes")
-
-
-def test_reliable_distillation_through_fine_tune_follows_the_drift(small_digits: list[pd.DataFrame]) -> None:
-    """Through fine_tune: the same classes again (little drift) are taught; an increment of new classes is not."""
-    strategy = StrategyConfig(name="distill", distill_when="reliable", distill_min_accuracy=0.6)
-    train = TrainConfig(epochs=20, hidden=[16])
-    champion, _ = fine_tune(None, small_digits[0], label=LABEL, train=train, strategy=strategy)
-    taught, untaught = [], []
-    original = Distillation.penalty
-
-    def spy(self, model, x, y, logits):
-        (taught if self.teacher is not None else untaught).append(self.teacher_accuracy)
-        return original(self, model, x, y, logits)
-
-    Distillation.penalty = spy
-    try:
-        fine_tune(champion, small_digits[0].iloc[::-1], label=LABEL, train=train, strategy=strategy)
-        assert taught and not untaught and min(taught) > 0.9  # it learned these classes: it teaches
-        taught.clear()
-        fine_tune(champion, small_digits[1], label=LABEL, train=train, strategy=strategy)
-        assert untaught and not taught and set(untaught) == {0.0}  # none of these rows is a class it knows
-    finally:
-        Distillation.penalty = original
-
-
 # Composition
 
 
@@ -587,10 +531,9 @@ def test_build_follows_the_configured_names() -> None:
     assert plan.name == "replay+distill+ewc+nme"
     assert plan.parts[0].memory.fixed_capacity == 7 and plan.parts[0].memory.selection == "reservoir"
     assert plan.parts[3].replay is plan.parts[0]  # nme reads the same memory replay fills
-    der = build(StrategyConfig(name="der+distill+nme", memory_fraction=0.2, der_weight=0.7, distill_when="always", distill_min_accuracy=0.4), n_features=4, seed=0)
+    der = build(StrategyConfig(name="der+distill+nme", memory_fraction=0.2, der_weight=0.7), n_features=4, seed=0)
     assert [type(p) for p in der.parts] == [DarkReplay, Distillation, NearestMean]
     assert der.parts[0].weight == 0.7 and der.parts[0].memory.fraction == 0.2 and der.parts[0].memory.selection == "herding"
-    assert der.parts[1].when == "always" and der.parts[1].min_accuracy == 0.4
     assert der.parts[2].replay is der.parts[0]
     assert [type(p) for p in build(StrategyConfig(name="freeze+interpolate+align"), n_features=4, seed=0).parts] == [Freeze, Interpolation, WeightAlign]
     assert type(build(StrategyConfig(name="joint+nme"), n_features=4, seed=0).parts[1]) is NearestMean
@@ -622,8 +565,8 @@ def chain(digits: list[tuple[pd.DataFrame, pd.DataFrame]], name: str) -> Bundle:
 
 
 def test_default_strategy_remembers_what_naive_forgets(digits: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
-    """After three digit increments, the default (der+distill+nme) keeps > 0.85 on the first holdout while naive falls below 0.3."""
-    assert StrategyConfig().name == "der+distill+nme"
+    """After three digit increments, the default (der+nme) keeps > 0.85 on the first holdout while naive falls below 0.3."""
+    assert StrategyConfig().name == "der+nme"
     kept, forgot = chain(digits, StrategyConfig().name), chain(digits, "naive")
     first, last = digits[0][1], digits[2][1]
     assert kept.network.classifier == "nme"
