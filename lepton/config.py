@@ -73,19 +73,20 @@ class TrainConfig(Section):
         return value
 
 
-STRATEGIES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
+STRATEGIES = ("naive", "replay", "der", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
 
 
 class StrategyConfig(Section):
     """The anti-forgetting strategy: one or several, joined with '+', applied in that order."""
 
     name: str = Field(
-        "replay+distill+nme",
-        description="'+'-joined strategies from: naive, replay, distill, ewc, freeze, interpolate, joint, align, balance, nme.",
+        "der+nme",
+        description="'+'-joined strategies from: naive, replay, der, distill, ewc, freeze, interpolate, joint, align, balance, nme.",
     )
     memory_fraction: float = Field(0.1, ge=0, le=1, description="Replay memory size as a fraction of the training samples seen.")
     memory_size: int | None = Field(None, ge=0, description="Replay memory size in samples; overrides memory_fraction.")
     memory_selection: Literal["herding", "reservoir"] = Field("herding", description="How replay picks what to keep within a class: herding (closest to the class mean) or reservoir (uniform).")
+    der_weight: float = Field(0.5, ge=0, description="Weight of matching the logits recorded with each memory sample when it entered the memory (der).")
     distill_weight: float = Field(1.0, ge=0, description="Weight of the distillation loss (distill).")
     distill_temperature: float = Field(2.0, gt=0, description="Softmax temperature of distillation (distill).")
     distill_only_new_classes: bool = Field(True, description="Distil only on increments that bring new classes; under domain shift the teacher would hold the model back (distill).")

@@ -38,6 +38,8 @@ class ClassBalancedMemory:
         self.selection = selection
         self.rng = np.random.default_rng(seed)
         self.buffers: dict[int, list[np.ndarray]] = {}
+        # Optional per-sample payload kept in step with the rows (e.g. logits recorded when a sample entered).
+        self.payloads: dict[int, list[np.ndarray]] = {}
         self.seen: dict[int, int] = {}
 
     @property
@@ -70,14 +72,21 @@ class ClassBalancedMemory:
             open_classes = [c for c in open_classes if quotas[c] < available[c]]
         return quotas
 
-    def update(self, x: np.ndarray, y: np.ndarray, embed: Embed | None = None) -> None:
-        """Offer every sample of an increment to the memory (``embed`` is required for herding)."""
+    def update(self, x: np.ndarray, y: np.ndarray, embed: Embed | None = None, payload: np.ndarray | None = None) -> None:
+        """Offer every sample of an increment to the memory (``embed`` is required for herding).
+
+        ``payload`` (one row per sample) is kept with each sample the memory keeps.
+        """
         if self.selection == "herding" and embed is None:
             raise ValueError("herding needs an embedding function")
+        if payload is not None and len(payload) != len(y):
+            raise ValueError(f"payload has {len(payload)} rows for {len(y)} samples")
         labels = [int(c) for c in np.unique(y)]
         for c in labels:
             self.seen.setdefault(c, 0)
             self.buffers.setdefault(c, [])
+            self.payloads.setdefault(c, [])
+        extra = payload if payload is not None else [None] * len(y)
         # What each class could hold: what it has kept, plus what arrives now.
         incoming = {c: int((y == c).sum()) for c in labels}
         available = {c: len(self.buffers[c]) + incoming.get(c, 0) for c in self.seen}
@@ -85,34 +94,38 @@ class ClassBalancedMemory:
         # sized as a fraction of what was seen fills on the very first increment.
         quotas = self._quotas(self._capacity_at(sum(self.seen.values()) + len(y)), available)
         if self.selection == "reservoir":
-            self._reservoir(x, y, quotas)
+            self._reservoir(x, y, extra, quotas)
         else:
-            self._herding(x, y, quotas, embed)  # type: ignore[arg-type]
+            self._herding(x, y, extra, quotas, embed)  # type: ignore[arg-type]
         for c, quota in quotas.items():
             buffer = self.buffers[c]
             if len(buffer) > quota:
                 if self.selection == "herding":
-                    self.buffers[c] = buffer[:quota]
+                    keep = np.arange(quota)
                 else:
                     # A uniform subset of a uniform sample is still uniform.
                     keep = np.sort(self.rng.choice(len(buffer), size=quota, replace=False))
-                    self.buffers[c] = [buffer[i] for i in keep]
+                self.buffers[c] = [buffer[i] for i in keep]
+                self.payloads[c] = [self.payloads[c][i] for i in keep]
 
-    def _reservoir(self, x: np.ndarray, y: np.ndarray, quotas: dict[int, int]) -> None:
-        for row, label in zip(x, y, strict=True):
+    def _reservoir(self, x: np.ndarray, y: np.ndarray, extra, quotas: dict[int, int]) -> None:
+        for row, label, more in zip(x, y, extra, strict=True):
             c = int(label)
             self.seen[c] += 1
             buffer, quota = self.buffers[c], quotas[c]
             if len(buffer) < quota:
                 buffer.append(row.copy())
+                self.payloads[c].append(more)
             else:
                 j = int(self.rng.integers(self.seen[c]))
                 if j < quota:
                     buffer[j] = row.copy()
+                    self.payloads[c][j] = more
 
-    def _herding(self, x: np.ndarray, y: np.ndarray, quotas: dict[int, int], embed: Embed) -> None:
+    def _herding(self, x: np.ndarray, y: np.ndarray, extra, quotas: dict[int, int], embed: Embed) -> None:
         for c in [int(v) for v in np.unique(y)]:
             new = x[y == c]
+            more = self.payloads[c] + [extra[i] for i in np.flatnonzero(y == c)]
             old = np.stack(self.buffers[c]) if self.buffers[c] else np.zeros((0, x.shape[1]))
             candidates = np.concatenate([old, new])
             features = embed(candidates)
@@ -123,6 +136,7 @@ class ClassBalancedMemory:
             target = (features * weights[:, None]).sum(axis=0) / weights.sum()
             order = herding_order(features, target, quotas[c])
             self.buffers[c] = [candidates[i].copy() for i in order]
+            self.payloads[c] = [more[i] for i in order]
             self.seen[c] += len(new)
 
     def samples(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +146,16 @@ class ClassBalancedMemory:
         if not xs:
             return np.zeros((0, n_features)), np.zeros(0, dtype=np.int64)
         return np.concatenate(xs), np.concatenate(ys)
+
+    def payload(self) -> np.ndarray:
+        """The payload of every stored sample, in ``samples()`` order, padded with NaN to the widest (0 columns if none)."""
+        rows = [p for c, b in sorted(self.payloads.items()) for p in b]
+        width = max((len(p) for p in rows if p is not None), default=0)
+        out = np.full((len(rows), width), np.nan, dtype=np.float32)
+        for i, p in enumerate(rows):
+            if p is not None:
+                out[i, : len(p)] = p
+        return out
 
     def class_counts(self) -> dict[int, int]:
         return {c: len(b) for c, b in sorted(self.buffers.items())}
@@ -144,14 +168,20 @@ class ClassBalancedMemory:
             "y": y,
             "seen_classes": classes,
             "seen_counts": np.array([self.seen[int(c)] for c in classes], dtype=np.int64),
+            "payload": self.payload(),
             "rng_state": np.frombuffer(repr(self.rng.bit_generator.state).encode(), dtype=np.uint8),
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.seen = {int(c): int(n) for c, n in zip(state["seen_classes"], state["seen_counts"], strict=True)}
         self.buffers = {c: [] for c in self.seen}
-        for row, label in zip(state["x"], state["y"], strict=True):
+        self.payloads = {c: [] for c in self.seen}
+        payload = state.get("payload")
+        for i, (row, label) in enumerate(zip(state["x"], state["y"], strict=True)):
             self.buffers[int(label)].append(np.asarray(row))
+            more = payload[i] if payload is not None and payload.shape[1] else None
+            # NaN pads a payload recorded when fewer columns existed (fewer classes known).
+            self.payloads[int(label)].append(None if more is None else more[~np.isnan(more)])
         if "rng_state" in state and len(state["rng_state"]):
             self.rng.bit_generator.state = ast.literal_eval(bytes(state["rng_state"]).decode())
 

@@ -6,8 +6,8 @@ them as no-ops):
 - ``begin(context)``: the increment starts; snapshot what it will be measured against
   (a teacher for distillation, anchor weights for EWC and interpolation);
 - ``training_data(x, y)``: what to train on (joint retraining returns everything seen);
-- ``batch(x, y)``: the batch to step on (replay appends a class-balanced memory batch);
-- ``penalty(model, x, y, logits)``: an extra loss term (distillation, EWC);
+- ``batch(x, y)``: the batch to step on (replay and dark replay append a class-balanced memory batch);
+- ``penalty(model, x, y, logits)``: an extra loss term (distillation, EWC, dark replay's recorded logits);
 - ``end(model, x, y)``: learn from the finished increment (memory, Fisher information);
 - ``finish(model)``: the model to keep (interpolation, bias correction), a new object or the same.
 
@@ -107,6 +107,8 @@ class Replay(Naive):
         self.n_features = n_features
         self.memory = ClassBalancedMemory(capacity=capacity, fraction=fraction, selection=selection, seed=seed)
         self._x: torch.Tensor | None = None
+        # Where the last batch() put its memory rows: (first memory row in the batch, memory indices).
+        self.appended: tuple[int, torch.Tensor] | None = None
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -121,18 +123,23 @@ class Replay(Naive):
         if self._x is None or self._weights is None:
             return x, y
         idx = torch.multinomial(self._weights, len(y), replacement=True, generator=self.context.generator).to(self._x.device)
+        self.appended = (len(y), idx)
         return torch.cat([x, self._x[idx]]), torch.cat([y, self._y[idx]])
 
     def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
-        embed = None
-        if self.memory.selection == "herding":
-            transform, device = self.context.transform, self.context.device
+        self.memory.update(x, y, embed=self._embedding(model))
 
-            def embed(rows: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    return model.features(torch.from_numpy(transform(rows)).to(device)).float().cpu().numpy()
+    def _embedding(self, model: MLP) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Raw rows -> the model's features, what herding needs (None for reservoir sampling)."""
+        if self.memory.selection != "herding":
+            return None
+        transform, device = self.context.transform, self.context.device
 
-        self.memory.update(x, y, embed=embed)
+        def embed(rows: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model.features(torch.from_numpy(transform(rows)).to(device)).float().cpu().numpy()
+
+        return embed
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"memory.{k}": v for k, v in self.memory.state_dict(self.n_features).items()}
@@ -141,6 +148,48 @@ class Replay(Naive):
         own = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
         if own:
             self.memory.load_state_dict(own)
+
+
+class DarkReplay(Replay):
+    """Dark experience replay (DER++): replay whose memory also keeps each sample's logits from when it entered.
+
+    On the replayed rows, the logits are pulled towards the recorded ones (mean squared
+    error, over the classes known when they were recorded) on top of the cross-entropy on
+    their labels. The recorded logits carry what the network knew right after learning a
+    sample, which a teacher taken from the latest champion has already partly forgotten.
+    """
+
+    name = "der"
+
+    def __init__(self, *, weight: float = 0.5, **memory) -> None:
+        super().__init__(**memory)
+        self.weight = weight
+        self._logits: torch.Tensor | None = None
+
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        payload = self.memory.payload()
+        self._logits = torch.from_numpy(payload).to(context.device) if self._x is not None and payload.shape[1] else None
+
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        if self._logits is None or self.appended is None:
+            return None
+        start, idx = self.appended
+        return self.weight * recorded_logits_loss(logits[start : start + len(idx)], self._logits[idx])
+
+    def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(self.context.transform(x)).to(self.context.device)).float().cpu().numpy()
+        self.memory.update(x, y, embed=self._embedding(model), payload=logits)
+
+
+def recorded_logits_loss(logits: torch.Tensor, recorded: torch.Tensor) -> torch.Tensor:
+    """Mean squared error against recorded logits; NaN marks a class unknown when they were recorded, and is skipped."""
+    known = ~torch.isnan(recorded)
+    out = logits[:, : recorded.shape[1]]
+    gap = torch.where(known, out - torch.nan_to_num(recorded), torch.zeros_like(out))
+    return (gap**2).sum() / known.sum().clamp(min=1)
 
 
 class Distillation(Naive):
@@ -378,6 +427,10 @@ class NearestMean(Naive):
 
     The class means come from the same few exemplars for every class, so new classes
     get no advantage from their numbers: the bias a linear head picks up disappears.
+    That bias exists only once classes arrived in different increments: until then (the
+    first increment, and every increment of data whose classes were all there from the
+    start, as under domain shift) the linear head, trained on all the data rather than
+    on a few exemplars per class, classifies better and is kept.
     """
 
     name = "nme"
@@ -385,7 +438,15 @@ class NearestMean(Naive):
     def __init__(self, *, replay: Replay) -> None:
         self.replay = replay
 
+    def begin(self, context: Context) -> None:
+        super().begin(context)
+        # The warm-started network carries the champion's prototypes (all zero unless it classified by nearest mean).
+        model = context.model
+        self.active = context.old_classes > 0 and (model.n_classes > context.old_classes or bool(model.prototypes.any()))
+
     def finish(self, model: MLP) -> MLP:
+        if not self.active:
+            return model
         x, y = self.replay.memory.samples(self.replay.n_features)
         if len(y) == 0 or len(np.unique(y)) < model.n_classes:
             return model  # a class without exemplars: the linear head decides
@@ -474,7 +535,7 @@ class Composite(Naive):
             part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
 
-NAMES = ("naive", "replay", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
+NAMES = ("naive", "replay", "der", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
 
 
 def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
@@ -483,11 +544,10 @@ def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
     for name in config.names:
         if name == "naive":
             parts.append(Naive())
-        elif name == "replay":
-            if config.memory_size is not None:
-                parts.append(Replay(n_features=n_features, capacity=config.memory_size, selection=config.memory_selection, seed=seed))
-            else:
-                parts.append(Replay(n_features=n_features, fraction=config.memory_fraction, selection=config.memory_selection, seed=seed))
+        elif name in ("replay", "der"):
+            size = {"capacity": config.memory_size} if config.memory_size is not None else {"fraction": config.memory_fraction}
+            memory = {"n_features": n_features, "selection": config.memory_selection, "seed": seed, **size}
+            parts.append(Replay(**memory) if name == "replay" else DarkReplay(weight=config.der_weight, **memory))
         elif name == "distill":
             parts.append(Distillation(weight=config.distill_weight, temperature=config.distill_temperature, only_new_classes=config.distill_only_new_classes))
         elif name == "ewc":
@@ -503,7 +563,7 @@ def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
         elif name in ("nme", "balance"):
             replay = next((p for p in parts if isinstance(p, Replay)), None)
             if replay is None:
-                raise ValueError(f"strategy {name!r} needs a memory: put replay (or joint) before it")
+                raise ValueError(f"strategy {name!r} needs a memory: put replay, der (or joint) before it")
             parts.append(NearestMean(replay=replay) if name == "nme" else BalancedHead(replay=replay))
         else:  # the config validates names; this guards direct callers
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(NAMES)}")

@@ -64,11 +64,11 @@ def test_invalid_value_names_the_field(override: str, field: str) -> None:
 
 
 def test_strategy_name_is_a_plus_joined_list_of_known_strategies() -> None:
-    """'replay+distill' is accepted (spaces trimmed) and split into names; the default is replay+distill+nme."""
+    """'replay+distill' is accepted (spaces trimmed) and split into names; the default is der+nme."""
     assert StrategyConfig(name="replay+distill").names == ["replay", "distill"]
     assert StrategyConfig(name=" replay + ewc ").name == "replay+ewc"
-    assert StrategyConfig().name == "replay+distill+nme"
-    assert StrategyConfig().names == ["replay", "distill", "nme"]
+    assert StrategyConfig().name == "der+nme"
+    assert StrategyConfig().names == ["der", "nme"]
     assert parse(RAW, ["strategy.name=replay+distill"]).strategy.names == ["replay", "distill"]
     assert all(StrategyConfig(name=name).names == [name] for name in STRATEGIES)
 
@@ -100,7 +100,7 @@ def test_default_yaml_round_trips_to_the_defaults() -> None:
     expected = LeptonConfig(data=DataConfig(label="species"), registry=RegistryConfig(model_name="iris-model"))
     assert config == expected
     assert config.data.label == "species" and config.registry.model_name == "iris-model"
-    assert config.train.epochs == 30 and config.strategy.name == "replay+distill+nme"
+    assert config.train.epochs == 30 and config.strategy.name == "der+nme"
 
 
 def test_load_applies_overrides_to_the_file(tmp_path) -> None:

@@ -235,3 +235,57 @@ def test_herding_state_round_trip(tmp_path) -> None:
         memory.update(*later, embed=identity)
     np.testing.assert_array_equal(restored.samples(N_FEATURES)[0], original.samples(N_FEATURES)[0])
     assert restored.seen == original.seen == {0: 30, 1: 20, 2: 20}
+
+
+# Payloads (e.g. the logits dark experience replay records with each sample)
+
+
+@pytest.mark.parametrize("selection", ["reservoir", "herding"])
+def test_payload_stays_with_its_row_through_selection(selection: str) -> None:
+    """Whatever the memory keeps, drops or reorders, each stored row's payload is the one offered with it."""
+    stream, memory = Stream(7), ClassBalancedMemory(capacity=15, selection=selection, seed=7)
+    embed = identity if selection == "herding" else None
+    for counts in ({0: 20, 1: 20}, {0: 10, 2: 25}, {3: 30}):
+        x, y = stream.increment(counts)
+        # A payload that names its row: (10 x row id, row id + label).
+        memory.update(x, y, embed=embed, payload=np.column_stack([10 * x[:, 0], x[:, 0] + y]))
+        kept, labels = memory.samples(N_FEATURES)
+        payload = memory.payload()
+        assert payload.shape == (len(kept), 2) == (15, 2)
+        np.testing.assert_array_equal(payload[:, 0], 10 * kept[:, 0])
+        np.testing.assert_array_equal(payload[:, 1], kept[:, 0] + labels)
+
+
+def test_payload_pads_narrower_rows_and_survives_a_round_trip(tmp_path) -> None:
+    """Payloads recorded with 2 then 4 columns come out NaN-padded to 4, and the same after save and load."""
+    stream, memory = Stream(8), ClassBalancedMemory(capacity=8, selection="reservoir", seed=8)
+    x1, y1 = stream.increment({0: 4, 1: 4})
+    memory.update(x1, y1, payload=np.full((8, 2), 1.5))
+    x2, y2 = stream.increment({2: 4, 3: 4})
+    memory.update(x2, y2, payload=np.full((8, 4), 2.5))
+    _, labels = memory.samples(N_FEATURES)
+    payload = memory.payload()
+    assert payload.shape == (8, 4)
+    old = labels < 2
+    assert old.sum() == 4
+    np.testing.assert_array_equal(payload[old, :2], 1.5)
+    assert np.isnan(payload[old, 2:]).all()
+    np.testing.assert_array_equal(payload[~old], 2.5)
+
+    np.savez(tmp_path / "memory.npz", **memory.state_dict(N_FEATURES))
+    with np.load(tmp_path / "memory.npz", allow_pickle=False) as npz:
+        restored = ClassBalancedMemory(capacity=8, selection="reservoir")
+        restored.load_state_dict({k: npz[k] for k in npz.files})
+    np.testing.assert_array_equal(restored.payload(), payload)  # NaNs in the same places
+    assert [len(p) for p in restored.payloads[0]] == [2, 2]
+
+
+def test_payload_is_optional_and_checked() -> None:
+    """Without payloads the payload matrix has no columns; a payload of the wrong length is refused, nothing stored."""
+    stream, memory = Stream(9), ClassBalancedMemory(capacity=6, selection="reservoir")
+    memory.update(*stream.increment({0: 3, 1: 3}))
+    assert memory.payload().shape == (6, 0)
+    x, y = stream.increment({2: 4})
+    with pytest.raises(ValueError, match="payload has 3 rows for 4 samples"):
+        memory.update(x, y, payload=np.zeros((3, 2)))
+    assert len(memory) == 6 and memory.seen == {0: 3, 1: 3}

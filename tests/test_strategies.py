@@ -21,6 +21,7 @@ from models.strategies import (
     EWC,
     Composite,
     Context,
+    DarkReplay,
     Distillation,
     Freeze,
     Interpolation,
@@ -32,6 +33,7 @@ from models.strategies import (
     build,
     distillation_loss,
     interpolate,
+    recorded_logits_loss,
 )
 from models.training import fine_tune, fit
 
@@ -367,9 +369,10 @@ def test_nearest_mean_classifies_by_the_closest_unit_prototype(small_digits: lis
     """After replay+nme, prototypes are the unit means of the exemplars' embeddings and predictions follow the nearest one."""
     strategy = StrategyConfig(name="replay+nme", memory_size=20)
     champion = None
-    for frame in small_digits[:2]:
+    for frame, classifier in zip(small_digits[:2], ("linear", "nme"), strict=True):
         champion, _ = fine_tune(champion, frame, label=LABEL, train=TINY, strategy=strategy)
-        assert champion.network.classifier == "nme"
+        # The first increment has no earlier classes to be biased against: the linear head stays.
+        assert champion.network.classifier == classifier
     network, pre = champion.network, champion.preprocessor
     assert network.prototypes.shape == (4, 16)
     torch.testing.assert_close(network.prototypes.norm(dim=1), torch.ones(4), rtol=0, atol=1e-5)
@@ -395,12 +398,96 @@ def test_nearest_mean_keeps_the_linear_head_when_a_class_has_no_exemplar() -> No
     model = tiny_model(3)
     replay = Replay(n_features=4, capacity=10, selection="reservoir")
     nme = NearestMean(replay=replay)
-    nme.begin(context(model, 0))
+    nme.begin(context(model, 1))  # the head grew from 1 to 3 classes
     assert nme.finish(model).classifier == "linear"
     replay.memory.update(*blobs((0, 1), n=5))
     assert nme.finish(model).classifier == "linear"
     replay.memory.update(*blobs((2,), n=5))
     assert nme.finish(model).classifier == "nme"
+
+
+def test_nearest_mean_is_kept_off_while_no_classes_arrive_and_on_once_they_have(small_digits: list[pd.DataFrame]) -> None:
+    """Increments of the classes known from the start keep the linear head; after new classes, nme stays on for old-class increments."""
+    strategy = StrategyConfig(name="replay+nme", memory_size=20)
+    halves = [small_digits[0].iloc[::2], small_digits[0].iloc[1::2]]  # classes 0 and 1 twice, like domain-incremental data
+    champion = None
+    for frame in halves:
+        champion, _ = fine_tune(champion, frame, label=LABEL, train=TINY, strategy=strategy)
+        assert champion.network.classifier == "linear"
+        assert not champion.network.prototypes.any()
+    grown, _ = fine_tune(champion, small_digits[1], label=LABEL, train=TINY, strategy=strategy)
+    assert grown.network.classifier == "nme"
+    again, _ = fine_tune(grown, halves[0], label=LABEL, train=TINY, strategy=strategy)
+    assert again.network.classifier == "nme"
+    # Its prototypes were recomputed for the retrained features, not carried over.
+    assert not torch.equal(again.network.prototypes, grown.network.prototypes)
+
+
+# Dark experience replay
+
+
+def test_recorded_logits_loss_values() -> None:
+    """Mean squared error over recorded entries only: NaN (a class unknown when recorded) and extra columns are skipped."""
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    recorded = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    assert float(recorded_logits_loss(logits, recorded)) == 0.0  # column 2 was never recorded
+    recorded = torch.tensor([[0.0, 2.0], [1.0, float("nan")]])
+    # Known entries: (1-0)^2, (2-2)^2, (0-1)^2 -> 2 / 3; the NaN entry is skipped.
+    assert float(recorded_logits_loss(logits, recorded)) == pytest.approx(2.0 / 3.0)
+    assert float(recorded_logits_loss(logits, torch.full((2, 2), float("nan")))) == 0.0
+
+
+def test_dark_replay_records_logits_and_pulls_replayed_rows_towards_them() -> None:
+    """end() stores each kept row's logits; the penalty on replayed rows is 0 until the old outputs move, then weight x MSE."""
+    model = tiny_model(2)
+    der = DarkReplay(n_features=4, capacity=20, selection="reservoir", weight=0.5)
+    x, y = blobs((0, 1), n=20)
+    der.begin(context(model, 0))
+    assert der.penalty(model, torch.zeros(2, 4), torch.zeros(2, dtype=torch.int64), model(torch.zeros(2, 4))) is None  # nothing recorded yet
+    der.end(model, x, y)
+    kept, _ = der.memory.samples(4)
+    with torch.no_grad():
+        np.testing.assert_allclose(der.memory.payload(), model(torch.from_numpy(as_inputs(kept))).numpy(), rtol=0, atol=1e-6)
+
+    model.expand_head(4)  # new classes: the two new head rows were never recorded
+    der.begin(context(model, 2))
+    xb, yb = torch.from_numpy(as_inputs(blobs((2, 3), n=4)[0])), torch.tensor([2, 2, 2, 2, 3, 3, 3, 3])
+    xs, ys = der.batch(xb, yb)
+    start, idx = der.appended
+    assert start == 8 and len(idx) == 8 and torch.equal(xs[8:], torch.from_numpy(as_inputs(kept))[idx])
+    assert value(der.penalty(model, xs, ys, model(xs))) == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        model.head.weight[2:] += 3.0  # only the new classes' outputs move: nothing recorded changes
+    assert value(der.penalty(model, xs, ys, model(xs))) == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        model.head.bias[:2] += torch.tensor([0.3, -0.1])  # the old outputs shift by a known amount
+    penalty = der.penalty(model, xs, ys, model(xs))
+    assert value(penalty) == pytest.approx(0.5 * (0.3**2 + 0.1**2) / 2, rel=1e-5)
+    assert penalty.requires_grad
+
+
+def test_der_through_fine_tune_keeps_each_rows_logits_from_when_it_entered(small_digits: list[pd.DataFrame]) -> None:
+    """The bundle's memory carries logits: the recording network's for new rows, NaN-padded and unchanged for older ones."""
+    strategy = StrategyConfig(name="der", memory_size=20)
+    first, report = fine_tune(None, small_digits[0], label=LABEL, train=TINY, strategy=strategy)
+    state = first.strategy_state
+    x, payload = state["der.memory.x"], state["der.memory.payload"]
+    assert payload.shape == (20, 2)
+    with torch.no_grad():
+        np.testing.assert_allclose(payload, first.network(torch.from_numpy(first.preprocessor.transform(x))).numpy(), rtol=0, atol=1e-5)
+
+    second, report = fine_tune(first, small_digits[1], label=LABEL, train=TINY, strategy=strategy)
+    assert report.train_samples == 2 * len(small_digits[1]) * TINY.epochs  # the cost of replay: one memory row per new row
+    state = second.strategy_state
+    x2, y2, payload2 = state["der.memory.x"], state["der.memory.y"], state["der.memory.payload"]
+    assert payload2.shape == (20, 4)
+    old, new = y2 < 2, y2 >= 2
+    assert np.isnan(payload2[old, 2:]).all() and not np.isnan(payload2[old, :2]).any()
+    # Old rows kept their first recording; the new rows carry the second network's logits.
+    for row, logits in zip(x2[old], payload2[old, :2], strict=True):
+        np.testing.assert_array_equal(logits, payload[(x == row).all(axis=1)][0])
+    with torch.no_grad():
+        np.testing.assert_allclose(payload2[new], second.network(torch.from_numpy(second.preprocessor.transform(x2[new]))).numpy(), rtol=0, atol=1e-5)
 
 
 # Composition
@@ -444,6 +531,10 @@ def test_build_follows_the_configured_names() -> None:
     assert plan.name == "replay+distill+ewc+nme"
     assert plan.parts[0].memory.fixed_capacity == 7 and plan.parts[0].memory.selection == "reservoir"
     assert plan.parts[3].replay is plan.parts[0]  # nme reads the same memory replay fills
+    der = build(StrategyConfig(name="der+distill+nme", memory_fraction=0.2, der_weight=0.7), n_features=4, seed=0)
+    assert [type(p) for p in der.parts] == [DarkReplay, Distillation, NearestMean]
+    assert der.parts[0].weight == 0.7 and der.parts[0].memory.fraction == 0.2 and der.parts[0].memory.selection == "herding"
+    assert der.parts[2].replay is der.parts[0]
     assert [type(p) for p in build(StrategyConfig(name="freeze+interpolate+align"), n_features=4, seed=0).parts] == [Freeze, Interpolation, WeightAlign]
     assert type(build(StrategyConfig(name="joint+nme"), n_features=4, seed=0).parts[1]) is NearestMean
 
@@ -473,9 +564,10 @@ def chain(digits: list[tuple[pd.DataFrame, pd.DataFrame]], name: str) -> Bundle:
     return champion
 
 
-def test_replay_distill_nme_remembers_what_naive_forgets(digits: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
-    """After three digit increments, replay+distill+nme keeps > 0.85 on the first holdout while naive falls below 0.3."""
-    kept, forgot = chain(digits, "replay+distill+nme"), chain(digits, "naive")
+def test_default_strategy_remembers_what_naive_forgets(digits: list[tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """After three digit increments, the default (der+nme) keeps > 0.85 on the first holdout while naive falls below 0.3."""
+    assert StrategyConfig().name == "der+nme"
+    kept, forgot = chain(digits, StrategyConfig().name), chain(digits, "naive")
     first, last = digits[0][1], digits[2][1]
     assert kept.network.classifier == "nme"
     assert score(kept, first, LABEL).accuracy > 0.85
