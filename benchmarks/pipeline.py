@@ -21,8 +21,10 @@ STEPS = {
     "ingest/DVC": ("ingest", "version-data"),
     "validate/GX": ("read-increment", "validate", "accept"),
     "train": ("train",),
+    "drift": ("measure-drift", "plan-training", "log-drift"),
     "evaluate": ("split", "evaluate", "gate"),
-    "register/promote": ("load-champion", "register", "log-accuracy-matrix", "promote"),
+    "register/promote": ("load-champion", "finish-increment", "register", "promote"),
+    "report": ("report",),
 }
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
+console = Console(highlight=False)
 bench_app = typer.Typer(help="Benchmarks: what the strategies keep and cost, and what the pipeline costs.", no_args_is_help=True)
 
 
@@ -26,18 +28,50 @@ def continual(
     torch.set_num_threads(1)
     from benchmarks.continual import RESULTS, continual as run, targets
 
+    from benchmarks.continual import SCENARIOS, STRATEGIES
+
     folder = out or RESULTS
-    records = run(seeds=tuple(range(seeds)), scenarios=scenario, out=folder, epochs=epochs, progress=typer.echo)
-    typer.echo(f"wrote {folder / 'continual.json'}, continual.md and the memory curve ({len(records)} runs)")
+    names = scenario or list(SCENARIOS)
+    total = seeds * (sum(len(STRATEGIES[n]) for n in names) + 4)  # + the memory curve's four budgets
+    with _progress("runs", total) as step:
+        records = run(seeds=tuple(range(seeds)), scenarios=scenario, out=folder, epochs=epochs, progress=step)
+    console.print(f"wrote {folder / 'continual.json'}, continual.md and the memory curve ({len(records)} runs)")
     import json
 
+    from rich.table import Table
+
     curve = json.loads((folder / "memory_curve.json").read_text())
+    table = Table("target", "measured", "", title="targets", title_justify="left")
     missed = 0
     for text, ok, measured in targets(records, curve):
         missed += not ok
-        typer.echo(f"{'met   ' if ok else 'MISSED'} {text}: {measured}")
+        table.add_row(text, str(measured), "[green]met[/green]" if ok else "[red]MISSED[/red]")
+    console.print(table)
     if missed:
-        typer.echo(f"{missed} target(s) missed")
+        console.print(f"{missed} target(s) missed")
+
+
+def _progress(unit: str, total: int):
+    """A progress bar over ``total`` steps; each message (one per finished step) prints above it."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    @contextmanager
+    def bar():
+        with Progress(
+            SpinnerColumn(), TextColumn(unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=console, transient=True,
+        ) as progress:
+            task = progress.add_task(unit, total=total)
+
+            def step(message: str) -> None:
+                progress.console.print(message, highlight=False, soft_wrap=True)
+                progress.advance(task)
+
+            yield step
+
+    return bar()
 
 
 @bench_app.command("pipeline")
@@ -64,6 +98,7 @@ def pipeline(
         logging.getLogger(name).setLevel(logging.WARNING)
     from benchmarks.pipeline import RESULTS, pipeline as run
 
-    records = run(n=increments, epochs=epochs, progress=typer.echo)
+    with _progress("increments", increments) as step:
+        records = run(n=increments, epochs=epochs, progress=step)
     mean = sum(r["around_training_seconds"] for r in records) / len(records)
-    typer.echo(f"wrote {RESULTS / 'pipeline.json'} and pipeline.md; around the training: {mean:.2f}s per increment (target <= 3s)")
+    console.print(f"wrote {RESULTS / 'pipeline.json'} and pipeline.md; around the training: {mean:.2f}s per increment (target <= 3s)")
