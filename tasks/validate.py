@@ -60,9 +60,11 @@ def build_suite(frame_columns: list[str], schema: DataSchema | None, config: Dat
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC))
         # No gaps: a missing value would silently become a wrong one.
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-        # Infinities pass a null check and poison the scaler's running statistics.
-        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
         declared = config.bounds.get(column) or config.bounds.get("*")
+        if declared is None:
+            # Infinities pass a null check and poison the scaler's running statistics.
+            # (Declared bounds are hard limits, checked below for every row: they exclude them already.)
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
         bounds = declared
         if bounds is None and schema is not None and column in schema.ranges:
             bounds = schema.bounds(column, config.range_tolerance)
@@ -146,7 +148,11 @@ def run_suite(frame: pd.DataFrame, suite: list[Any], data_docs: Path | None = No
     batch = context.data_sources.add_pandas("increment").add_dataframe_asset("increment").add_batch_definition_whole_dataframe("all")
     expectation_suite = context.suites.add(gx.ExpectationSuite(name="increment", expectations=suite))
     definition = context.validation_definitions.add(gx.ValidationDefinition(name="increment", data=batch, suite=expectation_suite))
-    results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+    results = definition.run(batch_parameters={"dataframe": frame}, result_format="BOOLEAN_ONLY")
+    if not results.success:
+        # Only a failure needs the counts and examples, for its message and its Data Docs page:
+        # passing increments (nearly all of them) validate in half the time.
+        results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     failed = [r for r in results.results if not r.success]
     page = build_data_docs(results, data_docs, run_name) if data_docs is not None else None
     return [_describe(r) for r in failed if not _consequence(r, failed)], page
