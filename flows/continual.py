@@ -94,7 +94,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             outcome = RunOutcome(
                 status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
                 message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
-                drift=drift.rows() if drift else None, drift_action=drift.action if drift else None,
+                drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
             )
             outcome.report = write_report(ws, config.registry, outcome, validation=report, drift=outcome.drift, drift_action=outcome.drift_action)
             return outcome
@@ -157,7 +157,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     outcome = RunOutcome(
         status=status, increment_id=landing.id, file=relative, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
         version=version, champion_version=champion_after, parent_version=parent, data_hash=data_hash,
-        metrics=evaluation.summary(), drift=drift.rows() if drift else None, drift_action=drift.action if drift else None,
+        metrics=evaluation.summary(), drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
     )
     outcome.report = write_report(
         ws, config.registry, outcome, validation=None if resume else report, training=training, evaluation=evaluation,

@@ -63,3 +63,14 @@ def test_a_single_increment_has_nothing_to_forget() -> None:
     """With one increment, forgetting, BWT and FWT are 0 and the average is its accuracy."""
     single = np.array([[0.8]])
     assert summary(single, np.array([0.1])) == {"average_accuracy": pytest.approx(0.8), "forgetting": 0.0, "bwt": 0.0, "fwt": 0.0}
+
+
+def test_macro_f1_counts_only_the_classes_a_holdout_holds():
+    """A class absent from the holdout but predicted once does not count as a zero: (1 + 2/3) / 2, not (1 + 2/3 + 0) / 3."""
+    import numpy as np
+
+    from models.evaluation import macro_f1
+
+    assert macro_f1(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 7])) == pytest.approx((1 + 2 / 3) / 2)
+    assert macro_f1(np.array(["a", "b"]), np.array(["a", "b"])) == 1.0
+    assert np.isnan(macro_f1(np.array([]), np.array([])))
