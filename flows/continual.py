@@ -1,4 +1,4 @@
-"""The continual-training flow: ingest -> validate -> split -> train -> evaluate -> gate -> register -> promote."""
+"""The continual-training flow: ingest -> validate -> drift -> split -> train -> evaluate -> gate -> register and promote -> report."""
 
 from __future__ import annotations
 
