@@ -96,7 +96,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
                 drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
             )
-            outcome.report = write_report(ws, config.registry, outcome, validation=report, drift=outcome.drift, drift_action=outcome.drift_action)
+            outcome.report = write_report(ws, config.registry, outcome, validation=report)
             return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
         if drift is not None:
@@ -161,6 +161,6 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     )
     outcome.report = write_report(
         ws, config.registry, outcome, validation=None if resume else report, training=training, evaluation=evaluation,
-        decision=decision, run_id=run_id, tags=tags, drift=outcome.drift, drift_action=outcome.drift_action,
+        decision=decision, run_id=run_id, tags=tags,
     )
     return outcome

@@ -245,7 +245,7 @@ def gather_status(ws: Workspace) -> dict[str, Any]:
 @app.command()
 def status(
     workspace: WorkspaceOption = Path("."),
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The registered model, the champion with its lineage and metrics, and the increments seen."""
     ws = _workspace(workspace)
@@ -429,7 +429,7 @@ def rollback(
 @app.command()
 def history(
     workspace: WorkspaceOption = Path("."),
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Every move of the champion: from which version to which, when, by which run, and why."""
     ws = _workspace(workspace)

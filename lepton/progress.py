@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 Mode = Literal["live", "plain", "quiet", "json"]
@@ -135,13 +136,7 @@ class _Display(logging.Handler):
         if self.mode not in ("live", "plain"):
             return
         style = "yellow" if level == logging.WARNING else "red" if level >= logging.ERROR else "dim"
-        self.console.print(f"    [{style}]{_escape(message)}[/{style}]", soft_wrap=True, highlight=False)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+        self.console.print(f"    [{style}]{escape(message)}[/{style}]", soft_wrap=True, highlight=False)
 
 
 class watch:  # noqa: N801 - used as a context manager, like open()

@@ -120,6 +120,14 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path:
     """R[i][j] as a PNG: rows are the lineage's models (candidate last), columns the holdouts."""
     plt = _pyplot()
@@ -137,10 +145,7 @@ def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path
     ax.set_ylabel("model")
     ax.set_title("accuracy matrix R[i][j]")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def loss_curve(losses: list[float], path: Path) -> Path:
@@ -155,10 +160,7 @@ def loss_curve(losses: list[float], path: Path) -> Path:
     ax.grid(alpha=0.3)
     if len(losses) and min(losses) > 0 and max(losses) / min(losses) > 20:
         ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def holdout_bars(holdouts: list[HoldoutRow], path: Path) -> Path:
@@ -183,10 +185,7 @@ def holdout_bars(holdouts: list[HoldoutRow], path: Path) -> Path:
     ax.set_title("accuracy on each holdout")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def draw_plots(data: ReportData, folder: Path) -> dict[str, Path]:

@@ -107,10 +107,7 @@ def fit_ddp(
             # join() stops the other ranks when one fails; this also covers the parent being interrupted.
             _stop(context.processes)
             raise
-        result = torch.load(out, weights_only=True)
-    model.load_state_dict(result["state"])
-    model.to(device).eval()
-    return FitResult(result["losses"], result["samples"])
+        return _load_result(model, device, out)
 
 
 def fit_torchrun(
@@ -156,7 +153,12 @@ def fit_torchrun(
         if done.returncode != 0 or not out.exists():
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
             raise RuntimeError(f"torchrun exited with status {done.returncode}:\n{tail}")
-        result = torch.load(out, weights_only=True)
+        return _load_result(model, device, out)
+
+
+def _load_result(model: nn.Module, device: torch.device, out: str | Path) -> FitResult:
+    """Rank 0's weights into the parent's ``model``, and the losses and samples of all ranks."""
+    result = torch.load(out, weights_only=True)
     model.load_state_dict(result["state"])
     model.to(device).eval()
     return FitResult(result["losses"], result["samples"])
@@ -168,19 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     job: _Job = pickle.loads(Path(job_path).read_bytes())
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
     logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(message)s")
-    if job.device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    device = _rank_device(job, local, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
-    try:
-        result = _train(rank, world, device, job)
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
+    _run_rank(rank, world, device, job, out)
 
 
 def _stop(processes: list) -> None:
@@ -204,18 +196,28 @@ def _loopback_interface() -> str:
 def _worker(rank: int, nproc: int, backend: str, payload: bytes, store: str, out: str) -> None:
     """One rank: join the group, train its shards, and (rank 0 only) write the result to ``out``."""
     job: _Job = pickle.loads(payload)
-    if job.device.type == "cuda":
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        # Tiny networks: threads beyond the cores' share only fight the other ranks.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    device = _rank_device(job, rank, nproc)
     # Keep gloo's and NCCL's sockets on the loopback interface.
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = _loopback_interface()
     dist.init_process_group(backend, store=dist.FileStore(store, nproc), rank=rank, world_size=nproc)
+    _run_rank(rank, nproc, device, job, out)
+
+
+def _rank_device(job: _Job, local_rank: int, ranks_here: int) -> torch.device:
+    """This rank's device: its own GPU on CUDA, else the CPU with its share of this machine's cores."""
+    if job.device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    # Tiny networks: threads beyond the cores' share only fight the other ranks.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
+    return torch.device("cpu")
+
+
+def _run_rank(rank: int, world: int, device: torch.device, job: _Job, out: str) -> None:
+    """Train this rank's shards in the joined group, write the result from rank 0, and leave the group."""
     try:
-        result = _train(rank, nproc, device, job)
+        result = _train(rank, world, device, job)
         if rank == 0:
             torch.save(result, out)
     finally:

@@ -45,8 +45,6 @@ def gather(
     decision: GateDecision | None = None,
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
-    drift: list[dict] | None = None,
-    drift_action: str | None = None,
 ) -> pages.ReportData:
     """The report's data from a run's outcome (a RunOutcome) and the values the flow passed along the way."""
     tags = tags or {}
@@ -82,8 +80,8 @@ def gather(
             passed=validation.passed, rows=validation.rows, expectations=validation.expectations, failed=validation.failed,
             problems=validation.problems, data_docs=_relative(ws, validation.data_docs),
         ),
-        drift=None if drift is None else [pages.DriftRow.model_validate(row) for row in drift],
-        drift_action=drift_action,
+        drift=None if outcome.drift is None else [pages.DriftRow.model_validate(row) for row in outcome.drift],
+        drift_action=outcome.drift_action,
         training=None if training is None else pages.TrainingSummary(
             losses=training.losses, seconds=training.seconds, device=training.device, strategy=training.strategy,
             new_samples=training.new_samples, memory_samples=training.memory_samples, warm_start=training.warm_start,
@@ -113,8 +111,6 @@ def write_report(
     decision: GateDecision | None = None,
     run_id: str | None = None,
     tags: dict[str, str] | None = None,
-    drift: list[dict] | None = None,
-    drift_action: str | None = None,
 ) -> str | None:
     """Write the run's report under ``.lepton/reports/`` and, for a registered model, log it to its run under ``report/``.
 
@@ -125,7 +121,7 @@ def write_report(
     try:
         data = gather(
             ws, config.model_name, outcome, validation=validation, training=training, evaluation=evaluation,
-            decision=decision, run_id=run_id, tags=tags, drift=drift, drift_action=drift_action,
+            decision=decision, run_id=run_id, tags=tags,
         )
         folder = pages.reports_root(ws.state) / data.folder_name()
         page = pages.write(data, folder, ws.root)
