@@ -16,18 +16,37 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+COLUMN_KINDS = ("numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore")
+
+
 class DataConfig(Section):
-    """The dataset: which column is the label, and how increments are checked and split."""
+    """The dataset: which column is the label, what each column is, and how increments are checked and split."""
 
     label: str = Field(description="Name of the label column (required).")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="What the label is: auto takes a float label with many distinct values as a number to predict (regression), anything else as classes."
+    )
+    columns: dict[str, Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore"]] = Field(
+        default_factory=dict,
+        description="Column kinds that override the ones inferred from the first increment, e.g. {plan: categorical, user_id: ignore, signup: datetime}.",
+    )
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each increment kept out of training, chosen by a hash of the row.")
     allow_new_classes: bool = Field(True, description="Accept label values never seen before (class-incremental data).")
-    range_tolerance: float = Field(0.5, ge=0, description="How far outside the range seen so far a numeric value may fall, as a fraction of that range.")
-    range_mostly: float = Field(0.99, gt=0, le=1, description="Share of a feature's values that must fall in range: a few outliers are normal, a unit change moves most values.")
+    max_categories: int = Field(32, ge=2, description="Slots of a categorical column's one-hot input, one shared by unseen, rare and missing values; a string column with at most this many distinct values (or under half as many as rows) is categorical.")
+    min_category_rows: int = Field(2, ge=1, description="Rows a category value needs in an increment to get its own slot; rarer values share the unknown slot.")
+    text: Literal["hash", "ignore"] = Field("hash", description="Free-text columns (many distinct values of several words): words hashed into data.hash_buckets inputs, or ignored. Identifier-like columns are always ignored unless data.columns says otherwise.")
+    hash_buckets: int = Field(16, ge=1, description="Inputs a hashed text column takes.")
+    duplicates: Literal["keep", "drop", "reject"] = Field("keep", description="Repeated rows: keep (reported), drop (reported, not trained or scored on) or reject the increment.")
+    missing_jump: float = Field(0.3, ge=0, le=1, description="Reject an increment where a feature's share of missing values exceeds the share seen so far by more than this.")
+    max_missing_labels: float = Field(0.1, ge=0, le=1, description="Largest share of rows without a label; below it those rows are dropped (and counted), above it the increment is rejected.")
+    magnitude_limit: float = Field(
+        1000.0, gt=1, description="Reject values farther beyond a column's seen range than this many times its scale (max of range width and magnitude): a unit error or corruption, not growth."
+    )
+    range_tolerance: float = Field(0.0, ge=0, description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected.")
     min_rows: int = Field(10, ge=1, description="Fewest rows an increment may have.")
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
-        description="Known [min, max] of features ('*' for every feature); where given, replaces the range learned from earlier increments.",
+        description="Known hard [min, max] of features ('*' for every numeric feature); a value outside rejects the increment.",
     )
 
     @field_validator("label")
@@ -120,11 +139,24 @@ class StrategyConfig(Section):
 class GateConfig(Section):
     """When a candidate may replace the champion."""
 
-    min_accuracy: float = Field(0.5, ge=0, le=1, description="Floor: the candidate's accuracy on the new holdout and on all holdouts.")
-    max_forgetting: float = Field(0.1, ge=0, le=1, description="Largest drop in accuracy on earlier holdouts allowed against the champion.")
-    min_improvement: float = Field(0.0, description="Least gain on the new holdout over the champion, at the bootstrap's confidence.")
+    policy: Literal["non_inferior", "superior"] = Field(
+        "non_inferior",
+        description="non_inferior: promote a candidate not worse than the champion on the new holdout by more than gate.margin (at the bootstrap's confidence); superior: it must gain more than gate.min_improvement.",
+    )
+    margin: float = Field(0.02, ge=0, description="Non-inferiority margin on accuracy: how much worse than the champion's (at the bootstrap's confidence) a candidate may be.")
+    mae_margin: float = Field(0.1, ge=0, description="Non-inferiority margin for a numeric target, as a share of the champion's MAE (per-row errors vary more than correctness).")
+    min_accuracy: float = Field(0.5, ge=0, le=1, description="Floor: the candidate's accuracy on the new holdout and on all holdouts (classification).")
+    min_r2: float = Field(0.0, le=1, description="Floor: the candidate's R² on the new holdout and on all holdouts (regression).")
+    max_forgetting: float = Field(0.1, ge=0, le=1, description="Largest loss on earlier holdouts allowed against the champion: accuracy points, or a share of its MAE for a numeric target.")
+    min_improvement: float = Field(0.0, description="policy=superior: least gain on the new holdout over the champion, at the bootstrap's confidence (a share of its MAE for a numeric target).")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the paired bootstrap on the new holdout.")
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the paired bootstrap.")
+    min_holdout_rows: int = Field(30, ge=1, description="Fewer rows in the new holdout and the bootstrap says nothing: the point estimate decides, and the reasons say so.")
+    old_holdouts: str = Field(
+        "since_change",
+        pattern=r"^(all|since_change|recent \d+)$",
+        description="Earlier holdouts forgetting is judged on: all, since_change (from the last detected concept change on) or 'recent N'.",
+    )
 
 
 class RegistryConfig(Section):

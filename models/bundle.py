@@ -51,14 +51,26 @@ class Bundle:
         meta = json.loads((directory / META).read_text())
         return cls(network, preprocessor, strategy_state, meta)
 
+    @property
+    def regression(self) -> bool:
+        return self.preprocessor.task == "regression"
+
     @torch.no_grad()
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        """Class probabilities for raw feature columns, columns in ``preprocessor.classes`` order."""
+    def outputs(self, frame: pd.DataFrame) -> np.ndarray:
+        """The network's outputs for raw feature columns (logits, or the standardised target)."""
         x = torch.from_numpy(self.preprocessor.transform(self.preprocessor.raw_matrix(frame)))
         self.network.eval()
         device = next(self.network.parameters()).device
-        return torch.softmax(self.network.predict_logits(x.to(device)).float(), dim=1).cpu().numpy()
+        return self.network.predict_logits(x.to(device)).float().cpu().numpy()
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities for raw feature columns, columns in ``preprocessor.classes`` order."""
+        if self.regression:
+            raise ValueError("a regression model predicts numbers, not class probabilities")
+        return torch.softmax(torch.from_numpy(self.outputs(frame)), dim=1).numpy()
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Labels, in the original label values."""
+        """Labels in the original label values, or numbers in the target's units."""
+        if self.regression:
+            return self.preprocessor.decode(self.outputs(frame)[:, 0])
         return self.preprocessor.decode(self.predict_proba(frame).argmax(axis=1))

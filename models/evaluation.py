@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_absolute_error, r2_score, roc_auc_score
 
 from models.bundle import Bundle
 from models.metrics import grow, lineage_summary
@@ -14,13 +14,44 @@ from models.metrics import grow, lineage_summary
 
 @dataclass
 class Score:
-    """One model on one holdout; ``correct`` is kept for paired comparisons."""
+    """One model on one holdout; ``correct`` (classes) or ``errors`` (numbers) is kept for paired comparisons."""
 
     correct: np.ndarray
-    accuracy: float
-    macro_f1: float
+    accuracy: float | None
+    macro_f1: float | None
     log_loss: float | None = None
     roc_auc: float | None = None
+    errors: np.ndarray | None = None  # regression: absolute error of each row
+    truth: np.ndarray | None = None  # regression: the target of each row (for R² over several holdouts)
+    mae: float | None = None
+    rmse: float | None = None
+    r2: float | None = None
+
+    @property
+    def primary(self) -> float:
+        """What the accuracy matrix holds: accuracy, or R² for a numeric target (both higher is better)."""
+        value = self.r2 if self.errors is not None else self.accuracy
+        return float("nan") if value is None else float(value)
+
+    @property
+    def paired(self) -> np.ndarray:
+        """Per-row values the gate pairs: correctness, or absolute errors."""
+        return self.errors if self.errors is not None else self.correct
+
+
+def regression_score(bundle: Bundle, frame: pd.DataFrame, label: str) -> Score:
+    """MAE, RMSE and R² in the target's own units."""
+    truth = pd.to_numeric(frame[label], errors="coerce").to_numpy(dtype=np.float64)
+    predicted = bundle.predict(frame) if len(frame) else np.zeros(0)
+    errors = np.abs(predicted - truth)
+    n = len(truth)
+    return Score(
+        correct=np.zeros(0, dtype=bool), accuracy=None, macro_f1=None, errors=errors, truth=truth,
+        mae=float(mean_absolute_error(truth, predicted)) if n else float("nan"),
+        rmse=float(np.sqrt(np.mean(errors**2))) if n else float("nan"),
+        # R² needs spread in the truth: a constant or one-row holdout has none.
+        r2=float(r2_score(truth, predicted)) if n > 1 and np.ptp(truth) > 0 else float("nan"),
+    )
 
 
 def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -36,7 +67,9 @@ def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def score(bundle: Bundle, frame: pd.DataFrame, label: str) -> Score:
-    """Accuracy and macro-F1 in the original label space, so a model scores 0 on classes it never saw."""
+    """Accuracy and macro-F1 in the original label space, so a model scores 0 on classes it never saw (errors for numbers)."""
+    if bundle.regression:
+        return regression_score(bundle, frame, label)
     truth = frame[label].to_numpy()
     proba = bundle.predict_proba(frame)
     predicted = bundle.preprocessor.decode(proba.argmax(axis=1))
@@ -56,9 +89,9 @@ def score(bundle: Bundle, frame: pd.DataFrame, label: str) -> Score:
 
 
 def accuracy_of(scores: list[Score]) -> float | None:
-    """Pooled accuracy over several holdouts (None when there are none)."""
-    correct = [s.correct for s in scores if len(s.correct)]
-    return float(np.concatenate(correct).mean()) if correct else None
+    """Pooled accuracy (or MAE) over several holdouts (None when there are none)."""
+    values = [s.paired for s in scores if len(s.paired)]
+    return float(np.concatenate(values).mean()) if values else None
 
 
 @dataclass
@@ -74,43 +107,74 @@ class Evaluation:
     def old_ids(self) -> list[str]:
         return [k for k in self.candidate if k != self.new_id]
 
+    @property
+    def regression(self) -> bool:
+        return self.candidate[self.new_id].errors is not None
+
+    @property
+    def metric(self) -> str:
+        """The headline metric's name: accuracy, or mae for a numeric target."""
+        return "mae" if self.regression else "accuracy"
+
+    def pooled_r2(self) -> float | None:
+        """The candidate's R² over every holdout at once (regression)."""
+        scores = [s for s in self.candidate.values() if s.errors is not None and len(s.errors)]
+        if not scores:
+            return None
+        truth, errors = np.concatenate([s.truth for s in scores]), np.concatenate([s.errors for s in scores])  # type: ignore[misc]
+        spread = float(((truth - truth.mean()) ** 2).sum())
+        return 1.0 - float((errors**2).sum()) / spread if spread > 0 else None
+
     def pooled(self, who: str, ids: list[str]) -> np.ndarray:
+        """Per-row values over holdouts ``ids``: correctness, or absolute errors for a numeric target."""
         scores = self.candidate if who == "candidate" else self.champion
+        empty = np.zeros(0, dtype=float if self.regression else bool)
         if scores is None:
-            return np.zeros(0, dtype=bool)
-        parts = [scores[i].correct for i in ids]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+            return empty
+        parts = [scores[i].paired for i in ids]
+        return np.concatenate(parts) if parts else empty
 
     def summary(self) -> dict[str, float | None]:
-        """Headline accuracies: candidate and champion on the new holdout and on the old ones."""
+        """Headline accuracies (or MAEs): candidate and champion on the new holdout and on the old ones."""
         out: dict[str, float | None] = {}
         for who in ("candidate", "champion"):
             new, old = self.pooled(who, [self.new_id]), self.pooled(who, self.old_ids)
             present = who == "candidate" or self.champion is not None
-            out[f"{who}_new_accuracy"] = float(new.mean()) if present and len(new) else None
-            out[f"{who}_old_accuracy"] = float(old.mean()) if present and len(old) else None
-            out[f"{who}_all_accuracy"] = float(np.concatenate([new, old]).mean()) if present and len(new) + len(old) else None
+            out[f"{who}_new_{self.metric}"] = float(new.mean()) if present and len(new) else None
+            out[f"{who}_old_{self.metric}"] = float(old.mean()) if present and len(old) else None
+            out[f"{who}_all_{self.metric}"] = float(np.concatenate([new, old]).mean()) if present and len(new) + len(old) else None
+        if self.regression:
+            out["candidate_new_r2"] = _finite(self.candidate[self.new_id].r2)
+            out["candidate_new_rmse"] = _finite(self.candidate[self.new_id].rmse)
         return out
 
     def metrics(self) -> dict[str, float]:
         """Everything numeric, flat, for tracking."""
         out = {k: v for k, v in self.summary().items() if v is not None}
         new = self.candidate[self.new_id]
-        out["candidate_new_macro_f1"] = new.macro_f1
-        if new.log_loss is not None:
-            out["candidate_new_log_loss"] = new.log_loss
-        if new.roc_auc is not None:
-            out["candidate_new_roc_auc"] = new.roc_auc
+        for name in ("macro_f1", "log_loss", "roc_auc", "mae", "rmse", "r2"):
+            value = _finite(getattr(new, name))
+            if value is not None:
+                out[f"candidate_new_{name}"] = value
         if self.champion is not None:
             # Prequential: the champion scored on data it has not trained on yet.
-            out["prequential_accuracy"] = self.champion[self.new_id].accuracy
+            ahead = self.champion[self.new_id]
+            out[f"prequential_{self.metric}"] = ahead.mae if self.regression else ahead.accuracy
         if self.matrix is not None:
             out |= {f"lineage_{k}": v for k, v in lineage_summary(self.matrix).items()}
         for i, key in enumerate(self.candidate):
-            out[f"holdout_{i}_candidate_accuracy"] = self.candidate[key].accuracy
+            out[f"holdout_{i}_candidate_{self.metric}"] = _headline(self.candidate[key])
             if self.champion is not None:
-                out[f"holdout_{i}_champion_accuracy"] = self.champion[key].accuracy
-        return out
+                out[f"holdout_{i}_champion_{self.metric}"] = _headline(self.champion[key])
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _headline(score: Score) -> float | None:
+    return _finite(score.mae if score.errors is not None else score.accuracy)
 
 
 def compare(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], *, new_id: str, label: str) -> Evaluation:
@@ -124,8 +188,8 @@ def compare(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.D
     evaluation.matrix = grow(
         champion.meta.get("accuracy_matrix") if champion is not None else None,
         columns,
-        [evaluation.champion[c].accuracy for c in columns] if evaluation.champion is not None else None,
-        [evaluation.candidate[c].accuracy for c in columns],
+        [evaluation.champion[c].primary for c in columns] if evaluation.champion is not None else None,
+        [evaluation.candidate[c].primary for c in columns],
         trained_on=new_id,
     )
     return evaluation

@@ -30,6 +30,10 @@ def paired_bootstrap_lower(candidate: np.ndarray, champion: np.ndarray, *, confi
     return float(np.quantile(diff[idx].mean(axis=1), 1.0 - confidence))
 
 
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else 0.0
+
+
 def decide(
     *,
     new_candidate: np.ndarray,
@@ -37,33 +41,96 @@ def decide(
     old_candidate: np.ndarray,
     old_champion: np.ndarray | None,
     config: GateConfig,
+    regression: bool = False,
+    r2: tuple[float | None, float | None] = (None, None),
+    old_label: str = "earlier holdouts",
 ) -> GateDecision:
-    """Pass when the candidate clears the floors and, against a champion, gains on new data
-    (at the bootstrap's confidence) without forgetting more than allowed on old data.
+    """Pass when the candidate clears the floors and, against a champion, is not worse on new data than the
+    margin allows (``superior``: gains, at the bootstrap's confidence), without forgetting more than allowed.
 
-    Arrays are per-row correctness on the same holdout rows, candidate and champion paired.
+    Arrays are per-row values on the same holdout rows, candidate and champion paired:
+    correctness for classes, absolute errors for a numeric target (``regression``, where
+    ``r2`` gives the candidate's R² on the new holdout and on all holdouts for the floor,
+    the margin and forgetting are relative to the champion's MAE). ``old_label`` names
+    the earlier holdouts forgetting is judged on.
     """
     checks: dict[str, bool] = {}
-    new_acc = float(new_candidate.mean()) if len(new_candidate) else 0.0
-    checks[f"accuracy on the new holdout {new_acc:.3f} {'>=' if new_acc >= config.min_accuracy else '<'} floor {config.min_accuracy:.3f}"] = new_acc >= config.min_accuracy
-    pooled = np.concatenate([new_candidate, old_candidate])
-    all_acc = float(pooled.mean()) if len(pooled) else 0.0
-    if len(old_candidate):
-        checks[f"accuracy on all holdouts {all_acc:.3f} {'>=' if all_acc >= config.min_accuracy else '<'} floor {config.min_accuracy:.3f}"] = all_acc >= config.min_accuracy
+    if regression:
+        floor = config.min_r2
+        for where, value in zip(("the new holdout", "all holdouts"), r2, strict=True):
+            if value is not None and np.isfinite(value):
+                checks[f"R² on {where} {value:.3f} {'>=' if value >= floor else '<'} floor {floor:.3f}"] = value >= floor
+        if not checks:
+            checks["R² not measurable on this holdout (too few rows or a constant target): no floor"] = True
+    else:
+        floor = config.min_accuracy
+        new_acc = _mean(new_candidate)
+        checks[f"accuracy on the new holdout {new_acc:.3f} {'>=' if new_acc >= floor else '<'} floor {floor:.3f}"] = new_acc >= floor
+        if len(old_candidate):
+            all_acc = _mean(np.concatenate([new_candidate, old_candidate]))
+            checks[f"accuracy on all holdouts {all_acc:.3f} {'>=' if all_acc >= floor else '<'} floor {floor:.3f}"] = all_acc >= floor
 
     if new_champion is None:
         checks["no champion yet: the floors decide"] = True
+        return _decision(checks)
+
+    # Gains are "higher is better": correctness as it is, errors with their sign turned.
+    sign = -1.0 if regression else 1.0
+    candidate, champion = sign * new_candidate.astype(np.float64), sign * new_champion.astype(np.float64)
+    gain = _mean(candidate) - _mean(champion)
+    champion_mae = _mean(new_champion) if regression else 0.0
+    what = "MAE gain" if regression else "gain"
+    relative = champion_mae if regression else 1.0
+    if config.policy == "superior":
+        bar, why = config.min_improvement * relative, ""
     else:
-        lower = paired_bootstrap_lower(new_candidate, new_champion, confidence=config.confidence, samples=config.bootstrap_samples)
-        gain = new_acc - float(new_champion.mean())
-        ok = bool(lower > config.min_improvement)
+        margin = config.mae_margin if regression else config.margin
+        bar = -margin * relative
+        why = f" (non-inferiority: gate.{'mae_margin' if regression else 'margin'}={margin:g}{' of the champion MAE' if regression else ''})"
+    fmt = ".4g" if regression else "+.3f"
+    if len(candidate) < config.min_holdout_rows:
+        # A handful of rows: the bootstrap's bound would swing with every row; say so and use the point estimate.
+        ok = gain > bar
+        checks[f"{what} on the new holdout {gain:{fmt}} {'>' if ok else '<='} {bar:{fmt}}{why}"] = ok
         checks[
-            f"gain on the new holdout {gain:+.3f} (lower {config.confidence:.0%} bound {lower:+.3f}) "
-            f"{'>' if ok else '<='} {config.min_improvement:+.3f}"
-        ] = ok
-        if old_champion is not None and len(old_champion):
-            drop = float(old_champion.mean()) - float(old_candidate.mean())
+            f"the new holdout has {len(candidate)} rows, too few for the bootstrap to say anything "
+            f"(gate.min_holdout_rows={config.min_holdout_rows}): the point estimate decides"
+        ] = True
+    else:
+        lower = paired_bootstrap_lower(candidate, champion, confidence=config.confidence, samples=config.bootstrap_samples)
+        ok = bool(lower > bar)
+        checks[f"{what} on the new holdout {gain:{fmt}} (lower {config.confidence:.0%} bound {lower:{fmt}}) {'>' if ok else '<='} {bar:{fmt}}{why}"] = ok
+
+    if old_champion is not None and len(old_champion):
+        if regression:
+            base = _mean(old_champion)
+            drop = (_mean(old_candidate) - base) / base if base > 0 else 0.0
             ok = drop <= config.max_forgetting
-            checks[f"forgetting on earlier holdouts {drop:+.3f} {'<=' if ok else '>'} {config.max_forgetting:.3f}"] = ok
-    passed = all(checks.values())
-    return GateDecision(passed=passed, reasons=tuple(checks), checks=checks)
+            checks[f"forgetting on {old_label}: MAE {drop:+.1%} against the champion's {'<=' if ok else '>'} {config.max_forgetting:.0%}"] = ok
+        else:
+            drop = _mean(old_champion) - _mean(old_candidate)
+            ok = drop <= config.max_forgetting
+            checks[f"forgetting on {old_label} {drop:+.3f} {'<=' if ok else '>'} {config.max_forgetting:.3f}"] = ok
+    return _decision(checks)
+
+
+def _decision(checks: dict[str, bool]) -> GateDecision:
+    return GateDecision(passed=all(checks.values()), reasons=tuple(checks), checks=checks)
+
+
+def concept_changed(ahead: np.ndarray, before: np.ndarray, *, regression: bool, confidence: float, samples: int) -> bool:
+    """The champion does significantly worse on the new increment (before training on it) than on earlier holdouts.
+
+    ``ahead``: the champion's per-row values on the new increment; ``before``: on the
+    earlier holdouts. Unpaired rows, so a bootstrap of each mean's difference.
+    """
+    if len(ahead) < 10 or len(before) < 10:
+        return False
+    sign = -1.0 if regression else 1.0
+    a, b = sign * ahead.astype(np.float64), sign * before.astype(np.float64)
+    rng = np.random.default_rng(0)
+    diff = a[rng.integers(0, len(a), size=(samples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), size=(samples, len(b)))].mean(axis=1)
+    upper = float(np.quantile(diff, confidence))
+    # Significantly worse, and by a margin that matters: an accuracy drop of 10 points, or errors 50% larger.
+    material = (b.mean() - a.mean()) > (0.5 * abs(b.mean()) if regression else 0.1)
+    return upper < 0 and bool(material)

@@ -1,26 +1,67 @@
-"""Feature scaling and label encoding, kept with the network so a model predicts on raw columns."""
+"""Raw columns to network inputs, and labels to targets, kept with the network so a model predicts on raw columns."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from models import columns as kinds_of
+from models.columns import native as _native
 
-def _native(value: Any) -> Any:
-    """A JSON-friendly Python scalar for a NumPy/pandas label value."""
-    return value.item() if isinstance(value, np.generic) else value
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How raw columns become inputs: each feature's kind and the sizes of the categorical and text blocks."""
+
+    label: str
+    kinds: dict[str, str]  # feature -> kind, in column order (identifier/ignore included: they take no inputs)
+    task: Task = "classification"
+    capacity: int = 32  # one-hot slots per categorical column, the shared slot included
+    buckets: int = 16  # hashed word slots per text column
+    min_category_rows: int = 2  # rows a value needs in an increment to get its own slot
+
+    @classmethod
+    def infer(cls, frame: pd.DataFrame, label: str, **sizes: Any) -> Encoding:
+        """Every column but the label, kinds inferred from ``frame`` (for callers without a workspace schema)."""
+        capacity = sizes.get("capacity", cls.capacity)
+        found = {c: kinds_of.infer_kind(frame[c], max_categories=capacity - 1)[0] for c in frame.columns if c != label}
+        return cls(label=label, kinds=found, **sizes)
+
+
+def _nan_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: count of observed values, their mean and sum of squared deviations (NaN ignored)."""
+    observed = ~np.isnan(x)
+    n = observed.sum(axis=0).astype(np.float64)
+    filled = np.where(observed, x, 0.0)
+    mean = filled.sum(axis=0) / np.maximum(n, 1)
+    m2 = (np.where(observed, x - mean, 0.0) ** 2).sum(axis=0)
+    return n, mean, m2
+
+
+def _merge(n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
+    """Chan et al.'s parallel merge of running (count, mean, M2), column by column."""
+    total = n_a + n_b
+    safe = np.maximum(total, 1)
+    delta = mean_b - mean_a
+    mean = np.where(total > 0, mean_a + delta * n_b / safe, 0.0)
+    m2 = m2_a + m2_b + delta**2 * n_a * n_b / safe
+    return total, mean, m2
 
 
 @dataclass
 class Preprocessor:
-    """Running standardisation of the features plus the label vocabulary.
+    """Column encoding with running standardisation of the inputs, the label vocabulary (or target scale).
 
-    Statistics are merged across increments (Chan et al.'s parallel variance), so
-    every model version scales with everything it has seen; classes only ever get
-    appended, so a class id keeps its meaning from one version to the next.
+    Statistics are merged across increments (Chan et al.'s parallel variance) over the
+    values present, so every model version scales with everything it has seen and a
+    missing value is imputed with the running mean (0 once standardised) while its
+    indicator input says it was missing. Classes and category values only ever get
+    appended, so an id keeps its meaning from one version to the next.
     """
 
     features: list[str]
@@ -28,53 +69,138 @@ class Preprocessor:
     count: int = 0
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     m2: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    kinds: dict[str, str] = field(default_factory=dict)  # empty: every feature a plain number (models from before column kinds)
+    vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    task: Task = "classification"
+    capacity: int = 32
+    buckets: int = 16
+    min_category_rows: int = 2
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0))  # values seen per input column
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0)  # regression: count, mean and M2 of the label
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
-            self.mean = np.zeros(len(self.features))
-            self.m2 = np.zeros(len(self.features))
+            self.mean = np.zeros(self.width)
+            self.m2 = np.zeros(self.width)
+        if self.observed.size == 0:
+            self.observed = np.full(self.width, float(self.count))
+
+    @classmethod
+    def create(cls, encoding: Encoding) -> Preprocessor:
+        """An empty preprocessor for a new network."""
+        features = [c for c in encoding.kinds if c != encoding.label]
+        return cls(
+            features, kinds=dict(encoding.kinds), vocabularies={c: [] for c, k in encoding.kinds.items() if k == "categorical"},
+            task=encoding.task, capacity=encoding.capacity, buckets=encoding.buckets, min_category_rows=encoding.min_category_rows,
+        )
+
+    def _kind(self, column: str) -> str:
+        return self.kinds.get(column, "plain")
+
+    def _width(self, column: str) -> int:
+        kind = self._kind(column)
+        return 1 if kind == "plain" else kinds_of.width(kind, capacity=self.capacity, buckets=self.buckets)
+
+    @property
+    def width(self) -> int:
+        """Network inputs."""
+        return sum(self._width(c) for c in self.features)
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.classes)
+
+    @property
+    def scaled(self) -> np.ndarray:
+        """Which inputs are standardised; the others (indicators, one-hots, word shares) pass as they are."""
+        out: list[bool] = []
+        for c in self.features:
+            kind = self._kind(c)
+            out += [True] if kind == "plain" else kinds_of.scaled(kind, capacity=self.capacity, buckets=self.buckets)
+        return np.asarray(out, dtype=bool)
+
+    @property
+    def used(self) -> list[str]:
+        """The features the network reads (identifiers and ignored columns take no inputs)."""
+        return [c for c in self.features if self._width(c) > 0]
 
     def updated(self, frame: pd.DataFrame, labels: pd.Series) -> Preprocessor:
-        """A new preprocessor that has also seen ``frame`` and ``labels``."""
-        x = self.raw_matrix(frame)
-        n = len(x)
-        new_classes = [_native(c) for c in sorted(pd.unique(labels)) if _native(c) not in self.classes]
-        if n == 0:
-            return Preprocessor(self.features, self.classes + new_classes, self.count, self.mean, self.m2)
-        batch_mean = x.mean(axis=0)
-        batch_m2 = ((x - batch_mean) ** 2).sum(axis=0)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        mean = self.mean + delta * n / total
-        m2 = self.m2 + batch_m2 + delta**2 * self.count * n / total
-        return Preprocessor(self.features, self.classes + new_classes, total, mean, m2)
+        """A new preprocessor that has also seen ``frame`` and ``labels``: grown vocabularies, merged statistics."""
+        vocabularies = {
+            c: kinds_of.grown_vocabulary(frame[c], v, self.capacity, self.min_category_rows) if c in frame.columns else list(v)
+            for c, v in self.vocabularies.items()
+        }
+        grown = self._replace(vocabularies=vocabularies)
+        x = grown.raw_matrix(frame)
+        n, mean, m2 = _nan_stats(x)
+        observed, mean, m2 = _merge(self.observed, self.mean, self.m2, n, mean, m2)
+        values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
+        classes = list(self.classes)
+        target = self.target
+        if values is not None:
+            count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(values[:, None])))
+            target = (float(count[0]), float(mu[0]), float(sq[0]))
+        else:
+            classes += [_native(c) for c in sorted(pd.unique(labels.dropna())) if _native(c) not in self.classes]
+        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target)
+
+    def _replace(self, **changes: Any) -> Preprocessor:
+        state = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return Preprocessor(**(state | changes))
 
     @property
     def scale(self) -> np.ndarray:
-        std = np.sqrt(self.m2 / max(self.count, 1))
+        std = np.sqrt(self.m2 / np.maximum(self.observed, 1))
         # A constant column carries no information; dividing by ~0 would blow it up
         # the day it stops being constant.
-        return np.where(std < 1e-6, 1.0, std)
+        return np.where(self.scaled & (std >= 1e-6), std, 1.0)
+
+    @property
+    def offset(self) -> np.ndarray:
+        return np.where(self.scaled, self.mean, 0.0)
 
     def raw_matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        """The feature columns, in training order, as float64."""
-        missing = [c for c in self.features if c not in frame.columns]
+        """The features as input columns in training order, float64, unscaled; NaN where a value is missing."""
+        missing = [c for c in self.features if c not in frame.columns and self._width(c) > 0]
         if missing:
             raise KeyError(f"missing feature columns: {', '.join(missing)}")
-        return frame[self.features].to_numpy(dtype=np.float64)
+        if not self.kinds:
+            return frame[self.features].to_numpy(dtype=np.float64)
+        blocks = [
+            kinds_of.encode_column(frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets)
+            for c in self.used
+        ]
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0))
 
     def transform(self, x_raw: np.ndarray) -> np.ndarray:
-        """Standardised float32 features for the network."""
-        return ((x_raw - self.mean) / self.scale).astype(np.float32)
+        """Standardised float32 inputs for the network; a missing value becomes the running mean (0)."""
+        z = (x_raw - self.offset) / self.scale
+        return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     def encode(self, labels: pd.Series | np.ndarray) -> np.ndarray:
+        """Class ids (int64), or for regression the standardised target (float32)."""
+        if self.task == "regression":
+            values = pd.to_numeric(pd.Series(np.asarray(labels)), errors="coerce").to_numpy(dtype=np.float64)
+            return ((values - self.target_mean) / self.target_scale).astype(np.float32)
         index = {c: i for i, c in enumerate(self.classes)}
         try:
             return np.array([index[_native(v)] for v in labels], dtype=np.int64)
         except KeyError as err:
             raise KeyError(f"unknown label {err.args[0]!r}") from None
 
+    @property
+    def target_mean(self) -> float:
+        return self.target[1]
+
+    @property
+    def target_scale(self) -> float:
+        std = float(np.sqrt(self.target[2] / max(self.target[0], 1)))
+        return std if std >= 1e-12 else 1.0
+
     def decode(self, ids: np.ndarray) -> np.ndarray:
+        """Labels in the original values: class ids to classes, or network outputs to the target's units."""
+        if self.task == "regression":
+            return np.asarray(ids, dtype=np.float64) * self.target_scale + self.target_mean
         return np.asarray(self.classes, dtype=object if self._string_labels else None)[ids]
 
     @property
@@ -88,6 +214,14 @@ class Preprocessor:
             "count": self.count,
             "mean": self.mean.tolist(),
             "m2": self.m2.tolist(),
+            "kinds": self.kinds,
+            "vocabularies": self.vocabularies,
+            "task": self.task,
+            "capacity": self.capacity,
+            "buckets": self.buckets,
+            "min_category_rows": self.min_category_rows,
+            "observed": self.observed.tolist(),
+            "target": list(self.target),
         }
 
     @classmethod
@@ -98,4 +232,12 @@ class Preprocessor:
             count=int(state["count"]),
             mean=np.asarray(state["mean"], dtype=np.float64),
             m2=np.asarray(state["m2"], dtype=np.float64),
+            kinds=dict(state.get("kinds", {})),
+            vocabularies={k: list(v) for k, v in state.get("vocabularies", {}).items()},
+            task=state.get("task", "classification"),
+            capacity=int(state.get("capacity", 32)),
+            buckets=int(state.get("buckets", 16)),
+            min_category_rows=int(state.get("min_category_rows", 2)),
+            observed=np.asarray(state.get("observed", []), dtype=np.float64),
+            target=tuple(state.get("target", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
         )

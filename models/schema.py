@@ -5,46 +5,108 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pandas.api import types
 
+from models import columns as kinds_of
+from models.columns import native as _native
 
-def _native(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+# Category values remembered per column for reporting new ones (the model's vocabulary is separate).
+SEEN_VALUES = 500
 
 
 @dataclass
 class DataSchema:
-    """Columns, the range of every feature and the label values accepted so far."""
+    """Columns and their kinds, the range of every numeric feature, missing shares and the label values accepted so far."""
 
     label: str
     features: list[str]
-    label_kind: str  # "int" or "str"
+    label_kind: str  # "int", "str" or "float"
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     classes: list[Any] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # empty in schemas from before column kinds: every feature numeric
+    why: dict[str, str] = field(default_factory=dict)  # how each kind was decided
+    task: str = "classification"
+    rows: int = 0
+    missing: dict[str, int] = field(default_factory=dict)  # missing values seen per feature
+    values: dict[str, list[str]] = field(default_factory=dict)  # category values seen (up to SEEN_VALUES)
 
     @classmethod
-    def infer(cls, frame: pd.DataFrame, label: str) -> DataSchema:
-        """The schema an increment implies: every column but the label is a feature."""
+    def infer(
+        cls,
+        frame: pd.DataFrame,
+        label: str,
+        *,
+        declared: dict[str, str] | None = None,
+        task: str = "auto",
+        max_categories: int = 32,
+        text: str = "hash",
+    ) -> DataSchema:
+        """The schema an increment implies: every column but the label is a feature, its kind inferred unless ``declared``."""
+        declared = declared or {}
         features = [c for c in frame.columns if c != label]
-        empty = cls(label, features, label_kind_of(frame[label]))
+        kinds, why = {}, {}
+        for column in features:
+            if column in declared:
+                kinds[column], why[column] = declared[column], "declared in data.columns"
+                continue
+            kind, reason = kinds_of.infer_kind(frame[column], max_categories=max_categories - 1)
+            if kind == "text" and text == "ignore":
+                kind, reason = "ignore", reason + "; free text ignored (data.text=ignore)"
+            kinds[column], why[column] = kind, reason
+        chosen = task_of(frame[label]) if task == "auto" else task
+        empty = cls(label, features, label_kind_of(frame[label], chosen), kinds=kinds, why=why, task=chosen)
         return empty.widened(frame)
+
+    def kind(self, column: str) -> str:
+        return self.kinds.get(column, "numeric")
+
+    def of_kind(self, *kinds: str) -> list[str]:
+        return [c for c in self.features if self.kind(c) in kinds]
 
     def widened(self, frame: pd.DataFrame) -> DataSchema:
         """This schema stretched to cover an accepted increment."""
         ranges = dict(self.ranges)
-        for column in self.features:
-            lo, hi = float(frame[column].min()), float(frame[column].max())
+        for column in self.of_kind("numeric", "boolean"):
+            values = kinds_of.as_numbers(frame[column])
+            values = values[np.isfinite(values)]
+            if not len(values):
+                continue
+            lo, hi = float(values.min()), float(values.max())
             if column in ranges:
                 lo, hi = min(lo, ranges[column][0]), max(hi, ranges[column][1])
             ranges[column] = (lo, hi)
-        new = [_native(c) for c in sorted(pd.unique(frame[self.label])) if _native(c) not in self.classes]
-        return DataSchema(self.label, list(self.features), self.label_kind, ranges, list(self.classes) + new)
+        missing = {c: self.missing.get(c, 0) + int(frame[c].isna().sum()) for c in self.features if c in frame.columns}
+        values = {c: list(v) for c, v in self.values.items()}
+        for column in self.of_kind("categorical"):
+            known = values.setdefault(column, [])
+            seen = set(known)
+            for v in kinds_of.as_strings(frame[column]).dropna().unique():
+                if len(known) >= SEEN_VALUES:
+                    break
+                if str(v) not in seen:
+                    known.append(str(v))
+                    seen.add(str(v))
+        classes = list(self.classes)
+        if self.task != "regression":
+            classes += [_native(c) for c in sorted(pd.unique(frame[self.label].dropna())) if _native(c) not in self.classes]
+        return DataSchema(
+            self.label, list(self.features), self.label_kind, ranges, classes, dict(self.kinds), dict(self.why), self.task,
+            self.rows + len(frame), missing, values,
+        )
+
+    def missing_share(self, column: str) -> float:
+        return self.missing.get(column, 0) / self.rows if self.rows else 0.0
+
+    def scale(self, column: str) -> float:
+        """A column's scale for judging how far a value lies beyond its range: the range's width or its magnitude, or 1."""
+        lo, hi = self.ranges[column]
+        return max(hi - lo, abs(lo), abs(hi)) or 1.0
 
     def bounds(self, column: str, tolerance: float) -> tuple[float, float]:
-        """Accepted range of a feature: the range seen so far, widened by ``tolerance`` times its width."""
+        """The range seen so far, widened by ``tolerance`` times its width (a constant column: its own magnitude, or 1)."""
         lo, hi = self.ranges[column]
-        # A column seen constant still gets some room: its own magnitude, or 1.
         width = (hi - lo) or max(abs(lo), abs(hi), 1.0)
         return lo - tolerance * width, hi + tolerance * width
 
@@ -55,6 +117,12 @@ class DataSchema:
             "label_kind": self.label_kind,
             "ranges": {k: list(v) for k, v in self.ranges.items()},
             "classes": self.classes,
+            "kinds": self.kinds,
+            "why": self.why,
+            "task": self.task,
+            "rows": self.rows,
+            "missing": self.missing,
+            "values": self.values,
         }
 
     @classmethod
@@ -65,8 +133,32 @@ class DataSchema:
             label_kind=state["label_kind"],
             ranges={k: (float(v[0]), float(v[1])) for k, v in state["ranges"].items()},
             classes=list(state["classes"]),
+            kinds=dict(state.get("kinds", {})),
+            why=dict(state.get("why", {})),
+            task=state.get("task", "classification"),
+            rows=int(state.get("rows", 0)),
+            missing={k: int(v) for k, v in state.get("missing", {}).items()},
+            values={k: list(v) for k, v in state.get("values", {}).items()},
         )
 
 
-def label_kind_of(series: pd.Series) -> str:
-    return "int" if types.is_integer_dtype(series) or types.is_bool_dtype(series) else "str"
+def task_of(labels: pd.Series) -> str:
+    """auto: a float label with many distinct values (not whole numbers) is a number to predict; anything else is classes."""
+    values = labels.dropna()
+    if types.is_float_dtype(values) and len(values):
+        whole = bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0))
+        if not whole and values.nunique() > 10:
+            return "regression"
+    return "classification"
+
+
+def label_kind_of(series: pd.Series, task: str = "classification") -> str:
+    if task == "regression":
+        return "float"
+    values = series.dropna()
+    if types.is_bool_dtype(values) or types.is_integer_dtype(values):
+        return "int"
+    # Integer labels with gaps arrive as floats (NaN has no integer): whole numbers are still integers.
+    if types.is_float_dtype(values) and len(values) and bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0)):
+        return "int"
+    return "str"

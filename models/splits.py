@@ -24,3 +24,11 @@ def split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFr
     """(train, holdout) frames of an increment."""
     mask = holdout_mask(frame, fraction)
     return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
+
+
+def usable(frame: pd.DataFrame, label: str, *, drop_duplicates: bool = False) -> pd.DataFrame:
+    """The rows a model trains and is scored on: those with a label (and each row once, when duplicates are dropped)."""
+    kept = frame[frame[label].notna()] if label in frame.columns else frame
+    if drop_duplicates:
+        kept = kept.drop_duplicates()
+    return kept.reset_index(drop=True) if len(kept) != len(frame) else frame

@@ -41,6 +41,25 @@ class Context:
     device: torch.device
     generator: torch.Generator
     validation: tuple[np.ndarray, np.ndarray] | None = None  # raw x, y held out of training
+    # Regression: network targets <-> the label's own units. The memory keeps raw values,
+    # because the target's running scale moves as data arrives. None for classes.
+    target: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
+
+    @property
+    def regression(self) -> bool:
+        return self.target is not None
+
+
+# Bins of the standardised target that a regression memory keeps balanced, like classes.
+def target_bins(y: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(np.asarray(y, dtype=np.float64)), -3, 3).astype(np.int64) + 3
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on class ids; mean squared error on a (standardised) numeric target."""
+    if y.is_floating_point():
+        return F.mse_loss(logits[:, 0].float(), y.float())
+    return F.cross_entropy(logits, y)
 
 
 class Strategy(Protocol):
@@ -112,12 +131,31 @@ class Replay(Naive):
 
     def begin(self, context: Context) -> None:
         super().begin(context)
-        x, y = self.memory.samples(self.n_features)
+        x, targets, y = self._samples()
         self._x = torch.from_numpy(context.transform(x)).to(context.device) if len(y) else None
-        self._y = torch.from_numpy(y).to(context.device)
-        # Sampling weights that make every class equally likely in a replay batch.
+        self._y = torch.from_numpy(targets).to(context.device)
+        # Sampling weights that make every class (or target bin) equally likely in a replay batch.
         counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 1)
         self._weights = torch.from_numpy((1.0 / counts[y]).astype(np.float64)) if len(y) else None
+
+    def _samples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The memory as (raw x, network targets, class or bin ids)."""
+        regression = getattr(self, "context", None) is not None and self.context.regression
+        x, y = self.memory.samples(self.n_features + int(regression))
+        if not regression:
+            return x, y, y
+        # A regression memory keeps the raw target as its last column.
+        return x[:, :-1], self.context.target[0](x[:, -1]).astype(np.float32), y  # type: ignore[index]
+
+    def _store(self, model: MLP | None, x: np.ndarray, y: np.ndarray, payload: np.ndarray | None = None) -> None:
+        """Offer an increment's rows to the memory (raw targets and target bins for regression)."""
+        embed = self._embedding(model) if model is not None else None
+        if not self.context.regression:
+            self.memory.update(x, y, embed=embed, payload=payload)
+            return
+        raw = self.context.target[1](y)  # type: ignore[index]
+        rows_embed = (lambda rows: embed(rows[:, :-1])) if embed is not None else None
+        self.memory.update(np.column_stack([x, raw]), target_bins(y), embed=rows_embed, payload=payload)
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._x is None or self._weights is None:
@@ -127,7 +165,7 @@ class Replay(Naive):
         return torch.cat([x, self._x[idx]]), torch.cat([y, self._y[idx]])
 
     def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
-        self.memory.update(x, y, embed=self._embedding(model))
+        self._store(model, x, y)
 
     def _embedding(self, model: MLP) -> Callable[[np.ndarray], np.ndarray] | None:
         """Raw rows -> the model's features, what herding needs (None for reservoir sampling)."""
@@ -142,7 +180,8 @@ class Replay(Naive):
         return embed
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {f"memory.{k}": v for k, v in self.memory.state_dict(self.n_features).items()}
+        regression = getattr(self, "context", None) is not None and self.context.regression
+        return {f"memory.{k}": v for k, v in self.memory.state_dict(self.n_features + int(regression)).items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         own = {k.removeprefix("memory."): v for k, v in state.items() if k.startswith("memory.")}
@@ -181,7 +220,7 @@ class DarkReplay(Replay):
         model.eval()
         with torch.no_grad():
             logits = model(torch.from_numpy(self.context.transform(x)).to(self.context.device)).float().cpu().numpy()
-        self.memory.update(x, y, embed=self._embedding(model), payload=logits)
+        self._store(model, x, y, payload=logits)
 
 
 def recorded_logits_loss(logits: torch.Tensor, recorded: torch.Tensor) -> torch.Tensor:
@@ -220,6 +259,8 @@ class Distillation(Naive):
             return None
         with torch.no_grad():
             target = self.teacher(x)[:, : self.old]
+        if self.context.regression:
+            return self.weight * F.mse_loss(logits[:, : self.old].float(), target.float())
         return self.weight * distillation_loss(logits[:, : self.old], target, self.temperature)
 
     def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
@@ -271,7 +312,7 @@ class EWC(Naive):
         model.eval()
         for i in range(len(targets)):
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(inputs[i : i + 1]), targets[i : i + 1]).backward()
+            task_loss(model(inputs[i : i + 1]), targets[i : i + 1]).backward()
             for n, p in params.items():
                 if p.grad is not None:
                     fresh[n] += p.grad.detach() ** 2
@@ -345,11 +386,13 @@ class Interpolation(Naive):
         x, y = self.context.validation
         inputs = torch.from_numpy(self.context.transform(x))
         targets = torch.from_numpy(y)
-        best, best_score = model, -1.0
+        best, best_score = model, -float("inf")
         for alpha in self.alphas:
             mixed = interpolate(self.champion, model.cpu(), alpha)
             with torch.no_grad():
-                score = float((mixed(inputs).argmax(dim=1) == targets).float().mean())
+                out = mixed(inputs)
+                # Accuracy on classes; negative squared error on a numeric target.
+                score = -float(((out[:, 0] - targets) ** 2).mean()) if self.context.regression else float((out.argmax(dim=1) == targets).float().mean())
             if score > best_score + 1e-12:
                 best, best_score, self.chosen = mixed, score, alpha
         return best
@@ -391,14 +434,14 @@ class Joint(Replay):
         Naive.begin(self, context)
 
     def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mx, my = self.memory.samples(self.n_features)
+        mx, my, _ = self._samples()
         return np.concatenate([mx, x]), np.concatenate([my, y])
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
     def end(self, model: MLP, x: np.ndarray, y: np.ndarray) -> None:
-        self.memory.update(x, y)
+        self._store(None, x, y)
 
 
 class WeightAlign(Naive):
@@ -442,7 +485,7 @@ class NearestMean(Naive):
         super().begin(context)
         # The warm-started network carries the champion's prototypes (all zero unless it classified by nearest mean).
         model = context.model
-        self.active = context.old_classes > 0 and (model.n_classes > context.old_classes or bool(model.prototypes.any()))
+        self.active = not context.regression and context.old_classes > 0 and (model.n_classes > context.old_classes or bool(model.prototypes.any()))
 
     def finish(self, model: MLP) -> MLP:
         if not self.active:
@@ -538,8 +581,22 @@ class Composite(Naive):
 NAMES = ("naive", "replay", "der", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
 
 
-def build(config: StrategyConfig, *, n_features: int, seed: int) -> Composite:
-    """The strategies named in ``config.name`` (e.g. ``replay+distill+align``), in that order."""
+# Strategies that correct a bias between classes: nothing to correct on a numeric target.
+CLASS_ONLY = ("align", "balance")
+
+
+def build(config: StrategyConfig, *, n_features: int, seed: int, regression: bool = False) -> Composite:
+    """The strategies named in ``config.name`` (e.g. ``replay+distill+align``), in that order.
+
+    On a numeric target, ``nme`` stands aside by its own rule (it acts only once classes
+    arrived in different increments) and the class-only bias corrections refuse.
+    """
+    refused = [n for n in config.names if regression and n in CLASS_ONLY]
+    if refused:
+        raise ValueError(
+            f"strategy {', '.join(map(repr, refused))} corrects a bias between classes and does not apply to a regression target; "
+            "use der (the default), replay, distill, ewc, freeze, interpolate or joint"
+        )
     parts: list[Strategy] = []
     for name in config.names:
         if name == "naive":

@@ -17,7 +17,7 @@ from lepton.config import StrategyConfig, TrainConfig
 from models import strategies
 from models.bundle import Bundle
 from models.network import MLP
-from models.preprocessing import Preprocessor
+from models.preprocessing import Encoding, Preprocessor
 from models.splits import holdout_mask
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def step(
         x, y = strategy.batch(x, y)
     with autocast:
         logits = forward(x)
-        loss = F.cross_entropy(logits, y)
+        loss = strategies.task_loss(logits, y)
         extra = strategy.penalty(model, x, y, logits) if strategy is not None else None
         if extra is not None:
             loss = loss + extra
@@ -143,32 +143,41 @@ def fine_tune(
     train: TrainConfig,
     strategy: StrategyConfig,
     rehearse: pd.DataFrame | None = None,
+    encoding: Encoding | None = None,
+    fresh_memory: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
     ``rehearse``: earlier rows (of known classes) trained on alongside ``frame`` but not
     offered to the memory or the scaler again, which have already counted them.
+    ``encoding``: column kinds and task for a new network (inferred from ``frame`` when None);
+    a warm start keeps the champion's. ``fresh_memory``: start the strategies' state afresh
+    (after a concept change, the memory's labels follow the old rule).
     The champion itself is never modified: its weights are copied into a new network.
     """
     torch.manual_seed(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
-    features = [c for c in frame.columns if c != label] if champion is None else champion.preprocessor.features
-    previous = champion.preprocessor if champion is not None else Preprocessor(features)
+    if champion is not None:
+        previous = champion.preprocessor
+    else:
+        previous = Preprocessor.create(encoding if encoding is not None else Encoding.infer(frame, label))
     preprocessor = previous.updated(frame, frame[label])
-    n_classes = len(preprocessor.classes)
+    regression = preprocessor.task == "regression"
+    n_outputs, width = preprocessor.n_outputs, preprocessor.width
 
-    plan = strategies.build(strategy, n_features=len(features), seed=train.seed)
-    if champion is not None and champion.meta.get("strategy", {}).get("name") == strategy.name:
+    plan = strategies.build(strategy, n_features=width, seed=train.seed, regression=regression)
+    if champion is not None and champion.meta.get("strategy", {}).get("name") == strategy.name and not fresh_memory:
         plan.load_state_dict(champion.strategy_state)
 
     retrain = "joint" in strategy.names or champion is None
     if retrain:
         hidden = tuple(train.hidden) if champion is None else champion.network.hidden
-        network = MLP(n_features=len(features), n_classes=n_classes, hidden=hidden)
+        network = MLP(n_features=width, n_classes=n_outputs, hidden=hidden)
+        _quiet_unscaled_inputs(network, preprocessor)
     else:
-        network = MLP(n_features=len(features), n_classes=champion.network.n_classes, hidden=champion.network.hidden)
+        network = MLP(n_features=width, n_classes=champion.network.n_classes, hidden=champion.network.hidden)
         network.load_state_dict(champion.network.state_dict())
-        network.expand_head(n_classes)
+        network.expand_head(n_outputs)
 
     x_new = preprocessor.raw_matrix(frame)
     y_new = preprocessor.encode(frame[label])
@@ -177,13 +186,14 @@ def fine_tune(
     if "interpolate" in strategy.names and strategy.validation_fraction > 0 and champion is not None:
         held = holdout_mask(frame, strategy.validation_fraction)
         x_fit, y_fit = x_new[~held], y_new[~held]
-        memory_x, memory_y = _memory_of(plan, len(features))
+        memory_x, memory_y = _memory_of(plan, width, preprocessor.encode if regression else None)
         validation = (np.concatenate([x_new[held], memory_x]), np.concatenate([y_new[held], memory_y]))
 
     device = select_device(train.device)
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
-    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation))
+    target = (preprocessor.encode, preprocessor.decode) if regression else None
+    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation, target))
     x_train, y_train = x_fit, y_fit
     if rehearse is not None and len(rehearse):
         x_train = np.concatenate([x_fit, preprocessor.raw_matrix(rehearse)])
@@ -226,9 +236,28 @@ def fine_tune(
     return candidate, report
 
 
-def _memory_of(plan: strategies.Composite, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """The replay memory's samples, if the plan has one (old classes for choosing a mixing weight)."""
+def _memory_of(plan: strategies.Composite, n_features: int, encode_target=None) -> tuple[np.ndarray, np.ndarray]:
+    """The replay memory's samples, if the plan has one (old data for choosing a mixing weight).
+
+    With ``encode_target`` (regression), the memory's last column is the raw target: it is returned encoded.
+    """
     for part in plan.parts:
         if isinstance(part, strategies.Replay):
-            return part.memory.samples(n_features)
-    return np.zeros((0, n_features)), np.zeros(0, dtype=np.int64)
+            x, y = part.memory.samples(n_features + int(encode_target is not None))
+            if encode_target is not None:
+                return x[:, :n_features], encode_target(x[:, n_features])
+            return x, y
+    return np.zeros((0, n_features)), np.zeros(0, dtype=np.float32 if encode_target is not None else np.int64)
+
+
+def _quiet_unscaled_inputs(network: MLP, preprocessor: Preprocessor) -> None:
+    """Zero a new network's first-layer weights on indicator and one-hot inputs.
+
+    A missing indicator or category slot that the first increment never lit would
+    otherwise keep random weights and shift predictions the day a consumer lights it;
+    from zero it starts as plain imputation (or the shared slot) and learns once data has it.
+    """
+    first = next((m for m in network.features if isinstance(m, nn.Linear)), network.head)
+    mask = torch.from_numpy(~preprocessor.scaled)
+    with torch.no_grad():
+        first.weight[:, mask] = 0.0

@@ -236,8 +236,11 @@ def register(
 
     client, experiment_id = connect(ws, config)
     name, increment_id, parent = config.model_name, tags[TAG + "increment_id"], _parent(tags)
-    # The signature keeps the raw columns' own types: consumers send data as it arrives.
+    # The signature keeps the raw columns' own types, consumers send data as it arrives; but numbers
+    # are float64 there, since any of them may come missing (an integer column would refuse NaN).
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
+    numbers = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])]
+    features = features.astype({c: "float64" for c in numbers})
     signature = infer_signature(features, candidate.predict(features), params={"probabilities": False})
     with ws.lock("champion"):
         existing = _live_version(client, name, increment_id)

@@ -6,8 +6,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lepton.config import DataConfig
 from lepton.workspace import Workspace
-from models.splits import split
+from models.splits import split, usable
 from tasks.ingest import read_increment
 
 
@@ -21,9 +22,16 @@ def read(landing_path) -> tuple[pd.DataFrame | None, str | None]:
 
 
 @task(name="split", cache_policy=NO_CACHE)
-def split_increments(ws: Workspace, new_id: str, fraction: float) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last)."""
-    parts = {r.id: split(read_increment(ws.root / r.file), fraction) for r in ws.read_manifest().accepted()}
+def split_increments(ws: Workspace, new_id: str, data: DataConfig) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last).
+
+    Rows without a label, and repeated rows when ``data.duplicates=drop``, take part in neither.
+    """
+    drop = data.duplicates == "drop"
+    parts = {
+        r.id: split(usable(read_increment(ws.root / r.file), data.label, drop_duplicates=drop), data.holdout_fraction)
+        for r in ws.read_manifest().accepted()
+    }
     if new_id not in parts:
         raise RuntimeError(f"increment {new_id} is not among the accepted increments")
     train, new_holdout = parts.pop(new_id)

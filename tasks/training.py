@@ -6,20 +6,40 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lepton.config import GateConfig, StrategyConfig, TrainConfig
+from lepton.config import DataConfig, GateConfig, StrategyConfig, TrainConfig
 from lepton.faults import checkpoint
 from models.bundle import Bundle
 from models.evaluation import Evaluation, compare
-from models.gate import GateDecision, decide
+from models.gate import GateDecision, concept_changed, decide
+from models.preprocessing import Encoding
+from models.schema import DataSchema
 from models.training import TrainReport, fine_tune
+
+
+def encoding_of(schema: DataSchema, data: DataConfig) -> Encoding:
+    """How a new network reads the workspace's columns: the schema's kinds, the config's block sizes."""
+    return Encoding(
+        label=data.label, kinds={c: schema.kind(c) for c in schema.features}, task=schema.task,  # type: ignore[arg-type]
+        capacity=data.max_categories, buckets=data.hash_buckets, min_category_rows=data.min_category_rows,
+    )
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(
-    champion: Bundle | None, frame: pd.DataFrame, label: str, train: TrainConfig, strategy: StrategyConfig, rehearse: pd.DataFrame | None = None
+    champion: Bundle | None,
+    frame: pd.DataFrame,
+    schema_state: dict,
+    data: DataConfig,
+    train: TrainConfig,
+    strategy: StrategyConfig,
+    rehearse: pd.DataFrame | None = None,
+    fresh_memory: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
-    result = fine_tune(champion, frame, label=label, train=train, strategy=strategy, rehearse=rehearse)
+    encoding = encoding_of(DataSchema.from_dict(schema_state), data)
+    result = fine_tune(
+        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, fresh_memory=fresh_memory
+    )
     checkpoint("train")
     return result
 
@@ -32,14 +52,50 @@ def evaluate(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.
     return evaluation
 
 
+def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | None) -> tuple[list[str], str]:
+    """The earlier holdouts forgetting is judged on (arrival order), and how to name them."""
+    if config.old_holdouts.startswith("recent"):
+        n = int(config.old_holdouts.split()[1])
+        return old_ids[-n:] if n else [], f"the {n} most recent earlier holdouts"
+    if config.old_holdouts == "since_change" and change_at is not None and change_at in old_ids:
+        return old_ids[old_ids.index(change_at):], f"earlier holdouts since the concept change at increment {change_at}"
+    return old_ids, "earlier holdouts"
+
+
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(evaluation: Evaluation, config: GateConfig) -> GateDecision:
-    """The promotion decision, with its reasons."""
+def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None) -> GateDecision:
+    """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed."""
     has_champion = evaluation.champion is not None
+    old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at)
+    regression = evaluation.regression
+    r2 = (None, None)
+    if regression:
+        r2 = (evaluation.candidate[evaluation.new_id].r2, evaluation.pooled_r2() if evaluation.old_ids else None)
     return decide(
         new_candidate=evaluation.pooled("candidate", [evaluation.new_id]),
         new_champion=evaluation.pooled("champion", [evaluation.new_id]) if has_champion else None,
-        old_candidate=evaluation.pooled("candidate", evaluation.old_ids),
-        old_champion=evaluation.pooled("champion", evaluation.old_ids) if has_champion else None,
-        config=config,
+        old_candidate=evaluation.pooled("candidate", old_ids),
+        old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
+        config=config, regression=regression, r2=r2, old_label=old_label,
     )
+
+
+# Earlier holdouts the champion is compared on to detect a concept change: recent ones say what it knows now.
+CHANGE_WINDOW = 5
+
+
+@task(name="detect-change", cache_policy=NO_CACHE)
+def detect_change(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, config: GateConfig) -> str | None:
+    """The increment where the concept last changed: this one when the champion, before training, does significantly
+    worse on its holdout than on the recent earlier ones; else the champion's own record (None: never)."""
+    if champion is None:
+        return None
+    before = [k for k in holdouts if k != new_id][-CHANGE_WINDOW:]
+    if before:
+        scored = compare(champion, None, {k: holdouts[k] for k in [*before, new_id]}, new_id=new_id, label=label)
+        if concept_changed(
+            scored.pooled("candidate", [new_id]), scored.pooled("candidate", before),
+            regression=scored.regression, confidence=config.confidence, samples=config.bootstrap_samples,
+        ):
+            return new_id
+    return champion.meta.get("concept_change_at")

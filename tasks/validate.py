@@ -14,14 +14,17 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from pandas.api import types
+
 from lepton.config import DataConfig
-from models.schema import DataSchema
+from models import columns as kinds_of
+from models.schema import SEEN_VALUES, DataSchema, label_kind_of
 from models.splits import holdout_mask
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
-INTEGER_LABEL = [t for t in NUMERIC if "int" in t.lower()] + ["bool"]
-STRING_LABEL = ["str", "object", "category"]
 FINITE = float(np.finfo(np.float64).max)
+# Share of a numeric column's values that may fail to read as numbers ('?', 'n/a') before the column counts as text.
+TEXT_IN_NUMBERS = 0.5
 
 
 @dataclass
@@ -32,60 +35,101 @@ class ValidationReport:
     expectations: int = 0
     failed: int = 0  # expectations that failed (problems may add checks beyond the suite)
     data_docs: str | None = None  # GX Data Docs page of this validation, when one was built
+    warnings: list[str] = field(default_factory=list)  # unusual but not wrong: processed, reported, fed to drift
+    notes: list[str] = field(default_factory=list)  # decisions taken (column kinds, the task) on a first increment
 
 
-def build_suite(frame_columns: list[str], schema: DataSchema | None, config: DataConfig):
-    """The expectations an increment must meet: one per line, each with its intent."""
+def kinds_for(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> DataSchema:
+    """The schema the checks hold the increment to: the workspace's, or for a first increment the one it implies."""
+    if schema is not None:
+        return schema
+    return DataSchema.infer(
+        frame, config.label, declared=config.columns, task=config.task, max_categories=config.max_categories, text=config.text
+    )
+
+
+def _first_bounds(values: np.ndarray, limit: float) -> tuple[float, float] | None:
+    """For a first increment: ``limit`` times the bulk's scale beyond its 5th-95th percentile range.
+
+    The bulk, not the extremes: one absurd value in a small first increment would stretch
+    a 99th percentile to itself.
+    """
+    finite = values[np.isfinite(values)]
+    if len(finite) < 3:
+        return None
+    lo, hi = (float(q) for q in np.quantile(finite, [0.05, 0.95]))
+    scale = max(hi - lo, abs(lo), abs(hi)) or 1.0
+    return lo - limit * scale, hi + limit * scale
+
+
+def magnitude_bounds(column: str, values: np.ndarray, schema: DataSchema, first: bool, limit: float) -> tuple[float, float] | None:
+    """Where a value stops being growth and becomes a unit error or corruption."""
+    if first:
+        return _first_bounds(values, limit)
+    if column not in schema.ranges:
+        return None
+    lo, hi = schema.ranges[column]
+    scale = schema.scale(column)
+    return lo - limit * scale, hi + limit * scale
+
+
+def build_suite(
+    frame_columns: list[str], schema: DataSchema | None, config: DataConfig, frame: pd.DataFrame | None = None, skip: set[str] | frozenset = frozenset()
+):
+    """The expectations an increment must meet: one per line, each with its intent.
+
+    ``frame`` is the increment with numeric columns already read as numbers; a first
+    increment's checks need its values (the bulk of each column sets its own bounds).
+    ``skip``: columns already rejected for holding text where numbers were (their gaps and ranges would only repeat it).
+    """
     import great_expectations.expectations as gxe
 
     label = config.label
     suite: list[Any] = []
     # Enough rows to split into a training part and a holdout.
     suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=config.min_rows))
-    if schema is None:
+    first = schema is None
+    if first:
         # First increment: it defines the schema, so only its own consistency is checked.
         suite.append(gxe.ExpectColumnToExist(column=label))
         # The label and at least one feature.
         suite.append(gxe.ExpectTableColumnCountToBeBetween(min_value=2))
-        features = [c for c in frame_columns if c != label]
     else:
         # Exactly the columns of the schema, no more, no fewer.
         suite.append(gxe.ExpectTableColumnsToMatchSet(column_set=[*schema.features, label], exact_match=True))
-        features = schema.features
     present = set(frame_columns)
-    for column in features:
-        if column not in present:
-            continue  # the column-set expectation already names it
-        # The network needs numbers.
-        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC))
-        # No gaps: a missing value would silently become a wrong one.
-        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    implied = kinds_for(frame, schema, config) if frame is not None and label in present else schema
+    if implied is None:
+        return suite
+    for column in implied.features:
+        if column not in present or column in skip:
+            continue  # the column-set expectation (or the kind check) already names it
+        if not first:
+            # Gaps are normal; a column that suddenly empties is a broken export or join.
+            allowed = implied.missing_share(column) + config.missing_jump
+            if allowed < 1.0:
+                suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=round(1.0 - allowed, 6)))
+        if implied.kind(column) not in ("numeric", "boolean"):
+            continue
         declared = config.bounds.get(column) or config.bounds.get("*")
-        if declared is None:
-            # Infinities pass a null check and poison the scaler's running statistics.
-            # (Declared bounds are hard limits, checked below for every row: they exclude them already.)
-            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
-        bounds = declared
-        if bounds is None and schema is not None and column in schema.ranges:
-            bounds = schema.bounds(column, config.range_tolerance)
+        if declared is not None:
+            # Declared bounds are hard limits, for every row (they exclude infinities too).
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=declared[0], max_value=declared[1]))
+            continue
+        # Infinities pass a null check and poison the scaler's running statistics.
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
+        values = frame[column].to_numpy(dtype=np.float64) if frame is not None else np.zeros(0)
+        bounds = magnitude_bounds(column, values, implied, first, config.magnitude_limit)
         if bounds is not None:
-            # Values far outside what has been seen mean a unit change or a broken export.
-            # Declared bounds are hard limits; learned ones allow a few outliers.
-            mostly = 1.0 if declared is not None else config.range_mostly
-            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=bounds[0], max_value=bounds[1], mostly=mostly))
+            # Orders of magnitude beyond what the column holds: a unit error or corruption, even in one row.
+            # (Growth within that, a year or a counter, is only reported.)
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=bounds[0], max_value=bounds[1], meta={"magnitude": config.magnitude_limit}))
     if label in present:
-        # Every row needs its label.
-        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=label))
-        if schema is not None:
-            # Labels keep their kind (integers stay integers, strings stay strings).
-            kinds = INTEGER_LABEL if schema.label_kind == "int" else STRING_LABEL
-            suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=label, type_list=kinds))
-            if not config.allow_new_classes:
-                # Only known classes, unless the config allows new ones.
-                suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=list(schema.classes)))
-    if features and all(c in present for c in features):
-        # A repeated row is a join or export gone wrong, and would weigh twice in training.
-        suite.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=[*features, label] if label in present else features))
+        # Most rows need their label; a few without one are dropped and counted.
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=label, mostly=round(1.0 - config.max_missing_labels, 6), meta={"label": True}))
+        if not first and implied.task != "regression" and not config.allow_new_classes:
+            # Only known classes, unless the config allows new ones.
+            suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=list(schema.classes)))
     return suite
 
 
@@ -113,21 +157,33 @@ def _describe(result: Any) -> str:
         if mismatch.get("unexpected"):
             parts.append("unexpected column(s) " + ", ".join(repr(c) for c in mismatch["unexpected"]))
         return "; ".join(parts) or "columns do not match the schema"
-    if kind == "expect_column_values_to_be_in_type_list":
-        expected = {tuple(NUMERIC): "numbers", tuple(INTEGER_LABEL): "integer labels, as before", tuple(STRING_LABEL): "string labels, as before"}
-        observed = res.get("observed_value")
-        return f"column {column!r} does not hold {expected.get(tuple(kwargs.get('type_list') or []), 'the expected type')}" + (f" (found {observed})" if observed else "")
+    meta = config.meta or {}
+    share = res.get("unexpected_percent") or 0.0
+    if kind == "expect_column_values_to_not_be_null" and meta.get("label"):
+        return (
+            f"label column {column!r} is empty in {count} row(s) ({share:.1f}%), more than data.max_missing_labels="
+            f"{1 - kwargs.get('mostly', 1.0):.2g} allows (below it such rows are dropped)"
+        )
     if kind == "expect_column_values_to_not_be_null":
-        return f"column {column!r} has {count} empty value(s)"
+        return (
+            f"column {column!r} has {count} empty value(s) ({share:.1f}%), more than the share seen so far plus "
+            f"data.missing_jump allows ({(1 - kwargs.get('mostly', 1.0)):.0%}): a broken export or join?"
+        )
     if kind == "expect_column_values_to_be_between" and kwargs.get("max_value") == FINITE:
         return f"column {column!r} has {count} infinite value(s)"
+    if kind == "expect_column_values_to_be_between" and meta.get("magnitude"):
+        return (
+            f"column {column!r} has {count} value(s) orders of magnitude beyond its range (e.g. {examples}; limit "
+            f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
+            "If such values are real, raise data.magnitude_limit or declare data.bounds"
+        )
     if kind == "expect_column_values_to_be_between":
-        share = res.get("unexpected_percent") or 0.0
-        return f"column {column!r} has {count} value(s) ({share:.1f}%) outside [{kwargs['min_value']:g}, {kwargs['max_value']:g}] (e.g. {examples})"
+        return (
+            f"column {column!r} has {count} value(s) ({share:.1f}%) outside its declared bounds "
+            f"[{kwargs['min_value']:g}, {kwargs['max_value']:g}] (e.g. {examples}; data.bounds)"
+        )
     if kind == "expect_column_values_to_be_in_set":
         return f"label column {column!r} has {count} value(s) never seen before (e.g. {examples}) and data.allow_new_classes is false"
-    if kind == "expect_compound_columns_to_be_unique":
-        return f"{count} row(s) are repeated (duplicate rows)"
     return f"{kind} failed on {column or 'the table'}"
 
 
@@ -159,14 +215,14 @@ def run_suite(frame: pd.DataFrame, suite: list[Any], data_docs: Path | None = No
 
 
 def _consequence(result: Any, failed: list[Any]) -> bool:
-    """A failure that only follows from another on the same column: the range check of a text or infinite column."""
+    """A failure that only follows from another on the same column: the magnitude check of an infinite column."""
     config = result.expectation_config
-    if config.type != "expect_column_values_to_be_between":
+    if config.type != "expect_column_values_to_be_between" or config.kwargs.get("max_value") == FINITE:
         return False
     column = config.kwargs.get("column")
     causes = [
         r for r in failed if r is not result and r.expectation_config.kwargs.get("column") == column
-        and (r.expectation_config.type == "expect_column_values_to_be_in_type_list" or r.expectation_config.kwargs.get("max_value") == FINITE)
+        and r.expectation_config.kwargs.get("max_value") == FINITE
     ]
     return bool(causes)
 
@@ -199,14 +255,137 @@ def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
     return Path(unquote(urlparse(url).path)) if url else None
 
 
+def _examples(values: pd.Series, n: int = 3) -> str:
+    return ", ".join(repr(v) for v in values.head(n).tolist())
+
+
+def read_as_schema(frame: pd.DataFrame, schema: DataSchema) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """The increment with numeric and boolean columns read as numbers, and per column the values that were not numbers."""
+    prepared, unreadable = frame.copy(deep=False), {}
+    for column in schema.of_kind("numeric", "boolean"):
+        if column not in frame.columns:
+            continue
+        numbers = kinds_of.as_numbers(frame[column])
+        bad = frame[column][np.isnan(numbers) & frame[column].notna().to_numpy()]
+        if len(bad):
+            unreadable[column] = bad
+        prepared[column] = numbers
+    return prepared, unreadable
+
+
+def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool) -> tuple[list[str], list[str]]:
+    """What GX does not express: kinds that changed, labels of the wrong kind, a first increment that cannot train; and what is only reported."""
+    problems, warnings = [], []
+    label = config.label
+    for column, bad in unreadable.items():
+        present = len(bad) + int(frame[column].notna().sum())  # ``frame`` holds them as NaN already
+        if not first and len(bad) > TEXT_IN_NUMBERS * present:
+            problems.append(
+                f"column {column!r} held numbers and now holds text ({len(bad)} of {present} values, e.g. {_examples(bad)}); "
+                f"if it is a category now, declare it in lepton.yaml (data.columns: {{{column}: categorical}})"
+            )
+            continue
+        warnings.append(f"column {column!r}: {len(bad)} value(s) that are not numbers (e.g. {_examples(bad)}) read as missing")
+    for column in schema.of_kind("datetime"):
+        if column not in frame.columns:
+            continue
+        present = frame[column].dropna()
+        bad = present[kinds_of.as_datetimes(present).isna().to_numpy()]
+        if len(bad) > TEXT_IN_NUMBERS * max(len(present), 1):
+            problems.append(f"column {column!r} holds dates, but {len(bad)} of {len(present)} values are not (e.g. {_examples(bad)}); declare its kind in data.columns if it changed")
+        elif len(bad):
+            warnings.append(f"column {column!r}: {len(bad)} value(s) that are not dates (e.g. {_examples(bad)}) read as missing")
+    if label not in frame.columns:
+        return problems, warnings
+    labels = frame[label].dropna()
+    if schema.task == "regression":
+        numbers = pd.to_numeric(labels, errors="coerce")
+        if numbers.isna().any():
+            problems.append(f"label column {label!r} holds a number to predict (regression), but {int(numbers.isna().sum())} value(s) are not numbers (e.g. {_examples(labels[numbers.isna()])})")
+        elif not np.isfinite(numbers.to_numpy(dtype=np.float64)).all():
+            problems.append(f"label column {label!r} has infinite value(s)")
+        elif first and numbers.nunique() < 2:
+            problems.append(f"label column {label!r} is constant ({_examples(labels, 1)}): a first increment needs a target that varies to train a model")
+    else:
+        if not first and schema.label_kind == "int" and label_kind_of(labels) != "int":
+            problems.append(f"column {label!r} does not hold integer labels, as before (e.g. {_examples(labels[~labels.map(lambda v: isinstance(v, (int, float, np.number)) and float(v).is_integer())])})")
+        if first and labels.nunique() < 2:
+            problems.append(
+                f"label column {label!r} holds a single class ({_examples(labels, 1)}): a first increment needs at least two classes to train a model"
+                + ("; if it is a number to predict, set data.task=regression" if types.is_numeric_dtype(labels) else "")
+            )
+    dropped = int(frame[label].isna().sum())
+    if dropped and not problems:
+        warnings.append(f"{dropped} row(s) without a label dropped (data.max_missing_labels={config.max_missing_labels:g})")
+    repeated = int(frame.duplicated().sum())
+    if repeated:
+        share = f"{repeated} repeated row(s) ({repeated / len(frame):.1%})"
+        if config.duplicates == "reject":
+            problems.append(f"{share}, and data.duplicates=reject (keep or drop to accept them)")
+        else:
+            warnings.append(f"{share} {'kept' if config.duplicates == 'keep' else 'dropped'} (data.duplicates={config.duplicates})")
+    if not first:
+        warnings += _growth(frame, schema, config)
+    return problems, warnings
+
+
+def _growth(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list[str]:
+    """Values beyond what was seen, by a plausible amount, and new categories: reported, and left to drift to judge."""
+    out = []
+    for column in schema.of_kind("numeric"):
+        if column not in schema.ranges or column not in frame.columns or config.bounds.get(column) or config.bounds.get("*"):
+            continue
+        lo, hi = schema.bounds(column, config.range_tolerance)
+        values = frame[column].to_numpy(dtype=np.float64)
+        beyond = values[np.isfinite(values) & ((values < lo) | (values > hi))]
+        if len(beyond):
+            seen = schema.ranges[column]
+            out.append(
+                f"column {column!r}: {len(beyond)} value(s) beyond the range seen so far [{seen[0]:g}, {seen[1]:g}] "
+                f"(from {beyond.min():g} to {beyond.max():g}; data.range_tolerance={config.range_tolerance:g})"
+            )
+    for column in schema.of_kind("categorical"):
+        if column not in frame.columns:
+            continue
+        known = set(schema.values.get(column, []))
+        if len(known) >= SEEN_VALUES:
+            continue
+        new = [v for v in kinds_of.as_strings(frame[column]).dropna().unique() if str(v) not in known]
+        if new:
+            out.append(f"column {column!r}: {len(new)} new categor{'y' if len(new) == 1 else 'ies'} ({', '.join(repr(str(v)) for v in new[:3])}{', ...' if len(new) > 3 else ''})")
+    return out
+
+
+def describe_kinds(schema: DataSchema) -> list[str]:
+    """What a first increment decided: the task and each column's kind, and why."""
+    notes = [f"label {schema.label!r}: {'a number to predict (regression)' if schema.task == 'regression' else 'classes'}"]
+    by_kind: dict[str, list[str]] = {}
+    for column in schema.features:
+        by_kind.setdefault(schema.kind(column), []).append(column)
+    for kind, names in by_kind.items():
+        if kind in ("identifier", "ignore", "text", "datetime"):
+            notes += [f"column {c!r}: {kind} ({schema.why.get(c, '')}){'; not used by the model' if kind in ('identifier', 'ignore') else ''}" for c in names]
+        else:
+            notes.append(f"{kind}: {', '.join(names)}")
+    return notes
+
+
 def validate_frame(
     frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig, data_docs: Path | None = None, run_name: str = "increment"
 ) -> ValidationReport:
-    suite = build_suite(list(map(str, frame.columns)), schema, config)
-    # GX's type check predates pandas' string dtypes; as objects, strings compare as they always did.
-    strings = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c]) and not pd.api.types.is_object_dtype(frame[c])]
-    problems, page = run_suite(frame.astype({c: object for c in strings}) if strings else frame, suite, data_docs, run_name)
+    first = schema is None
+    implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
+    prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
+    retyped = {c for c, bad in unreadable.items() if not first and len(bad) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
+    suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped)
+    # GX predates pandas' string dtypes; as objects, strings compare as they always did.
+    strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]
+    problems, page = run_suite(prepared.astype({c: object for c in strings}) if strings else prepared, suite, data_docs, run_name)
     failed = len(problems)
+    warnings: list[str] = []
+    if implied is not None and not (set(implied.features) - set(frame.columns)):
+        more, warnings = content_checks(prepared, implied, unreadable, config, first)
+        problems += [p for p in more if p not in problems]
     if not problems:
         # Both sides of the split must hold rows, or the increment can neither train nor be measured.
         held = int(holdout_mask(frame, config.holdout_fraction).sum())
@@ -217,7 +396,8 @@ def validate_frame(
             problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
     return ValidationReport(
         passed=not problems, problems=problems, rows=len(frame), expectations=len(suite), failed=failed,
-        data_docs=str(page) if page else None,
+        data_docs=str(page) if page else None, warnings=warnings,
+        notes=describe_kinds(implied) if first and implied is not None else [],
     )
 
 

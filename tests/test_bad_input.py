@@ -26,11 +26,11 @@ SCHEMA = DataSchema.infer(good(200, seed=1), "y")
     [
         ("missing column", good().drop(columns=["b"]), "missing column(s) 'b'"),
         ("extra column", good().assign(c=1.0), "unexpected column(s) 'c'"),
-        ("wrong type", good().assign(b="x"), "column 'b' does not hold numbers"),
-        ("nulls", good().assign(a=[np.nan] * 3 + [0.0] * 37), "column 'a' has 3 empty value(s)"),
+        ("wrong type", good().assign(b="x"), "column 'b' held numbers and now holds text (40 of 40 values"),
+        ("missing jump", good().assign(a=[np.nan] * 20 + [0.0] * 20), "column 'a' has 20 empty value(s) (50.0%), more than the share seen so far plus data.missing_jump"),
         ("infinity", good().assign(a=[np.inf] + [0.0] * 39), "column 'a' has 1 infinite value(s)"),
-        ("out of range", good().assign(b=1000.0), "column 'b' has 40 value(s) (100.0%) outside"),
-        ("duplicates", pd.concat([good(), good().head(5)], ignore_index=True), "row(s) are repeated (duplicate rows)"),
+        ("orders of magnitude", good().assign(b=[1e6] + [1.0] * 39), "column 'b' has 1 value(s) orders of magnitude beyond its range"),
+        ("missing labels", good().assign(y=[None] * 10 + [1] * 30), "label column 'y' is empty in 10 row(s) (25.0%), more than data.max_missing_labels=0.1"),
         ("label type", good().assign(y="yes"), "column 'y' does not hold integer labels, as before"),
         ("too few rows", good(5), "5 rows, fewer than the 10 required"),
     ],
@@ -41,6 +41,73 @@ def test_each_bad_increment_names_its_problem(name, frame, needle):
     assert not report.passed, name
     # The cause alone: no second message that only follows from it (a range check on text, say).
     assert len(report.problems) == 1 and needle in report.problems[0], report.problems
+
+
+def test_unusual_but_clean_data_is_processed_with_warnings():
+    """Gaps, duplicates, growth beyond the seen range and a few unlabelled rows are reported, not rejected."""
+    frame = pd.concat([good(), good().head(5)], ignore_index=True)
+    frame.loc[10, "a"] = np.nan  # a gap
+    frame.loc[11, "b"] = 14.0  # seen within [0, 10]: growth, not corruption
+    frame.loc[12, "y"] = None  # one row without a label
+    report = validate_frame(frame, SCHEMA, CONFIG)
+    assert report.passed, report.problems
+    text = " | ".join(report.warnings)
+    assert "5 repeated row(s) (11.1%) kept (data.duplicates=keep)" in text
+    assert "column 'b': 2 value(s) beyond the range seen so far" in text and "to 14;" in text
+    assert "1 row(s) without a label dropped" in text
+
+
+def test_duplicates_rejected_only_when_asked():
+    """data.duplicates=reject refuses repeated rows and names the setting."""
+    frame = pd.concat([good(), good().head(5)], ignore_index=True)
+    report = validate_frame(frame, SCHEMA, DataConfig(label="y", duplicates="reject"))
+    assert not report.passed and "data.duplicates=reject" in report.problems[0]
+
+
+def test_one_corrupt_value_in_many_is_rejected():
+    """1e9 in a column seen within [0, 1] is a unit error or corruption, even as one row of 250."""
+    rng = np.random.default_rng(2)
+    seen = pd.DataFrame({"a": rng.uniform(0, 1, 300), "y": rng.integers(0, 2, 300)})
+    schema = DataSchema.infer(seen, "y")
+    frame = pd.DataFrame({"a": rng.uniform(0, 1, 250), "y": rng.integers(0, 2, 250)})
+    frame.loc[7, "a"] = 1e9
+    report = validate_frame(frame, schema, CONFIG)
+    assert not report.passed
+    assert "column 'a' has 1 value(s) orders of magnitude beyond its range" in report.problems[0]
+    assert "data.magnitude_limit=1000" in report.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "frame", "needle"),
+    [
+        ("poison cell", good(60).assign(a=[1e308] + [0.5] * 59), "column 'a' has 1 value(s) orders of magnitude beyond its range"),
+        ("one class", good(60).assign(y=1), "label column 'y' holds a single class (1): a first increment needs at least two classes"),
+    ],
+)
+def test_a_first_increment_that_cannot_train_is_rejected(name, frame, needle):
+    """A first increment defines the schema and the scaler: one class or one absurd value must not get in."""
+    report = validate_frame(frame, None, CONFIG)
+    assert not report.passed, name
+    assert len(report.problems) == 1 and needle in report.problems[0], report.problems
+
+
+def test_a_first_increment_of_a_real_export_passes_and_says_what_it_decided():
+    """Text, gaps, dates and ids in a first increment: accepted, each column's kind named."""
+    rng = np.random.default_rng(4)
+    n = 80
+    frame = pd.DataFrame({
+        "age": np.where(rng.random(n) < 0.1, np.nan, rng.uniform(18, 80, n)),
+        "plan": rng.choice(["free", "pro", None], n),
+        "customer": [f"C-{i:05d}" for i in range(n)],
+        "signup": pd.date_range("2025-01-01", periods=n, freq="D").astype(str),
+        "y": rng.choice(["stay", "churn"], n),
+    })
+    report = validate_frame(frame, None, CONFIG)
+    assert report.passed, report.problems
+    notes = " | ".join(report.notes)
+    assert "label 'y': classes" in notes and "numeric: age" in notes and "categorical: plan" in notes
+    assert "column 'customer': identifier" in notes and "not used by the model" in notes
+    assert "column 'signup': datetime (date strings)" in notes
 
 
 def test_unseen_labels_rejected_when_the_config_says_so():

@@ -1,4 +1,4 @@
-"""The promotion gate: floors, a significant gain on new data, bounded forgetting, and its reasons."""
+"""The promotion gate: floors, non-inferiority (or a significant gain) on new data, bounded forgetting, and its reasons."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from lepton.config import GateConfig
-from models.gate import GateDecision, decide, paired_bootstrap_lower
+from models.gate import GateDecision, concept_changed, decide, paired_bootstrap_lower
 
-CONFIG = GateConfig()  # floor 0.5, max forgetting 0.1, min improvement 0, 95% bootstrap
+CONFIG = GateConfig()  # non-inferiority within 0.02, floor 0.5, max forgetting 0.1, 95% bootstrap
+SUPERIOR = GateConfig(policy="superior")  # the candidate must gain more than min_improvement (0)
 
 
 def correct(n_right: int, n: int = 100) -> np.ndarray:
@@ -50,13 +51,40 @@ def test_clearly_better_candidate_passes() -> None:
     assert_consistent(d)
     assert d.passed
     assert len(d.reasons) == 4  # two floors, gain, forgetting
-    assert any(r.startswith("gain on the new holdout +0.500") for r in d.reasons)
+    assert any(r.startswith("gain on the new holdout +0.500") and "> -0.020" in r for r in d.reasons)
 
 
-def test_identical_candidate_and_champion_fail_for_lack_of_gain() -> None:
-    """A candidate no better than the champion shows no significant gain, and fails on that alone."""
+def test_identical_candidate_passes_non_inferiority() -> None:
+    """A candidate as good as the champion (it has seen more data) is promoted by default: a steady stream keeps learning."""
     same = np.random.default_rng(0).random(100) < 0.7
     d = decide(new_candidate=same, new_champion=same.copy(), old_candidate=correct(80), old_champion=correct(80), config=CONFIG)
+    assert_consistent(d)
+    assert d.passed
+    assert any(r.startswith("gain on the new holdout +0.000 (lower 95% bound +0.000) > -0.020 (non-inferiority") for r in d.reasons)
+
+
+def test_a_clearly_worse_candidate_is_kept_out() -> None:
+    """Ten points worse on 200 rows: the bound lies far below the margin, and that is the one failure."""
+    d = decide(new_candidate=correct(160, 200), new_champion=correct(180, 200), old_candidate=correct(80), old_champion=correct(80), config=CONFIG)
+    assert_consistent(d)
+    assert not d.passed
+    assert len(d.failures) == 1
+    assert d.failures[0].startswith("gain on the new holdout -0.100") and "<= -0.020" in d.failures[0]
+
+
+def test_a_small_holdout_says_the_bootstrap_cannot_decide() -> None:
+    """Under gate.min_holdout_rows the point estimate decides, and the reasons say why."""
+    d = decide(new_candidate=correct(9, 10), new_champion=correct(9, 10), old_candidate=NONE, old_champion=None, config=CONFIG)
+    assert d.passed
+    assert any("has 10 rows, too few for the bootstrap" in r and "gate.min_holdout_rows=30" in r for r in d.reasons)
+    worse = decide(new_candidate=correct(6, 10), new_champion=correct(9, 10), old_candidate=NONE, old_champion=None, config=CONFIG)
+    assert not worse.passed and worse.failures[0].startswith("gain on the new holdout -0.300 <= -0.020")
+
+
+def test_identical_candidate_and_champion_fail_for_lack_of_gain_when_superior() -> None:
+    """policy=superior: a candidate no better than the champion shows no significant gain, and fails on that alone."""
+    same = np.random.default_rng(0).random(100) < 0.7
+    d = decide(new_candidate=same, new_champion=same.copy(), old_candidate=correct(80), old_champion=correct(80), config=SUPERIOR)
     assert_consistent(d)
     assert not d.passed
     assert len(d.failures) == 1
@@ -82,7 +110,7 @@ def test_forgetting_within_the_allowance_passes() -> None:
 
 def test_failures_list_exactly_the_failing_checks() -> None:
     """With a floor and the gain both failing, failures names those two and none of the passing checks."""
-    d = decide(new_candidate=correct(30), new_champion=correct(40), old_candidate=correct(90), old_champion=correct(90), config=CONFIG)
+    d = decide(new_candidate=correct(30), new_champion=correct(40), old_candidate=correct(90), old_champion=correct(90), config=SUPERIOR)
     assert_consistent(d)
     assert not d.passed
     assert len(d.reasons) == 4
@@ -117,7 +145,40 @@ def test_paired_bootstrap_lower_of_nothing_is_nan() -> None:
 @pytest.mark.parametrize("min_improvement", [0.0, 0.25])
 def test_min_improvement_raises_the_bar(min_improvement: float) -> None:
     """An observed gain of 0.3 on 40 rows passes a zero bar but not a 0.25 bar once bootstrap uncertainty counts."""
-    config = GateConfig(min_improvement=min_improvement)
+    config = GateConfig(policy="superior", min_improvement=min_improvement)
     d = decide(new_candidate=correct(36, 40), new_champion=correct(24, 40), old_candidate=NONE, old_champion=None, config=config)
     assert_consistent(d)
     assert d.passed == (min_improvement == 0.0)
+
+
+def test_regression_gate_compares_absolute_errors() -> None:
+    """On a numeric target the gate pairs absolute errors: a candidate with errors 30% smaller passes, one 30% larger fails."""
+    rng = np.random.default_rng(1)
+    champion = np.abs(rng.normal(size=200))
+    better = decide(new_candidate=champion * 0.7, new_champion=champion, old_candidate=np.ones(50), old_champion=np.ones(50),
+                    config=CONFIG, regression=True, r2=(0.8, 0.75))
+    assert_consistent(better)
+    assert better.passed
+    assert any(r.startswith("MAE gain on the new holdout") and "gate.mae_margin=0.1 of the champion MAE" in r for r in better.reasons)
+    worse = decide(new_candidate=champion * 1.3, new_champion=champion, old_candidate=np.ones(50), old_champion=np.ones(50),
+                   config=CONFIG, regression=True, r2=(0.8, 0.75))
+    assert not worse.passed and len(worse.failures) == 1 and worse.failures[0].startswith("MAE gain on the new holdout")
+
+
+def test_regression_floor_and_forgetting() -> None:
+    """R² under the floor fails; MAE on earlier holdouts 20% above the champion's is more forgetting than 10% allows."""
+    errors = np.ones(100)
+    d = decide(new_candidate=errors, new_champion=errors, old_candidate=np.full(50, 1.2), old_champion=np.ones(50),
+               config=CONFIG, regression=True, r2=(-0.5, 0.3))
+    assert not d.passed
+    assert [f.split(" ")[0] for f in d.failures] == ["R²", "forgetting"]
+    assert "+20.0%" in d.failures[1]
+
+
+def test_concept_change_needs_a_large_significant_drop() -> None:
+    """The champion at 60% on the new increment against 95% before is a change; 93% against 95% is noise."""
+    before = correct(190, 200)
+    assert concept_changed(correct(60), before, regression=False, confidence=0.95, samples=500)
+    assert not concept_changed(correct(93), before, regression=False, confidence=0.95, samples=500)
+    # Errors twice as large on a numeric target are a change too.
+    assert concept_changed(np.full(50, 2.0), np.ones(200), regression=True, confidence=0.95, samples=500)

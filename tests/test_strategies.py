@@ -331,9 +331,11 @@ def test_joint_fine_tune_starts_from_a_fresh_network(small_digits: list[pd.DataF
     # One epoch at a tiny learning rate: the candidate stays within ~1e-5 of where it started.
     candidate, report = fine_tune(champion, small_digits[1], label=LABEL, train=TrainConfig(epochs=1, lr=1e-6, hidden=[16], seed=0), strategy=strategy)
     torch.manual_seed(0)
-    fresh = MLP(n_features=64, n_classes=4, hidden=(16,))
+    # 64 pixels, each a value and a missing indicator; a new network starts with the indicators' weights at zero.
+    fresh = MLP(n_features=128, n_classes=4, hidden=(16,))
     got = candidate.network.features[0].weight.detach()
-    torch.testing.assert_close(got, fresh.features[0].weight, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[:, 0::2], fresh.features[0].weight[:, 0::2], rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[:, 1::2], torch.zeros(16, 64), rtol=0, atol=1e-4)
     assert float((got - champion.network.features[0].weight.detach()).abs().max()) > 0.05
     assert not report.warm_start
     assert report.train_samples == len(small_digits[0]) + len(small_digits[1]) == 48

@@ -1,0 +1,179 @@
+"""Column kinds: what each raw column of a real export is, and how it becomes network inputs.
+
+A kind is inferred once, from the first accepted increment, and kept in the workspace
+schema (lepton.yaml's ``data.columns`` overrides it). Each kind turns into a fixed block
+of input columns, so the network's input width never changes after the first increment:
+
+- ``numeric`` / ``boolean``: the value (standardised) and a missing indicator;
+- ``datetime``: calendar parts (fractional year, month, day of week, hour) and a missing indicator;
+- ``categorical``: one-hot over a vocabulary of ``capacity`` slots that fills as increments
+  bring values; slot 0 is shared by unseen, rare and missing values;
+- ``text``: word counts hashed into ``buckets`` slots;
+- ``identifier`` / ``ignore``: nothing (an id or a free-text code predicts nothing that generalises).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+from pandas.api import types
+
+Kind = Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore"]
+KINDS: tuple[str, ...] = get_args(Kind)
+DATETIME_PARTS = ("year", "month", "weekday", "hour")
+_WORD = re.compile(r"\w+")
+_DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$")
+
+
+def is_text_series(series: pd.Series) -> bool:
+    """Strings (object or pandas string dtype), as opposed to numbers, booleans and timestamps."""
+    return bool(types.is_object_dtype(series) or types.is_string_dtype(series)) and not types.is_bool_dtype(series)
+
+
+def looks_like_dates(values: pd.Series) -> bool:
+    """Nearly every non-empty value is an ISO-like date or timestamp string."""
+    sample = values.dropna().astype(str).head(200)
+    return len(sample) > 0 and sample.str.match(_DATE_LIKE).mean() >= 0.95
+
+
+def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
+    """The kind of one feature column, and why, from the first increment's values."""
+    present = series.dropna()
+    if len(present) == 0:
+        return "ignore", "empty in the first increment"
+    if types.is_bool_dtype(series):
+        return "boolean", "true/false values"
+    if types.is_datetime64_any_dtype(series):
+        return "datetime", "timestamps"
+    if types.is_numeric_dtype(series):
+        return "numeric", "numbers"
+    if not is_text_series(series):
+        return "categorical", f"values of type {series.dtype}"
+    strings = present.astype(str)
+    numbers = pd.to_numeric(strings.str.strip(), errors="coerce")
+    if numbers.notna().mean() >= 0.9:
+        # Numbers with a placeholder or two ('?', 'n/a'): those read as missing.
+        return "numeric", f"numbers ({int(numbers.isna().sum())} placeholder value(s) read as missing)"
+    if looks_like_dates(strings):
+        return "datetime", "date strings"
+    distinct = strings.nunique()
+    if distinct <= max_categories or distinct <= 0.5 * len(strings):
+        return "categorical", f"{distinct} distinct values in {len(strings)} rows"
+    words = strings.map(lambda s: len(_WORD.findall(s))).mean()
+    if words >= 3:
+        return "text", f"{distinct} distinct values in {len(strings)} rows, {words:.1f} words each"
+    return "identifier", f"{distinct} distinct values in {len(strings)} rows (nearly one per row)"
+
+
+def width(kind: str, *, capacity: int, buckets: int) -> int:
+    """Network inputs a column of ``kind`` takes."""
+    return {"numeric": 2, "boolean": 2, "datetime": len(DATETIME_PARTS) + 1, "categorical": capacity, "text": buckets}.get(kind, 0)
+
+
+def scaled(kind: str, *, capacity: int, buckets: int) -> list[bool]:
+    """Which of a column's inputs are standardised (values and calendar parts; not indicators or one-hots)."""
+    if kind in ("numeric", "boolean"):
+        return [True, False]
+    if kind == "datetime":
+        return [True] * len(DATETIME_PARTS) + [False]
+    return [False] * width(kind, capacity=capacity, buckets=buckets)
+
+
+def as_numbers(series: pd.Series) -> np.ndarray:
+    """A numeric or boolean column as float64, missing as NaN (text that is not a number too)."""
+    if types.is_bool_dtype(series) or types.is_numeric_dtype(series):
+        return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(series.astype("string").str.strip().replace({"true": "1", "false": "0", "True": "1", "False": "0"}), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+
+
+def as_datetimes(series: pd.Series) -> pd.Series:
+    """A datetime column as naive UTC timestamps, unparseable values as NaT."""
+    if types.is_datetime64_any_dtype(series):
+        parsed = series
+    else:
+        parsed = pd.to_datetime(series.astype("string"), errors="coerce", utc=True, format="mixed")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed
+
+
+def datetime_parts(series: pd.Series) -> np.ndarray:
+    """Calendar parts of a datetime column, one row per value, NaN where missing."""
+    stamps = as_datetimes(series)
+    year = stamps.dt.year + (stamps.dt.dayofyear - 1) / 366.0
+    parts = [year, stamps.dt.month, stamps.dt.dayofweek, stamps.dt.hour]
+    return np.column_stack([p.to_numpy(dtype=np.float64, na_value=np.nan) for p in parts])
+
+
+def as_strings(series: pd.Series) -> pd.Series:
+    """Category values as strings (numbers that arrive as codes compare as their text), missing as NA."""
+    out = series.astype("string")
+    return out.str.strip().replace("", pd.NA)
+
+
+def one_hot(series: pd.Series, vocabulary: list[str], capacity: int) -> np.ndarray:
+    """One-hot rows over ``capacity`` slots; slot 0 for values not in the vocabulary (or missing)."""
+    codes = pd.Categorical(as_strings(series), categories=vocabulary).codes.astype(np.int64) + 1  # -1 (unknown) -> 0
+    out = np.zeros((len(series), capacity), dtype=np.float64)
+    out[np.arange(len(series)), codes] = 1.0
+    return out
+
+
+def grown_vocabulary(series: pd.Series, vocabulary: list[str], capacity: int, min_rows: int) -> list[str]:
+    """The vocabulary with this increment's new values appended, most frequent first, while slots last.
+
+    Values seen in fewer than ``min_rows`` rows stay in the shared slot: a value seen once
+    teaches nothing, and would take a slot for good.
+    """
+    counts = as_strings(series).dropna().value_counts()
+    known = set(vocabulary)
+    new = [str(v) for v, n in counts.items() if n >= min_rows and str(v) not in known]
+    new.sort(key=lambda v: (-int(counts[v]), v))
+    room = max(capacity - 1 - len(vocabulary), 0)
+    return [*vocabulary, *new[:room]]
+
+
+def _bucket(word: str, buckets: int) -> int:
+    # crc32, not hash(): Python salts string hashes per process, and a model must hash alike everywhere.
+    return zlib.crc32(word.encode()) % buckets
+
+
+def hashed_words(series: pd.Series, buckets: int) -> np.ndarray:
+    """Word counts of each text value hashed into ``buckets`` slots, as shares of its words."""
+    out = np.zeros((len(series), buckets), dtype=np.float64)
+    for i, text in enumerate(as_strings(series).tolist()):
+        if text is pd.NA or text is None:
+            continue
+        words = _WORD.findall(text.lower())
+        for word in words:
+            out[i, _bucket(word, buckets)] += 1.0
+        if words:
+            out[i] /= len(words)
+    return out
+
+
+def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capacity: int, buckets: int) -> np.ndarray:
+    """One raw column as its block of network inputs (float64; NaN marks a missing value to impute)."""
+    n = len(series)
+    if kind in ("numeric", "boolean"):
+        values = as_numbers(series)
+        return np.column_stack([values, np.isnan(values).astype(np.float64)])
+    if kind == "datetime":
+        parts = datetime_parts(series)
+        return np.column_stack([parts, np.isnan(parts[:, 0]).astype(np.float64)])
+    if kind == "categorical":
+        return one_hot(series, vocabulary, capacity)
+    if kind == "text":
+        return hashed_words(series, buckets)
+    return np.zeros((n, 0), dtype=np.float64)
+
+
+def native(value: Any) -> Any:
+    """A JSON-friendly Python scalar for a NumPy/pandas value."""
+    return value.item() if isinstance(value, np.generic) else value
