@@ -52,8 +52,10 @@ def evaluate(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.
     return evaluation
 
 
-def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | None) -> tuple[list[str], str]:
+def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | None, new_id: str | None = None) -> tuple[list[str], str]:
     """The earlier holdouts forgetting is judged on (arrival order), and how to name them."""
+    if config.old_holdouts == "since_change" and change_at is not None and change_at == new_id:
+        return [], "earlier holdouts"
     if config.old_holdouts.startswith("recent"):
         n = int(config.old_holdouts.split()[1])
         return old_ids[-n:] if n else [], f"the {n} most recent earlier holdouts"
@@ -66,18 +68,23 @@ def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | Non
 def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None) -> GateDecision:
     """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed."""
     has_champion = evaluation.champion is not None
-    old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at)
+    old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
     regression = evaluation.regression
     r2 = (None, None)
     if regression:
         r2 = (evaluation.candidate[evaluation.new_id].r2, evaluation.pooled_r2() if evaluation.old_ids else None)
-    return decide(
+    decision = decide(
         new_candidate=evaluation.pooled("candidate", [evaluation.new_id]),
         new_champion=evaluation.pooled("champion", [evaluation.new_id]) if has_champion else None,
         old_candidate=evaluation.pooled("candidate", old_ids),
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
         config=config, regression=regression, r2=r2, old_label=old_label,
     )
+    if has_champion and evaluation.old_ids and not old_ids:
+        # Said, not silently skipped: the labels of earlier holdouts follow the rule that changed.
+        reason = f"concept change at this increment: forgetting not judged on the {len(evaluation.old_ids)} earlier holdout(s) (gate.old_holdouts={config.old_holdouts})"
+        decision = GateDecision(decision.passed, (*decision.reasons, reason), {**decision.checks, reason: True})
+    return decision
 
 
 # Earlier holdouts the champion is compared on to detect a concept change: recent ones say what it knows now.

@@ -172,7 +172,15 @@ def test_regression_floor_and_forgetting() -> None:
                config=CONFIG, regression=True, r2=(-0.5, 0.3))
     assert not d.passed
     assert [f.split(" ")[0] for f in d.failures] == ["R²", "forgetting"]
-    assert "+20.0%" in d.failures[1]
+    assert d.failures[1].startswith("forgetting on earlier holdouts +0.200 of the champion MAE (lower 95% bound +0.200) > 0.100")
+
+
+def test_forgetting_is_judged_beyond_the_noise_of_small_holdouts() -> None:
+    """Two rows of twelve lost is a point estimate of 0.17 but no evidence of forgetting more than 0.1; the same loss on 600 rows is."""
+    small = decide(new_candidate=correct(90), new_champion=correct(90), old_candidate=correct(10, 12), old_champion=correct(12, 12), config=CONFIG)
+    assert small.passed, small.failures
+    large = decide(new_candidate=correct(90), new_champion=correct(90), old_candidate=correct(500, 600), old_champion=correct(600, 600), config=CONFIG)
+    assert not large.passed and large.failures[0].startswith("forgetting on earlier holdouts +0.167")
 
 
 def test_concept_change_needs_a_large_significant_drop() -> None:
