@@ -11,11 +11,11 @@ from pydantic import BaseModel
 from lepton import config as lepton_config
 from lepton.workspace import Workspace
 from tasks.drift import log_drift, measure_drift, plan_training, with_drift
-from tasks.ingest import accept, ingest, quarantine, record_duplicate
+from tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from tasks.registry import config_params, finish_increment, lineage_tags, load_champion, register
 from tasks.reporting import write_report
 from tasks.splits import read, split_increments
-from tasks.training import evaluate, gate, train
+from tasks.training import detect_change, evaluate, gate, train
 from tasks.validate import validate
 from tasks.versioning import git_commit, version_data
 
@@ -37,6 +37,9 @@ class RunOutcome(BaseModel):
     parent_version: int | None = None
     data_hash: str | None = None
     metrics: dict[str, float | None] = {}
+    warnings: list[str] = []  # unusual but not wrong: duplicates, growth, new categories (the increment was processed)
+    notes: list[str] = []  # what a first increment decided: the task and each column's kind
+    concept_change: bool = False  # the champion did much worse on this increment than on earlier ones
     report: str | None = None  # the run's report page, relative to the workspace
     drift: list[dict] | None = None  # per test: feature, test, statistic, p_value, drifted; None when not compared
     drift_action: str | None = None  # drift.action, when the increment drifted
@@ -54,14 +57,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     config = lepton_config.load(ws.root, overrides)
 
     landing = ingest(Path(path), ws)
-    relative = str(landing.path.relative_to(ws.root))
     known = landing.duplicate_of
     # Accepted before: an earlier run may have stopped part-way (a crash, a registry that was
     # down). finish_increment completes an interrupted promotion; nothing registered means
     # the increment is picked up at training.
     earlier = finish_increment(ws, config.registry, known.id) if known is not None and known.state == "accepted" else None
-    resume = known is not None and known.state == "accepted" and earlier is None
-    if earlier is not None and earlier.move is not None:
+    route = sort_landing(known, earlier)
+    if route == "finished":
         was = earlier.move.from_version
         message = f"promoted as version {earlier.version}" + (f" (champion was version {was})" if was else " (first champion)") + ", finishing an interrupted run"
         log.warning(message)
@@ -69,18 +71,22 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             status="promoted", increment_id=landing.id, file=known.file, message=message,
             version=earlier.version, champion_version=earlier.version, parent_version=was,
         )
-    if known is not None and not resume:
+    if route == "duplicate":
         record_duplicate(ws, landing)
         message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
         log.info(message)
         return RunOutcome(status="duplicate", increment_id=landing.id, file=known.file, message=message)
+    resume = route == "resume"
     drift = None
     if resume:
         log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
         data_hash = version_data(ws, config.dvc)
     else:
         version_data(ws, config.dvc)
-        log.info("ingested %s as increment %s", landing.source, landing.id)
+        if route == "retry":
+            log.warning("increment %s was rejected before (%s): validating it again under the current configuration", landing.id, "; ".join(known.reasons))
+        else:
+            log.info("ingested %s as increment %s", landing.source, landing.id)
 
         frame, read_error = read(landing.path)
         report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
@@ -93,32 +99,45 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.warning(message)
             outcome = RunOutcome(
                 status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
-                message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash,
+                message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash, warnings=report.warnings,
                 drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
             )
             outcome.report = write_report(ws, config.registry, outcome, validation=report)
             return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
+        for note in report.notes:
+            log.info("column kinds: %s", note)
+        for warning in report.warnings:
+            log.warning(warning)
         if drift is not None:
             (log.warning if drift.drifted else log.info)(drift.message())
+        if route == "retry":
+            landing = release(landing, ws)  # out of quarantine, back with the accepted increments
         accept(landing, ws, frame, config.data)
         data_hash = version_data(ws, config.dvc)
+    relative = str(landing.path.relative_to(ws.root))
 
     champion = load_champion(ws, config.registry)
-    train_frame, holdouts = split_increments(ws, landing.id, config.data.holdout_fraction)
+    train_frame, holdouts = split_increments(ws, landing.id, config.data)
     plan = plan_training(ws, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
     if plan.note:
         log.warning(plan.note)
+    change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate)
+    changed = change_at is not None and change_at == landing.id
+    if changed:
+        log.warning("concept change: the champion does much worse on this increment than on earlier ones; its memory starts afresh and forgetting is judged from here on")
     candidate, training = train(
-        champion.bundle if champion and plan.warm_start else None, plan.frame, config.data.label, config.train, config.strategy, plan.rehearse
+        champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
+        plan.rehearse, fresh_memory=changed,
     )
+    candidate.meta["concept_change_at"] = change_at
     log.info(
         "trained on %d samples (%d new, %d from memory) for %d epochs on %s in %.1fs, final loss %.4f",
         training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
         config.train.epochs, training.device, training.seconds, training.losses[-1],
     )
     evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
-    decision = gate(evaluation, config.gate)
+    decision = gate(evaluation, config.gate, change_at)
     log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
 
     metrics = {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}
@@ -152,12 +171,14 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     else:
         status = "kept_out"
         champion_after = parent
-        message = f"kept out by the gate because {'; '.join(decision.failures)}; registered as version {version}, champion stays version {parent}"
+        stays = f"champion stays version {parent}" if parent else "no champion yet"
+        message = f"kept out by the gate because {'; '.join(decision.failures)}; registered as version {version}, {stays}"
     log.info(message)
     outcome = RunOutcome(
         status=status, increment_id=landing.id, file=relative, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
         version=version, champion_version=champion_after, parent_version=parent, data_hash=data_hash,
         metrics=evaluation.summary(), drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
+        warnings=[] if resume else report.warnings, notes=[] if resume else report.notes, concept_change=changed,
     )
     outcome.report = write_report(
         ws, config.registry, outcome, validation=None if resume else report, training=training, evaluation=evaluation,

@@ -163,7 +163,35 @@ def run(
     _check_config(ws, overrides)
     if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
         raise fail(f"{path} is a directory, not an increment file" if path.is_dir() else f"{path} does not exist", code=2)
+    _run_and_show(ws, path, overrides, mode_for(console, quiet=quiet, as_json=as_json), dry_run=dry_run)
+
+
+@app.command()
+def retry(
+    increment_id: Annotated[str, typer.Argument(metavar="INCREMENT_ID", help="A rejected increment's id, as `lepton status` lists it.")],
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Validate a rejected increment again, from its quarantined copy, under the current configuration; exit codes as `run`."""
+    ws = _workspace(workspace)
+    overrides = list(set_ or [])
+    _check_config(ws, overrides)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
+    _quiet_libraries()
+    from tasks.ingest import IncrementError, quarantined
+
+    try:
+        path = quarantined(ws, increment_id)
+    except IncrementError as error:
+        raise fail(str(error), code=2) from None
+    # The copy has the increment's content, so the flow knows it as the rejected increment and tries it again.
+    _run_and_show(ws, path, overrides, mode)
+
+
+def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> None:
+    """Run the flow on ``path`` with the progress display, print its outcome and exit with its code."""
     try:
         with _watching(ws, mode):
             outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
@@ -198,13 +226,23 @@ def _outcome_table(outcome: Any) -> Table:
     if outcome.version is not None:
         table.add_row("model version", str(outcome.version))
     if outcome.champion_version is not None:
-        table.add_row("champion", f"version {outcome.champion_version}" + (f" (was {outcome.parent_version})" if outcome.parent_version else ""))
+        moved = outcome.parent_version and outcome.parent_version != outcome.champion_version
+        table.add_row("champion", f"version {outcome.champion_version}" + (f" (was {outcome.parent_version})" if moved else ""))
     m = outcome.metrics
     if m:
-        table.add_row("new holdout", f"candidate {_fmt(m.get('candidate_new_accuracy'))}, champion {_fmt(m.get('champion_new_accuracy'))}")
-        table.add_row("earlier holdouts", f"candidate {_fmt(m.get('candidate_old_accuracy'))}, champion {_fmt(m.get('champion_old_accuracy'))}")
+        metric = "mae" if "candidate_new_mae" in m else "accuracy"
+        show = _fmt if metric == "accuracy" else (lambda v: "-" if v is None else f"MAE {v:.4g}")
+        table.add_row("new holdout", f"candidate {show(m.get(f'candidate_new_{metric}'))}, champion {show(m.get(f'champion_new_{metric}'))}")
+        table.add_row("earlier holdouts", f"candidate {show(m.get(f'candidate_old_{metric}'))}, champion {show(m.get(f'champion_old_{metric}'))}")
+    for note in getattr(outcome, "notes", []):
+        table.add_row("column kinds", note)
+    if getattr(outcome, "concept_change", False):
+        table.add_row("concept change", "[yellow]the champion did much worse on this increment than on earlier ones: forgetting judged from here on[/yellow]")
+    failed = set(outcome.failures)
     for reason in outcome.reasons:
-        table.add_row("reason", reason)
+        table.add_row("check", f"[red]✗[/red] {reason}" if reason in failed else f"[green]✓[/green] {reason}")
+    for warning in getattr(outcome, "warnings", []):
+        table.add_row("warning", f"[yellow]{warning}[/yellow]")
     drift = getattr(outcome, "drift", None)
     if drift is not None:
         drifted = [row["feature"] for row in drift if row["drifted"]]
@@ -239,6 +277,11 @@ def gather_status(ws: Workspace) -> dict[str, Any]:
         original = by_id.get(entry["id"], {})
         increments.append({"id": entry["id"], "file": original.get("file"), "state": "duplicate", "source": entry["source"], "reasons": []})
     info["increments"] = increments
+    schema = ws.read_schema()
+    info["columns"] = (
+        {"label": schema["label"], "task": schema.get("task", "classification"), "kinds": schema.get("kinds", {}), "why": schema.get("why", {})}
+        if schema else None
+    )
     return info
 
 
@@ -261,11 +304,20 @@ def status(
     else:
         table = Table("", "", title=f"champion: version {champion['version']}", show_header=False, title_justify="left")
         for key, value in champion["lineage"].items():
-            if key != "config":
+            if key == "gate_reasons":
+                for reason in json.loads(value):
+                    table.add_row("gate check", f"[green]✓[/green] {reason}")
+            elif key != "config":
                 table.add_row(key.replace("_", " "), str(value))
         for key, value in champion["metrics"].items():
             table.add_row(key.replace("_", " "), f"{value:.1%}" if "accuracy" in key or "forgetting" in key else f"{value:.4g}")
         console.print(table)
+    columns = info["columns"]
+    if columns and columns["kinds"]:
+        kinds = Table("column", "kind", "why", title=f"columns (label {columns['label']!r}: {columns['task']})", title_justify="left")
+        for column, kind in columns["kinds"].items():
+            kinds.add_row(column, kind, columns["why"].get(column, ""))
+        console.print(kinds)
     states = {"accepted": "green", "rejected": "red", "duplicate": "dim"}
     table = Table("id", "state", "file", "arrived as", "why", title="increments", title_justify="left")
     for item in info["increments"]:

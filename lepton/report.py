@@ -36,6 +36,8 @@ class ValidationSummary(BaseModel):
     expectations: int
     failed: int
     problems: list[str] = []
+    warnings: list[str] = []  # unusual but not wrong: processed, reported
+    notes: list[str] = []  # what a first increment decided: the task and each column's kind
     data_docs: str | None = None  # the GX Data Docs page, relative to the workspace when inside it
 
 
@@ -53,7 +55,7 @@ class HoldoutRow(BaseModel):
     new: bool  # the holdout of this run's increment
     candidate_accuracy: float
     champion_accuracy: float | None = None
-    candidate_macro_f1: float
+    candidate_macro_f1: float | None = None
     champion_macro_f1: float | None = None
 
 
@@ -292,7 +294,7 @@ TEMPLATE = """<!doctype html>
 <section>
   <h2>Candidate vs champion on every holdout</h2>
   <table>
-    <tr><th></th><th></th><th class="group" colspan="3">accuracy</th><th class="group" colspan="2">macro-F1</th></tr>
+    <tr><th></th><th></th><th class="group" colspan="3">{{ "R²" if regression else "accuracy" }}</th><th class="group" colspan="2">macro-F1</th></tr>
     <tr><th>holdout of increment</th><th class="num">rows</th><th class="num">candidate</th><th class="num">champion</th><th class="num">change</th><th class="num">candidate</th><th class="num">champion</th></tr>
     {% for h in d.holdouts %}
     <tr class="{{ 'new' if h.new else '' }}">
@@ -348,6 +350,14 @@ TEMPLATE = """<!doctype html>
   {% if d.validation.problems %}
   <h3>Problems</h3>
   <ul class="checks">{% for p in d.validation.problems %}<li class="fail">{{ p }}</li>{% endfor %}</ul>
+  {% endif %}
+  {% if d.validation.warnings %}
+  <h3>Warnings (processed)</h3>
+  <ul>{% for w in d.validation.warnings %}<li>{{ w }}</li>{% endfor %}</ul>
+  {% endif %}
+  {% if d.validation.notes %}
+  <h3>Column kinds</h3>
+  <ul>{% for n in d.validation.notes %}<li>{{ n }}</li>{% endfor %}</ul>
   {% endif %}
   {% if d.status == "rejected" %}
   <h3>Quarantine</h3>
@@ -433,12 +443,14 @@ def _cards(d: ReportData) -> list[dict[str, str]]:
     if d.status == "rejected":
         return []
     s, cards = d.summary, []
+    regression = "candidate_new_mae" in s
+    metric, show = ("mae", lambda v: f"MAE {v:.4g}") if regression else ("accuracy", _pct)
     for key, label in (("new", "new holdout"), ("old", "earlier holdouts"), ("all", "all holdouts")):
-        value, champion = s.get(f"candidate_{key}_accuracy"), s.get(f"champion_{key}_accuracy")
+        value, champion = s.get(f"candidate_{key}_{metric}"), s.get(f"champion_{key}_{metric}")
         if value is None:
             continue  # the first increment has no earlier holdouts
-        sub = f"champion {_pct(champion)}" if champion is not None else "no champion yet"
-        cards.append({"label": f"{label}: candidate", "value": _pct(value), "sub": sub})
+        sub = f"champion {show(champion)}" if champion is not None else "no champion yet"
+        cards.append({"label": f"{label}: candidate", "value": show(value), "sub": sub})
     if d.training is not None and d.training.losses:
         cards.append({"label": "final training loss", "value": _loss(d.training.losses[-1]), "sub": f"{len(d.training.losses)} epochs, {d.training.seconds:.1f} s"})
     return cards
@@ -492,6 +504,7 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
         docs_href=docs_href,
         drift_rows=drift_rows,
         drifted=sum(r.drifted for r in drift_rows),
+        regression="candidate_new_mae" in data.summary,
         pct=_pct, num=_num, signed=_signed, loss=_loss, delta=_delta, delta_class=_delta_class,
     )
 

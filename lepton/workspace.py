@@ -8,12 +8,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 State = Literal["accepted", "rejected", "duplicate"]
+Verdict = Literal["accepted", "rejected"]
 
 LOCK_TIMEOUT_VARIABLE = "LEPTON_LOCK_TIMEOUT_SECONDS"
 LOCK_TIMEOUT = 600.0  # seconds a run waits for another run's lock before giving up
@@ -23,6 +25,14 @@ class WorkspaceBusy(RuntimeError):
     """Another run held a workspace lock for longer than the timeout."""
 
 
+class Attempt(BaseModel):
+    """One validation of an increment: when, its verdict, and why it was rejected."""
+
+    at: datetime | None = None  # None: made before the manifest kept attempts, time unknown
+    verdict: Verdict
+    reasons: list[str] = []
+
+
 class IncrementRecord(BaseModel):
     """One landed increment, as the manifest in ``data/`` remembers it."""
 
@@ -30,8 +40,17 @@ class IncrementRecord(BaseModel):
     file: str  # relative to the workspace root
     source: str  # file name it arrived under
     state: State
-    reasons: list[str] = []
+    reasons: list[str] = []  # of the latest attempt
     duplicate_of: str | None = None
+    attempts: list[Attempt] = []  # oldest first; empty in manifests written before attempts were kept
+
+    def attempted(self, attempt: Attempt, file: str) -> IncrementRecord:
+        """This record after another validation, filed at ``file``; the earlier attempts are kept."""
+        earlier = self.attempts
+        if not earlier and self.state != "duplicate":  # a manifest from before attempts: its one verdict, time unknown
+            earlier = [Attempt(verdict=self.state, reasons=self.reasons)]
+        update = {"state": attempt.verdict, "reasons": attempt.reasons, "file": file, "attempts": [*earlier, attempt]}
+        return self.model_copy(update=update)
 
 
 class Manifest(BaseModel):

@@ -27,10 +27,12 @@ class Encoding:
 
     @classmethod
     def infer(cls, frame: pd.DataFrame, label: str, **sizes: Any) -> Encoding:
-        """Every column but the label, kinds inferred from ``frame`` (for callers without a workspace schema)."""
+        """Every column but the label, kinds and task inferred from ``frame`` (for callers without a workspace schema)."""
+        from models.schema import task_of
+
         capacity = sizes.get("capacity", cls.capacity)
         found = {c: kinds_of.infer_kind(frame[c], max_categories=capacity - 1)[0] for c in frame.columns if c != label}
-        return cls(label=label, kinds=found, **sizes)
+        return cls(label=label, kinds=found, **{"task": task_of(frame[label]), **sizes})
 
 
 def _nan_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 from prefect import task
@@ -18,9 +19,16 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem
-from lepton.workspace import IncrementRecord, Workspace
+from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
 from models.schema import DataSchema
+from tasks.validate import kinds_for
 
+if TYPE_CHECKING:
+    from tasks.registry import Registration
+
+# What a landed increment needs: validation (new, or rejected before and tried again), training
+# (accepted but nothing registered), nothing more (an interrupted promotion just finished, or done).
+Route = Literal["fresh", "retry", "resume", "finished", "duplicate"]
 
 
 class IncrementError(ValueError):
@@ -66,16 +74,38 @@ def ingest(path: Path, ws: Workspace) -> Landing:
     with ws.lock("data"):
         known = ws.read_manifest().find(increment_id)
         if known is not None:
-            return Landing(increment_id, ws.root / known.file, safe_name(source.name), duplicate_of=known)
+            kept = ws.root / known.file
+            if known.state == "rejected" and not kept.exists():
+                # Its quarantined copy was cleared away: these bytes are the same content, so they take its place.
+                _copy_in(source, kept, ws)
+            return Landing(increment_id, kept, safe_name(source.name), duplicate_of=known)
         target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
-        # Copied outside data/ and renamed in: a crash mid-copy leaves no half file for DVC to version.
-        ws.scratch.mkdir(parents=True, exist_ok=True)
-        partial = ws.scratch / f"{target.name}.partial"
-        shutil.copyfile(source, partial)
-        checkpoint("ingest")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, target)
+        _copy_in(source, target, ws)
     return Landing(increment_id, target, safe_name(source.name))
+
+
+def _copy_in(source: Path, target: Path, ws: Workspace) -> None:
+    """Copy ``source`` to ``target`` in ``data/`` (under the data lock)."""
+    # Copied outside data/ and renamed in: a crash mid-copy leaves no half file for DVC to version.
+    ws.scratch.mkdir(parents=True, exist_ok=True)
+    partial = ws.scratch / f"{target.name}.partial"
+    shutil.copyfile(source, partial)
+    checkpoint("ingest")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, target)
+
+
+def sort_landing(known: IncrementRecord | None, earlier: Registration | None) -> Route:
+    """Where a landed increment goes, from its manifest record and, when accepted, what ``finish_increment`` found."""
+    if known is None:
+        return "fresh"
+    if known.state == "rejected":
+        return "retry"  # the configuration may have changed since: validate it again
+    if earlier is None:
+        return "resume"  # accepted, but a crash or a registry that was down left no model version
+    if earlier.move is not None:
+        return "finished"  # registered and passed the gate; the champion has just been moved to it
+    return "duplicate"
 
 
 def read_increment(path: Path) -> pd.DataFrame:
@@ -91,13 +121,21 @@ def read_increment(path: Path) -> pd.DataFrame:
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
 
 
-def _record(ws: Workspace, landing: Landing, state: str, file: Path, reasons: list[str]) -> None:
-    """Put the increment in the manifest once, replacing an earlier record of it (a re-run records nothing twice)."""
+def _record(ws: Workspace, landing: Landing, state: Verdict, file: Path, reasons: list[str]) -> None:
+    """Put the increment in the manifest once, replacing an earlier record of it with its attempts kept.
+
+    A retried increment moves to the end: it arrives, as far as training is concerned, now.
+    """
     manifest = ws.read_manifest()
+    earlier = manifest.find(landing.id)
+    relative = str(file.relative_to(ws.root))
+    attempt = Attempt(at=datetime.now(timezone.utc), verdict=state, reasons=reasons)
+    if earlier is None:
+        record = IncrementRecord(id=landing.id, file=relative, source=landing.source, state=state, reasons=reasons, attempts=[attempt])
+    else:
+        record = earlier.attempted(attempt, relative)
     manifest.increments = [r for r in manifest.increments if r.id != landing.id]
-    manifest.increments.append(
-        IncrementRecord(id=landing.id, file=str(file.relative_to(ws.root)), source=landing.source, state=state, reasons=reasons)
-    )
+    manifest.increments.append(record)
     ws.write_manifest(manifest)
 
 
@@ -118,16 +156,49 @@ def quarantine(landing: Landing, ws: Workspace, reasons: list[str]) -> Path:
     return target
 
 
+@task(name="release", cache_policy=NO_CACHE)
+def release(landing: Landing, ws: Workspace) -> Landing:
+    """Move a quarantined increment that now passes back to ``data/increments/``; the manifest follows it."""
+    target = ws.increments / landing.path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with ws.lock("data"):
+        if landing.path.exists():
+            os.replace(landing.path, target)
+        landing.path.with_name(landing.path.name + ".reasons.json").unlink(missing_ok=True)
+        # Still rejected until accept files it; a crash before then retries it from here.
+        manifest = ws.read_manifest()
+        for record in manifest.increments:
+            if record.id == landing.id and record.state == "rejected":
+                record.file = str(target.relative_to(ws.root))
+        ws.write_manifest(manifest)
+    return Landing(landing.id, target, landing.source, landing.duplicate_of)
+
+
 @task(name="accept", cache_policy=NO_CACHE)
 def accept(landing: Landing, ws: Workspace, frame: pd.DataFrame, config: DataConfig) -> DataSchema:
     """File an increment as accepted and widen the workspace schema to cover it."""
     # Read, widen and write under the lock: two runs accepting at once must not lose each other's record.
     with ws.lock("data"):
         state = ws.read_schema()
-        schema = DataSchema.infer(frame, config.label) if state is None else DataSchema.from_dict(state).widened(frame)
+        schema = kinds_for(frame, None, config) if state is None else DataSchema.from_dict(state).widened(frame)
         ws.write_schema(schema.to_dict())
         _record(ws, landing, "accepted", landing.path, [])
     return schema
+
+
+def quarantined(ws: Workspace, increment_id: str) -> Path:
+    """The quarantined copy of a rejected increment, to run again; IncrementError says why there is none."""
+    record = ws.read_manifest().find(increment_id)
+    if record is None:
+        raise IncrementError(f"no increment {increment_id} in {ws.root} (`lepton status` lists them)")
+    if record.state != "rejected":
+        raise IncrementError(f"increment {increment_id} was {record.state}, not rejected: nothing to retry")
+    path = ws.root / record.file
+    if not path.is_file():
+        raise IncrementError(f"the quarantined copy of increment {increment_id} ({record.file}) is gone: run the original file again with `lepton run`")
+    if content_id(path) != increment_id:
+        raise IncrementError(f"{record.file} was changed since it was quarantined: run it as a new increment with `lepton run`")
+    return path
 
 
 def record_duplicate(ws: Workspace, landing: Landing) -> None:

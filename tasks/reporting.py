@@ -55,8 +55,9 @@ def gather(
             champion = evaluation.champion[key] if evaluation.champion is not None else None
             holdouts.append(
                 pages.HoldoutRow(
-                    increment_id=key, rows=len(score.correct), new=key == evaluation.new_id,
-                    candidate_accuracy=score.accuracy, champion_accuracy=champion.accuracy if champion else None,
+                    # A numeric target shows R² where classes show accuracy (both: higher is better, 1 is perfect).
+                    increment_id=key, rows=len(score.paired), new=key == evaluation.new_id,
+                    candidate_accuracy=score.primary, champion_accuracy=champion.primary if champion else None,
                     candidate_macro_f1=score.macro_f1, champion_macro_f1=champion.macro_f1 if champion else None,
                 )
             )
@@ -78,7 +79,7 @@ def gather(
         strategy=tags.get(TAG + "strategy") or (training.strategy if training else None),
         validation=None if validation is None else pages.ValidationSummary(
             passed=validation.passed, rows=validation.rows, expectations=validation.expectations, failed=validation.failed,
-            problems=validation.problems, data_docs=_relative(ws, validation.data_docs),
+            problems=validation.problems, warnings=validation.warnings, notes=validation.notes, data_docs=_relative(ws, validation.data_docs),
         ),
         drift=None if outcome.drift is None else [pages.DriftRow.model_validate(row) for row in outcome.drift],
         drift_action=outcome.drift_action,
