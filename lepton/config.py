@@ -43,6 +43,9 @@ class DataConfig(Section):
         1000.0, gt=1, description="Reject values farther beyond a column's seen range than this many times its scale (max of range width and magnitude): a unit error or corruption, not growth."
     )
     range_tolerance: float = Field(0.0, ge=0, description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected.")
+    range_mostly: float | None = Field(
+        None, description="No longer used, kept so older lepton.yaml files load: values beyond the seen range are reported, values orders of magnitude beyond it rejected (data.magnitude_limit)."
+    )
     min_rows: int = Field(10, ge=1, description="Fewest rows an increment may have.")
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
@@ -278,6 +281,7 @@ def default_yaml(label: str, model_name: str) -> str:
     """The lepton.yaml that ``lepton init`` writes: every section, with its defaults."""
     config = LeptonConfig(data=DataConfig(label=label), registry=RegistryConfig(model_name=model_name))
     body = config.model_dump(mode="json")
+    body["data"].pop("range_mostly")  # no longer used: only accepted from older files
     header = "# Lepton workspace configuration. Every key is optional except data.label.\n"
     return header + yaml.safe_dump(body, sort_keys=False)
 
