@@ -208,6 +208,22 @@ def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> N
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
+def consumer_signature(features: pd.DataFrame, predictions: Any) -> Any:
+    """The raw columns' own types, as consumers send data as it arrives; integer columns take any value.
+
+    MLflow refuses NaN in a column declared long, and refuses int64 in one declared double
+    (it cannot "safely" convert): a column of integers that may come with gaps is neither,
+    and the model's own preprocessing reads it either way.
+    """
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    signature = infer_signature(features, predictions, params={"probabilities": False})
+    integers = {c for c in features.columns if pd.api.types.is_integer_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])}
+    signature.inputs = Schema([ColSpec(AnyType(), spec.name) if spec.name in integers else spec for spec in signature.inputs.inputs])
+    return signature
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register(
     ws: Workspace,
@@ -230,18 +246,13 @@ def register(
     registration and writes nothing. The version carries the lineage tags whether or not it is promoted.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     from lepton.serving import LeptonClassifier
 
     client, experiment_id = connect(ws, config)
     name, increment_id, parent = config.model_name, tags[TAG + "increment_id"], _parent(tags)
-    # The signature keeps the raw columns' own types, consumers send data as it arrives; but numbers
-    # are float64 there, since any of them may come missing (an integer column would refuse NaN).
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
-    numbers = [c for c in features.columns if pd.api.types.is_numeric_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])]
-    features = features.astype({c: "float64" for c in numbers})
-    signature = infer_signature(features, candidate.predict(features), params={"probabilities": False})
+    signature = consumer_signature(features, candidate.predict(features))
     with ws.lock("champion"):
         existing = _live_version(client, name, increment_id)
         current = champion_version(client, name)
