@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +25,12 @@ class WorkspaceBusy(RuntimeError):
 
 
 class Attempt(BaseModel):
-    """One validation of an increment: when, its verdict, and why it was rejected."""
+    """One validation of an increment: its verdict, and why it was rejected.
 
-    at: datetime | None = None  # None: made before the manifest kept attempts, time unknown
+    No timestamp: the manifest is versioned with the data, and the same data must give the
+    same version (the run's time is in its Prefect flow run and the log).
+    """
+
     verdict: Verdict
     reasons: list[str] = []
 

@@ -129,7 +129,7 @@ def _record(ws: Workspace, landing: Landing, state: Verdict, file: Path, reasons
     manifest = ws.read_manifest()
     earlier = manifest.find(landing.id)
     relative = str(file.relative_to(ws.root))
-    attempt = Attempt(at=datetime.now(timezone.utc), verdict=state, reasons=reasons)
+    attempt = Attempt(verdict=state, reasons=reasons)
     if earlier is None:
         record = IncrementRecord(id=landing.id, file=relative, source=landing.source, state=state, reasons=reasons, attempts=[attempt])
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import pytest
 import yaml
@@ -39,10 +38,9 @@ def test_a_manifest_without_attempts_still_reads_and_keeps_its_verdict():
     old = {"increments": [{"id": "abc", "file": "data/quarantine/abc.csv", "source": "a.csv", "state": "rejected", "reasons": ["too few rows"]}]}
     known = Manifest.model_validate_json(json.dumps(old)).find("abc")
     assert known is not None and known.attempts == []
-    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
-    after = known.attempted(Attempt(at=now, verdict="accepted"), "data/increments/abc.csv")
+    after = known.attempted(Attempt(verdict="accepted"), "data/increments/abc.csv")
     assert (after.state, after.reasons, after.file) == ("accepted", [], "data/increments/abc.csv")
-    assert [(a.at, a.verdict, a.reasons) for a in after.attempts] == [(None, "rejected", ["too few rows"]), (now, "accepted", [])]
+    assert [(a.verdict, a.reasons) for a in after.attempts] == [("rejected", ["too few rows"]), ("accepted", [])]
 
 
 def strict_workspace(root):
