@@ -98,8 +98,12 @@ def detect_change(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], ne
     if champion is None:
         return None
     before = [k for k in holdouts if k != new_id][-CHANGE_WINDOW:]
-    if before:
-        scored = compare(champion, None, {k: holdouts[k] for k in [*before, new_id]}, new_id=new_id, label=label)
+    new = holdouts[new_id]
+    if not champion.regression:
+        # New classes are class-incremental data, not a changed rule: only rows of classes the champion knows count.
+        new = new[new[label].isin(champion.preprocessor.classes)]
+    if before and len(new):
+        scored = compare(champion, None, {**{k: holdouts[k] for k in before}, new_id: new}, new_id=new_id, label=label)
         if concept_changed(
             scored.pooled("candidate", [new_id]), scored.pooled("candidate", before),
             regression=scored.regression, confidence=config.confidence, samples=config.bootstrap_samples,
