@@ -54,3 +54,61 @@ def test_markdown_marks_the_default_and_rows_run_with_other_settings():
     assert 'Rows marked † ran with settings other than the defaults: `der+distill` {"distill_weight": 0.25}.' in text
     # The stream target compares the default with joint: 80.0% against 85.5% is missed.
     assert "| stream: final accuracy within 1 point of joint | **no** | 80.0% vs joint 85.5% |" in text
+
+
+@pytest.mark.integration
+def test_bench_tables_scores_every_model_prequentially(tmp_path):
+    """`lepton bench tables` on a 3-increment stationary stream: increment 1 unscored, the others scored by all three models."""
+    result = subprocess.run(
+        [LEPTON, "bench", "tables", "--table", "stationary", "--increments", "3", "--epochs", "5", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((tmp_path / "tables.json").read_text())
+    assert saved["epochs"] == 5
+    (record,) = saved["tables"]
+    assert (record["table"], record["metric"], record["increments"], record["rows"]) == ("stationary", "accuracy", 3, 900)
+    steps = record["steps"]
+    assert [s["increment"] for s in steps] == [1, 2, 3]
+    assert all(steps[0][who] is None for who in ("lepton", "hgb", "river"))
+    assert {s["status"] for s in steps} <= {"promoted", "kept_out", "rejected", "duplicate", "error"}
+    assert steps[0]["status"] == "promoted" and steps[0]["champion_version"] == 1
+    # The peers learn from every increment; HGB refits on all rows seen (300 + 600 + 900).
+    assert record["scored_increments"]["hgb"] == record["scored_increments"]["river"] == 2
+    assert record["train_samples"] == {**record["train_samples"], "hgb": 1800, "river": 900}
+    # Pooled prequential accuracy is the row-weighted mean of the per-increment accuracies.
+    for who in ("hgb", "river"):
+        assert record["prequential"][who] == pytest.approx((steps[1][who] + steps[2][who]) / 2)
+    # A linear 3-class rule with 5% noise: 300 rows put HGB far above chance (1/3) and below the 96.7% ceiling.
+    assert 0.6 < record["prequential"]["hgb"] < 0.97
+    assert record["accepted_share"] == sum(s["status"] in ("promoted", "kept_out") for s in steps) / 3
+    assert "### Targets" in (tmp_path / "tables.md").read_text()
+    assert "stationary stream: champion replaced" in result.stdout
+
+
+def _record(table, metric, lepton, hgb, river, *, kind="table", statuses=("promoted", "promoted", "promoted"), scored=2):
+    return {"table": table, "kind": kind, "metric": metric, "increments": len(statuses),
+            "steps": [{"increment": i + 1, "status": s} for i, s in enumerate(statuses)],
+            "prequential": {"lepton": lepton, "hgb": hgb, "river": river}, "scored_increments": {"lepton": scored},
+            "rejected": [i + 1 for i, s in enumerate(statuses) if s == "rejected"],
+            "replaced_share": statuses[1:].count("promoted") / (len(statuses) - 1)}
+
+
+def test_tables_targets_compare_with_the_peers_and_name_what_was_rejected():
+    """Targets: 2 points under HGB and at river passes, an unscored increment or a rejection misses, MAE within 10%."""
+    from benchmarks.tables import targets
+
+    records = [
+        _record("wine", "accuracy", 0.90, 0.915, 0.90),
+        _record("penguins", "accuracy", 0.99, 0.95, 0.90, statuses=("rejected", "promoted", "promoted"), scored=1),
+        _record("diabetes", "mae", 46.0, 42.0, 50.0),
+        _record("stationary", "accuracy", 0.9, 0.9, 0.8, kind="stream", statuses=("promoted", "kept_out", "promoted")),
+    ]
+    records[-1]["concept"] = {"change_at": 2, "measured_at": 3, "champion": 0.85, "reference": 0.89}
+    got = {text: (ok, measured) for text, ok, measured in targets(records)}
+    assert got["no clean increment rejected (or failed)"] == (False, "1 of 12: penguins [1]")
+    assert got["wine: accuracy within 2 points of HGB and >= river"] == (True, "90.0% vs HGB 91.5%, river 90.0%")
+    assert got["penguins: accuracy within 2 points of HGB and >= river"] == (False, "99.0% vs HGB 95.0%, river 90.0% (Lepton scored 1 of 2 increments)")
+    assert got["diabetes: MAE within 10% of HGB"] == (True, "46.00 vs HGB 42.00, river 50.00")
+    assert got["stationary stream: champion replaced on >= 80% of increments"] == (False, "50% of 2")
+    assert got["concept change: 2 increments on, within 3 points of the new concept alone"] == (False, "85.0% vs 89.0% (increment 3, change at 2)")
