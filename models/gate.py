@@ -74,32 +74,10 @@ def decide(
         checks["no champion yet: the floors decide"] = True
         return _decision(checks)
 
-    # Gains are "higher is better": correctness as it is, errors with their sign turned.
-    sign = -1.0 if regression else 1.0
-    candidate, champion = sign * new_candidate.astype(np.float64), sign * new_champion.astype(np.float64)
-    gain = _mean(candidate) - _mean(champion)
-    champion_mae = _mean(new_champion) if regression else 0.0
-    what = "MAE gain" if regression else "gain"
-    relative = champion_mae if regression else 1.0
     if config.policy == "superior":
-        bar, why = config.min_improvement * relative, ""
+        _superior(checks, new_candidate, new_champion, config, regression)
     else:
-        margin = config.mae_margin if regression else config.margin
-        bar = -margin * relative
-        why = f" (non-inferiority: gate.{'mae_margin' if regression else 'margin'}={margin:g}{' of the champion MAE' if regression else ''})"
-    fmt = ".4g" if regression else "+.3f"
-    if len(candidate) < config.min_holdout_rows:
-        # A handful of rows: the bootstrap's bound would swing with every row; say so and use the point estimate.
-        ok = gain > bar
-        checks[f"{what} on the new holdout {gain:{fmt}} {'>' if ok else '<='} {bar:{fmt}}{why}"] = ok
-        checks[
-            f"the new holdout has {len(candidate)} rows, too few for the bootstrap to say anything "
-            f"(gate.min_holdout_rows={config.min_holdout_rows}): the point estimate decides"
-        ] = True
-    else:
-        lower = paired_bootstrap_lower(candidate, champion, confidence=config.confidence, samples=config.bootstrap_samples)
-        ok = bool(lower > bar)
-        checks[f"{what} on the new holdout {gain:{fmt}} (lower {config.confidence:.0%} bound {lower:{fmt}}) {'>' if ok else '<='} {bar:{fmt}}{why}"] = ok
+        _non_inferior(checks, new_candidate, new_champion, old_candidate, old_champion, config, regression, old_label)
 
     if old_champion is not None and len(old_champion):
         # Forgetting beyond the allowance must be more than the earlier holdouts' noise: the bound of the
@@ -119,6 +97,86 @@ def decide(
             f"{'<=' if ok else '>'} {config.max_forgetting:.3f} (gate.max_forgetting)"
         ] = ok
     return _decision(checks)
+
+
+def _gains(candidate: np.ndarray, champion: np.ndarray, regression: bool) -> np.ndarray:
+    """Per-row gains, higher is better: correctness as it is, errors with their sign turned."""
+    diff = candidate.astype(np.float64) - champion.astype(np.float64)
+    return -diff if regression else diff
+
+
+def _superior(checks: dict[str, bool], candidate: np.ndarray, champion: np.ndarray, config: GateConfig, regression: bool) -> None:
+    """policy=superior: the gain on the new holdout, at the bootstrap's lower bound, must exceed min_improvement."""
+    gains = _gains(candidate, champion, regression)
+    bar = config.min_improvement * (_mean(champion) if regression else 1.0)
+    what, fmt = ("MAE gain", ".4g") if regression else ("gain", "+.3f")
+    if len(gains) < config.min_holdout_rows:
+        ok = _mean(gains) > bar
+        checks[f"{what} on the new holdout {_mean(gains):{fmt}} {'>' if ok else '<='} {bar:{fmt}}"] = ok
+        checks[_too_few(len(gains), config)] = True
+        return
+    lower = paired_bootstrap_lower(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
+    ok = bool(lower > bar)
+    checks[f"{what} on the new holdout {_mean(gains):{fmt}} (lower {config.confidence:.0%} bound {lower:{fmt}}) {'>' if ok else '<='} {bar:{fmt}}"] = ok
+
+
+def _too_few(rows: int, config: GateConfig) -> str:
+    return f"the holdouts compared hold {rows} rows, too few for the bootstrap to say anything (gate.min_holdout_rows={config.min_holdout_rows}): the point estimate decides"
+
+
+def _non_inferior(
+    checks: dict[str, bool], new_candidate: np.ndarray, new_champion: np.ndarray, old_candidate: np.ndarray, old_champion: np.ndarray | None,
+    config: GateConfig, regression: bool, old_label: str,
+) -> None:
+    """Not worse than the champion by more than the margin, judged on the new holdout and the earlier ones that follow the same rule.
+
+    The earlier holdouts count too: neither model trained on them, and one increment's holdout
+    (often 50 rows) is too coarse for a 1-point margin, where one row is 2 points. Where the
+    bootstrap's bound cannot resolve the margin on the rows there are (its distance from the
+    mean exceeds the margin), it says so and the point estimate decides; where it can, the bound
+    decides. The new holdout alone must not be significantly worse, so earlier data cannot hide
+    a candidate that does worse on what arrives now.
+    """
+    old_pairs = old_champion is not None and len(old_champion) == len(old_candidate) and len(old_candidate) > 0
+    candidate = np.concatenate([new_candidate, old_candidate]) if old_pairs else new_candidate
+    champion = np.concatenate([new_champion, old_champion]) if old_pairs else new_champion  # type: ignore[list-item]
+    margin = config.mae_margin if regression else config.margin
+    scale = _mean(champion) if regression else 1.0  # a numeric target's margin is a share of the champion's MAE
+    bar = -margin * scale
+    what, fmt = ("MAE gain", ".4g") if regression else ("gain", "+.3f")
+    where = f"the new and {old_label}" if old_pairs else "the new holdout"
+    setting = f"gate.{'mae_margin' if regression else 'margin'}={margin:g}{' of the champion MAE' if regression else ''}"
+    gains = _gains(candidate, champion, regression)
+    gain = _mean(gains)
+    if len(gains) < config.min_holdout_rows:
+        ok = gain >= bar
+        checks[f"{what} on {where} {gain:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (non-inferiority: {setting})"] = ok
+        checks[_too_few(len(gains), config)] = True
+    else:
+        lower = paired_bootstrap_lower(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
+        upper = -paired_bootstrap_lower(-gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
+        rows = f"{gain:{fmt}} over {len(gains)} rows"
+        if lower > bar or upper < bar:
+            ok = bool(lower > bar)
+            bound = f"lower {config.confidence:.0%} bound {lower:{fmt}}) >" if ok else f"upper {config.confidence:.0%} bound {upper:{fmt}}) <"
+            checks[f"{what} on {where} {rows} ({bound} {bar:{fmt}} (non-inferiority: {setting})"] = ok
+        elif gain - lower > margin * scale:
+            # The interval straddles the margin and is wider than it: these rows cannot tell, the point estimate does.
+            ok = gain >= bar
+            checks[
+                f"{what} on {where} {rows} {'>=' if ok else '<'} {bar:{fmt}} (non-inferiority: {setting}); "
+                f"the {config.confidence:.0%} bounds [{lower:{fmt}}, {upper:{fmt}}] cannot resolve the margin on {len(gains)} rows: the point estimate decides"
+            ] = ok
+        else:
+            checks[f"{what} on {where} {rows} (lower {config.confidence:.0%} bound {lower:{fmt}}) <= {bar:{fmt}} (non-inferiority: {setting})"] = False
+    if old_pairs and len(new_candidate) >= config.min_holdout_rows:
+        alone = _gains(new_candidate, new_champion, regression)
+        upper = -paired_bootstrap_lower(-alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)
+        ok = upper >= bar
+        checks[
+            f"the new holdout alone is {'not ' if ok else ''}significantly worse: {what} {_mean(alone):{fmt}} "
+            f"(upper {config.confidence:.0%} bound {upper:{fmt}}) {'>=' if ok else '<'} {bar:{fmt}}"
+        ] = ok
 
 
 def _decision(checks: dict[str, bool]) -> GateDecision:

@@ -68,6 +68,16 @@ def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | Non
 def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None) -> GateDecision:
     """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed."""
     has_champion = evaluation.champion is not None
+    note = None
+    if change_at is not None and change_at == evaluation.new_id and has_champion:
+        # A change is followed only when the candidate learnt the new rule: labels that are noise also make
+        # the champion look worse, and must not switch off the forgetting check.
+        sign = -1.0 if evaluation.regression else 1.0
+        learnt = sign * (evaluation.pooled("candidate", [evaluation.new_id]).mean() - evaluation.pooled("champion", [evaluation.new_id]).mean())
+        bar = config.margin if not evaluation.regression else config.mae_margin * float(evaluation.pooled("champion", [evaluation.new_id]).mean())
+        if not learnt > bar:
+            change_at = None
+            note = f"concept change not followed: the candidate does no better than the champion on the new holdout it changed on (gain {learnt:+.3g}), so forgetting is judged on every earlier holdout"
     old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
     regression = evaluation.regression
     r2 = (None, None)
@@ -80,6 +90,8 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
         config=config, regression=regression, r2=r2, old_label=old_label,
     )
+    if note is not None:
+        decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: True})
     if has_champion and evaluation.old_ids and not old_ids:
         # Said, not silently skipped: the labels of earlier holdouts follow the rule that changed.
         reason = f"concept change at this increment: forgetting not judged on the {len(evaluation.old_ids)} earlier holdout(s) (gate.old_holdouts={config.old_holdouts})"
