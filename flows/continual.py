@@ -125,10 +125,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate)
     changed = change_at is not None and change_at == landing.id
     if changed:
-        log.warning("concept change: the champion does much worse on this increment than on earlier ones; its memory starts afresh and forgetting is judged from here on")
+        log.warning("concept change: the champion does much worse on this increment than on earlier ones; a new network learns it, and forgetting is judged from here on")
     candidate, training = train(
         champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
-        plan.rehearse, fresh_memory=changed,
+        plan.rehearse, concept_change=changed,
     )
     candidate.meta["concept_change_at"] = change_at
     log.info(

@@ -144,15 +144,16 @@ def fine_tune(
     strategy: StrategyConfig,
     rehearse: pd.DataFrame | None = None,
     encoding: Encoding | None = None,
-    fresh_memory: bool = False,
+    concept_change: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
     ``rehearse``: earlier rows (of known classes) trained on alongside ``frame`` but not
     offered to the memory or the scaler again, which have already counted them.
     ``encoding``: column kinds and task for a new network (inferred from ``frame`` when None);
-    a warm start keeps the champion's. ``fresh_memory``: start the strategies' state afresh
-    (after a concept change, the memory's labels follow the old rule).
+    a warm start keeps the champion's. ``concept_change``: the labels now follow another rule, so
+    the network and the strategies' state start afresh (the memory's labels and the weights encode
+    the old rule); the preprocessing (scales, vocabularies, classes) carries on.
     The champion itself is never modified: its weights are copied into a new network.
     """
     torch.manual_seed(train.seed)
@@ -166,10 +167,10 @@ def fine_tune(
     n_outputs, width = preprocessor.n_outputs, preprocessor.width
 
     plan = strategies.build(strategy, n_features=width, seed=train.seed, regression=regression)
-    if champion is not None and champion.meta.get("strategy", {}).get("name") == strategy.name and not fresh_memory:
+    if champion is not None and champion.meta.get("strategy", {}).get("name") == strategy.name and not concept_change:
         plan.load_state_dict(champion.strategy_state)
 
-    retrain = "joint" in strategy.names or champion is None
+    retrain = "joint" in strategy.names or champion is None or concept_change
     if retrain:
         hidden = tuple(train.hidden) if champion is None else champion.network.hidden
         network = MLP(n_features=width, n_classes=n_outputs, hidden=hidden)

@@ -33,12 +33,12 @@ def train(
     train: TrainConfig,
     strategy: StrategyConfig,
     rehearse: pd.DataFrame | None = None,
-    fresh_memory: bool = False,
+    concept_change: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
     result = fine_tune(
-        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, fresh_memory=fresh_memory
+        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, concept_change=concept_change
     )
     checkpoint("train")
     return result

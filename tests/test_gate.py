@@ -197,9 +197,10 @@ def test_forgetting_is_judged_beyond_the_noise_of_small_holdouts() -> None:
 
 
 def test_concept_change_needs_a_large_significant_drop() -> None:
-    """The champion at 60% on the new increment against 95% before is a change; 93% against 95% is noise."""
+    """The champion at 60% on the new increment against 95% before is a change; 85% against 95% is not (a noisy holdout can do that)."""
     before = correct(190, 200)
     assert concept_changed(correct(60), before, regression=False, confidence=0.95, samples=500)
-    assert not concept_changed(correct(93), before, regression=False, confidence=0.95, samples=500)
-    # Errors twice as large on a numeric target are a change too.
-    assert concept_changed(np.full(50, 2.0), np.ones(200), regression=True, confidence=0.95, samples=500)
+    assert not concept_changed(correct(85), before, regression=False, confidence=0.95, samples=500)
+    # Errors more than twice as large on a numeric target are a change too; 50% larger is not.
+    assert concept_changed(np.full(50, 2.5), np.ones(200), regression=True, confidence=0.95, samples=500)
+    assert not concept_changed(np.full(50, 1.5), np.ones(200), regression=True, confidence=0.95, samples=500)
