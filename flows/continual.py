@@ -118,7 +118,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     relative = str(landing.path.relative_to(ws.root))
 
     champion = load_champion(ws, config.registry)
-    train_frame, holdouts = split_increments(ws, landing.id, config.data)
+    # No champion yet (none, or every model so far was kept out): the new network learns all that got in.
+    train_frame, holdouts = split_increments(ws, landing.id, config.data, everything=champion is None)
+    if champion is None and len(holdouts) > 1:
+        log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(holdouts), len(train_frame))
     plan = plan_training(ws, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
     if plan.note:
         log.warning(plan.note)

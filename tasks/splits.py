@@ -22,10 +22,12 @@ def read(landing_path) -> tuple[pd.DataFrame | None, str | None]:
 
 
 @task(name="split", cache_policy=NO_CACHE)
-def split_increments(ws: Workspace, new_id: str, data: DataConfig) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def split_increments(ws: Workspace, new_id: str, data: DataConfig, *, everything: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last).
 
     Rows without a label, and repeated rows when ``data.duplicates=drop``, take part in neither.
+    ``everything``: the training parts of every accepted increment, the new one last (a first
+    network while no model has passed the gate yet learns all the data that got in, not the last file).
     """
     drop = data.duplicates == "drop"
     parts = {
@@ -35,6 +37,8 @@ def split_increments(ws: Workspace, new_id: str, data: DataConfig) -> tuple[pd.D
     if new_id not in parts:
         raise RuntimeError(f"increment {new_id} is not among the accepted increments")
     train, new_holdout = parts.pop(new_id)
+    if everything and parts:
+        train = pd.concat([*(t for t, _ in parts.values()), train], ignore_index=True)
     holdouts = {k: holdout for k, (_, holdout) in parts.items()}
     holdouts[new_id] = new_holdout
     return train, holdouts

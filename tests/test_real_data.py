@@ -357,3 +357,27 @@ def test_after_a_change_the_champion_is_as_good_as_a_model_of_the_new_rule_alone
     reference = float((alone.predict(fresh.drop(columns=["y"])) == fresh["y"].to_numpy()).mean())
     assert reference > 0.95
     assert accuracy(champion_model(change["ws"]), fresh) >= reference - 0.03
+
+
+def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_increment(tmp_path, prefect_api):
+    """A first model kept out by a floor leaves its data in: the next network learns both increments, not only the last file."""
+    from flows.continual import continual_training
+    from lepton.config import load
+    from models.splits import split
+    from tasks.registry import load_champion
+
+    ws = make_workspace(tmp_path / "ws", "y", "late-start")
+    frames = [rule_rows(200, 21), rule_rows(200, 22)]
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(tmp_path / f"part{i}.parquet")
+        frame.to_parquet(paths[-1], index=False)
+    # A floor nothing reaches: registered, kept out, no champion.
+    first = continual_training(str(paths[0]), str(ws.root), [*FAST, "gate.min_accuracy=1.0"])
+    assert first.status == "kept_out" and first.champion_version is None, first.message
+    second = continual_training(str(paths[1]), str(ws.root), FAST)
+    assert second.status == "promoted", second.message
+    champion = load_champion.fn(ws, load(ws.root).registry)
+    # The scaler counted the training rows of both increments: the first one's data was learnt too.
+    trained = sum(len(split(f, 0.2)[0]) for f in frames)
+    assert champion.bundle.preprocessor.count == trained
