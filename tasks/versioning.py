@@ -94,17 +94,75 @@ def current_hash(ws: Workspace) -> str | None:
     return outs[0].get("md5")
 
 
+class DataUnavailable(RuntimeError):
+    """A data version that neither the cache nor the remote holds in full: nothing was changed."""
+
+
+def missing_objects(repo, digest: str) -> list[str]:
+    """The objects of data version ``digest`` (its ``.dir`` listing and every file) that neither the cache nor the remote has.
+
+    Reads only: a restore checks this before it touches ``data.dvc`` or ``data/``.
+    """
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    cache = repo.cache.local
+    try:
+        remote = repo.cloud.get_remote_odb(REMOTE, hash_name="md5")
+    except Exception:  # no remote configured, or one that cannot be reached: only the cache counts
+        remote = None
+
+    def found(oids: list[str]) -> set[str]:
+        here = {oid for oid in oids if cache.exists(oid)}
+        rest = [oid for oid in oids if oid not in here]
+        if rest and remote is not None:
+            try:
+                here |= set(remote.oids_exist(rest))
+            except Exception:
+                pass
+        return here
+
+    if digest not in found([digest]):
+        return [digest]
+    listing = cache if cache.exists(digest) else remote
+    try:
+        tree = Tree.load(listing, HashInfo("md5", digest))
+    except Exception:
+        return [digest]
+    oids = sorted({info.value for _, (_, info) in tree.iteritems() if info is not None and info.value})
+    have = found(oids)
+    return [oid for oid in oids if oid not in have]
+
+
 def restore(ws: Workspace, digest: str, config: DvcConfig) -> None:
-    """Make ``data/`` exactly the version ``digest``, from the cache or else the remote."""
+    """Make ``data/`` exactly the version ``digest``, from the cache or else the remote.
+
+    Checked first: when any of its objects is in neither, ``DataUnavailable`` is raised and
+    ``data.dvc`` and ``data/`` are left exactly as they were (a half restore once deleted data/).
+    """
     with ws.lock("data"):
         _ensure_remote(ws, config)
         clear_broken_lock(ws)
         pointer = ws.root / "data.dvc"
-        ws.write_atomically(pointer, yaml.safe_dump({"outs": [{"md5": digest, "hash": "md5", "path": "data"}]}, sort_keys=False))
         with _repo(ws) as repo:
-            repo.pull(targets=[str(pointer)], remote=REMOTE, force=True)
-            # Re-adding rewrites data.dvc with size and file count, as `dvc add` leaves it.
-            repo.add(str(ws.data))
+            lost = missing_objects(repo, digest)
+            if lost:
+                raise DataUnavailable(
+                    f"data version {digest} is not available: {len(lost)} object(s) are in neither the DVC cache nor "
+                    f"the remote {REMOTE!r} (first: {lost[0]}); data/ and data.dvc are unchanged"
+                )
+        before = pointer.read_bytes() if pointer.exists() else None
+        ws.write_atomically(pointer, yaml.safe_dump({"outs": [{"md5": digest, "hash": "md5", "path": "data"}]}, sort_keys=False))
+        try:
+            with _repo(ws) as repo:
+                repo.pull(targets=[str(pointer)], remote=REMOTE, force=True)
+                # Re-adding rewrites data.dvc with size and file count, as `dvc add` leaves it.
+                repo.add(str(ws.data))
+        except BaseException:
+            # The pointer goes back to what data/ still is: a failed restore must not leave it naming other data.
+            if before is not None:
+                ws.write_atomically(pointer, before.decode())
+            raise
 
 
 def git_commit(root: Path) -> str:
