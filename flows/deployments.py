@@ -106,6 +106,13 @@ def _in_order(files: list[Path], ws: Workspace, overrides: list[str], *, consume
     return report
 
 
+def _fenced(files: list[Path], allowed: list[Path]) -> None:
+    """Refuse the whole series, before any file is read, when one resolves (a symlink, say) outside the allowed roots."""
+    refused = landing.outside_all(files, allowed)
+    if refused:
+        raise PermissionError("; ".join(refused))
+
+
 @flow(name="run-increment")
 def run_increment(
     path: str,
@@ -173,6 +180,7 @@ def run_pending(
     folder = landing.folder(ws, config.landing)
     with landing.exclusive(folder):
         files = landed(folder)
+        _fenced(files, landing.roots(ws, config.landing))
         log.info("%d increment(s) waiting in %s", len(files), folder)
         return _in_order(files, ws, overrides.to_list(), consume=True)
 
@@ -197,9 +205,11 @@ def backfill(
     log = get_run_logger()
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides.to_list())  # a bad override fails before any run
-    refused = landing.outside_roots(Path(folder), landing.roots(ws, config.landing))
+    allowed = landing.roots(ws, config.landing)
+    refused = landing.outside_roots(Path(folder), allowed) or landing.pattern_problem(pattern)
     if refused is not None:
         raise PermissionError(refused)
     files = backfill_files(Path(folder).expanduser(), pattern)
+    _fenced(files, allowed)
     log.info("%d increment(s) to backfill from %s", len(files), folder)
     return _in_order(files, ws, overrides.to_list(), consume=False)

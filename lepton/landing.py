@@ -113,10 +113,25 @@ def pending(target_folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` could match files outside its folder (absolute, or a '..' part), or None."""
+    if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+        return f"pattern {pattern!r} leaves its folder: use a glob of names inside it, like '2026-11-*.parquet'"
+    return None
+
+
+def outside_all(files: list[Path], allowed: list[Path]) -> list[str]:
+    """Why each of ``files`` may not be read (one that resolves, through links, outside every root); empty when all may."""
+    return [problem for path in files if (problem := outside_roots(path, allowed)) is not None]
+
+
 def in_folder(target_folder: Path, pattern: str = "*") -> list[Path]:
     """The increments of a backfill folder (CSV and Parquet matching ``pattern``), by name."""
     if not target_folder.is_dir():
         raise FileNotFoundError(f"{target_folder} is not a folder")
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        raise ValueError(problem)
     files = [p for p in target_folder.glob(pattern) if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(".")]
     return sorted(files, key=lambda p: p.name)
 

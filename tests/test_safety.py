@@ -59,3 +59,70 @@ def test_restore_from_the_remote_after_gc(clean_dir):
     restore(ws, old, config)
     assert current_hash(ws) == old
     assert sorted(p.name for p in (ws.data / "increments").iterdir()) == ["a.csv"]
+
+
+# --- The fence: every file a flow takes resolves inside the allowed roots ---------------------------
+
+QUICK = {"train": {"epochs": 2}, "gate": {"bootstrap_samples": 100}}
+
+
+def _fence_case(clean_dir, increments):
+    """A workspace, an increment in a folder outside every allowed root, and the (empty) inbox."""
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    outside = clean_dir / "outside"
+    outside.mkdir()
+    secret = outside / "secret.parquet"
+    shutil.copyfile(increments[0], secret)
+    inbox = ws.state / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    return ws, secret, inbox
+
+
+def _untouched(ws, before: dict[str, bytes]) -> None:
+    assert _snapshot(ws.root) == before
+    assert not ws.mlflow_db.exists()
+
+
+def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increments):
+    """pattern='../../../outside/*.parquet' from the inbox is refused before anything is read."""
+    from flows.deployments import backfill
+    from lepton.config import ConfigOverrides
+
+    ws, _, inbox = _fence_case(clean_dir, increments)
+    before = _snapshot(ws.root)
+    with pytest.raises(PermissionError, match="leaves its folder"):
+        backfill(folder=str(inbox), workspace=str(ws.root), overrides=ConfigOverrides.model_validate(QUICK), pattern="../../../outside/*.parquet")
+    _untouched(ws, before)
+
+
+def test_symlink_out_of_an_allowed_folder_is_refused(clean_dir, prefect_api, increments):
+    """A link in the inbox to a file outside: neither backfill nor run-pending reads it, and the link stays."""
+    from flows.deployments import backfill, run_pending
+    from lepton.config import ConfigOverrides
+
+    ws, secret, inbox = _fence_case(clean_dir, increments)
+    (inbox / "day-1.parquet").symlink_to(secret)
+    before = _snapshot(ws.root)
+    overrides = ConfigOverrides.model_validate(QUICK)
+    with pytest.raises(PermissionError, match="is outside the folders increments may come from"):
+        backfill(folder=str(inbox), workspace=str(ws.root), overrides=overrides)
+    with pytest.raises(PermissionError, match="is outside the folders increments may come from"):
+        run_pending(workspace=str(ws.root), overrides=overrides)
+    _untouched(ws, before)
+    assert (inbox / "day-1.parquet").is_symlink()
+
+
+def test_cli_backfill_is_fenced_too(clean_dir, prefect_api, increments):
+    """`lepton backfill` trusts the folder it is given, not a pattern that climbs out of it nor a link out of it."""
+    from tests.conftest import run_cli
+
+    ws, secret, _ = _fence_case(clean_dir, increments)
+    exports = clean_dir / "exports"
+    exports.mkdir()
+    before = _snapshot(ws.root)
+    climbed = run_cli(["backfill", str(exports), "--workspace", str(ws.root), "--pattern", "../outside/*.parquet"], api_url=prefect_api)
+    assert climbed.returncode == 1 and "leaves its folder" in climbed.stderr, climbed.stderr
+    (exports / "day-1.parquet").symlink_to(secret)
+    linked = run_cli(["backfill", str(exports), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert linked.returncode == 1 and "is outside the folders increments may come from" in linked.stderr, linked.stderr
+    _untouched(ws, before)
