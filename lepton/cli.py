@@ -109,6 +109,10 @@ def initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] | 
     from lepton.config import load
 
     versioning.version(ws, load(ws.root).dvc)
+    # Committed, so model versions name a real git commit; without a git identity init still succeeds, and says how.
+    problem = versioning.commit_created(ws.root)
+    if problem is not None:
+        err.print(f"[yellow]note:[/yellow] {problem}", soft_wrap=True)
     return created
 
 

@@ -165,16 +165,48 @@ def restore(ws: Workspace, digest: str, config: DvcConfig) -> None:
             raise
 
 
-def git_commit(root: Path) -> str:
-    """HEAD of the workspace's git repo, with ``-dirty`` when tracked files changed; ``none`` before a first commit."""
-    def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
-    head = git("rev-parse", "HEAD")
+
+def git_commit(root: Path) -> str:
+    """HEAD of the workspace's git repo, with ``-dirty`` when tracked files changed; ``none`` before a first commit.
+
+    ``data.dvc`` does not count: runs move it on purpose, and each model version names its data by ``data_hash``.
+    """
+    head = _git(root, "rev-parse", "HEAD")
     if head.returncode != 0:
         return "none"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)data.dvc").stdout.strip()
     return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+# What ``init`` creates for git to keep; .lepton/ (state) and data/ (DVC's) are ignored.
+CREATED = ("lepton.yaml", ".gitignore", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "data.dvc")
+
+
+def commit_created(root: Path) -> str | None:
+    """Commit the files ``init`` created that no commit holds yet; None when done (or nothing new), else why not.
+
+    Uses the environment's git identity only (no guessed ``user@host``); only these paths are
+    committed, whatever else the user has staged.
+    """
+    new = [p for p in CREATED if (root / p).exists() and _git(root, "rev-parse", "--verify", "-q", f"HEAD:{p}").returncode != 0]
+    if not new:
+        return None
+    added = _git(root, "add", "--", *new)
+    done = added if added.returncode != 0 else _git(
+        root, "-c", "user.useConfigOnly=true", "commit", "-q", "-m", "Lepton workspace: config, DVC and its remote, data/ tracked by data.dvc", "--", *new
+    )
+    if done.returncode == 0:
+        return None
+    if "identity unknown" in done.stderr or "tell me who you are" in done.stderr or "no email was given" in done.stderr:
+        return (
+            "no git identity, so the workspace's files are not committed (versions are tagged git_commit none until they are): "
+            'set one with `git config --global user.name "Your Name"` and `git config --global user.email you@example.com` '
+            f"(or GIT_AUTHOR_NAME/EMAIL and GIT_COMMITTER_NAME/EMAIL), then `git -C {root} commit -m \"Lepton workspace\"`"
+        )
+    return f"the workspace's files are not committed: git said {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
 
 
 def init(ws: Workspace) -> None:

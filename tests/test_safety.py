@@ -126,3 +126,45 @@ def test_cli_backfill_is_fenced_too(clean_dir, prefect_api, increments):
     linked = run_cli(["backfill", str(exports), "--workspace", str(ws.root)], api_url=prefect_api)
     assert linked.returncode == 1 and "is outside the folders increments may come from" in linked.stderr, linked.stderr
     _untouched(ws, before)
+
+
+# --- init commits what it creates ---------------------------------------------------------------
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_init_commits_what_it_creates(clean_dir):
+    """After init, git is clean and HEAD holds the config, DVC's files and data.dvc, by the environment's identity."""
+    from lepton.config import load
+    from tasks.versioning import git_commit, version
+
+    ws = make_workspace(clean_dir, "digit", "digits", DIGITS)
+    assert _git(ws.root, "status", "--porcelain") == ""
+    assert sorted(_git(ws.root, "ls-files").splitlines()) == [".dvc/.gitignore", ".dvc/config", ".dvcignore", ".gitignore", "data.dvc", "lepton.yaml"]
+    assert _git(ws.root, "log", "--format=%an <%ae>") == "Lepton Tests <tests@lepton.invalid>"
+    head = _git(ws.root, "rev-parse", "HEAD")
+    assert git_commit(ws.root) == head
+    # A run moves data.dvc on purpose (its version is the data_hash tag); the config is what makes a version dirty.
+    (ws.data / "increments").mkdir(parents=True, exist_ok=True)
+    (ws.data / "increments" / "a.csv").write_text("x,digit\n1,0\n")
+    version(ws, load(ws.root).dvc)
+    assert git_commit(ws.root) == head
+    (ws.root / "lepton.yaml").write_text((ws.root / "lepton.yaml").read_text() + "\n")
+    assert git_commit(ws.root) == head + "-dirty"
+
+
+def test_init_without_git_identity_says_how_to_set_one(clean_dir):
+    """No identity anywhere: init still makes the workspace (exit 0), commits nothing, and says how to set one."""
+    from tests.conftest import LEPTON
+
+    home = clean_dir / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k not in ("EMAIL", "PREFECT_API_URL")}
+    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", XDG_CONFIG_HOME=str(home / ".config"))
+    done = subprocess.run([LEPTON, "init", str(clean_dir / "ws"), "--label", "digit"], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "workspace ready" in done.stdout
+    assert "no git identity" in done.stderr and "git config --global user.email" in done.stderr
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=clean_dir / "ws", capture_output=True, check=False).returncode != 0
