@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from lepton import config as lepton_config
+from lepton.faults import stop_on_sigterm
 from lepton.workspace import Workspace
 from tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
@@ -52,6 +53,7 @@ class RunOutcome(BaseModel):
 @flow(name="continual-training", log_prints=False)
 def continual_training(path: str, workspace: str = ".", overrides: list[str] | None = None) -> RunOutcome:
     """Send one increment file through the whole pipeline."""
+    stop_on_sigterm()  # Prefect's SIGTERM exception can be swallowed mid-training; the run must stop anyway
     log = get_run_logger()
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 VARIABLE = "LEPTON_KILL_AT"
 POINTS = ("ingest", "train", "register", "promote")
@@ -27,3 +29,46 @@ def checkpoint(name: str) -> None:
     """Die here, at once and without clean-up, if ``LEPTON_KILL_AT`` names this point."""
     if os.environ.get(VARIABLE) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# SIGTERM. Prefect's handler raises TerminationSignal in the main thread wherever it happens to be;
+# when that is inside a finalizer (a ``__del__`` or weakref callback that the garbage collector runs
+# in the middle of training), Python prints "Exception ignored in ..." and carries on, and the run
+# went on to register a version and exit 0. The guard below notices the signal outside Python's
+# handler (the interpreter's wakeup fd) and, if the process is still alive ``grace`` seconds later,
+# delivers it again; after ``attempts`` it ends the process. Stopping anywhere is safe: a re-run
+# resumes the increment (see the fault points above).
+
+GRACE_SECONDS = 5.0
+_guarded = False
+
+
+def stop_on_sigterm(grace: float = GRACE_SECONDS, attempts: int = 2) -> bool:
+    """Make SIGTERM stop this process even where its exception is swallowed; True once installed (main thread only)."""
+    global _guarded
+    if _guarded:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    if previous != -1:  # an event loop owns it: leave it alone
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
+        return False
+    threading.Thread(target=_watch, args=(read_end, grace, attempts), name="lepton-sigterm-guard", daemon=True).start()
+    _guarded = True
+    return True
+
+
+def _watch(read_end: int, grace: float, attempts: int) -> None:
+    while signal.SIGTERM not in os.read(read_end, 512):
+        pass
+    for _ in range(attempts):
+        time.sleep(grace)
+        # Still here: the exception was swallowed, or clean-up hangs. Again, as the sender meant it.
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace)
+    os._exit(128 + signal.SIGTERM)
