@@ -242,3 +242,23 @@ def test_sigterm_during_fine_tuning_stops_the_run_and_a_rerun_finishes(clean_dir
     assert again.returncode == 0, again.stderr
     assert "promoted as version 1" in again.stdout
     assert registry_state(ws)["champion"] == 1
+
+
+def test_cli_data_checkout_of_lost_data_exits_1_and_changes_nothing(clean_dir, prefect_api, increments):
+    """`lepton data checkout --model-version 1` with the remote removed and the cache collected: exit 1, the reason, nothing moved."""
+    from lepton.config import load
+    from tests.conftest import run_cli
+    from tasks.versioning import version
+
+    ws = make_workspace(clean_dir, "digit", "digits", DIGITS)
+    first = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--set", "train.epochs=5", "--set", "gate.bootstrap_samples=100"], api_url=prefect_api)
+    assert first.returncode == 0, first.stderr
+    (ws.data / "later.csv").write_text("x,digit\n1,0\n")  # the workspace moved on to another data version
+    version(ws, load(ws.root).dvc)
+    shutil.rmtree(ws.dvc_remote)
+    subprocess.run([str(Path(os.sys.executable).parent / "dvc"), "gc", "-w", "-f"], cwd=ws.root, check=True, capture_output=True)
+    before = _snapshot(ws.root)
+    done = run_cli(["data", "checkout", "--model-version", "1", "--workspace", str(ws.root)], api_url=prefect_api)
+    assert done.returncode == 1 and "is not available" in done.stderr and "unchanged" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert _snapshot(ws.root) == before
