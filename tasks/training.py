@@ -69,15 +69,22 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
     """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed."""
     has_champion = evaluation.champion is not None
     note = None
-    if change_at is not None and change_at == evaluation.new_id and has_champion:
+    if change_at is not None and change_at == evaluation.new_id and has_champion and evaluation.old_ids:
         # A change is followed only when the candidate learnt the new rule: labels that are noise also make
-        # the champion look worse, and must not switch off the forgetting check.
+        # the champion look worse, and must not switch off the forgetting check. Learnt means it won back
+        # at least half of what the champion lost against its own recent earlier holdouts.
         sign = -1.0 if evaluation.regression else 1.0
-        learnt = sign * (evaluation.pooled("candidate", [evaluation.new_id]).mean() - evaluation.pooled("champion", [evaluation.new_id]).mean())
-        bar = config.margin if not evaluation.regression else config.mae_margin * float(evaluation.pooled("champion", [evaluation.new_id]).mean())
-        if not learnt > bar:
+        recent = evaluation.old_ids[-CHANGE_WINDOW:]
+        before = sign * evaluation.pooled("champion", recent).mean()
+        ahead = sign * evaluation.pooled("champion", [evaluation.new_id]).mean()
+        now = sign * evaluation.pooled("candidate", [evaluation.new_id]).mean()
+        if not now >= (before + ahead) / 2:
             change_at = None
-            note = f"concept change not followed: the candidate does no better than the champion on the new holdout it changed on (gain {learnt:+.3g}), so forgetting is judged on every earlier holdout"
+            metric = "MAE" if evaluation.regression else "accuracy"
+            note = (
+                f"concept change not followed: the candidate's {metric} on the new holdout ({sign * now:.3g}) won back less than half of what "
+                f"the champion lost ({sign * before:.3g} before, {sign * ahead:.3g} now), so forgetting is judged on every earlier holdout"
+            )
     old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
     regression = evaluation.regression
     r2 = (None, None)
