@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import Completed, State
 from pydantic import BaseModel
 
 from lepton import config as lepton_config
@@ -13,7 +14,7 @@ from lepton.faults import stop_on_sigterm
 from lepton.workspace import Workspace
 from tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
-from tasks.registry import config_params, finish_increment, lineage_tags, load_champion, register
+from tasks.registry import config_params, finish_increment, lineage_tags, load_champion, record_rejection, register
 from tasks.reporting import write_report
 from tasks.splits import read, split_increments
 from tasks.training import detect_change, evaluate, gate, train
@@ -51,7 +52,7 @@ class RunOutcome(BaseModel):
 
 
 @flow(name="continual-training", log_prints=False)
-def continual_training(path: str, workspace: str = ".", overrides: list[str] | None = None) -> RunOutcome:
+def continual_training(path: str, workspace: str = ".", overrides: list[str] | None = None) -> RunOutcome | State:
     """Send one increment file through the whole pipeline."""
     stop_on_sigterm()  # Prefect's SIGTERM exception can be swallowed mid-training; the run must stop anyway
     log = get_run_logger()
@@ -99,13 +100,19 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             data_hash = version_data(ws, config.dvc)
             message = f"rejected because {'; '.join(report.problems)}; quarantined at {where.relative_to(ws.root)}"
             log.warning(message)
+            # In MLflow too, where the model's users look; the verdict stands if the registry is down.
+            recorded = record_rejection(ws, config.registry, landing.id, str(where.relative_to(ws.root)), report.problems, return_state=True)
+            if recorded.is_failed():
+                log.warning("the rejection could not be recorded in MLflow: %s", recorded.message)
             outcome = RunOutcome(
                 status="rejected", increment_id=landing.id, file=str(where.relative_to(ws.root)),
                 message=message, reasons=report.problems, failures=report.problems, data_hash=data_hash, warnings=report.warnings,
                 drift=drift.rows() if drift and not drift.skipped else None, drift_action=drift.action if drift else None,
+                champion_version=None if recorded.is_failed() else recorded.result(),
             )
             outcome.report = write_report(ws, config.registry, outcome, validation=report)
-            return outcome
+            # Completed, but not a promotion: a state of its own that the UI shows and filters on.
+            return Completed(name="Rejected", message=message, data=outcome)
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
         for note in report.notes:
             log.info("column kinds: %s", note)

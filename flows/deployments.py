@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
 from flows.continual import RunOutcome, continual_training
+from flows.rollback import WorkspacePath
 from lepton import config as lepton_config
 from lepton import landing
 from lepton.config import ConfigOverrides
@@ -59,9 +60,16 @@ class SeriesReport(BaseModel):
             counts[item.outcome.status] = counts.get(item.outcome.status, 0) + 1
         done = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items()) or "nothing to do"
         summary = f"{len(self.processed)} increment(s) processed ({done})"
+        if self.rejected:
+            summary += f"; rejected: {', '.join(self.rejected)}"
         if self.failed:
             summary += f"; stopped at {self.failed}: {self.error}; {len(self.remaining)} increment(s) left for the next run"
         return summary
+
+    @property
+    def rejected(self) -> list[str]:
+        """The files whose increment was rejected (quarantined), for the operator to look at."""
+        return [item.file for item in self.processed if item.outcome.status == "rejected"]
 
     @property
     def exit_code(self) -> int:
@@ -102,6 +110,10 @@ def _in_order(files: list[Path], ws: Workspace, overrides: list[str], *, consume
         log.info("%s: %s", file.name, result.message)
         if consume:
             clear_landed(file)
+    if report.rejected:
+        # Finished, but not all taken in: a state of its own that the UI shows and filters on.
+        log.warning(report.message)
+        return Completed(name="Rejected", message=report.message, data=report)
     log.info(report.message)
     return report
 
@@ -116,15 +128,15 @@ def _fenced(files: list[Path], allowed: list[Path]) -> None:
 @flow(name="run-increment")
 def run_increment(
     path: str,
-    workspace: str = ".",
+    workspace: WorkspacePath,
     overrides: ConfigOverrides = ConfigOverrides(),  # noqa: B008 - an immutable default
     dry_run: bool = False,
-) -> RunOutcome | DryRun:
+) -> RunOutcome | DryRun | State:
     """One increment through the whole pipeline, or only validated (the manual deployment).
 
     Args:
         path: Increment file (CSV or Parquet), as the worker sees it.
-        workspace: Lepton workspace directory, as the worker sees it.
+        workspace: Lepton workspace directory (absolute), as the worker sees it.
         overrides: Changes to the workspace's lepton.yaml for this run only.
         dry_run: Only validate: nothing is copied, versioned, trained or registered.
     """
@@ -135,7 +147,8 @@ def run_increment(
         get_run_logger().warning(refused)
         if dry_run:
             return DryRun(status="invalid", increment_id="", file=path, message=f"dry run: would be rejected because {refused}", problems=[refused])
-        return RunOutcome(status="rejected", increment_id="", file=path, message=f"rejected because {refused}; nothing was read", reasons=[refused], failures=[refused])
+        # The run did not do its job: Failed, named for the UI, with the reason.
+        return Failed(name="Refused", message=f"refused because {refused}; nothing was read", data=PermissionError(refused))
     if dry_run:
         return _dry_run(Path(path), ws, overrides.to_list())
     return continual_training(path, workspace, overrides.to_list())
@@ -165,13 +178,13 @@ def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
 
 @flow(name="run-pending")
 def run_pending(
-    workspace: str = ".",
+    workspace: WorkspacePath,
     overrides: ConfigOverrides = ConfigOverrides(),  # noqa: B008
 ) -> SeriesReport | State:
     """Every increment landed since the last run, in arrival order, stopping at the first failure (the nightly deployment).
 
     Args:
-        workspace: Lepton workspace directory, as the worker sees it.
+        workspace: Lepton workspace directory (absolute), as the worker sees it.
         overrides: Changes to the workspace's lepton.yaml for these runs only.
     """
     log = get_run_logger()
@@ -188,7 +201,7 @@ def run_pending(
 @flow(name="backfill")
 def backfill(
     folder: str,
-    workspace: str = ".",
+    workspace: WorkspacePath,
     overrides: ConfigOverrides = ConfigOverrides(),  # noqa: B008
     pattern: str = "*",
 ) -> SeriesReport | State:
@@ -198,7 +211,7 @@ def backfill(
 
     Args:
         folder: Folder of increment files, named so that name order is arrival order.
-        workspace: Lepton workspace directory, as the worker sees it.
+        workspace: Lepton workspace directory (absolute), as the worker sees it.
         overrides: Changes to the workspace's lepton.yaml for these runs only.
         pattern: Glob of the files to take, e.g. 2026-11-*.parquet.
     """

@@ -460,11 +460,11 @@ def _no_tracebacks() -> None:
 
 @app.command()
 def rollback(
-    to: Annotated[int | None, typer.Option("--to", min=1, help="Version to make champion.", show_default="the previous champion in the history")] = None,
+    to: Annotated[int | None, typer.Option("--to", min=1, help="Former champion to make champion again.", show_default="the previous champion in the history")] = None,
     reason: Annotated[str, typer.Option(help="Why; kept in the history on the registered model.")] = "rolled back by hand",
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Move the champion back to an earlier version (a Prefect flow) and record why in the history."""
+    """Move the champion back to a former champion (a Prefect flow) and record why; any other version takes `lepton promote`."""
     ws = _workspace(workspace)
     if not reason.strip():
         raise fail("--reason is empty: say why the champion moves back")
@@ -480,6 +480,32 @@ def rollback(
         console.print(f"version {to} is already the champion: nothing moved")
         return
     console.print(f"champion moved back from version {result.from_version} to version {result.to_version} ({result.reason})")
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Argument(min=1, help="Model version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the history as a promotion by hand.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote a version the gate kept out.")] = False,
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Make a version champion by hand (a Prefect flow), recorded as a manual promotion; refused if the gate kept it out, unless --force."""
+    ws = _workspace(workspace)
+    if not reason.strip():
+        raise fail("--reason is empty: say why this version becomes champion")
+    _quiet_libraries()
+    _no_tracebacks()
+    from flows.rollback import promote as promote_flow
+
+    state = promote_flow(str(ws.root), version, reason, force, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_failed() or isinstance(result, BaseException):
+        raise fail(f"promotion refused: {state.message}" if state.name == "Refused" else f"promotion failed: {result if isinstance(result, BaseException) else state.message}")
+    if result is None:
+        console.print(f"version {version} is already the champion: nothing moved")
+        return
+    was = f"version {result.from_version}" if result.from_version is not None else "none"
+    console.print(f"champion moved from {was} to version {result.to_version} by hand ({result.reason})", soft_wrap=True)
 
 
 @app.command()
@@ -508,7 +534,7 @@ def history(
     for m in moves:
         by = " ".join(filter(None, [m.flow_run_name, f"({m.user})" if m.user else None])) or "-"
         table.add_row(
-            str(m.seq), f"{m.at:%Y-%m-%d %H:%M:%S}", m.kind, "-" if m.from_version is None else f"v{m.from_version}",
+            str(m.seq), f"{m.at:%Y-%m-%d %H:%M:%S}", m.kind + (" (manual)" if m.manual else ""), "-" if m.from_version is None else f"v{m.from_version}",
             f"v{m.to_version}", by, m.reason,
         )
     console.print(table)

@@ -32,6 +32,7 @@ class AliasMove(BaseModel):
     flow_run_id: str | None = None
     flow_run_name: str | None = None
     user: str | None = None
+    manual: bool = Field(False, description="A promotion made by hand (`lepton promote`), not by the gate.")
 
     def tag(self) -> tuple[str, str]:
         """The registered-model tag (key, value) that records this move."""
@@ -40,13 +41,13 @@ class AliasMove(BaseModel):
 
 def new_move(
     history: list[AliasMove], *, alias: str, kind: Kind, from_version: int | None, to_version: int, reason: str,
-    flow_run_id: str | None = None, flow_run_name: str | None = None, user: str | None = None,
+    flow_run_id: str | None = None, flow_run_name: str | None = None, user: str | None = None, manual: bool = False,
 ) -> AliasMove:
     """The next move after ``history``, stamped now."""
     reason = reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 3] + "..."
     return AliasMove(
         seq=(history[-1].seq + 1) if history else 1, alias=alias, kind=kind, from_version=from_version, to_version=to_version,
-        at=datetime.now(timezone.utc), reason=reason, flow_run_id=flow_run_id, flow_run_name=flow_run_name, user=user,
+        at=datetime.now(timezone.utc), reason=reason, flow_run_id=flow_run_id, flow_run_name=flow_run_name, user=user, manual=manual,
     )
 
 
@@ -74,15 +75,30 @@ def was_champion(history: list[AliasMove], current: int | None, version: int) ->
     return current == version or any(m.to_version == version for m in applied)
 
 
-def previous_champion(history: list[AliasMove], current: int | None) -> int | None:
-    """The version to roll back to: the latest earlier champion that was never rolled back from.
+def champions(history: list[AliasMove], current: int | None) -> list[int]:
+    """The chain of champions that led to ``current``, oldest first: a promotion adds one, a rollback goes back to its target.
 
-    Going back twice goes back two steps (a version that was rolled away from is skipped),
+    A rollback to a version in the chain drops the versions after it; one to a version that is
+    not (a former champion rolled away from, or a record from before rollbacks were limited to
+    former champions) adds it, as a promotion would.
+    """
+    applied = history[:-1] if unapplied(history, current) else history
+    chain: list[int] = []
+    for move in applied:
+        if move.kind == "rollback" and move.to_version in chain:
+            del chain[len(chain) - chain[::-1].index(move.to_version):]
+        else:
+            chain.append(move.to_version)
+    return chain
+
+
+def previous_champion(history: list[AliasMove], current: int | None) -> int | None:
+    """The version to roll back to: the champion before ``current`` in the chain of champions.
+
+    Going back twice goes back two steps (a version that was rolled away from is left behind),
     not back and forth between the last two.
     """
-    rejected = {m.from_version for m in history if m.kind == "rollback"}
-    for move in reversed(history):
-        version = move.from_version
-        if version is not None and version != current and version not in rejected:
-            return version
-    return None
+    chain = champions(history, current)
+    if chain and chain[-1] == current:
+        chain.pop()
+    return next((v for v in reversed(chain) if v != current), None)

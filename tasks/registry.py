@@ -348,6 +348,7 @@ class RollbackPlan:
     current: int | None
     target: int | None
     problem: str | None = None
+    forced: str | None = None  # a promotion by hand past the gate: why the gate kept the version out
 
 
 def _current_run() -> tuple[str | None, str | None]:
@@ -383,7 +384,9 @@ def champion_history(client: Any, name: str) -> list[AliasMove]:
 ANY: Any = object()  # move_champion's ``expected`` when any current champion will do (a rollback)
 
 
-def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: str, expected: int | None = ANY) -> AliasMove | None:
+def move_champion(
+    client: Any, name: str, version: int, *, kind: Kind, reason: str, expected: int | None = ANY, manual: bool = False,
+) -> AliasMove | None:
     """Point ``champion`` at ``version``, recording the move first; None when it already points there.
 
     Compare-and-set: with ``expected``, raises StaleChampion unless the champion is that version.
@@ -409,7 +412,7 @@ def move_champion(client: Any, name: str, version: int, *, kind: Kind, reason: s
         run_id, run_name = _current_run()
         move = new_move(
             moves, alias=ALIAS, kind=kind, from_version=current, to_version=version, reason=reason,
-            flow_run_id=run_id, flow_run_name=run_name, user=_user(),
+            flow_run_id=run_id, flow_run_name=run_name, user=_user(), manual=manual,
         )
         client.set_registered_model_tag(name, *move.tag())
         checkpoint("promote")
@@ -431,17 +434,76 @@ def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> Roll
     client, _ = connect(ws, config)
     name = config.model_name
     current = champion_version(client, name)
-    target = to if to is not None else previous_champion(champion_history(client, name), current)
+    moves = champion_history(client, name)
+    target = to if to is not None else previous_champion(moves, current)
     if target is None:
         where = f"champion is version {current}" if current else "no champion yet"
-        return RollbackPlan(current, None, f"model {name!r} has no earlier champion in its history ({where}); name a version with --to VERSION")
+        return RollbackPlan(current, None, f"model {name!r} has no earlier champion in its history ({where}); name a former champion with --to VERSION")
     try:
         client.get_model_version(name, str(target))
     except MlflowException as err:
         if _not_found(err):
             return RollbackPlan(current, None, f"model {name!r} has no version {target}")
         raise
+    if not was_champion(moves, current, target):
+        # Going back is to a model that served before; anything else is a promotion, said as one.
+        return RollbackPlan(
+            current, None,
+            f"version {target} of {name!r} was never champion: a rollback goes back to a former champion only; "
+            f"to make it champion, `lepton promote {target} --reason TEXT`",
+        )
     return RollbackPlan(current, target)
+
+
+@task(name="plan-promotion", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def plan_promotion(ws: Workspace, config: RegistryConfig, version: int, force: bool = False) -> RollbackPlan:
+    """Whether ``version`` may be promoted by hand: it exists, and passed the gate unless ``force`` (reads only)."""
+    from mlflow.exceptions import MlflowException
+
+    client, _ = connect(ws, config)
+    name = config.model_name
+    current = champion_version(client, name)
+    try:
+        tags = client.get_model_version(name, str(version)).tags
+    except MlflowException as err:
+        if _not_found(err):
+            return RollbackPlan(current, None, f"model {name!r} has no version {version}")
+        raise
+    if tags.get(TAG + "gate_passed") == "true":
+        return RollbackPlan(current, version)
+    reasons = "; ".join(json.loads(tags.get(TAG + "gate_reasons", "[]"))) or "no gate verdict recorded"
+    if not force:
+        return RollbackPlan(current, None, f"version {version} of {name!r} was kept out by the gate ({reasons}); add --force to promote it anyway")
+    return RollbackPlan(current, version, forced=reasons)
+
+
+# Retrying is harmless: the target is fixed by the plan, so a second attempt moves nothing twice.
+@task(name="promote-by-hand", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def promote_by_hand(ws: Workspace, config: RegistryConfig, version: int, reason: str) -> AliasMove | None:
+    """Make ``version`` champion by an operator's decision, recorded as a manual promotion; None when it already is."""
+    client, _ = connect(ws, config)
+    with ws.lock("champion"):
+        return move_champion(client, config.model_name, version, kind="promote", reason=reason, manual=True)
+
+
+@task(name="record-rejection", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def record_rejection(ws: Workspace, config: RegistryConfig, increment_id: str, file: str, reasons: list[str]) -> int | None:
+    """A finished tracking run (no model) with a rejected increment's verdict and reasons; returns the champion version.
+
+    Users of the model look in MLflow: the run, tagged with the increment id, tells them why
+    an increment never reached a model. One run per attempt: a retried rejection adds another.
+    """
+    client, experiment_id = connect(ws, config)
+    text = json.dumps(reasons)
+    if len(text) > 5000:  # a tag value's limit: the first reasons, shortened (the quarantine keeps them all)
+        text = json.dumps([r[:300] + ("..." if len(r) > 300 else "") for r in reasons[:10]])
+    tags = {
+        TAG + "increment_id": increment_id, TAG + "increment_file": file, TAG + "verdict": "rejected",
+        TAG + "reasons": text, "mlflow.runName": f"increment-{increment_id}-rejected",
+    }
+    run = client.create_run(experiment_id, tags=tags)
+    client.set_terminated(run.info.run_id, status="FINISHED")
+    return champion_version(client, config.model_name)
 
 
 # Retrying is harmless: the target is fixed by the plan, so a second attempt moves nothing twice.

@@ -66,7 +66,7 @@ def test_deployments_are_declared_with_typed_parameters():
     for bad in ({"train": {"epochs": 0}}, {"train": {"epoch": 5}}, {"training": {}}):
         with pytest.raises(ParameterTypeError):
             flows["manual"].validate_parameters({"path": "x.csv", "overrides": bad})
-    ok = flows["manual"].validate_parameters({"path": "x.csv", "overrides": QUICK})
+    ok = flows["manual"].validate_parameters({"path": "x.csv", "workspace": "/srv/churn", "overrides": QUICK})
     assert sorted(ok["overrides"].to_list()) == sorted(QUICK_SET)
     with pytest.raises(ParameterTypeError):
         flows["rollback"].validate_parameters({"to": 0})
@@ -119,8 +119,10 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     # A path outside the workspace and landing.allowed_roots is refused before it is read.
     report = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), dry_run=True)
     assert report.status == "invalid" and report.exit_code == 2 and "landing.allowed_roots" in report.message
-    refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides())
-    assert refused.status == "rejected" and refused.exit_code == 2 and "is outside the folders increments may come from" in refused.message
+    refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), return_state=True)
+    assert refused.is_failed() and refused.name == "Refused" and "is outside the folders increments may come from" in refused.message
+    with pytest.raises(PermissionError, match="landing.allowed_roots"):
+        run_increment(str(increments[0]), str(ws.root), ConfigOverrides())
     assert not ws.mlflow_db.exists() and tree(ws.root / "data") == before
     # A run's overrides cannot widen the roots: only lepton.yaml can.
     with pytest.raises(ValueError, match="allowed_roots"):
@@ -241,6 +243,7 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         "LEPTON_HOME": str(ROOT),
     }
     ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
+    env["LEPTON_WORKSPACE"] = str(ws.root)  # every deployment names its workspace when deployed
     server_log = tmp_path / "server.log"
     # No scheduler: the nightly cron must not create runs while the test owns the worker.
     server = start_process([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-scheduler"], log=server_log, env=env)
@@ -252,6 +255,7 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         nightly = _get(f"{api}/deployments/name/run-pending/nightly")
         assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+        assert nightly["parameters"]["workspace"] == str(ws.root)
         assert nightly["global_concurrency_limit"]["limit"] == 1
 
         # The server checks parameters against the flow's schema before a run exists.
