@@ -2,7 +2,9 @@
 
 Consumers load ``models:/NAME@champion`` and pass a DataFrame of raw feature columns;
 they get back labels in the original label values, or class probabilities with
-``params={"probabilities": True}``.
+``params={"probabilities": True}``. A missing value (None, NaN) is imputed like in
+training; an input the model cannot score raises ``MlflowException`` with the reason
+(HTTP 400 from the scoring server), so no answer is ever a made-up label or a NaN.
 """
 
 from __future__ import annotations
@@ -11,9 +13,45 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from models import columns as kinds_of
 from models.bundle import Bundle
+from models.preprocessing import Preprocessor
+
+
+def unscorable(reason: str) -> MlflowException:
+    """The error for an input the model cannot score: 400 with ``reason`` from the scoring server."""
+    return MlflowException(f"cannot score this input: {reason}", error_code=INVALID_PARAMETER_VALUE)
+
+
+def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]:
+    """What in raw feature columns is neither a value the model reads nor a missing one: text or infinities where numbers go."""
+    problems = []
+    for column in preprocessor.used:
+        if column not in frame.columns or preprocessor.kinds.get(column, "numeric") not in ("numeric", "boolean"):
+            continue
+        raw = frame[column]
+        numbers = kinds_of.as_numbers(raw)
+        # Training read placeholders ('?', 'n/a') as missing; a consumer says missing with null, so text here is a bug to report.
+        text = raw[np.isnan(numbers) & raw.notna().to_numpy()]
+        if len(text):
+            problems.append(f"column {column!r} holds {len(text)} value(s) that are not numbers (e.g. {', '.join(repr(v) for v in text.head(3).tolist())}); send null for a missing value")
+        infinite = int(np.isinf(numbers).sum())
+        if infinite:
+            problems.append(f"column {column!r} holds {infinite} infinite value(s)")
+    return problems
+
+
+def _refuse_non_finite(scores: np.ndarray) -> None:
+    """Rows whose scores overflowed (a value far beyond anything seen, such as 1e308) have no answer."""
+    bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
+    if len(bad):
+        rows = ", ".join(str(i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise unscorable(f"row(s) {rows} hold values too large for the model to score (no finite output)")
 
 
 class LeptonClassifier(mlflow.pyfunc.PythonModel):
@@ -22,7 +60,18 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        preprocessor = self.bundle.preprocessor
+        problems = input_problems(frame, preprocessor)
+        if problems:
+            raise unscorable("; ".join(problems))
+        if self.bundle.regression:
+            if params and params.get("probabilities"):
+                raise unscorable("a regression model predicts numbers, not class probabilities")
+            outputs = self.bundle.outputs(frame)
+            _refuse_non_finite(outputs)
+            return preprocessor.decode(outputs[:, 0])
+        proba = self.bundle.predict_proba(frame)
+        _refuse_non_finite(proba)
         if params and params.get("probabilities"):
-            proba = self.bundle.predict_proba(frame)
-            return pd.DataFrame(proba, columns=[str(c) for c in self.bundle.preprocessor.classes])
-        return self.bundle.predict(frame)
+            return pd.DataFrame(proba, columns=[str(c) for c in preprocessor.classes])
+        return preprocessor.decode(proba.argmax(axis=1))

@@ -21,7 +21,7 @@ from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
 from models.schema import DataSchema
-from tasks.validate import kinds_for
+from tasks.validate import kinds_for, repeated_names
 
 if TYPE_CHECKING:
     from tasks.registry import Registration
@@ -109,15 +109,32 @@ def sort_landing(known: IncrementRecord | None, earlier: Registration | None) ->
 
 
 def read_increment(path: Path) -> pd.DataFrame:
-    """The increment as a frame; raises ValueError with a readable message when it cannot be parsed."""
+    """The increment as a frame; raises ValueError with a readable message when it cannot be parsed.
+
+    A CSV file's header as written is kept in ``frame.attrs["header"]``: pandas reads a
+    repeated ``x`` as ``x.1``, and validation must see that the name was repeated.
+    """
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"unsupported format {suffix if suffix != '.bin' else '(unknown)'}; use .csv or .parquet")
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
+            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+            frame.attrs["header"] = header.iloc[0].tolist() if len(header) else []
+            return frame
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user
+        if FORMATS[suffix] == "Parquet":
+            # Arrow refuses repeated names with "Multiple matches for FieldRef"; say which.
+            import pyarrow.parquet as pq
+
+            try:
+                repeated = repeated_names(pq.read_schema(path).names)
+            except Exception:
+                repeated = None
+            if repeated is not None:
+                raise ValueError(repeated) from None
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
 
 

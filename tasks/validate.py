@@ -238,14 +238,19 @@ def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
 
+    from great_expectations.core import expectationSuiteValidationResultSchema
+
     try:
+        # GX writes column names and values into the page as markup (a column named
+        # <script>...</script> runs there): the page is rendered from a copy whose text cannot be markup.
+        inert = expectationSuiteValidationResultSchema.load(_inert(results.to_json_dict()))
         context = gx.get_context(mode="file", project_root_dir=str(root))
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name="increment"),
             run_id=RunIdentifier(run_name=run_name),
             batch_identifier=run_name,
         )
-        context.validation_results_store.set(key, results)
+        context.validation_results_store.set(key, inert)
         context.build_data_docs(resource_identifiers=[key], build_index=False)
         urls = context.get_docs_sites_urls(resource_identifier=key, only_if_exists=True)
     except Exception as err:  # GX's renderers raise many kinds; none should reject an increment
@@ -253,6 +258,21 @@ def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
         return None
     url = next((u["site_url"] for u in urls if u.get("site_url")), None)
     return Path(unquote(urlparse(url).path)) if url else None
+
+
+# Look-alikes for the characters that make text markup or leave an attribute: the page still reads the same.
+INERT = str.maketrans({"<": "\uff1c", ">": "\uff1e", "&": "\uff06", '"': "\uff02", "'": "\uff07", "`": "\uff40"})
+
+
+def _inert(value: Any) -> Any:
+    """A JSON value with every string made inert for HTML (keys too: GX renders some of them)."""
+    if isinstance(value, str):
+        return value.translate(INERT)
+    if isinstance(value, dict):
+        return {_inert(k): _inert(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inert(v) for v in value]
+    return value
 
 
 def _examples(values: pd.Series, n: int = 3) -> str:
@@ -370,9 +390,24 @@ def describe_kinds(schema: DataSchema) -> list[str]:
     return notes
 
 
+def repeated_names(names: list[Any]) -> str | None:
+    """The problem with a header that names a column twice (pandas would read the second ``x`` as ``x.1``), or None."""
+    counts = pd.Series([str(n) for n in names if str(n) != ""]).value_counts()
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return None
+    listed = ", ".join(f"{name!r} ({count} columns)" for name, count in repeated.items())
+    return f"duplicate column name(s) {listed}: each column needs a name of its own; rename them in the export"
+
+
 def validate_frame(
     frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig, data_docs: Path | None = None, run_name: str = "increment"
 ) -> ValidationReport:
+    # Two columns of one name cannot be told apart by the schema, the suite or a consumer:
+    # the header as written (read_increment keeps it) or the frame's own columns.
+    repeated = repeated_names(frame.attrs.get("header") or list(frame.columns))
+    if repeated is not None:
+        return ValidationReport(passed=False, problems=[repeated], rows=len(frame))
     first = schema is None
     implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
     prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})

@@ -1,0 +1,198 @@
+"""Inputs chosen to break things (issue 13): poison first increments, repeated column names, markup in names, garbage sent to `lepton serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lepton.config import DataConfig
+from models.schema import DataSchema
+from tasks.ingest import read_increment
+from tasks.validate import validate_frame
+from tests.conftest import FAST, LEPTON, free_port, make_workspace, run_cli, start_process, stop_process, wait_for_http
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def rows(n: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Two float features, a count, and a label that follows the floats."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.uniform(0, 10, size=n)
+    return pd.DataFrame({"a": a, "b": b, "n": rng.integers(0, 5, size=n), "y": (a + (b - 5) / 3 > 0).astype(int)})
+
+
+def strict_json(text: str):
+    """JSON as the standard defines it: NaN and Infinity are not values."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+# 8. Repeated column names
+
+
+def test_a_repeated_csv_header_is_rejected_with_its_names(tmp_path):
+    """`x0,x0,x1,x2,label`: pandas reads x0 and x0.1; validation names x0, read from the header as written."""
+    path = tmp_path / "dup.csv"
+    path.write_text("x0,x0,x1,x2,label\n" + "".join(f"{i},{i * 2},{i % 3},{i % 5},{i % 2}\n" for i in range(40)))
+    frame = read_increment(path)
+    assert list(frame.columns) == ["x0", "x0.1", "x1", "x2", "label"]  # what pandas makes of it
+    report = validate_frame(frame, None, DataConfig(label="label"))
+    assert not report.passed
+    assert report.problems == ["duplicate column name(s) 'x0' (2 columns): each column needs a name of its own; rename them in the export"]
+    # A header that really says x0.1 is a name of its own.
+    path.write_text("x0,x0.1,x1,label\n" + "".join(f"{i},{i * 2},{i % 3},{i % 2}\n" for i in range(40)))
+    assert validate_frame(read_increment(path), None, DataConfig(label="label")).passed
+
+
+def test_a_repeated_parquet_column_is_named_not_an_arrow_error(tmp_path):
+    """Arrow can write two fields of one name but not read them back: the message says which name."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "dup.parquet"
+    pq.write_table(pa.table([list(range(20)), list(range(20)), [i % 2 for i in range(20)]], names=["x0", "x0", "y"]), path)
+    with pytest.raises(ValueError, match=r"^duplicate column name\(s\) 'x0' \(2 columns\)"):
+        read_increment(path)
+    # A frame built in memory with two columns of one name (a deployment's caller, say) is refused too.
+    frame = pd.DataFrame(np.ones((20, 3)), columns=["x0", "x0", "y"])
+    assert validate_frame(frame, None, DataConfig(label="y")).problems[0].startswith("duplicate column name(s) 'x0' (2 columns)")
+
+
+# 9. Markup in the Data Docs page
+
+
+def test_data_docs_page_holds_no_markup_from_the_data(tmp_path):
+    """A column named <script>…, and labels that are <img …> tags: the GX page shows them as inert text; messages keep the real names."""
+    rng = np.random.default_rng(3)
+    first = pd.DataFrame({HOSTILE: rng.normal(size=40), "b": rng.normal(size=40), "y": rng.integers(0, 2, 40)})
+    first.loc[0, HOSTILE] = 1e300
+    report = validate_frame(first, None, DataConfig(label="y"), data_docs=tmp_path, run_name="first")
+    assert not report.passed and report.problems[0].startswith(f"column {HOSTILE!r} has 1 value(s) orders of magnitude")
+    page = Path(report.data_docs).read_text()
+    assert "<script>alert" not in page
+    assert "\uff1cscript\uff1ealert(1)\uff1c/script\uff1e" in page  # still legible, as look-alike characters
+
+    seen = pd.DataFrame({"a": rng.normal(size=40), "y": rng.integers(0, 2, 40)})
+    tag = '<img src=x onerror="alert(2)">'
+    later = seen.assign(y=[tag] * 40)
+    report = validate_frame(later, DataSchema.infer(seen, "y"), DataConfig(label="y", allow_new_classes=False), data_docs=tmp_path, run_name="later")
+    assert tag in report.problems[0]
+    page = Path(report.data_docs).read_text()
+    assert "<img src=x" not in page and "\uff1cimg src=x onerror=\uff02alert(2)\uff02\uff1e" in page
+
+
+# 5 and 8 through the real flow
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("name", "write", "needle"),
+    [
+        ("poison cell", lambda p: rows().assign(a=[1e308] + [0.5] * 59).to_csv(p, index=False), "column 'a' has 1 value(s) orders of magnitude beyond its range"),
+        ("one class", lambda p: rows().assign(y=1).to_csv(p, index=False), "label column 'y' holds a single class (1): a first increment needs at least two classes"),
+        ("repeated header", lambda p: p.write_text("a,a,b,n,y\n" + rows().assign(c=1.0)[["a", "c", "b", "n", "y"]].to_csv(index=False, header=False)), "duplicate column name(s) 'a' (2 columns)"),
+    ],
+)
+def test_a_first_increment_that_cannot_train_is_rejected_by_the_flow_every_time(clean_dir, prefect_api, name, write, needle):
+    """`lepton run`: exit 2 with the reason, no schema written, and the same file again is validated again and rejected again."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    path = clean_dir / "first.csv"
+    write(path)
+    for attempt in (1, 2):
+        result = run_cli(["run", str(path), "--workspace", str(ws.root), *[f"--set={s}" for s in FAST]], api_url=prefect_api)
+        assert result.returncode == 2, (name, attempt, result.stdout[-2000:], result.stderr[-2000:])
+        last = result.stdout.strip().splitlines()[-1]
+        assert last.startswith("rejected because ") and needle in last, last
+        assert not ws.schema_path.exists(), "a rejected first increment must not define the schema"
+    assert "validating it again under the current configuration" in result.stdout
+    (record,) = ws.read_manifest().increments
+    assert record.state == "rejected" and [a.verdict for a in record.attempts] == ["rejected", "rejected"]
+    assert not list((ws.root / "data" / "increments").glob("*.csv"))
+    if name == "poison cell":
+        # The poison never reached the schema: a clean first increment sets ranges from its own values.
+        clean = clean_dir / "clean.csv"
+        rows(seed=1).to_csv(clean, index=False)
+        result = run_cli(["run", str(clean), "--workspace", str(ws.root), *[f"--set={s}" for s in FAST]], api_url=prefect_api)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        low, high = DataSchema.from_dict(ws.read_schema()).ranges["a"]
+        assert -10 < low < high < 10
+
+
+# 7. `lepton serve` on inputs the model cannot score
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, prefect_api):
+    """A champion trained on ``rows()`` behind `lepton serve`; yields a function that POSTs a body and returns (status, text)."""
+    from flows.continual import continual_training
+
+    base = tmp_path_factory.mktemp("serve")
+    ws = make_workspace(base / "ws", "y", "m")
+    first = base / "first.parquet"
+    rows(200).to_parquet(first, index=False)
+    assert continual_training(str(first), str(ws.root), FAST).status == "promoted"
+    port = free_port()
+    log = base / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    server = start_process([LEPTON, "serve", "--port", str(port), "--workspace", str(ws.root)], log=log, env=env)
+
+    def post(body: bytes | dict) -> tuple[int, str]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, timeout=180)
+        yield post
+    finally:
+        stop_process(server)
+
+
+def split(data: list[list]) -> dict:
+    return {"dataframe_split": {"columns": ["a", "b", "n"], "data": data}}
+
+
+@pytest.mark.integration
+def test_serve_predicts_through_missing_values(served):
+    """Null features are imputed: a real label and probabilities that sum to one, as valid JSON."""
+    status, text = served(split([[None, None, None], [2.0, 9.0, 1], [None, 9.0, None]]))
+    assert status == 200, text
+    labels = strict_json(text)["predictions"]
+    assert len(labels) == 3 and set(labels) <= {0, 1} and labels[1] == 1
+    status, text = served({**split([[None, None, None], [2.0, None, 3]]), "params": {"probabilities": True}})
+    assert status == 200, text
+    probabilities = strict_json(text)["predictions"]
+    assert [set(p) for p in probabilities] == [{"0", "1"}] * 2
+    assert all(sum(p.values()) == pytest.approx(1.0, abs=1e-5) for p in probabilities)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (split([[1e308, -1e308, 1]]), "row(s) 0 hold values too large for the model to score"),
+        ({**split([[1.0, 2.0, 1], [1e308, 1e308, 1]]), "params": {"probabilities": True}}, "row(s) 1 hold values too large for the model to score"),
+        (b'{"dataframe_split": {"columns": ["a", "b", "n"], "data": [[Infinity, 1.0, 1]]}, "params": {"probabilities": true}}', "column 'a' holds 1 infinite value(s)"),
+        # The count's signature takes any value (MLflow refuses NaN for integers), so the model reads it itself.
+        (split([[1.0, 2.0, "abc"]]), "column 'n' holds 1 value(s) that are not numbers (e.g. 'abc'); send null for a missing value"),
+    ],
+)
+def test_serve_refuses_what_the_model_cannot_score(served, body, needle):
+    """Overflowing values, infinities, text where numbers go: 400 with the reason, never 200 with NaN or a made-up label."""
+    status, text = served(body)
+    assert 400 <= status < 500, (status, text)
+    answer = strict_json(text)
+    assert needle in answer["message"], answer["message"]
