@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lepton.bench import bench_app
 from lepton.progress import Mode, mode_for, watch
-from lepton.secrets import redact, redacted
+from lepton.secrets import credentials_out_of_uris, mask_logging, redact, redacted
 from lepton.workspace import Workspace
 
 app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
@@ -52,9 +54,16 @@ def embedded_environment(ws: Workspace) -> None:
         "GX_ANALYTICS_ENABLED": "false",
         "TQDM_DISABLE": "1",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
+        # Prefect's INFO lines (its temporary server starting and stopping, a flow's story) go
+        # to the log file while a run is shown; the terminal gets its warnings and errors only.
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+        # The temporary server shares the terminal; a request it fails (a locked or full
+        # database) reaches the run as a failed call, which the run's error line reports.
+        "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    credentials_out_of_uris(os.environ)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
@@ -68,12 +77,41 @@ def _quiet_libraries() -> None:
     # and MLflow's pickling notice are noise here.
     for name in ("prefect.task_runs", "alembic", "great_expectations", "dvc"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Importing dvc installs its own console handlers at INFO (`dvc init`'s notices); its
+    # records must not also reach the root handlers, which would print each one twice.
+    import dvc  # noqa: F401
+
+    dvc_logger = logging.getLogger("dvc")
+    dvc_logger.setLevel(logging.WARNING)
+    dvc_logger.propagate = False
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    """Print one readable, credential-free error line (and, under --json, an error object on stdout)."""
+    try:
+        from typer._click.globals import get_current_context  # typer 0.2x runs its own copy of click
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import get_current_context
+
+    message = one_line(redact(message))
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    context = get_current_context(silent=True)
+    if context is not None and context.params.get("as_json"):
+        print(json.dumps({"error": message, "exit_code": code}, indent=2))
     return typer.Exit(code)
+
+
+# What SQLAlchemy appends to a database error: the statement, its parameters, a link.
+_SQL_DETAIL = re.compile(r"\n\[SQL: .*?(?:\n\(Background on this error at: [^)\s]*\)|\Z)|\s*\(Background on this error at: [^)\s]*\)", re.DOTALL)
+
+
+def one_line(message: str) -> str:
+    """``message`` without SQLAlchemy's statement dump, on one line; a full disk says so."""
+    text = " ".join(_SQL_DETAIL.sub("", message).split())
+    if "disk is full" in text and "No space left on device" not in text:
+        text += " (No space left on device, or the database reached its size limit)"
+    return text
 
 
 def _workspace(path: Path, *, must_exist: bool = True) -> Workspace:
@@ -217,6 +255,7 @@ def _watching(ws: Workspace, mode: Mode) -> watch:
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
     import flows.continual  # noqa: F401
 
+    mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     return watch(console, mode, ws.state / "logs" / "lepton.log")
 
 
@@ -259,13 +298,17 @@ def _outcome_table(outcome: Any) -> Table:
     return table
 
 
-def _check_config(ws: Workspace, overrides: list[str]) -> None:
+def _check_config(ws: Workspace, overrides: list[str], *, for_run: bool = True) -> None:
+    """Fail in one line, before any work, on a config (or, ``for_run``, a workspace) that a run could not use."""
     from lepton.config import ConfigError, load
 
     try:
         load(ws.root, overrides)
     except ConfigError as error:
         raise fail(str(error)) from None
+    problem = ws.unusable() if for_run else None
+    if problem:
+        raise fail(problem)
 
 
 def gather_status(ws: Workspace) -> dict[str, Any]:
@@ -296,8 +339,12 @@ def status(
 ) -> None:
     """The registered model, the champion with its lineage and metrics, and the increments seen."""
     ws = _workspace(workspace)
+    _check_config(ws, [], for_run=False)
     _quiet_libraries()
-    info = redacted(gather_status(ws))
+    try:
+        info = redacted(gather_status(ws))
+    except Exception as error:  # a tracking server that is down, a locked database, a full disk
+        raise fail(f"could not read the registry: {error}") from None
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -515,6 +562,7 @@ def history(
 ) -> None:
     """Every move of the champion: from which version to which, when, by which run, and why."""
     ws = _workspace(workspace)
+    _check_config(ws, [], for_run=False)
     _quiet_libraries()
     from lepton.config import load
     from tasks.registry import history as champion_moves

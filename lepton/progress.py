@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from lepton.secrets import mask_logging
+
 Mode = Literal["live", "plain", "quiet", "json"]
 
 # Prefect task names, as an operator would call the steps; others are shown by their own name.
@@ -139,6 +141,20 @@ class _Display(logging.Handler):
         self.console.print(f"    [{style}]{escape(message)}[/{style}]", soft_wrap=True, highlight=False)
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file. When it cannot be written (a full disk), records are dropped quietly:
+    logging's default prints a traceback per record, burying the run's own one-line error."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()  # closes the file even when its last flush fails
+        except OSError:
+            pass
+
+
 class watch:  # noqa: N801 - used as a context manager, like open()
     """Show the runs inside the block; Prefect's console lines go to ``log_file`` meanwhile."""
 
@@ -149,17 +165,19 @@ class watch:  # noqa: N801 - used as a context manager, like open()
     def __enter__(self) -> watch:
         root = logging.getLogger()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.FileHandler(self.log_file)
+        to_file = _LogFile(self.log_file)
         consoles = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
         to_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
         to_file.setLevel(logging.INFO)
         for handler in consoles:
             root.removeHandler(handler)
             self._undo.append(lambda h=handler: root.addHandler(h))
+        mask_logging(to_file)
         root.addHandler(to_file)
         self._undo.append(lambda: (root.removeHandler(to_file), to_file.close()))
 
         display = _Display(self.console, self.mode)
+        mask_logging(display)
         task_runs = logging.getLogger("prefect.task_runs")
         # "Created task run" is a debug record: let it reach the display, and only the display.
         for handler in task_runs.handlers:
@@ -177,11 +195,12 @@ class watch:  # noqa: N801 - used as a context manager, like open()
         training.propagate = False
         self._undo.append(lambda: setattr(training, "propagate", propagate))
         # MLflow prints its own notices ("Registered model ... already exists") straight to
-        # stderr; the flow's lines already say what happened.
-        from mlflow.utils import logging_utils
+        # stderr; the flow's lines already say what happened. Its disable_logging() is not
+        # enough: log_model turns the stream back on when it finishes, before registration.
+        from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 
-        logging_utils.disable_logging()
-        self._undo.append(logging_utils.enable_logging)
+        MLFLOW_LOGGING_STREAM.write = MLFLOW_LOGGING_STREAM.flush = lambda *_: None  # type: ignore[method-assign]
+        self._undo.append(lambda: (vars(MLFLOW_LOGGING_STREAM).pop("write", None), vars(MLFLOW_LOGGING_STREAM).pop("flush", None)))
         if display.progress is not None:
             display.progress.start()
             self._undo.append(display.progress.stop)

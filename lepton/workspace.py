@@ -129,6 +129,12 @@ class Workspace:
     def is_initialised(self) -> bool:
         return (self.root / "lepton.yaml").exists() and (self.root / ".dvc").is_dir()
 
+    def unusable(self) -> str | None:
+        """Why a run here could not version its data (checked before anything is copied in), or None."""
+        if not (self.root / ".git").exists():
+            return f"{self.root} is not a git repository, which DVC needs to version data/: run `lepton init {self.root} --label LABEL` again to repair it (lepton.yaml is kept)"
+        return None
+
     def read_manifest(self) -> Manifest:
         if not self.manifest_path.exists():
             return Manifest()
