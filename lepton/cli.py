@@ -204,7 +204,8 @@ def run(
     overrides = list(set_ or [])
     _check_config(ws, overrides)
     if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
-        raise fail(f"{path} is a directory, not an increment file" if path.is_dir() else f"{path} does not exist", code=2)
+        what = "is a directory, not an increment file" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise fail(f"{path} {what}", code=2)
     _run_and_show(ws, path, overrides, mode_for(console, quiet=quiet, as_json=as_json), dry_run=dry_run)
 
 
@@ -699,6 +700,7 @@ def serve(
     import socket
 
     ws = _workspace(workspace)
+    _check_config(ws, [], for_run=False)
     _quiet_libraries()
     with socket.socket() as probe:
         try:

@@ -409,6 +409,11 @@ def validate_frame(
     if repeated is not None:
         return ValidationReport(passed=False, problems=[repeated], rows=len(frame))
     first = schema is None
+    nested = [str(c) for c in frame.columns if pd.api.types.is_object_dtype(frame[c]) and frame[c].dropna().head(100).map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).any()]
+    if nested:
+        # Lists or maps in a cell (a Parquet list column): nothing to compare, hash or encode as a value.
+        problem = f"column(s) {', '.join(map(repr, nested))} hold lists or maps, not values: flatten them in the export (one value per cell)"
+        return ValidationReport(passed=False, problems=[problem], rows=len(frame), failed=1)
     implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
     prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
     retyped = {c for c, bad in unreadable.items() if not first and len(bad) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}

@@ -168,3 +168,10 @@ def test_unsupported_format_is_quarantined(clean_dir, prefect_api):
     assert "rejected because unsupported format .txt; use .csv or .parquet" in result.stdout.strip().splitlines()[-1]
     kept = [p for p in (ws.root / "data" / "quarantine").iterdir() if not p.name.endswith(".reasons.json")]
     assert len(kept) == 1 and kept[0].read_bytes() == path.read_bytes()
+
+
+def test_a_column_of_lists_is_rejected_with_its_name():
+    """A Parquet list column: named and rejected, not a crash on hashing rows."""
+    frame = good().assign(tags=[[1, 2]] * 40)
+    report = validate_frame(frame, None, CONFIG)
+    assert not report.passed and report.problems == ["column(s) 'tags' hold lists or maps, not values: flatten them in the export (one value per cell)"]
