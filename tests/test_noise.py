@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import io
 import json
 import logging
@@ -67,6 +69,7 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(clean_dir, prefect_api,
     if source == "environment":
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    started = datetime.now(timezone.utc)
     result = run_cli(["run", str(increment), "--workspace", str(ws.root), *(arg for s in FAST for arg in ("--set", s))], api_url=prefect_api)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
@@ -74,11 +77,15 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(clean_dir, prefect_api,
     log = (ws.root / ".lepton" / "logs" / "lepton.log").read_text()
     assert f"127.0.0.1:{port}" in log and PASSWORD not in log
     # The Prefect database: the runs' logs, and (where the environment named the server) their states' messages.
+    # Only this run's records: the session's server holds every earlier test's too, and reads are paged.
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp, TaskRunFilter, TaskRunFilterStartTime
+
     with get_client(sync_client=True) as client:
-        stored = [log.message for log in client.read_logs()]
+        stored = [log.message for log in client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=started)))]
         if source == "environment":  # MLflow never saw the password, so no exception carries it
-            stored += [run.state.message or "" for run in client.read_flow_runs() if run.state]
-            stored += [run.state.message or "" for run in client.read_task_runs() if run.state]
+            flows = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+            tasks = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)))
+            stored += [run.state.message or "" for run in [*flows, *tasks] if run.state]
     assert any(f"127.0.0.1:{port}" in text for text in stored)
     assert not [text for text in stored if PASSWORD in text]
 
