@@ -506,6 +506,18 @@ def _no_tracebacks() -> None:
         logging.getLogger(name).addFilter(DropTraceback())
 
 
+def _move_champion(move_flow: Any, ws: Workspace, args: tuple, what: str) -> Any:
+    """Run a rollback or promotion flow; its move (None: nothing moved), or a one-line failure (refused or failed)."""
+    _quiet_libraries()
+    _no_tracebacks()
+    state = move_flow(str(ws.root), *args, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_failed() or isinstance(result, BaseException):
+        detail = result if isinstance(result, BaseException) else state.message
+        raise fail(f"{what} refused: {state.message}" if state.name == "Refused" else f"{what} failed: {detail}")
+    return result
+
+
 @app.command()
 def rollback(
     to: Annotated[int | None, typer.Option("--to", min=1, help="Former champion to make champion again.", show_default="the previous champion in the history")] = None,
@@ -516,14 +528,9 @@ def rollback(
     ws = _workspace(workspace)
     if not reason.strip():
         raise fail("--reason is empty: say why the champion moves back")
-    _quiet_libraries()
-    _no_tracebacks()
     from flows.rollback import rollback as rollback_flow
 
-    state = rollback_flow(str(ws.root), to, reason, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if state.is_failed() or isinstance(result, BaseException):
-        raise fail(f"rollback failed: {result if isinstance(result, BaseException) else state.message}")
+    result = _move_champion(rollback_flow, ws, (to, reason), "rollback")
     if result is None:
         console.print(f"version {to} is already the champion: nothing moved")
         return
@@ -541,14 +548,9 @@ def promote(
     ws = _workspace(workspace)
     if not reason.strip():
         raise fail("--reason is empty: say why this version becomes champion")
-    _quiet_libraries()
-    _no_tracebacks()
     from flows.rollback import promote as promote_flow
 
-    state = promote_flow(str(ws.root), version, reason, force, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if state.is_failed() or isinstance(result, BaseException):
-        raise fail(f"promotion refused: {state.message}" if state.name == "Refused" else f"promotion failed: {result if isinstance(result, BaseException) else state.message}")
+    result = _move_champion(promote_flow, ws, (version, reason, force), "promotion")
     if result is None:
         console.print(f"version {version} is already the champion: nothing moved")
         return
