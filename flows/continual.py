@@ -140,13 +140,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log.warning("concept change: the champion does much worse on this increment than on earlier ones; a new network learns it, and forgetting is judged from here on")
     candidate, training = train(
         champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
-        plan.rehearse, concept_change=changed,
+        plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady,
     )
     candidate.meta["concept_change_at"] = change_at
     log.info(
-        "trained on %d samples (%d new, %d from memory) for %d epochs on %s in %.1fs, final loss %.4f",
+        "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s in %.1fs, final loss %.4f",
         training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
-        config.train.epochs, training.device, training.seconds, training.losses[-1],
+        config.train.epochs, training.lr, training.device, training.seconds, training.losses[-1],
     )
     evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
     decision = gate(evaluation, config.gate, change_at)

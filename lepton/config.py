@@ -65,7 +65,10 @@ class TrainConfig(Section):
 
     epochs: int = Field(30, ge=1, description="Passes over each increment's training data.")
     batch_size: int = Field(32, ge=1, description="Samples per optimisation step.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of a new network.")
+    finetune_lr: float | None = Field(
+        3e-4, gt=0, description="Adam learning rate when fine-tuning the champion on an increment that shows no drift and brings no new classes: it refines what was learnt instead of moving the model by the gate's margin; drift or new classes train at train.lr; null: always train.lr."
+    )
     hidden: list[int] = Field([256, 256], min_length=1, description="Hidden layer widths of a new network.")
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present, else the CPU.")

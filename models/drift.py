@@ -70,6 +70,11 @@ class DriftReport:
     skipped: str | None = None  # why nothing was tested
 
     @property
+    def steady(self) -> bool:
+        """Measured, and nothing drifted: the increment is like what came before."""
+        return not self.skipped and not self.drifted
+
+    @property
     def drifted_features(self) -> list[str]:
         return [f.feature for f in self.features if f.drifted]
 

@@ -133,6 +133,7 @@ class TrainReport:
     warm_start: bool
     strategy: str = ""
     classes: list = field(default_factory=list)
+    lr: float = 0.0  # the learning rate it trained at
 
 
 def fine_tune(
@@ -145,6 +146,7 @@ def fine_tune(
     rehearse: pd.DataFrame | None = None,
     encoding: Encoding | None = None,
     concept_change: bool = False,
+    steady: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
@@ -153,7 +155,8 @@ def fine_tune(
     ``encoding``: column kinds and task for a new network (inferred from ``frame`` when None);
     a warm start keeps the champion's. ``concept_change``: the labels now follow another rule, so
     the network and the strategies' state start afresh (the memory's labels and the weights encode
-    the old rule); the preprocessing (scales, vocabularies, classes) carries on.
+    the old rule); the preprocessing (scales, vocabularies, classes) carries on. ``steady``: the
+    increment showed no drift, so a warm start without new classes trains at ``train.finetune_lr``.
     The champion itself is never modified: its weights are copied into a new network.
     """
     torch.manual_seed(train.seed)
@@ -201,7 +204,11 @@ def fine_tune(
         y_train = np.concatenate([y_fit, preprocessor.encode(rehearse[label])])
     x_raw, y = plan.training_data(x_train, y_train)
     started = time.perf_counter()
-    loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr, device=device, generator=generator, strategy=plan)
+    # On data like what came before, a warm start refines the champion: at a new network's rate one
+    # increment of 30 epochs moves it by about the gate's margin. Drift or new classes need the full rate.
+    refine = steady and not retrain and train.finetune_lr is not None and n_outputs == champion.network.n_classes  # type: ignore[union-attr]
+    lr = train.finetune_lr if refine else train.lr
+    loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, generator=generator, strategy=plan)
     if train.launcher == "torchrun":
         from models.distributed import fit_torchrun
 
@@ -233,6 +240,7 @@ def fine_tune(
         warm_start=not retrain,
         strategy=strategy.name,
         classes=list(preprocessor.classes),
+        lr=lr,
     )
     return candidate, report
 

@@ -34,11 +34,12 @@ def train(
     strategy: StrategyConfig,
     rehearse: pd.DataFrame | None = None,
     concept_change: bool = False,
+    steady: bool = False,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
     result = fine_tune(
-        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, concept_change=concept_change
+        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, concept_change=concept_change, steady=steady
     )
     checkpoint("train")
     return result

@@ -200,3 +200,20 @@ def test_bundle_save_load_predicts_identically(tmp_path, digits: list[tuple], re
     assert loaded.strategy_state.keys() == bundle.strategy_state.keys()
     assert all(np.array_equal(loaded.strategy_state[k], bundle.strategy_state[k]) for k in bundle.strategy_state)
     assert loaded.meta == bundle.meta
+
+
+def test_a_steady_increment_refines_at_the_fine_tuning_rate() -> None:
+    """Warm start, no drift, no new classes: train.finetune_lr; new classes, drift, or a new network: train.lr."""
+    parts = class_incremental()
+    first, second = parts[0].head(120), parts[0].iloc[120:240]
+    train = TrainConfig(epochs=1, hidden=[16])
+    champion, report = fine_tune(None, first, label=LABEL, train=train, strategy=StrategyConfig(name="replay"), steady=True)
+    assert report.lr == train.lr == 1e-3  # a new network
+    _, steady = fine_tune(champion, second, label=LABEL, train=train, strategy=StrategyConfig(name="replay"), steady=True)
+    assert steady.lr == train.finetune_lr == 3e-4
+    _, drifted = fine_tune(champion, second, label=LABEL, train=train, strategy=StrategyConfig(name="replay"), steady=False)
+    assert drifted.lr == 1e-3
+    _, grown = fine_tune(champion, parts[1].head(120), label=LABEL, train=train, strategy=StrategyConfig(name="replay"), steady=True)
+    assert grown.lr == 1e-3  # new classes: the head has to learn them
+    _, plain = fine_tune(champion, second, label=LABEL, train=TrainConfig(epochs=1, hidden=[16], finetune_lr=None), strategy=StrategyConfig(name="replay"), steady=True)
+    assert plain.lr == 1e-3
