@@ -74,13 +74,15 @@ def magnitude_bounds(column: str, values: np.ndarray, schema: DataSchema, first:
 
 
 def build_suite(
-    frame_columns: list[str], schema: DataSchema | None, config: DataConfig, frame: pd.DataFrame | None = None, skip: set[str] | frozenset = frozenset()
+    frame_columns: list[str], schema: DataSchema | None, config: DataConfig, frame: pd.DataFrame | None = None, skip: set[str] | frozenset = frozenset(),
+    implied: DataSchema | None = None,
 ):
     """The expectations an increment must meet: one per line, each with its intent.
 
     ``frame`` is the increment with numeric columns already read as numbers; a first
     increment's checks need its values (the bulk of each column sets its own bounds).
     ``skip``: columns already rejected for holding text where numbers were (their gaps and ranges would only repeat it).
+    ``implied``: the schema the increment is held to, when the caller has it already (see ``kinds_for``).
     """
     import great_expectations.expectations as gxe
 
@@ -98,7 +100,8 @@ def build_suite(
         # Exactly the columns of the schema, no more, no fewer.
         suite.append(gxe.ExpectTableColumnsToMatchSet(column_set=[*schema.features, label], exact_match=True))
     present = set(frame_columns)
-    implied = kinds_for(frame, schema, config) if frame is not None and label in present else schema
+    if implied is None:
+        implied = kinds_for(frame, schema, config) if frame is not None and label in present else schema
     if implied is None:
         return suite
     for column in implied.features:
@@ -417,7 +420,7 @@ def validate_frame(
     implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
     prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
     retyped = {c for c, bad in unreadable.items() if not first and len(bad) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
-    suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped)
+    suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped, implied=implied)
     # GX predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]
     problems, page = run_suite(prepared.astype({c: object for c in strings}) if strings else prepared, suite, data_docs, run_name)
