@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,10 +29,33 @@ app.add_typer(bench_app, name="bench")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
+
+def flag(*names: str, help: str, **extra: Any) -> Any:
+    """A boolean option shown in ``--help`` as a flag: typer prints ``<bool>`` after it unless its metavar is set (empty: nothing)."""
+    return typer.Option(*names, metavar="", help=help, **extra)
+
+
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.", show_default="current directory")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Only the result, as JSON on stdout (for machines).")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only the last line, and errors (for cron).")]
+JsonOption = Annotated[bool, flag("--json", help="Only the result, as JSON on stdout (for machines).")]
+QuietOption = Annotated[bool, flag("--quiet", "-q", help="No progress: only the last line, and errors (for cron).")]
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: the installed package's version, then exit 0 before any command runs."""
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"lepton {version('lepton')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool | None, flag("--version", is_eager=True, callback=_print_version, help="Print Lepton's version and exit.")] = None,
+) -> None:
+    """Options of ``lepton`` itself (only ``--version``)."""
+
 
 DEMO_LABEL = "digit"
 DEMO_MODEL = "digits"
@@ -197,7 +221,7 @@ def run(
     set_: SetOption = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
 ) -> None:
     """Send one increment through the whole flow. Exit 0 processed, 2 rejected (or no such file), 1 failed."""
     ws = _workspace(workspace)
@@ -349,7 +373,7 @@ def status(
     if as_json:
         print(json.dumps(info, indent=2, default=str))
         return
-    console.print(f"model [bold]{info['model_name']}[/bold] at {redact(info['tracking_uri'])}: {info['versions']} version(s)")
+    console.print(f"model [bold]{info['model_name']}[/bold] at {redact(info['tracking_uri'])}: {info['versions']} version(s) (each one: `lepton versions`)")
     champion = info["champion"]
     if champion is None:
         console.print("no champion yet")
@@ -541,7 +565,7 @@ def rollback(
 def promote(
     version: Annotated[int, typer.Argument(min=1, help="Model version to make champion.")],
     reason: Annotated[str, typer.Option(help="Why; kept in the history as a promotion by hand.")],
-    force: Annotated[bool, typer.Option("--force", help="Promote a version the gate kept out.")] = False,
+    force: Annotated[bool, flag("--force", help="Promote a version the gate kept out.")] = False,
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Make a version champion by hand (a Prefect flow), recorded as a manual promotion; refused if the gate kept it out, unless --force."""
@@ -590,6 +614,183 @@ def history(
         )
     console.print(table)
 
+
+
+# `versions` and `compare` only read the registry: they talk to MLflow directly, without
+# tasks.registry, whose Prefect import would cost them more than their whole work.
+def _read_registry(ws: Workspace) -> tuple[Any, str]:
+    """An MLflow client on the workspace's registry (as tasks.registry.tracking_uri finds it) and the model's name."""
+    from mlflow import MlflowClient
+
+    from lepton.config import load
+
+    config = load(ws.root).registry
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{ws.mlflow_db}"
+    if uri.startswith("sqlite:"):
+        ws.state.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), config.model_name
+
+
+def _version_record(version: Any, current: int | None, moves: list[Any]) -> dict[str, Any]:
+    """One model version as plain data: gate verdict, key metrics, lineage and its part in the champion history."""
+    from lepton.history import was_champion
+
+    tags, number = dict(version.tags), int(version.version)
+    parent = tags.get("lepton.parent_version", "none")
+    gate = tags.get("lepton.gate_passed")
+    return {
+        "version": number,
+        "increment_id": tags.get("lepton.increment_id"),
+        "increment_file": tags.get("lepton.increment_file"),
+        "parent_version": None if parent == "none" else int(parent),
+        "gate_passed": None if gate is None else gate == "true",
+        "gate_reasons": json.loads(tags.get("lepton.gate_reasons", "[]")),
+        "champion": "current" if number == current else "former" if was_champion(moves, current, number) else "never",
+        "metrics": json.loads(tags.get("lepton.metrics", "{}")),
+        "strategy": tags.get("lepton.strategy"),
+        "data_hash": tags.get("lepton.data_hash"),
+        "git_commit": tags.get("lepton.git_commit"),
+        "superseded_by": tags.get("lepton.superseded_by"),
+        "run_id": version.run_id,
+        "registered_at": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+        "config": json.loads(tags.get("lepton.config", "{}")),
+    }
+
+
+def _versions(ws: Workspace) -> tuple[str, list[dict[str, Any]], Any]:
+    """The model's name, every version of it oldest first, and the client that read them."""
+    from mlflow.exceptions import MlflowException
+
+    from lepton.history import parse
+
+    client, name = _read_registry(ws)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return name, [], client
+        raise
+    current = model.aliases.get("champion")
+    current = int(current) if current is not None else None
+    moves = parse(model.tags, "champion")
+    found = client.search_model_versions(f"name='{name}'")
+    return name, sorted((_version_record(v, current, moves) for v in found), key=lambda r: r["version"]), client
+
+
+def _score(metrics: dict[str, float], which: str) -> str:
+    """``candidate_new``, say, as accuracy in percent or as MAE, whichever the version was judged by."""
+    if f"{which}_mae" in metrics:
+        return f"MAE {metrics[f'{which}_mae']:.4g}"
+    return _fmt(metrics.get(f"{which}_accuracy"))
+
+
+@app.command()
+def versions(
+    workspace: WorkspaceOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Every model version: its gate verdict, key metrics, increment, parent, and whether it is or was champion."""
+    ws = _workspace(workspace)
+    _check_config(ws, [], for_run=False)
+    try:
+        name, records, _ = _versions(ws)
+    except Exception as error:  # a tracking server that is down, a locked database
+        raise fail(f"could not read the registry: {error}") from None
+    if as_json:
+        print(json.dumps(redacted([{k: v for k, v in r.items() if k != "config"} for r in records]), indent=2))
+        return
+    if not records:
+        console.print(f"model {name!r} has no versions yet: run an increment first")
+        return
+    gate = {True: "[green]passed[/green]", False: "[yellow]kept out[/yellow]", None: "-"}
+    champion = {"current": "[bold green]champion[/bold green]", "former": "former", "never": "-"}
+    table = Table("version", "increment", "parent", "gate", "new holdout", "earlier holdouts", "champion", "registered (UTC)", title=f"versions of {name}", title_justify="left")
+    for r in records:
+        table.add_row(
+            f"v{r['version']}", r["increment_id"] or "-", "-" if r["parent_version"] is None else f"v{r['parent_version']}", gate[r["gate_passed"]],
+            _score(r["metrics"], "candidate_new"), _score(r["metrics"], "candidate_old"), champion[r["champion"]], r["registered_at"][:19].replace("T", " "),
+        )
+    console.print(table)
+    console.print(f"side by side: lepton compare A B --workspace {workspace}", soft_wrap=True)
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"gate": {"policy": ...}}`` as ``{"gate.policy": ...}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def comparison(a: dict[str, Any], b: dict[str, Any], run_metrics: tuple[dict[str, float], dict[str, float]]) -> dict[str, Any]:
+    """Two version records side by side: each value as ``[a, b]``; configuration keys only where they differ."""
+    lineage = ("increment_id", "increment_file", "data_hash", "parent_version", "strategy", "git_commit", "gate_passed", "champion")
+    holdout = re.compile(r"holdout_(\d+)_candidate_(\w+)")
+    holdouts: dict[str, list[float | None]] = {}
+    for i, metrics in enumerate(run_metrics):
+        for key, value in metrics.items():
+            match = holdout.fullmatch(key)
+            if match:
+                holdouts.setdefault(f"holdout {match[1]} {match[2]}", [None, None])[i] = value
+    summary = sorted(set(a["metrics"]) | set(b["metrics"]))
+    config_a, config_b = _flatten(a["config"]), _flatten(b["config"])
+    return {
+        "versions": [a["version"], b["version"]],
+        "lineage": {k: [a[k], b[k]] for k in lineage},
+        "metrics": {k: [a["metrics"].get(k), b["metrics"].get(k)] for k in summary},
+        "holdouts": dict(sorted(holdouts.items(), key=lambda item: int(item[0].split()[1]))),
+        "config_differences": {k: [config_a.get(k), config_b.get(k)] for k in sorted(set(config_a) | set(config_b)) if config_a.get(k) != config_b.get(k)},
+    }
+
+
+@app.command()
+def compare(
+    a: Annotated[int, typer.Argument(metavar="A", help="A model version.")],
+    b: Annotated[int, typer.Argument(metavar="B", help="Another model version.")],
+    workspace: WorkspaceOption = Path("."),
+    as_json: JsonOption = False,
+) -> None:
+    """Two model versions side by side: metrics per holdout, configuration differences, and lineage."""
+    ws = _workspace(workspace)
+    _check_config(ws, [], for_run=False)
+    try:
+        name, records, client = _versions(ws)
+        by_number = {r["version"]: r for r in records}
+        missing = [v for v in (a, b) if v not in by_number]
+        if missing:
+            raise fail(f"model {name!r} has no version {missing[0]} (it has {', '.join(map(str, by_number)) or 'none yet'}: see `lepton versions`)")
+        pair = by_number[a], by_number[b]
+        run_metrics = tuple(client.get_run(r["run_id"]).data.metrics if r["run_id"] else {} for r in pair)
+    except typer.Exit:
+        raise
+    except Exception as error:
+        raise fail(f"could not read the registry: {error}") from None
+    result = redacted(comparison(*pair, run_metrics))
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+
+    def show(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.1%}" if "accuracy" in key or "forgetting" in key else f"{value:.4g}"
+        return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+    titles = {"lineage": "lineage", "metrics": "metrics", "holdouts": "per holdout, oldest first", "config_differences": "configuration differences"}
+    for rows, title in titles.items():
+        if not result[rows]:
+            console.print(f"{title}: none" if rows == "config_differences" else f"{title}: not recorded")
+            continue
+        table = Table("", f"v{a}", f"v{b}", title=title, title_justify="left")
+        for key, (left, right) in result[rows].items():
+            marker = "" if left == right or rows == "config_differences" else "[yellow]*[/yellow] "
+            table.add_row(marker + (key if rows == "config_differences" else key.replace("_", " ")), show(key, left), show(key, right))
+        console.print(table)
+    console.print("* differs", style="dim")
 
 
 def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
@@ -738,7 +939,7 @@ def serve(
 def report(
     model_version: Annotated[int | None, typer.Option("--model-version", min=1, help="Registered model version whose run to show.", show_default="the latest run")] = None,
     workspace: WorkspaceOption = Path("."),
-    open_: Annotated[bool, typer.Option("--open", help="Also open the page in a web browser, if one is available.")] = False,
+    open_: Annotated[bool, flag("--open", help="Also open the page in a web browser, if one is available.")] = False,
     png: Annotated[Path | None, typer.Option("--png", help="Also render the page to this PNG with headless Chromium.")] = None,
 ) -> None:
     """Print the path of a run's report: the HTML page with validation, drift, training, gate and lineage."""
