@@ -242,7 +242,7 @@ def stationary(tmp_path_factory, prefect_api):
     # A broken export: the labels are noise. Naive fine-tuning learns the noise and forgets the rule.
     run(rule_rows(300, 5).assign(y=np.random.default_rng(5).integers(0, 2, 300)), "scrambled", [*FAST, "strategy.name=naive"])
     # Clean data, but a learning rate 5000 times the default and nothing to hold the old weights.
-    run(rule_rows(300, 6), "day6", [*FAST, "train.lr=5", "strategy.name=naive"])
+    run(rule_rows(300, 6), "day6", [*FAST, "train.lr=5", "train.finetune_lr=5", "strategy.name=naive"])
     yield {"ws": ws, "outcomes": outcomes, "champions": champions, "landing": landing}
     shutil.rmtree(root, ignore_errors=True)
 
@@ -281,9 +281,11 @@ def test_a_wrecked_candidate_is_kept_out(stationary):
     # Measured: 0.887 against 1.000 on the new holdout, 0.792 against 0.875 on the earlier ones.
     assert m["candidate_new_accuracy"] < m["champion_new_accuracy"] - 0.05
     assert m["candidate_old_accuracy"] < m["champion_old_accuracy"]
-    assert len(worse.failures) == 2 and worse.failures[0].startswith("gain on the new and earlier holdouts -"), worse.failures
+    # Kept out by non-inferiority over the holdouts of the rule; the new holdout alone (62 rows) may or may not be
+    # significantly worse by itself, and when it is, that check says so too.
+    assert worse.failures[0].startswith("gain on the new and earlier holdouts -"), worse.failures
     assert worse.failures[0].endswith("< -0.020 (non-inferiority: gate.margin=0.02)")
-    assert worse.failures[1].startswith("the new holdout alone is significantly worse: gain -")
+    assert all(f.startswith("the new holdout alone is significantly worse: gain -") for f in worse.failures[1:]), worse.failures
 
 
 def test_duplicates_are_kept_with_a_warning_or_rejected_when_asked(stationary, prefect_api):
