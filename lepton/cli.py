@@ -619,13 +619,13 @@ def history(
 # `versions` and `compare` only read the registry: they talk to MLflow directly, without
 # tasks.registry, whose Prefect import would cost them more than their whole work.
 def _read_registry(ws: Workspace) -> tuple[Any, str]:
-    """An MLflow client on the workspace's registry (as tasks.registry.tracking_uri finds it) and the model's name."""
+    """An MLflow client on the workspace's registry and the model's name."""
     from mlflow import MlflowClient
 
     from lepton.config import load
 
     config = load(ws.root).registry
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{ws.mlflow_db}"
+    uri = ws.tracking_uri(config.tracking_uri)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), config.model_name

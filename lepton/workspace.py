@@ -100,6 +100,10 @@ class Workspace:
         """Embedded servers' state: git-ignored, never versioned."""
         return self.root / ".lepton"
 
+    def tracking_uri(self, configured: str | None) -> str:
+        """MLFLOW_TRACKING_URI, else the configured URI, else SQLite in ``.lepton/`` (no Prefect or MLflow import)."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{self.mlflow_db}"
+
     @property
     def mlflow_db(self) -> Path:
         return self.state / "mlflow.db"

@@ -36,7 +36,7 @@ class Champion:
 
 def tracking_uri(ws: Workspace, config: RegistryConfig) -> str:
     """MLFLOW_TRACKING_URI, else the config, else SQLite in the workspace's ``.lepton/``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri or f"sqlite:///{ws.mlflow_db}"
+    return ws.tracking_uri(config.tracking_uri)
 
 
 def connect(ws: Workspace, config: RegistryConfig):
