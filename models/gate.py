@@ -20,14 +20,20 @@ class GateDecision:
         return tuple(r for r, ok in self.checks.items() if not ok)
 
 
-def paired_bootstrap_lower(candidate: np.ndarray, champion: np.ndarray, *, confidence: float, samples: int, seed: int = 0) -> float:
-    """Lower confidence bound of mean(candidate - champion) over resamples of the same rows."""
+def paired_bootstrap_bounds(candidate: np.ndarray, champion: np.ndarray, *, confidence: float, samples: int, seed: int = 0) -> tuple[float, float]:
+    """Lower and upper one-sided confidence bounds of mean(candidate - champion), from one set of resamples of the same rows."""
     diff = candidate.astype(np.float64) - champion.astype(np.float64)
     if len(diff) == 0:
-        return float("nan")
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(diff), size=(samples, len(diff)))
-    return float(np.quantile(diff[idx].mean(axis=1), 1.0 - confidence))
+    lower, upper = np.quantile(diff[idx].mean(axis=1), [1.0 - confidence, confidence])
+    return float(lower), float(upper)
+
+
+def paired_bootstrap_lower(candidate: np.ndarray, champion: np.ndarray, *, confidence: float, samples: int, seed: int = 0) -> float:
+    """Lower confidence bound of mean(candidate - champion) over resamples of the same rows."""
+    return paired_bootstrap_bounds(candidate, champion, confidence=confidence, samples=samples, seed=seed)[0]
 
 
 def _mean(values: np.ndarray) -> float:
@@ -153,8 +159,7 @@ def _non_inferior(
         checks[f"{what} on {where} {gain:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (non-inferiority: {setting})"] = ok
         checks[_too_few(len(gains), config)] = True
     else:
-        lower = paired_bootstrap_lower(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
-        upper = -paired_bootstrap_lower(-gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
+        lower, upper = paired_bootstrap_bounds(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
         rows = f"{gain:{fmt}} over {len(gains)} rows"
         if lower > bar or upper < bar:
             ok = bool(lower > bar)
@@ -171,7 +176,7 @@ def _non_inferior(
             checks[f"{what} on {where} {rows} (lower {config.confidence:.0%} bound {lower:{fmt}}) <= {bar:{fmt}} (non-inferiority: {setting})"] = False
     if old_pairs and len(new_candidate) >= config.min_holdout_rows:
         alone = _gains(new_candidate, new_champion, regression)
-        upper = -paired_bootstrap_lower(-alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)
+        upper = paired_bootstrap_bounds(alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)[1]
         ok = upper >= bar
         checks[
             f"the new holdout alone is {'not ' if ok else ''}significantly worse: {what} {_mean(alone):{fmt}} "
