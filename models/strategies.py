@@ -44,6 +44,8 @@ class Context:
     # Regression: network targets <-> the label's own units. The memory keeps raw values,
     # because the target's running scale moves as data arrives. None for classes.
     target: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
+    # Classification: the increment's training rows per class id (rehearsed rows included), memory apart.
+    class_rows: dict[int, int] | None = None
 
     @property
     def regression(self) -> bool:
@@ -465,15 +467,22 @@ class WeightAlign(Naive):
         return model
 
 
+# How many times the rows per class of new classes must exceed the known classes' for a linear head to lean towards them.
+HEAD_BIAS_RATIO = 2.0
+
+
 class NearestMean(Naive):
     """Classify by the nearest mean of the memory's exemplars in feature space (iCaRL).
 
     The class means come from the same few exemplars for every class, so new classes
     get no advantage from their numbers: the bias a linear head picks up disappears.
-    That bias exists only once classes arrived in different increments: until then (the
-    first increment, and every increment of data whose classes were all there from the
-    start, as under domain shift) the linear head, trained on all the data rather than
-    on a few exemplars per class, classifies better and is kept.
+    That bias exists only where new classes arrive with many more rows each than the
+    known classes have (in the increment and the memory together), as when an increment
+    brings classes of its own. Otherwise (the first increment, data whose classes were all
+    there from the start, a new class that turns up beside the known ones) the linear head,
+    trained on all the data rather than on a few exemplars per class, classifies better
+    and is kept: on a real table a few exemplars per class describe a class poorly.
+    Once a model classifies by nearest mean, its successors do too.
     """
 
     name = "nme"
@@ -485,7 +494,18 @@ class NearestMean(Naive):
         super().begin(context)
         # The warm-started network carries the champion's prototypes (all zero unless it classified by nearest mean).
         model = context.model
-        self.active = not context.regression and context.old_classes > 0 and (model.n_classes > context.old_classes or bool(model.prototypes.any()))
+        self.active = not context.regression and context.old_classes > 0 and (
+            bool(model.prototypes.any()) or (model.n_classes > context.old_classes and self._head_biased(context))
+        )
+
+    def _head_biased(self, context: Context) -> bool:
+        """New classes bring over ``HEAD_BIAS_RATIO`` times the rows per class that the known ones have."""
+        if context.class_rows is None:
+            return True
+        held = self.replay.memory.class_counts()
+        old = [context.class_rows.get(c, 0) + held.get(c, 0) for c in range(context.old_classes)]
+        new = [context.class_rows.get(c, 0) for c in range(context.old_classes, context.model.n_classes)]
+        return float(np.mean(new)) > HEAD_BIAS_RATIO * float(np.mean(old))
 
     def finish(self, model: MLP) -> MLP:
         if not self.active:

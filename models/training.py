@@ -197,11 +197,12 @@ def fine_tune(
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
     target = (preprocessor.encode, preprocessor.decode) if regression else None
-    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation, target))
     x_train, y_train = x_fit, y_fit
     if rehearse is not None and len(rehearse):
         x_train = np.concatenate([x_fit, preprocessor.raw_matrix(rehearse)])
         y_train = np.concatenate([y_fit, preprocessor.encode(rehearse[label])])
+    class_rows = None if regression else {int(c): int(n) for c, n in zip(*np.unique(y_train, return_counts=True), strict=True)}
+    plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation, target, class_rows))
     x_raw, y = plan.training_data(x_train, y_train)
     started = time.perf_counter()
     # On data like what came before, a warm start refines the champion: at a new network's rate one

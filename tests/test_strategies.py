@@ -369,7 +369,7 @@ def test_weight_align_equalises_head_row_norms() -> None:
 
 def test_nearest_mean_classifies_by_the_closest_unit_prototype(small_digits: list[pd.DataFrame]) -> None:
     """After replay+nme, prototypes are the unit means of the exemplars' embeddings and predictions follow the nearest one."""
-    strategy = StrategyConfig(name="replay+nme", memory_size=20)
+    strategy = StrategyConfig(name="replay+nme", memory_size=8)  # 4 exemplars a class: new classes bring 3x that
     champion = None
     for frame, classifier in zip(small_digits[:2], ("linear", "nme"), strict=True):
         champion, _ = fine_tune(champion, frame, label=LABEL, train=TINY, strategy=strategy)
@@ -410,7 +410,7 @@ def test_nearest_mean_keeps_the_linear_head_when_a_class_has_no_exemplar() -> No
 
 def test_nearest_mean_is_kept_off_while_no_classes_arrive_and_on_once_they_have(small_digits: list[pd.DataFrame]) -> None:
     """Increments of the classes known from the start keep the linear head; after new classes, nme stays on for old-class increments."""
-    strategy = StrategyConfig(name="replay+nme", memory_size=20)
+    strategy = StrategyConfig(name="replay+nme", memory_size=8)
     halves = [small_digits[0].iloc[::2], small_digits[0].iloc[1::2]]  # classes 0 and 1 twice, like domain-incremental data
     champion = None
     for frame in halves:
@@ -423,6 +423,32 @@ def test_nearest_mean_is_kept_off_while_no_classes_arrive_and_on_once_they_have(
     assert again.network.classifier == "nme"
     # Its prototypes were recomputed for the retrained features, not carried over.
     assert not torch.equal(again.network.prototypes, grown.network.prototypes)
+
+
+def test_nearest_mean_stays_off_for_a_new_class_that_arrives_beside_the_known_ones(small_digits: list[pd.DataFrame]) -> None:
+    """A few rows of a new class among many of the known ones give the head no bias: it stays linear. An increment
+    of new classes alone (the known ones only in the memory) switches nearest mean on."""
+    strategy = StrategyConfig(name="replay+nme", memory_size=8)
+    first, second = small_digits[0], small_digits[1]
+    champion, _ = fine_tune(None, first, label=LABEL, train=TINY, strategy=strategy)
+    newcomer = second[second[LABEL] == second[LABEL].iloc[0]].head(3)  # 3 rows of one new class
+    beside, _ = fine_tune(champion, pd.concat([first, newcomer], ignore_index=True), label=LABEL, train=TINY, strategy=strategy)
+    assert beside.network.n_classes == 3 and beside.network.classifier == "linear"
+    assert not beside.network.prototypes.any()
+    alone, _ = fine_tune(champion, second, label=LABEL, train=TINY, strategy=strategy)
+    assert alone.network.classifier == "nme"
+
+
+def test_head_bias_weighs_the_increment_and_the_memory_per_class() -> None:
+    """Known classes count their rows in the increment plus their exemplars; new classes their rows; over 2x is biased."""
+    model = tiny_model(3)
+    replay = Replay(n_features=4, capacity=10, selection="reservoir")
+    replay.memory.update(*blobs((0,), n=5))  # 5 exemplars of the one known class
+    nme = NearestMean(replay=replay)
+    for rows, biased in (({0: 0, 1: 10, 2: 12}, True), ({0: 1, 1: 12, 2: 12}, False), ({0: 6, 1: 4, 2: 2}, False)):
+        ctx = Context(model, as_inputs, 1, CPU, torch.Generator().manual_seed(0), class_rows=rows)
+        nme.begin(ctx)
+        assert nme.active is biased, rows
 
 
 # Dark experience replay
