@@ -18,9 +18,9 @@ import pandas as pd
 
 from benchmarks.scenarios import LABEL, Scenario, class_incremental, domain_incremental, stream
 from lepton.config import StrategyConfig, TrainConfig
-from models import metrics
-from models.evaluation import score
-from models.training import fine_tune
+from lepton.models import metrics
+from lepton.models.evaluation import score
+from lepton.models.training import fine_tune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT = StrategyConfig().name

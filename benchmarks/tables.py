@@ -325,8 +325,8 @@ class Lepton:
 
     def learn(self, frame: pd.DataFrame) -> dict[str, Any]:
         """One run of the flow; the outcome's status and reasons, and the champion it leaves."""
-        from flows.continual import continual_training
-        from tasks.registry import connect, load_champion
+        from lepton.flows.continual import continual_training
+        from lepton.tasks.registry import connect, load_champion
 
         self.runs += 1
         path = self.inbox / f"increment-{self.runs}.parquet"
@@ -371,7 +371,7 @@ def score(task: Task, errors: list[np.ndarray]) -> float | None:
 def concept_reference(table: Table, epochs: int) -> float:
     """Lepton's network trained from scratch on the first two increments of the new concept, scored on the third."""
     from lepton.config import StrategyConfig, TrainConfig
-    from models.training import fine_tune
+    from lepton.models.training import fine_tune
 
     assert table.change_at is not None
     c = table.change_at

@@ -12,14 +12,14 @@ from pydantic import BaseModel
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
 from lepton.workspace import Workspace
-from tasks.drift import log_drift, measure_drift, plan_training, with_drift
-from tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
-from tasks.registry import config_params, finish_increment, lineage_tags, load_champion, record_rejection, register
-from tasks.reporting import write_report
-from tasks.splits import read, split_increments
-from tasks.training import detect_change, evaluate, gate, train
-from tasks.validate import validate
-from tasks.versioning import git_commit, version_data
+from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
+from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
+from lepton.tasks.registry import config_params, finish_increment, lineage_tags, load_champion, record_rejection, register
+from lepton.tasks.reporting import write_report
+from lepton.tasks.splits import read, split_increments
+from lepton.tasks.training import detect_change, evaluate, gate, train
+from lepton.tasks.validate import validate
+from lepton.tasks.versioning import git_commit, version_data
 
 Status = Literal["promoted", "kept_out", "rejected", "duplicate"]
 EXIT_CODES = {"promoted": 0, "kept_out": 0, "duplicate": 0, "rejected": 2}

@@ -14,6 +14,22 @@ console = Console(highlight=False)
 bench_app = typer.Typer(help="Benchmarks: what the strategies keep and cost, and what the pipeline costs.", no_args_is_help=True)
 
 
+def _checkout() -> Path:
+    """The Lepton checkout whose benchmarks/ runs, put on the import path: benchmarks are not installed."""
+    import sys
+
+    import lepton
+
+    root = Path(lepton.__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__init__.py").is_file():
+        console.print(f"[red]error:[/red] `lepton bench` runs from a Lepton checkout (git clone, then `make install`): "
+                      f"there is no benchmarks/ beside {Path(lepton.__file__).parent}")
+        raise typer.Exit(1)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
 @bench_app.command("continual")
 def continual(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
@@ -26,6 +42,7 @@ def continual(
 
     # Small networks: one thread per process avoids oversubscribing the cores.
     torch.set_num_threads(1)
+    _checkout()
     from benchmarks.continual import RESULTS, continual as run, targets
 
     from benchmarks.continual import SCENARIOS, STRATEGIES
@@ -96,6 +113,7 @@ def pipeline(
 
     for name in ("prefect", "dvc", "great_expectations", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _checkout()
     from benchmarks.pipeline import RESULTS, pipeline as run
 
     with _progress("increments", increments) as step:
@@ -138,6 +156,7 @@ def tables(
         logging.getLogger(name).setLevel(logging.ERROR)
     from prefect import flow
 
+    _checkout()
     from benchmarks.tables import RESULTS, TABLES, load, targets
     from benchmarks.tables import tables as run
 

@@ -151,7 +151,7 @@ def initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] | 
     import yaml
 
     from lepton.config import CONFIG_FILE, default_yaml, parse
-    from tasks import versioning
+    from lepton.tasks import versioning
 
     ws.root.mkdir(parents=True, exist_ok=True)
     config_path = ws.root / CONFIG_FILE
@@ -197,7 +197,7 @@ def init(
 def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool = False) -> Any:
     """Run the flow once (inside ``_watching``); returns its outcome or raises the failure with a readable message."""
     if dry_run:
-        from flows.deployments import run_increment
+        from lepton.flows.deployments import run_increment
         from lepton.config import ConfigOverrides
 
         from lepton.landing import trusting
@@ -205,7 +205,7 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
         with trusting(path.parent):
             state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(overrides), dry_run=True, return_state=True)
     else:
-        from flows.continual import continual_training
+        from lepton.flows.continual import continual_training
 
         state = continual_training(str(path), str(ws.root), overrides, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -247,7 +247,7 @@ def retry(
     _check_config(ws, overrides)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     _quiet_libraries()
-    from tasks.ingest import IncrementError, quarantined
+    from lepton.tasks.ingest import IncrementError, quarantined
 
     try:
         path = quarantined(ws, increment_id)
@@ -278,7 +278,7 @@ def _watching(ws: Workspace, mode: Mode) -> watch:
     _quiet_libraries()
     _no_tracebacks()
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
-    import flows.continual  # noqa: F401
+    import lepton.flows.continual  # noqa: F401
 
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     return watch(console, mode, ws.state / "logs" / "lepton.log")
@@ -338,8 +338,8 @@ def _check_config(ws: Workspace, overrides: list[str], *, for_run: bool = True) 
 
 def gather_status(ws: Workspace) -> dict[str, Any]:
     from lepton.config import load
-    from tasks.ingest import duplicates
-    from tasks.registry import describe
+    from lepton.tasks.ingest import duplicates
+    from lepton.tasks.registry import describe
 
     config = load(ws.root)
     info = describe(ws, config.registry)
@@ -413,8 +413,8 @@ def data_checkout(
     from mlflow.exceptions import MlflowException
 
     from lepton.config import load
-    from tasks.registry import TAG, version_tags
-    from tasks.versioning import restore
+    from lepton.tasks.registry import TAG, version_tags
+    from lepton.tasks.versioning import restore
 
     config = load(ws.root)
     try:
@@ -452,7 +452,7 @@ def demo(
     overrides = list(set_ or [])
     _check_config(ws, overrides)
 
-    from models.datasets import CLASS_ORDER, class_incremental
+    from lepton.models.datasets import CLASS_ORDER, class_incremental
 
     landing = ws.state / "landing"
     landing.mkdir(parents=True, exist_ok=True)
@@ -552,7 +552,7 @@ def rollback(
     ws = _workspace(workspace)
     if not reason.strip():
         raise fail("--reason is empty: say why the champion moves back")
-    from flows.rollback import rollback as rollback_flow
+    from lepton.flows.rollback import rollback as rollback_flow
 
     result = _move_champion(rollback_flow, ws, (to, reason), "rollback")
     if result is None:
@@ -572,7 +572,7 @@ def promote(
     ws = _workspace(workspace)
     if not reason.strip():
         raise fail("--reason is empty: say why this version becomes champion")
-    from flows.rollback import promote as promote_flow
+    from lepton.flows.rollback import promote as promote_flow
 
     result = _move_champion(promote_flow, ws, (version, reason, force), "promotion")
     if result is None:
@@ -592,7 +592,7 @@ def history(
     _check_config(ws, [], for_run=False)
     _quiet_libraries()
     from lepton.config import load
-    from tasks.registry import history as champion_moves
+    from lepton.tasks.registry import history as champion_moves
 
     config = load(ws.root)
     try:
@@ -807,7 +807,7 @@ def _typed_overrides(ws: Workspace, set_: list[str] | None) -> Any:
 
 def _finish_series(state: Any, mode: Mode, what: str) -> None:
     """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
-    from flows.deployments import SeriesStopped
+    from lepton.flows.deployments import SeriesStopped
 
     report = state.result(raise_on_failure=False)
     if isinstance(report, SeriesStopped):
@@ -862,7 +862,7 @@ def run_pending(
     overrides = _typed_overrides(ws, set_)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     with _watching(ws, mode):
-        from flows.deployments import run_pending as pending_flow
+        from lepton.flows.deployments import run_pending as pending_flow
 
         state = pending_flow(str(ws.root), overrides, return_state=True)
     _finish_series(state, mode, "run-pending")
@@ -886,7 +886,7 @@ def backfill(
     from lepton.landing import trusting
 
     with _watching(ws, mode), trusting(folder):
-        from flows.deployments import backfill as backfill_flow
+        from lepton.flows.deployments import backfill as backfill_flow
 
         state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
     _finish_series(state, mode, "backfill")
@@ -915,7 +915,7 @@ def serve(
     from mlflow.pyfunc import scoring_server
 
     from lepton.config import load
-    from tasks.registry import champion_version, connect
+    from lepton.tasks.registry import champion_version, connect
 
     registry = load(ws.root).registry
     name = registry.model_name

@@ -86,7 +86,7 @@ class _Display(logging.Handler):
                 message = record.getMessage()
                 if not message.startswith(("Finished in state", "Beginning flow run", "View at")):
                     self._line(message, record.levelno)
-            elif record.name == "models.training" and hasattr(record, "epoch"):
+            elif record.name == "lepton.models.training" and hasattr(record, "epoch"):
                 self._epoch(record.epoch, record.epochs, record.loss)  # type: ignore[attr-defined]
         except Exception:  # the display must never break a run
             self.handleError(record)
@@ -185,7 +185,7 @@ class watch:  # noqa: N801 - used as a context manager, like open()
             handler.setLevel(max(level, logging.INFO))
             self._undo.append(lambda h=handler, lv=level: h.setLevel(lv))
         self._set_level(task_runs, logging.DEBUG)
-        training = logging.getLogger("models.training")
+        training = logging.getLogger("lepton.models.training")
         self._set_level(training, logging.DEBUG)
         for logger in (task_runs, logging.getLogger("prefect.flow_runs"), training):
             logger.addHandler(display)

@@ -18,9 +18,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from models import columns as kinds_of
-from models.bundle import Bundle
-from models.preprocessing import Preprocessor
+from lepton.models import columns as kinds_of
+from lepton.models.bundle import Bundle
+from lepton.models.preprocessing import Preprocessor
 
 
 def unscorable(reason: str) -> MlflowException:

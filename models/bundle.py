@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.network import MLP, build
-from models.preprocessing import Preprocessor
+from lepton.models.network import MLP, build
+from lepton.models.preprocessing import Preprocessor
 
 NETWORK = "network.pt"
 PREPROCESSOR = "preprocessor.json"

@@ -12,7 +12,7 @@ temporary directory, and gloo (or NCCL) connects them over loopback.
 
 Across machines, ``fit_torchrun`` hands the same job to ``torchrun`` (``torch.distributed.run``)
 instead: torchrun starts the ranks, on this node and on every other node started with the same
-rendezvous, and each rank runs ``python -m models.distributed`` (``main`` below), which joins
+rendezvous, and each rank runs ``python -m lepton.models.distributed`` (``main`` below), which joins
 the group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 """
 
@@ -37,8 +37,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models import strategies
-from models.training import FitResult, _autocast, step
+from lepton.models import strategies
+from lepton.models.training import FitResult, _autocast, step
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def fit_torchrun(
         rendezvous = [] if any(a.startswith(("--rdzv", "--nnodes", "--standalone", "--master")) for a in torchrun_args) else ["--standalone"]
         command = [
             sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *rendezvous, *torchrun_args,
-            "-m", "models.distributed", backend, str(job_path), str(out),
+            "-m", "lepton.models.distributed", backend, str(job_path), str(out),
         ]
         log.info("starting %s", " ".join(command))
         # The ranks import this package as the parent does (same interpreter, same sys.path).
@@ -165,7 +165,7 @@ def _load_result(model: nn.Module, device: torch.device, out: str | Path) -> Fit
 
 
 def main(argv: list[str] | None = None) -> None:
-    """One rank started by torchrun: ``python -m models.distributed BACKEND JOB OUT``."""
+    """One rank started by torchrun: ``python -m lepton.models.distributed BACKEND JOB OUT``."""
     backend, job_path, out = argv if argv is not None else sys.argv[1:]
     job: _Job = pickle.loads(Path(job_path).read_bytes())
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))

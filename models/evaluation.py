@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, log_loss, mean_absolute_error, r2_score, roc_auc_score
 
-from models.bundle import Bundle
-from models.metrics import grow, lineage_summary
+from lepton.models.bundle import Bundle
+from lepton.models.metrics import grow, lineage_summary
 
 
 @dataclass

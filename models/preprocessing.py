@@ -8,8 +8,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from models import columns as kinds_of
-from models.columns import native as _native
+from lepton.models import columns as kinds_of
+from lepton.models.columns import native as _native
 
 Task = Literal["classification", "regression"]
 
@@ -28,7 +28,7 @@ class Encoding:
     @classmethod
     def infer(cls, frame: pd.DataFrame, label: str, **sizes: Any) -> Encoding:
         """Every column but the label, kinds and task inferred from ``frame`` (for callers without a workspace schema)."""
-        from models.schema import task_of
+        from lepton.models.schema import task_of
 
         capacity = sizes.get("capacity", cls.capacity)
         found = {c: kinds_of.infer_kind(frame[c], max_categories=capacity - 1)[0] for c in frame.columns if c != label}

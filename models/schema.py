@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
-from models import columns as kinds_of
-from models.columns import native as _native
+from lepton.models import columns as kinds_of
+from lepton.models.columns import native as _native
 
 # Category values remembered per column for reporting new ones (the model's vocabulary is separate).
 SEEN_VALUES = 500

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lepton.config import StrategyConfig
-from models.memory import ClassBalancedMemory
-from models.network import MLP
+from lepton.models.memory import ClassBalancedMemory
+from lepton.models.network import MLP
 
 
 @dataclass

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lepton.config import StrategyConfig, TrainConfig
-from models import strategies
-from models.bundle import Bundle
-from models.network import MLP
-from models.preprocessing import Encoding, Preprocessor
-from models.splits import holdout_mask
+from lepton.models import strategies
+from lepton.models.bundle import Bundle
+from lepton.models.network import MLP
+from lepton.models.preprocessing import Encoding, Preprocessor
+from lepton.models.splits import holdout_mask
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def fine_tune(
     lr = train.finetune_lr if refine else train.lr
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, generator=generator, strategy=plan)
     if train.launcher == "torchrun":
-        from models.distributed import fit_torchrun
+        from lepton.models.distributed import fit_torchrun
 
         result = fit_torchrun(
             network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend,
@@ -219,7 +219,7 @@ def fine_tune(
         )
     elif train.nproc > 1:
         # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
-        from models.distributed import fit_ddp
+        from lepton.models.distributed import fit_ddp
 
         result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
     else:

@@ -20,11 +20,11 @@ from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
-from models.schema import DataSchema
-from tasks.validate import kinds_for, repeated_names
+from lepton.models.schema import DataSchema
+from lepton.tasks.validate import kinds_for, repeated_names
 
 if TYPE_CHECKING:
-    from tasks.registry import Registration
+    from lepton.tasks.registry import Registration
 
 # What a landed increment needs: validation (new, or rejected before and tried again), training
 # (accepted but nothing registered), nothing more (an interrupted promotion just finished, or done).

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton import landing
 from lepton.workspace import IncrementRecord, Workspace
-from tasks.ingest import IncrementError, content_id
+from lepton.tasks.ingest import IncrementError, content_id
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import lepton
-import models
+from lepton import models
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
 from lepton.secrets import redacted
 from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
 from lepton.workspace import Workspace
-from models.bundle import Bundle
+from lepton.models.bundle import Bundle
 
 ALIAS = "champion"
 TAG = "lepton."

@@ -12,13 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from lepton import report as pages
 from lepton.config import RegistryConfig
 from lepton.workspace import Workspace
-from models.evaluation import Evaluation
-from models.gate import GateDecision
-from models.metrics import lineage_summary
-from models.training import TrainReport
-from tasks.registry import TAG, connect
-from tasks.validate import ValidationReport
-from tasks.versioning import git_commit
+from lepton.models.evaluation import Evaluation
+from lepton.models.gate import GateDecision
+from lepton.models.metrics import lineage_summary
+from lepton.models.training import TrainReport
+from lepton.tasks.registry import TAG, connect
+from lepton.tasks.validate import ValidationReport
+from lepton.tasks.versioning import git_commit
 
 
 def _relative(ws: Workspace, path: str | None) -> str | None:

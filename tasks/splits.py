@@ -8,8 +8,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
 from lepton.workspace import Workspace
-from models.splits import split, usable
-from tasks.ingest import read_increment
+from lepton.models.splits import split, usable
+from lepton.tasks.ingest import read_increment
 
 
 @task(name="read-increment", cache_policy=NO_CACHE)

@@ -8,12 +8,12 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig, GateConfig, StrategyConfig, TrainConfig
 from lepton.faults import checkpoint
-from models.bundle import Bundle
-from models.evaluation import Evaluation, compare
-from models.gate import GateDecision, concept_changed, decide
-from models.preprocessing import Encoding
-from models.schema import DataSchema
-from models.training import TrainReport, fine_tune
+from lepton.models.bundle import Bundle
+from lepton.models.evaluation import Evaluation, compare
+from lepton.models.gate import GateDecision, concept_changed, decide
+from lepton.models.preprocessing import Encoding
+from lepton.models.schema import DataSchema
+from lepton.models.training import TrainReport, fine_tune
 
 
 def encoding_of(schema: DataSchema, data: DataConfig) -> Encoding:

@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from pandas.api import types
 
 from lepton.config import DataConfig
-from models import columns as kinds_of
-from models.schema import SEEN_VALUES, DataSchema, label_kind_of
-from models.splits import holdout_mask
+from lepton.models import columns as kinds_of
+from lepton.models.schema import SEEN_VALUES, DataSchema, label_kind_of
+from lepton.models.splits import holdout_mask
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
 FINITE = float(np.finfo(np.float64).max)

@@ -140,7 +140,7 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 def write_increments(folder: Path, count: int, name: str = "day-{}.parquet") -> list[Path]:
     """The first ``count`` class-incremental digits increments as Parquet files, named ``name`` with 1, 2, ..."""
-    from models.datasets import class_incremental
+    from lepton.models.datasets import class_incremental
 
     files = []
     for i, frame in enumerate(class_incremental()[:count], start=1):

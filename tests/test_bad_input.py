@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from lepton.config import DataConfig
-from models.schema import DataSchema
-from tasks.validate import validate_frame
+from lepton.models.schema import DataSchema
+from lepton.tasks.validate import validate_frame
 
 CONFIG = DataConfig(label="y")
 

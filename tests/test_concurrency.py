@@ -42,7 +42,7 @@ def together(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
 
 def registry_state(ws) -> dict:
     from lepton.config import load
-    from tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.registry import champion_history, champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -74,7 +74,7 @@ def live_versions(state: dict, increment_id: str) -> list[int]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, prefect_api):
     """A digits workspace whose first increment is champion (version 1), and the next three increments."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("concurrent-ws")
     ws = make_workspace(root, "digit", "digits", DIGITS)
@@ -85,7 +85,7 @@ def workspace(tmp_path_factory, prefect_api):
 
 def test_two_runs_on_different_increments_at_once(workspace, prefect_api):
     """Both exit 0, both increments promoted in turn: the later one is retrained from the new champion, never promoted from the old."""
-    from tasks.ingest import content_id
+    from lepton.tasks.ingest import content_id
 
     ws, files = workspace
     started = time.monotonic()
@@ -108,7 +108,7 @@ def test_two_runs_on_different_increments_at_once(workspace, prefect_api):
 
 def test_the_same_increment_twice_at_once(workspace, prefect_api):
     """Both exit 0; the increment is recorded once, registered once, and one run says it was a duplicate."""
-    from tasks.ingest import content_id
+    from lepton.tasks.ingest import content_id
 
     ws, files = workspace
     before = registry_state(ws)
@@ -156,9 +156,9 @@ CONSUMER = textwrap.dedent(
 
 def test_a_consumer_always_loads_a_whole_champion(tmp_path, prefect_api):
     """A consumer process loads models:/digits@champion and predicts in a loop while 5 increments are promoted one after another."""
-    from flows.continual import continual_training
-    from models.datasets import class_incremental
-    from tasks.registry import tracking_uri
+    from lepton.flows.continual import continual_training
+    from lepton.models.datasets import class_incremental
+    from lepton.tasks.registry import tracking_uri
 
     ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
     frames = class_incremental()
@@ -201,7 +201,7 @@ def test_a_consumer_always_loads_a_whole_champion(tmp_path, prefect_api):
 
 def _version_runs(ws) -> list[str]:
     from lepton.config import load
-    from tasks.registry import connect
+    from lepton.tasks.registry import connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -212,7 +212,7 @@ def _version_runs(ws) -> list[str]:
 def three_versions(clean_dir):
     """A registry with versions 1-3 of 'cas' (no artifacts needed to move an alias) and version 1 champion."""
     from lepton.config import load
-    from tasks.registry import connect, move_champion
+    from lepton.tasks.registry import connect, move_champion
 
     ws = make_workspace(clean_dir / "ws", "digit", "cas", DIGITS)
     config = load(ws.root).registry
@@ -226,7 +226,7 @@ def three_versions(clean_dir):
 
 def test_compare_and_set_refuses_a_stale_parent(three_versions):
     """Promoting with the parent a candidate was trained from fails once another version took the alias; nothing is recorded."""
-    from tasks.registry import StaleChampion, champion_history, champion_version, move_champion
+    from lepton.tasks.registry import StaleChampion, champion_history, champion_version, move_champion
 
     _, client = three_versions
     assert move_champion(client, "cas", 2, kind="promote", reason="from 1", expected=1).from_version == 1
@@ -263,7 +263,7 @@ def test_the_champion_lock_times_out_with_a_readable_message(three_versions):
 def test_an_unfinished_promotion_is_finished_or_superseded(three_versions, clean_dir):
     """A re-run finds a passing version its earlier run never promoted: promoted if the champion is still its parent, else marked superseded."""
     from lepton.config import load
-    from tasks.registry import champion_history, champion_version, finish_increment, version_for_increment
+    from lepton.tasks.registry import champion_history, champion_version, finish_increment, version_for_increment
 
     ws, client = three_versions
     config = load(ws.root).registry

@@ -48,7 +48,7 @@ def run(path, ws, api_url, kill_at: str | None = None):
 def registry_state(ws) -> dict:
     """What the registry says: versions by increment, the champion, its history, and each version's parent."""
     from lepton.config import load
-    from tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.registry import champion_history, champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -83,7 +83,7 @@ def crashes(tmp_path_factory, prefect_api):
         after = registry_state(ws)
         steps[point] = {"path": path, "before": before, "killed": killed, "left": left, "rerun": rerun, "after": after, "manifest": ws.read_manifest()}
     # And once more, in process: a plain duplicate now.
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     again = continual_training(str(files[-1]), str(ws.root), QUICK)
     yield {"ws": ws, "steps": steps, "files": files, "again": again}
@@ -93,7 +93,7 @@ def crashes(tmp_path_factory, prefect_api):
 @pytest.mark.parametrize("point", POINTS)
 def test_a_run_killed_there_converges_when_run_again(crashes, point):
     """SIGKILL at the point, then `lepton run` of the same file: exit 0, one version for the increment, promoted from the champion before."""
-    from tasks.ingest import content_id
+    from lepton.tasks.ingest import content_id
 
     step = crashes["steps"][point]
     assert step["killed"].returncode == -signal.SIGKILL, f"the run was not killed at {point}: {step['killed'].stdout[-2000:]}{step['killed'].stderr[-2000:]}"
@@ -115,7 +115,7 @@ def test_a_run_killed_there_converges_when_run_again(crashes, point):
 @pytest.mark.parametrize("point", POINTS)
 def test_each_kill_left_the_state_its_point_names(crashes, point):
     """The kills are where they say: what each left behind, before the re-run cleaned it up."""
-    from tasks.ingest import content_id
+    from lepton.tasks.ingest import content_id
 
     step = crashes["steps"][point]
     increment = content_id(step["path"])
@@ -135,7 +135,7 @@ def test_each_kill_left_the_state_its_point_names(crashes, point):
 
 def test_history_is_a_chain_and_every_increment_recorded_once(crashes):
     """After all four crashes: each move starts where the previous one ended, one record and one version per increment."""
-    from tasks.ingest import content_id
+    from lepton.tasks.ingest import content_id
 
     last = crashes["steps"][POINTS[-1]]["after"]
     history = last["history"]
@@ -154,8 +154,8 @@ def test_history_is_a_chain_and_every_increment_recorded_once(crashes):
 def test_data_version_matches_the_data_on_disk(crashes):
     """data.dvc points at exactly what is in data/ (no half-copied or leftover file), and the champion was trained at it."""
     from lepton.config import load
-    from tasks.registry import connect
-    from tasks.versioning import current_hash
+    from lepton.tasks.registry import connect
+    from lepton.tasks.versioning import current_hash
 
     ws = crashes["ws"]
     result = run_cli(["status", "--json", "--workspace", str(ws.root)], api_url=None)
@@ -177,7 +177,7 @@ def test_the_champion_loads_and_predicts(crashes):
     import mlflow.pyfunc
 
     from lepton.config import load
-    from tasks.registry import connect
+    from lepton.tasks.registry import connect
 
     ws = crashes["ws"]
     connect(ws, load(ws.root).registry)
@@ -191,7 +191,7 @@ def test_a_move_recorded_but_never_applied_is_dropped_by_the_next_one(clean_dir)
     """The history records a move whose run died before the alias moved; the next move from the same champion replaces it."""
     from lepton.config import load
     from lepton.history import new_move
-    from tasks.registry import champion_history, connect, move_champion
+    from lepton.tasks.registry import champion_history, connect, move_champion
 
     ws = make_workspace(clean_dir / "ws", "digit", "dangling", DIGITS)
     client, _ = connect(ws, load(ws.root).registry)
@@ -209,7 +209,7 @@ def test_a_move_recorded_but_never_applied_is_dropped_by_the_next_one(clean_dir)
 def test_dvc_recovers_from_a_killed_dvc(clean_dir):
     """A DVC process SIGKILLed while holding the repo lock, and an rwlock file cut off mid-write: the next data version works."""
     from lepton.config import load
-    from tasks.versioning import clear_broken_lock, version
+    from lepton.tasks.versioning import clear_broken_lock, version
 
     ws = make_workspace(clean_dir / "ws", "digit", "dvc", DIGITS)
     holder = subprocess.run(
@@ -222,7 +222,7 @@ def test_dvc_recovers_from_a_killed_dvc(clean_dir):
     rwlock.write_text('{"read": {}, "wri')
     (ws.data / "extra.txt").write_text("one more file\n")
     digest = version(ws, load(ws.root).dvc)
-    from tasks.versioning import current_hash
+    from lepton.tasks.versioning import current_hash
 
     assert digest.endswith(".dir") and current_hash(ws) == digest
     assert clear_broken_lock(ws) is False  # DVC left a whole rwlock file behind it this time

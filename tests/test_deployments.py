@@ -29,7 +29,7 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 
 def champion(ws) -> int | None:
     from lepton.config import load
-    from tasks.registry import champion_version, connect
+    from lepton.tasks.registry import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -111,7 +111,7 @@ def test_land_sanitises_names_and_keeps_arrival_order(clean_dir):
 
 def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increments):
     """dry_run=True reports whether an increment would pass, without copying, versioning, training or registering."""
-    from flows.deployments import run_increment
+    from lepton.flows.deployments import run_increment
     from lepton.config import ConfigOverrides
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
@@ -150,7 +150,7 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
 
 def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments, monkeypatch):
     """The nightly logic: each landed file one flow run, in arrival order; a rejection goes on, a failure stops the series and keeps the rest."""
-    from flows.deployments import SeriesStopped, run_pending
+    from lepton.flows.deployments import SeriesStopped, run_pending
     from lepton.config import ConfigOverrides
     from lepton.landing import land, pending
 
@@ -197,7 +197,7 @@ def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir,
 
 def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_api, increments):
     """backfill: CSV and Parquet files in name order, other files skipped; running it again finds only duplicates."""
-    from flows.deployments import backfill
+    from lepton.flows.deployments import backfill
     from lepton.config import ConfigOverrides
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
@@ -281,7 +281,7 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         stop_process(server)
     assert champion(ws) == 1
     from lepton.config import load
-    from tasks.registry import history
+    from lepton.tasks.registry import history
 
     moves = history(ws, load(ws.root).registry)
     assert [(m.kind, m.from_version, m.to_version) for m in moves] == [("promote", None, 1)]

@@ -12,13 +12,13 @@ import torch
 from pydantic import ValidationError
 
 from lepton.config import StrategyConfig, TrainConfig
-from models.bundle import Bundle
-from models.datasets import LABEL, class_incremental
-from models.distributed import fit_ddp, resolve_backend
-from models.evaluation import score
-from models.network import MLP
-from models.splits import split
-from models.training import fine_tune
+from lepton.models.bundle import Bundle
+from lepton.models.datasets import LABEL, class_incremental
+from lepton.models.distributed import fit_ddp, resolve_backend
+from lepton.models.evaluation import score
+from lepton.models.network import MLP
+from lepton.models.splits import split
+from lepton.models.training import fine_tune
 
 CPU = torch.device("cpu")
 EPOCHS = 10
@@ -148,10 +148,10 @@ TORCHRUN_SCRIPT = """
 import json, sys
 import torch
 from lepton.config import StrategyConfig, TrainConfig
-from models.datasets import LABEL, class_incremental
-from models.evaluation import score
-from models.splits import split
-from models.training import fine_tune
+from lepton.models.datasets import LABEL, class_incremental
+from lepton.models.evaluation import score
+from lepton.models.splits import split
+from lepton.models.training import fine_tune
 
 torch.set_num_threads(1)
 digits = [split(frame, 0.2) for frame in class_incremental()[:2]]

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from lepton.config import DriftConfig
-from models.datasets import class_incremental, digits_frame
-from models.drift import chi2_test, holm, ks_test, matched_reference, measure, psi, respond
+from lepton.models.datasets import class_incremental, digits_frame
+from lepton.models.drift import chi2_test, holm, ks_test, matched_reference, measure, psi, respond
 
 DEFAULT = DriftConfig()
 FEATURES = [f"f{i}" for i in range(64)]
@@ -259,7 +259,7 @@ DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
 @pytest.fixture(scope="module")
 def drift_runs(tmp_path_factory, prefect_api):
     """A digits workspace: a first increment, a clean one, then shifted ones under block (CLI), warn, joint and replay."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
     from tests.conftest import make_workspace, run_cli
 
     root = tmp_path_factory.mktemp("drift-ws")
@@ -343,7 +343,7 @@ def test_warn_carries_on_and_logs_to_mlflow(drift_runs):
 @pytest.mark.integration
 def test_joint_and_replay_train_on_more(drift_runs):
     """joint retrains on every accepted training row; replay rehearses earlier rows: both step on more samples than warn."""
-    from models.splits import split
+    from lepton.models.splits import split
     from tests.test_flow import registry
 
     outcomes, ws = drift_runs["outcomes"], drift_runs["ws"]
@@ -371,7 +371,7 @@ def test_rehearsed_rows_are_trained_on_but_not_remembered():
     import torch
 
     from lepton.config import StrategyConfig, TrainConfig
-    from models.training import fine_tune
+    from lepton.models.training import fine_tune
 
     torch.set_num_threads(1)
     parts = digits_parts(0)
@@ -388,8 +388,8 @@ def test_rehearsed_rows_are_trained_on_but_not_remembered():
 
 def test_block_turns_drift_into_a_failed_validation():
     """with_drift fails the validation report only for a drifted increment under drift.action=block, naming the features."""
-    from tasks.drift import with_drift
-    from tasks.validate import ValidationReport
+    from lepton.tasks.drift import with_drift
+    from lepton.tasks.validate import ValidationReport
 
     passed = ValidationReport(passed=True, rows=300, expectations=10)
     shifted = gaussian(300, 1, {"f3": 1.0})
@@ -402,7 +402,7 @@ def test_block_turns_drift_into_a_failed_validation():
 
 def test_drift_metrics_are_flat_and_valid_mlflow_keys():
     """Per test a statistic and a flag (a p-value unless PSI), keys MLflow accepts whatever the column is called."""
-    from tasks.drift import drift_metrics, metric_key
+    from lepton.tasks.drift import drift_metrics, metric_key
 
     assert metric_key("price (€)/m²") == "price ___/m_"
     frame = gaussian(300, 0).rename(columns={"f0": "width (cm)"}).assign(colour=np.tile(["a", "b", "c"], 100))
@@ -417,7 +417,7 @@ def test_drift_settings_reach_overrides_and_deployment_parameters():
     """--set drift.action=block and the deployments' typed parameters get the drift section, validated."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.deployments import run_increment
+    from lepton.flows.deployments import run_increment
     from lepton.config import ConfigError, ConfigOverrides, parse
 
     overrides = ConfigOverrides.from_list(["drift.action=block", "drift.p_value=0.05"])

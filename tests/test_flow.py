@@ -29,7 +29,7 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 def registry(ws):
     from lepton.config import load
-    from tasks.registry import champion_version, connect
+    from lepton.tasks.registry import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -43,7 +43,7 @@ def digits(tmp_path_factory, prefect_api):
     Yields the workspace, the increment files, the outcomes in order and a snapshot of
     data/ after the first increment (for the lineage test).
     """
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("digits-ws")
     ws = make_workspace(root, "digit", "digits", DIGITS)
@@ -127,7 +127,7 @@ def test_accuracy_matrix_is_tracked(digits):
 
 def test_same_content_is_not_trained_twice(digits, prefect_api):
     """The first increment landed again under another name is recognised; no version is added."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     ws = digits["ws"]
     client, name, champion = registry(ws)
@@ -147,8 +147,8 @@ def test_champion_predicts_on_raw_columns(digits):
     """models:/NAME@champion loads as a pyfunc and returns the original label values from raw pixels."""
     import mlflow.pyfunc
 
-    from models.datasets import class_incremental
-    from models.splits import split
+    from lepton.models.datasets import class_incremental
+    from lepton.models.splits import split
 
     registry(digits["ws"])  # sets the tracking URI
     model = mlflow.pyfunc.load_model("models:/digits@champion")
@@ -215,7 +215,7 @@ def test_string_binary_labels(clean_dir, prefect_api):
     import mlflow.pyfunc
     from sklearn.datasets import load_breast_cancer
 
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     data = load_breast_cancer(as_frame=True)
     frame = data.frame.drop(columns=["target"]).rename(columns=lambda c: c.replace(" ", "_"))
@@ -240,7 +240,7 @@ def test_string_binary_labels(clean_dir, prefect_api):
 
 def test_an_interrupted_run_resumes_at_training(clean_dir, prefect_api, increments, monkeypatch):
     """Accepted, then the registry was unreachable: the same file again trains and registers it once, then is a duplicate."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     ws = make_workspace(clean_dir / "ws", "digit", "resume", DIGITS)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

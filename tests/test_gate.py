@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lepton.config import GateConfig
-from models.gate import GateDecision, concept_changed, decide, paired_bootstrap_lower
+from lepton.models.gate import GateDecision, concept_changed, decide, paired_bootstrap_lower
 
 CONFIG = GateConfig()  # non-inferiority within 0.02, floor 0.5, max forgetting 0.1, 95% bootstrap
 SUPERIOR = GateConfig(policy="superior")  # the candidate must gain more than min_improvement (0)

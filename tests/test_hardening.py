@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from lepton.config import DataConfig
-from models.schema import DataSchema
-from tasks.ingest import read_increment
-from tasks.validate import validate_frame
+from lepton.models.schema import DataSchema
+from lepton.tasks.ingest import read_increment
+from lepton.tasks.validate import validate_frame
 from tests.conftest import FAST, LEPTON, free_port, make_workspace, run_cli, start_process, stop_process, wait_for_http
 
 HOSTILE = "<script>alert(1)</script>"
@@ -133,7 +133,7 @@ def test_a_first_increment_that_cannot_train_is_rejected_by_the_flow_every_time(
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, prefect_api):
     """A champion trained on ``rows()`` behind `lepton serve`; yields a function that POSTs a body and returns (status, text)."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     base = tmp_path_factory.mktemp("serve")
     ws = make_workspace(base / "ws", "y", "m")

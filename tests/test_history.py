@@ -58,8 +58,8 @@ def test_a_record_is_one_small_tag():
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory, prefect_api):
     """A digits workspace after two promotions (versions 1 and 2)."""
-    from flows.continual import continual_training
-    from models.datasets import class_incremental
+    from lepton.flows.continual import continual_training
+    from lepton.models.datasets import class_incremental
 
     root = tmp_path_factory.mktemp("history-ws")
     ws = make_workspace(root / "ws", "digit", "digits", DIGITS)
@@ -75,7 +75,7 @@ def promoted(tmp_path_factory, prefect_api):
 
 def registry(ws):
     from lepton.config import load
-    from tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.registry import champion_history, champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -100,7 +100,7 @@ def test_promotions_are_recorded_on_the_registered_model(promoted):
 def test_promoting_the_champion_again_records_nothing(promoted):
     """Promote is idempotent: the alias already there, no second record (the task retries safely)."""
     from lepton.config import load
-    from tasks.registry import promote
+    from lepton.tasks.registry import promote
 
     before = registry(promoted)[3]
     assert promote.fn(promoted, load(promoted.root).registry, 2) is None
@@ -110,7 +110,7 @@ def test_promoting_the_champion_again_records_nothing(promoted):
 @pytest.mark.integration
 def test_rollback_and_history_commands(promoted, prefect_api):
     """`lepton rollback` goes back to the previous champion and records why; it refuses readably when it cannot; `history` lists it all."""
-    from flows.rollback import rollback
+    from lepton.flows.rollback import rollback
 
     ws = str(promoted.root)
     result = run_cli(["rollback", "--reason", "version 2 mislabels 3s", "--workspace", ws], api_url=prefect_api)

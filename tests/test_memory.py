@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.memory import ClassBalancedMemory, herding_order
+from lepton.models.memory import ClassBalancedMemory, herding_order
 
 N_FEATURES = 3
 

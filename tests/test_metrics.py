@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summary
+from lepton.models.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summary
 
 # R[i, j]: accuracy on increment j's holdout after training on increment i.
 # Increment 0 peaks after increment 1 (0.95), not right after it was learned (0.90),
@@ -69,7 +69,7 @@ def test_macro_f1_counts_only_the_classes_a_holdout_holds():
     """A class absent from the holdout but predicted once does not count as a zero: (1 + 2/3) / 2, not (1 + 2/3 + 0) / 3."""
     import numpy as np
 
-    from models.evaluation import macro_f1
+    from lepton.models.evaluation import macro_f1
 
     assert macro_f1(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 7])) == pytest.approx((1 + 2 / 3) / 2)
     assert macro_f1(np.array(["a", "b"]), np.array(["a", "b"])) == 1.0

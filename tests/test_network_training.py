@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from lepton.config import StrategyConfig, TrainConfig
-from models.bundle import Bundle
-from models.datasets import LABEL, class_incremental
-from models.evaluation import score
-from models.network import MLP
-from models.splits import split
-from models.training import fine_tune, fit, select_device
+from lepton.models.bundle import Bundle
+from lepton.models.datasets import LABEL, class_incremental
+from lepton.models.evaluation import score
+from lepton.models.network import MLP
+from lepton.models.splits import split
+from lepton.models.training import fine_tune, fit, select_device
 
 CPU = torch.device("cpu")
 

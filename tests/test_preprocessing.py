@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.preprocessing import Preprocessor
+from lepton.models.preprocessing import Preprocessor
 
 FEATURES = ["a", "b", "flat"]
 

@@ -37,8 +37,8 @@ def test_a_rollback_to_a_former_champion_keeps_the_chain():
 @pytest.fixture(scope="module")
 def kept_out(tmp_path_factory, prefect_api):
     """A digits workspace with versions 1 and 2 promoted and version 3 kept out by the gate."""
-    from flows.continual import continual_training
-    from models.datasets import class_incremental
+    from lepton.flows.continual import continual_training
+    from lepton.models.datasets import class_incremental
 
     root = tmp_path_factory.mktemp("promote-ws")
     ws = make_workspace(root / "ws", "digit", "digits", DIGITS)
@@ -55,9 +55,9 @@ def kept_out(tmp_path_factory, prefect_api):
 @pytest.mark.integration
 def test_rollback_refuses_a_version_never_champion_and_promote_needs_force(kept_out, prefect_api):
     """`rollback --to` a kept-out version is refused and points at `promote`; `promote` refuses it unless --force, and records a manual promotion."""
-    from flows.rollback import rollback
+    from lepton.flows.rollback import rollback
     from lepton.config import load
-    from tasks.registry import plan_rollback
+    from lepton.tasks.registry import plan_rollback
 
     ws = str(kept_out.root)
     refused = run_cli(["rollback", "--to", "3", "--workspace", ws], api_url=prefect_api)
@@ -95,11 +95,11 @@ def test_rollback_refuses_a_version_never_champion_and_promote_needs_force(kept_
 @pytest.mark.integration
 def test_a_rejection_is_a_named_state_with_the_champion_and_a_tracking_run(kept_out, prefect_api, tmp_path):
     """A rejected increment ends Completed named Rejected, names the champion, and leaves a tracking run with its verdict and no model."""
-    from flows.continual import continual_training
-    from flows.deployments import run_pending
+    from lepton.flows.continual import continual_training
+    from lepton.flows.deployments import run_pending
     from lepton.config import ConfigOverrides, load
     from lepton.landing import land
-    from tasks.registry import connect
+    from lepton.tasks.registry import connect
 
     champion = registry(kept_out)[2]
     bad = tmp_path / "bad.csv"

@@ -47,7 +47,7 @@ def customers(n: int, seed: int, *, first_id: int, plans: tuple[str, ...] = ("fr
 def registry(ws):
     """The workspace's MLflow client (setting the tracking URI its pyfunc loads from), model name and champion version."""
     from lepton.config import load
-    from tasks.registry import champion_version, connect
+    from lepton.tasks.registry import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -65,7 +65,7 @@ def champion_model(ws):
 @pytest.fixture(scope="module")
 def churn(tmp_path_factory, prefect_api):
     """A churn workspace after two increments, the second with a new plan and visits beyond the range seen."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("churn-ws")
     ws = make_workspace(root, "y", "churn")
@@ -175,7 +175,7 @@ NOISE_MAE = 0.1 * np.sqrt(2 / np.pi)
 @pytest.fixture(scope="module")
 def fuel(tmp_path_factory, prefect_api):
     """A regression workspace after two increments from one distribution."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("fuel-ws")
     ws = make_workspace(root, "y", "fuel")
@@ -224,7 +224,7 @@ def accuracy(model, frame: pd.DataFrame) -> float:
 @pytest.fixture(scope="module")
 def stationary(tmp_path_factory, prefect_api):
     """Four increments from one distribution, one whose labels are coin flips, one trained with a wrecking learning rate."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("stationary-ws")
     ws = make_workspace(root, "y", "stationary")
@@ -290,7 +290,7 @@ def test_a_wrecked_candidate_is_kept_out(stationary):
 
 def test_duplicates_are_kept_with_a_warning_or_rejected_when_asked(stationary, prefect_api):
     """Repeated rows: processed and reported by default; data.duplicates=reject refuses them (exit 2) and names the setting."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     ws, landing = stationary["ws"], stationary["landing"]
     frame = rule_rows(300, 20)
@@ -315,7 +315,7 @@ def test_duplicates_are_kept_with_a_warning_or_rejected_when_asked(stationary, p
 @pytest.fixture(scope="module")
 def change(tmp_path_factory, prefect_api):
     """Three increments with labels by rule a, then two by rule b on the same features."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("change-ws")
     ws = make_workspace(root, "y", "change")
@@ -351,7 +351,7 @@ def test_a_concept_change_is_detected_and_followed(change):
 def test_after_a_change_the_champion_is_as_good_as_a_model_of_the_new_rule_alone(change):
     """The issue's target: within two increments, within 3 points of a network trained only on rule b's increments."""
     from lepton.config import StrategyConfig, TrainConfig
-    from models.training import fine_tune
+    from lepton.models.training import fine_tune
 
     rule_b = pd.concat(change["frames"][3:], ignore_index=True)
     alone, _ = fine_tune(None, rule_b, label="y", train=TrainConfig(epochs=15), strategy=StrategyConfig(name="naive"))
@@ -363,10 +363,10 @@ def test_after_a_change_the_champion_is_as_good_as_a_model_of_the_new_rule_alone
 
 def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_increment(tmp_path, prefect_api):
     """A first model kept out by a floor leaves its data in: the next network learns both increments, not only the last file."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
     from lepton.config import load
-    from models.splits import split
-    from tasks.registry import load_champion
+    from lepton.models.splits import split
+    from lepton.tasks.registry import load_champion
 
     ws = make_workspace(tmp_path / "ws", "y", "late-start")
     frames = [rule_rows(200, 21), rule_rows(200, 22)]

@@ -95,7 +95,7 @@ def test_find_latest_and_by_version(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, prefect_api, increments, one_thread):
     """Two digits increments through the real flow (first champion, then a promotion) and a broken one (rejected)."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     root = tmp_path_factory.mktemp("report-ws")
     ws = make_workspace(root, "digit", "digits", DIGITS)
@@ -108,7 +108,7 @@ def runs(tmp_path_factory, prefect_api, increments, one_thread):
 
 def _registry(ws):
     from lepton.config import load
-    from tasks.registry import connect
+    from lepton.tasks.registry import connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)

@@ -22,8 +22,8 @@ def record(state: str) -> IncrementRecord:
 
 def test_each_landing_is_sorted_by_its_record_and_the_registry():
     """New content is fresh, rejected content is retried, accepted content resumes, finishes or is a duplicate."""
-    from tasks.ingest import sort_landing
-    from tasks.registry import Registration
+    from lepton.tasks.ingest import sort_landing
+    from lepton.tasks.registry import Registration
 
     moved = new_move([], alias="champion", kind="promote", from_version=None, to_version=1, reason="first champion")
     assert sort_landing(None, None) == "fresh"
@@ -57,7 +57,7 @@ def quarantine_files(ws) -> list[str]:
 @pytest.mark.integration
 def test_a_rejected_file_is_processed_once_the_config_is_fixed(clean_dir, prefect_api, one_thread):
     """Rejected under data.min_rows=10000; lepton.yaml fixed; the same file again: accepted, trained, registered, promoted."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
     from tests.test_flow import registry
 
     ws, path = strict_workspace(clean_dir)
@@ -93,7 +93,7 @@ def test_a_rejected_file_is_processed_once_the_config_is_fixed(clean_dir, prefec
 @pytest.mark.integration
 def test_retry_runs_the_quarantined_copy_without_the_original(clean_dir, prefect_api, one_thread):
     """`lepton retry ID`: still bad is exit 2 with the new reasons; good now is processed; not rejected or unknown is exit 2."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     ws, path = strict_workspace(clean_dir)
     increment = continual_training(str(path), str(ws.root), FAST).increment_id

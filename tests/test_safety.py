@@ -23,7 +23,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 
 def _two_versions(root: Path):
     from lepton.config import load
-    from tasks.versioning import version
+    from lepton.tasks.versioning import version
 
     ws = make_workspace(root, "digit", "digits", DIGITS)
     config = load(ws.root).dvc
@@ -38,7 +38,7 @@ def _two_versions(root: Path):
 
 def test_restore_of_unavailable_data_changes_nothing(clean_dir):
     """Remote gone and cache collected: the restore fails with the reason and data/ and data.dvc stay byte for byte."""
-    from tasks.versioning import restore
+    from lepton.tasks.versioning import restore
 
     ws, config, old = _two_versions(clean_dir)
     shutil.rmtree(ws.dvc_remote)
@@ -52,7 +52,7 @@ def test_restore_of_unavailable_data_changes_nothing(clean_dir):
 
 def test_restore_from_the_remote_after_gc(clean_dir):
     """Cache collected but the remote intact: the old version comes back, and data.dvc names it."""
-    from tasks.versioning import current_hash, restore
+    from lepton.tasks.versioning import current_hash, restore
 
     ws, config, old = _two_versions(clean_dir)
     subprocess.run([str(Path(os.sys.executable).parent / "dvc"), "gc", "-w", "-f"], cwd=ws.root, check=True, capture_output=True)
@@ -85,7 +85,7 @@ def _untouched(ws, before: dict[str, bytes]) -> None:
 
 def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increments):
     """pattern='../../../outside/*.parquet' from the inbox is refused before anything is read."""
-    from flows.deployments import backfill
+    from lepton.flows.deployments import backfill
     from lepton.config import ConfigOverrides
 
     ws, _, inbox = _fence_case(clean_dir, increments)
@@ -97,7 +97,7 @@ def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increm
 
 def test_symlink_out_of_an_allowed_folder_is_refused(clean_dir, prefect_api, increments):
     """A link in the inbox to a file outside: neither backfill nor run-pending reads it, and the link stays."""
-    from flows.deployments import backfill, run_pending
+    from lepton.flows.deployments import backfill, run_pending
     from lepton.config import ConfigOverrides
 
     ws, secret, inbox = _fence_case(clean_dir, increments)
@@ -138,7 +138,7 @@ def _git(root: Path, *args: str) -> str:
 def test_init_commits_what_it_creates(clean_dir):
     """After init, git is clean and HEAD holds the config, DVC's files and data.dvc, by the environment's identity."""
     from lepton.config import load
-    from tasks.versioning import git_commit, version
+    from lepton.tasks.versioning import git_commit, version
 
     ws = make_workspace(clean_dir, "digit", "digits", DIGITS)
     assert _git(ws.root, "status", "--porcelain") == ""
@@ -248,7 +248,7 @@ def test_cli_data_checkout_of_lost_data_exits_1_and_changes_nothing(clean_dir, p
     """`lepton data checkout --model-version 1` with the remote removed and the cache collected: exit 1, the reason, nothing moved."""
     from lepton.config import load
     from tests.conftest import run_cli
-    from tasks.versioning import version
+    from lepton.tasks.versioning import version
 
     ws = make_workspace(clean_dir, "digit", "digits", DIGITS)
     first = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--set", "train.epochs=5", "--set", "gate.bootstrap_samples=100"], api_url=prefect_api)

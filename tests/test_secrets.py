@@ -37,8 +37,8 @@ def test_tags_and_params_of_a_model_version_carry_no_credentials():
     import json
 
     from lepton.config import parse
-    from models.gate import GateDecision
-    from tasks.registry import config_params, lineage_tags
+    from lepton.models.gate import GateDecision
+    from lepton.tasks.registry import config_params, lineage_tags
 
     config = parse({
         "data": {"label": "y"},

@@ -101,7 +101,7 @@ def mlflow_server(postgres, tmp_path_factory):
 
 
 def holdout(files: list[Path]) -> pd.DataFrame:
-    from models.splits import split
+    from lepton.models.splits import split
 
     return pd.concat([split(pd.read_parquet(f), 0.2)[1] for f in files], ignore_index=True)
 
@@ -110,9 +110,9 @@ def test_flow_against_mlflow_server_on_postgres(mlflow_server, increments, clean
     """MLFLOW_TRACKING_URI switches the flow to a tracking server on PostgreSQL; a consumer loads the champion over HTTP."""
     import psycopg2
 
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
     from lepton.config import load
-    from tasks.registry import history
+    from lepton.tasks.registry import history
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
@@ -150,7 +150,7 @@ def test_flow_against_mlflow_server_on_postgres(mlflow_server, increments, clean
 
 def test_lepton_serve_answers_invocations(increments, clean_dir, prefect_api):
     """`lepton serve` puts the champion behind MLflow's scoring server on 127.0.0.1: raw columns in, labels out."""
-    from flows.continual import continual_training
+    from lepton.flows.continual import continual_training
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
     assert continual_training(str(increments[0]), str(ws.root), QUICK).status == "promoted"

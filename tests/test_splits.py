@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.splits import holdout_mask, split
+from lepton.models.splits import holdout_mask, split
 
 
 def rows(n: int, seed: int = 0) -> pd.DataFrame:

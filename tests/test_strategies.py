@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from lepton.config import StrategyConfig, TrainConfig
-from models.bundle import Bundle
-from models.datasets import LABEL, class_incremental
-from models.evaluation import score
-from models.network import MLP, NME_SCALE
-from models.splits import split
-from models.strategies import (
+from lepton.models.bundle import Bundle
+from lepton.models.datasets import LABEL, class_incremental
+from lepton.models.evaluation import score
+from lepton.models.network import MLP, NME_SCALE
+from lepton.models.splits import split
+from lepton.models.strategies import (
     EWC,
     Composite,
     Context,
@@ -35,7 +35,7 @@ from models.strategies import (
     interpolate,
     recorded_logits_loss,
 )
-from models.training import fine_tune, fit
+from lepton.models.training import fine_tune, fit
 
 CPU = torch.device("cpu")
 TINY = TrainConfig(epochs=2, hidden=[16])  # enough to move every weight, fast on a busy machine

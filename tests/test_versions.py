@@ -20,8 +20,8 @@ KEEP_OUT = [*QUICK, "gate.policy=superior", "gate.min_improvement=1.0"]
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, prefect_api):
     """A digits workspace: version 1 promoted, version 2 kept out by the gate (a different gate config)."""
-    from flows.continual import continual_training
-    from models.datasets import class_incremental
+    from lepton.flows.continual import continual_training
+    from lepton.models.datasets import class_incremental
 
     root = tmp_path_factory.mktemp("versions-ws")
     ws = make_workspace(root / "ws", "digit", "digits", DIGITS)
