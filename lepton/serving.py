@@ -18,9 +18,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from lepton.models import columns as kinds_of
-from lepton.models.bundle import Bundle
-from lepton.models.preprocessing import Preprocessor
+# Relative imports: this module travels with every model version as part of its runtime (lepton/runtime.py).
+from .models import columns as kinds_of
+from .models.bundle import Bundle
+from .models.preprocessing import Preprocessor
 
 
 def unscorable(reason: str) -> MlflowException:

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lepton.models.network import MLP, build
-from lepton.models.preprocessing import Preprocessor
+# Relative imports: this module travels with every model version as part of its runtime (lepton/runtime.py).
+from .network import MLP, build
+from .preprocessing import Preprocessor
 
 NETWORK = "network.pt"
 PREPROCESSOR = "preprocessor.json"

@@ -177,3 +177,17 @@ def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capaci
 def native(value: Any) -> Any:
     """A JSON-friendly Python scalar for a NumPy/pandas value."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def task_of(labels: pd.Series) -> str:
+    """auto: a float label with many distinct values is a number to predict; anything else is classes.
+
+    Whole numbers in a float column are often class ids with gaps (NaN makes a column float),
+    so they need more distinct values (a fuel consumption of 18.0, 15.0, ... still counts).
+    """
+    values = labels.dropna()
+    if types.is_float_dtype(values) and len(values):
+        whole = bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0))
+        if values.nunique() > (20 if whole else 10):
+            return "regression"
+    return "classification"

@@ -8,8 +8,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from lepton.models import columns as kinds_of
-from lepton.models.columns import native as _native
+# Relative imports: this module travels with every model version as part of its runtime (lepton/runtime.py).
+from . import columns as kinds_of
+from .columns import native as _native
 
 Task = Literal["classification", "regression"]
 
@@ -28,11 +29,9 @@ class Encoding:
     @classmethod
     def infer(cls, frame: pd.DataFrame, label: str, **sizes: Any) -> Encoding:
         """Every column but the label, kinds and task inferred from ``frame`` (for callers without a workspace schema)."""
-        from lepton.models.schema import task_of
-
         capacity = sizes.get("capacity", cls.capacity)
         found = {c: kinds_of.infer_kind(frame[c], max_categories=capacity - 1)[0] for c in frame.columns if c != label}
-        return cls(label=label, kinds=found, **{"task": task_of(frame[label]), **sizes})
+        return cls(label=label, kinds=found, **{"task": kinds_of.task_of(frame[label]), **sizes})
 
 
 def _nan_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from pandas.api import types
 
 from lepton.models import columns as kinds_of
 from lepton.models.columns import native as _native
+from lepton.models.columns import task_of
 
 # Category values remembered per column for reporting new ones (the model's vocabulary is separate).
 SEEN_VALUES = 500
@@ -140,20 +141,6 @@ class DataSchema:
             missing={k: int(v) for k, v in state.get("missing", {}).items()},
             values={k: list(v) for k, v in state.get("values", {}).items()},
         )
-
-
-def task_of(labels: pd.Series) -> str:
-    """auto: a float label with many distinct values is a number to predict; anything else is classes.
-
-    Whole numbers in a float column are often class ids with gaps (NaN makes a column float),
-    so they need more distinct values (a fuel consumption of 18.0, 15.0, ... still counts).
-    """
-    values = labels.dropna()
-    if types.is_float_dtype(values) and len(values):
-        whole = bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0))
-        if values.nunique() > (20 if whole else 10):
-            return "regression"
-    return "classification"
 
 
 def label_kind_of(series: pd.Series, task: str = "classification") -> str:

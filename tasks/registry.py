@@ -13,8 +13,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import lepton
-from lepton import models
+from lepton import runtime
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
 from lepton.secrets import redacted
@@ -247,8 +246,6 @@ def register(
     """
     import mlflow
 
-    from lepton.serving import LeptonClassifier
-
     client, experiment_id = connect(ws, config)
     name, increment_id, parent = config.model_name, tags[TAG + "increment_id"], _parent(tags)
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
@@ -267,12 +264,13 @@ def register(
             mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
             with tempfile.TemporaryDirectory(prefix="lepton-candidate-") as tmp:
                 bundle_dir = candidate.save(Path(tmp) / "bundle")
+                # The model's own runtime travels with it: loading needs mlflow, torch and pandas, not Lepton.
+                package = runtime.stage(Path(tmp) / "code")
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=LeptonClassifier(),
+                    python_model=runtime.python_model(package),
                     artifacts={"bundle": str(bundle_dir)},
-                    # The model's own code travels with it: loading needs mlflow, torch and pandas, not Lepton.
-                    code_paths=[str(Path(models.__file__).parent), str(Path(lepton.__file__).parent)],
+                    code_paths=[str(package)],
                     signature=signature,
                     input_example=features,
                     pip_requirements=_requirements(),
