@@ -46,13 +46,13 @@ def _task_seconds(flow_run_id: Any) -> dict[str, float]:
 def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from prefect import flow
 
-    from lepton.flows.continual import continual_training
     from lepton.cli import DEMO_LABEL, DEMO_SETTINGS, initialise
     from lepton.config import StrategyConfig, TrainConfig
-    from lepton.workspace import Workspace
+    from lepton.flows.continual import continual_training
     from lepton.models.datasets import class_incremental
     from lepton.models.splits import split
     from lepton.models.training import fine_tune
+    from lepton.workspace import Workspace
 
     @flow(name="warm-up")
     def warm_up() -> None:

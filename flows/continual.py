@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
-from lepton.workspace import Workspace
 from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.registry import config_params, finish_increment, lineage_tags, load_champion, record_rejection, register
@@ -20,6 +19,7 @@ from lepton.tasks.splits import read, split_increments
 from lepton.tasks.training import detect_change, evaluate, gate, train
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
+from lepton.workspace import Workspace
 
 Status = Literal["promoted", "kept_out", "rejected", "duplicate"]
 EXIT_CODES = {"promoted": 0, "kept_out": 0, "duplicate": 0, "rejected": 2}

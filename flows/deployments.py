@@ -13,15 +13,15 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel
 
-from lepton.flows.continual import RunOutcome, continual_training
-from lepton.flows.rollback import WorkspacePath
 from lepton import config as lepton_config
 from lepton import landing
 from lepton.config import ConfigOverrides
-from lepton.workspace import Workspace
+from lepton.flows.continual import RunOutcome, continual_training
+from lepton.flows.rollback import WorkspacePath
 from lepton.tasks.landing import backfill_files, clear_landed, inspect_increment, landed
 from lepton.tasks.splits import read
 from lepton.tasks.validate import validate
+from lepton.workspace import Workspace
 
 
 class DryRun(BaseModel):

@@ -43,9 +43,8 @@ def continual(
     # Small networks: one thread per process avoids oversubscribing the cores.
     torch.set_num_threads(1)
     _checkout()
-    from benchmarks.continual import RESULTS, continual as run, targets
-
-    from benchmarks.continual import SCENARIOS, STRATEGIES
+    from benchmarks.continual import RESULTS, SCENARIOS, STRATEGIES, targets
+    from benchmarks.continual import continual as run
 
     folder = out or RESULTS
     names = scenario or list(SCENARIOS)
@@ -114,7 +113,8 @@ def pipeline(
     for name in ("prefect", "dvc", "great_expectations", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     _checkout()
-    from benchmarks.pipeline import RESULTS, pipeline as run
+    from benchmarks.pipeline import RESULTS
+    from benchmarks.pipeline import pipeline as run
 
     with _progress("increments", increments) as step:
         records = run(n=increments, epochs=epochs, progress=step)

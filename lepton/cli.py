@@ -197,9 +197,8 @@ def init(
 def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool = False) -> Any:
     """Run the flow once (inside ``_watching``); returns its outcome or raises the failure with a readable message."""
     if dry_run:
-        from lepton.flows.deployments import run_increment
         from lepton.config import ConfigOverrides
-
+        from lepton.flows.deployments import run_increment
         from lepton.landing import trusting
 
         with trusting(path.parent):

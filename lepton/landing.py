@@ -6,12 +6,12 @@ Plain file handling with no heavy imports, so ``lepton land`` is instant.
 from __future__ import annotations
 
 import fcntl
-from contextvars import ContextVar
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 

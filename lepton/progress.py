@@ -2,7 +2,7 @@
 
 Nothing in the flow knows about it. Prefect already says when each task run starts and
 finishes (``prefect.task_runs``), the flow logs what it decided (``prefect.flow_runs``), and
-the training loop logs every epoch (``models.training``); a logging handler turns those
+the training loop logs every epoch (``lepton.models.loop``); a logging handler turns those
 records into a rich display. Prefect's console output goes to a log file meanwhile, so its
 lines stay available (and in the Prefect UI) without drowning the display.
 """
@@ -86,7 +86,7 @@ class _Display(logging.Handler):
                 message = record.getMessage()
                 if not message.startswith(("Finished in state", "Beginning flow run", "View at")):
                     self._line(message, record.levelno)
-            elif record.name == "lepton.models.training" and hasattr(record, "epoch"):
+            elif record.name == "lepton.models.loop" and hasattr(record, "epoch"):
                 self._epoch(record.epoch, record.epochs, record.loss)  # type: ignore[attr-defined]
         except Exception:  # the display must never break a run
             self.handleError(record)
@@ -185,7 +185,7 @@ class watch:  # noqa: N801 - used as a context manager, like open()
             handler.setLevel(max(level, logging.INFO))
             self._undo.append(lambda h=handler, lv=level: h.setLevel(lv))
         self._set_level(task_runs, logging.DEBUG)
-        training = logging.getLogger("lepton.models.training")
+        training = logging.getLogger("lepton.models.loop")
         self._set_level(training, logging.DEBUG)
         for logger in (task_runs, logging.getLogger("prefect.flow_runs"), training):
             logger.addHandler(display)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lepton.models import strategies
-from lepton.models.training import FitResult, _autocast, step
+from lepton.models.loop import FitResult, _autocast, step
 
 log = logging.getLogger(__name__)
 

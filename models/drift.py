@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from lepton.config import DriftConfig
+from lepton.models.settings import DriftConfig
 
 Test = Literal["ks", "chi2", "psi"]
 Action = Literal["warn", "block", "replay", "joint"]

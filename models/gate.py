@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lepton.config import GateConfig
+from lepton.models.settings import GateConfig
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lepton.config import StrategyConfig
 from lepton.models.memory import ClassBalancedMemory
 from lepton.models.network import MLP
+from lepton.models.settings import STRATEGIES, StrategyConfig
 
 
 @dataclass
@@ -598,7 +598,7 @@ class Composite(Naive):
             part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
 
-NAMES = ("naive", "replay", "der", "distill", "ewc", "freeze", "interpolate", "joint", "align", "balance", "nme")
+NAMES = STRATEGIES
 
 
 # Strategies that correct a bias between classes: nothing to correct on a numeric target.

@@ -2,122 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lepton.config import StrategyConfig, TrainConfig
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
+from lepton.models.loop import fit, select_device
 from lepton.models.network import MLP
 from lepton.models.preprocessing import Encoding, Preprocessor
+from lepton.models.settings import StrategyConfig, TrainConfig
 from lepton.models.splits import holdout_mask
-
-log = logging.getLogger(__name__)
-
-
-def select_device(preference: str = "auto") -> torch.device:
-    """CUDA when asked for or available, else the CPU."""
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _autocast(device: torch.device):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on the CPU."""
-    if device.type != "cuda":
-        return nullcontext(), None
-    if torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
-    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
-
-
-def step(
-    forward: nn.Module,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    optimiser: torch.optim.Optimizer,
-    autocast,
-    scaler,
-    strategy: strategies.Strategy | None,
-) -> tuple[float, int]:
-    """One optimisation step: the strategy may extend the batch and add a penalty. Returns (summed loss, samples).
-
-    ``forward`` is what computes the logits (the model, or its DistributedDataParallel
-    wrapper); ``model`` is what strategies see.
-    """
-    if strategy is not None:
-        x, y = strategy.batch(x, y)
-    with autocast:
-        logits = forward(x)
-        loss = strategies.task_loss(logits, y)
-        extra = strategy.penalty(model, x, y, logits) if strategy is not None else None
-        if extra is not None:
-            loss = loss + extra
-    optimiser.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-    else:
-        loss.backward()
-        optimiser.step()
-    return float(loss.detach()) * len(y), len(y)
-
-
-@dataclass
-class FitResult:
-    losses: list[float]  # mean loss of each epoch
-    samples: int  # samples through forward and backward passes, memory batches included
-
-
-def fit(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    device: torch.device,
-    generator: torch.Generator,
-    strategy: strategies.Strategy | None = None,
-) -> FitResult:
-    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches and add penalties."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    if device.type == "cuda":
-        xt, yt = xt.pin_memory(), yt.pin_memory()
-    # The whole increment fits on the device: moving it once beats a DataLoader per batch.
-    xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
-    model.to(device).train()
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    autocast, scaler = _autocast(device)
-    losses, samples = [], 0
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(xt), generator=generator).to(device)
-        total, count = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss, n = step(model, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
-            total += loss
-            count += n
-        samples += count
-        losses.append(total / max(count, 1))
-        # For whoever watches (the CLI's progress display): structured, and free when nobody does.
-        log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
-    model.eval()
-    return FitResult(losses, samples)
 
 
 @dataclass

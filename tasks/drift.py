@@ -14,12 +14,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
-from lepton.workspace import Workspace
 from lepton.models.drift import DriftReport, TrainingPlan, measure, respond
 from lepton.models.splits import split
 from lepton.tasks.ingest import read_increment
 from lepton.tasks.registry import TAG, connect
 from lepton.tasks.validate import ValidationReport
+from lepton.workspace import Workspace
 
 # MLflow accepts at most this many metrics per log_batch call.
 _BATCH = 1000

@@ -19,9 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem
-from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
 from lepton.models.schema import DataSchema
 from lepton.tasks.validate import kinds_for, repeated_names
+from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
 
 if TYPE_CHECKING:
     from lepton.tasks.registry import Registration

@@ -9,8 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton import landing
-from lepton.workspace import IncrementRecord, Workspace
 from lepton.tasks.ingest import IncrementError, content_id
+from lepton.workspace import IncrementRecord, Workspace
 
 
 @dataclass(frozen=True)

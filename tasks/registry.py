@@ -16,11 +16,11 @@ from prefect.cache_policies import NO_CACHE
 from lepton import runtime
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
-from lepton.secrets import redacted
 from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
-from lepton.workspace import Workspace
 from lepton.models.bundle import Bundle
+from lepton.secrets import redacted
+from lepton.workspace import Workspace
 
 ALIAS = "champion"
 TAG = "lepton."

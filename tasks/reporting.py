@@ -11,7 +11,6 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton import report as pages
 from lepton.config import RegistryConfig
-from lepton.workspace import Workspace
 from lepton.models.evaluation import Evaluation
 from lepton.models.gate import GateDecision
 from lepton.models.metrics import lineage_summary
@@ -19,6 +18,7 @@ from lepton.models.training import TrainReport
 from lepton.tasks.registry import TAG, connect
 from lepton.tasks.validate import ValidationReport
 from lepton.tasks.versioning import git_commit
+from lepton.workspace import Workspace
 
 
 def _relative(ws: Workspace, path: str | None) -> str | None:

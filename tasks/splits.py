@@ -7,9 +7,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
-from lepton.workspace import Workspace
 from lepton.models.splits import split, usable
 from lepton.tasks.ingest import read_increment
+from lepton.workspace import Workspace
 
 
 @task(name="read-increment", cache_policy=NO_CACHE)

@@ -11,10 +11,9 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+from pandas.api import types
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
-from pandas.api import types
 
 from lepton.config import DataConfig
 from lepton.models import columns as kinds_of
@@ -238,10 +237,9 @@ def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
     the page is a view of the validation, never a reason to fail it.
     """
     import great_expectations as gx
+    from great_expectations.core import expectationSuiteValidationResultSchema
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
-
-    from great_expectations.core import expectationSuiteValidationResultSchema
 
     try:
         # GX writes column names and values into the page as markup (a column named

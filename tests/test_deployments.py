@@ -11,7 +11,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -111,8 +110,8 @@ def test_land_sanitises_names_and_keeps_arrival_order(clean_dir):
 
 def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increments):
     """dry_run=True reports whether an increment would pass, without copying, versioning, training or registering."""
-    from lepton.flows.deployments import run_increment
     from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import run_increment
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
     before = tree(ws.root / "data")
@@ -150,8 +149,8 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
 
 def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments, monkeypatch):
     """The nightly logic: each landed file one flow run, in arrival order; a rejection goes on, a failure stops the series and keeps the rest."""
-    from lepton.flows.deployments import SeriesStopped, run_pending
     from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import SeriesStopped, run_pending
     from lepton.landing import land, pending
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
@@ -197,8 +196,8 @@ def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir,
 
 def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_api, increments):
     """backfill: CSV and Parquet files in name order, other files skipped; running it again finds only duplicates."""
-    from lepton.flows.deployments import backfill
     from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import backfill
 
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
     folder = clean_dir / "exports"

@@ -417,8 +417,8 @@ def test_drift_settings_reach_overrides_and_deployment_parameters():
     """--set drift.action=block and the deployments' typed parameters get the drift section, validated."""
     from prefect.utilities.callables import parameter_schema
 
-    from lepton.flows.deployments import run_increment
     from lepton.config import ConfigError, ConfigOverrides, parse
+    from lepton.flows.deployments import run_increment
 
     overrides = ConfigOverrides.from_list(["drift.action=block", "drift.p_value=0.05"])
     config = parse({"data": {"label": "y"}}, overrides.to_list())

@@ -10,9 +10,10 @@ from lepton.config import StrategyConfig, TrainConfig
 from lepton.models.bundle import Bundle
 from lepton.models.datasets import LABEL, class_incremental
 from lepton.models.evaluation import score
+from lepton.models.loop import fit, select_device
 from lepton.models.network import MLP
 from lepton.models.splits import split
-from lepton.models.training import fine_tune, fit, select_device
+from lepton.models.training import fine_tune
 
 CPU = torch.device("cpu")
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import io
 import json
 import logging
 import shutil
+from datetime import datetime, timezone
 
 import pytest
 

@@ -55,8 +55,8 @@ def kept_out(tmp_path_factory, prefect_api):
 @pytest.mark.integration
 def test_rollback_refuses_a_version_never_champion_and_promote_needs_force(kept_out, prefect_api):
     """`rollback --to` a kept-out version is refused and points at `promote`; `promote` refuses it unless --force, and records a manual promotion."""
-    from lepton.flows.rollback import rollback
     from lepton.config import load
+    from lepton.flows.rollback import rollback
     from lepton.tasks.registry import plan_rollback
 
     ws = str(kept_out.root)
@@ -95,9 +95,9 @@ def test_rollback_refuses_a_version_never_champion_and_promote_needs_force(kept_
 @pytest.mark.integration
 def test_a_rejection_is_a_named_state_with_the_champion_and_a_tracking_run(kept_out, prefect_api, tmp_path):
     """A rejected increment ends Completed named Rejected, names the champion, and leaves a tracking run with its verdict and no model."""
+    from lepton.config import ConfigOverrides, load
     from lepton.flows.continual import continual_training
     from lepton.flows.deployments import run_pending
-    from lepton.config import ConfigOverrides, load
     from lepton.landing import land
     from lepton.tasks.registry import connect
 

@@ -363,8 +363,8 @@ def test_after_a_change_the_champion_is_as_good_as_a_model_of_the_new_rule_alone
 
 def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_increment(tmp_path, prefect_api):
     """A first model kept out by a floor leaves its data in: the next network learns both increments, not only the last file."""
-    from lepton.flows.continual import continual_training
     from lepton.config import load
+    from lepton.flows.continual import continual_training
     from lepton.models.splits import split
     from lepton.tasks.registry import load_champion
 

@@ -85,8 +85,8 @@ def _untouched(ws, before: dict[str, bytes]) -> None:
 
 def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increments):
     """pattern='../../../outside/*.parquet' from the inbox is refused before anything is read."""
-    from lepton.flows.deployments import backfill
     from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import backfill
 
     ws, _, inbox = _fence_case(clean_dir, increments)
     before = _snapshot(ws.root)
@@ -97,8 +97,8 @@ def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increm
 
 def test_symlink_out_of_an_allowed_folder_is_refused(clean_dir, prefect_api, increments):
     """A link in the inbox to a file outside: neither backfill nor run-pending reads it, and the link stays."""
-    from lepton.flows.deployments import backfill, run_pending
     from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import backfill, run_pending
 
     ws, secret, inbox = _fence_case(clean_dir, increments)
     (inbox / "day-1.parquet").symlink_to(secret)
@@ -247,8 +247,8 @@ def test_sigterm_during_fine_tuning_stops_the_run_and_a_rerun_finishes(clean_dir
 def test_cli_data_checkout_of_lost_data_exits_1_and_changes_nothing(clean_dir, prefect_api, increments):
     """`lepton data checkout --model-version 1` with the remote removed and the cache collected: exit 1, the reason, nothing moved."""
     from lepton.config import load
-    from tests.conftest import run_cli
     from lepton.tasks.versioning import version
+    from tests.conftest import run_cli
 
     ws = make_workspace(clean_dir, "digit", "digits", DIGITS)
     first = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--set", "train.epochs=5", "--set", "gate.bootstrap_samples=100"], api_url=prefect_api)

@@ -110,8 +110,8 @@ def test_flow_against_mlflow_server_on_postgres(mlflow_server, increments, clean
     """MLFLOW_TRACKING_URI switches the flow to a tracking server on PostgreSQL; a consumer loads the champion over HTTP."""
     import psycopg2
 
-    from lepton.flows.continual import continual_training
     from lepton.config import load
+    from lepton.flows.continual import continual_training
     from lepton.tasks.registry import history
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])

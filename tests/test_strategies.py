@@ -15,6 +15,7 @@ from lepton.config import StrategyConfig, TrainConfig
 from lepton.models.bundle import Bundle
 from lepton.models.datasets import LABEL, class_incremental
 from lepton.models.evaluation import score
+from lepton.models.loop import fit
 from lepton.models.network import MLP, NME_SCALE
 from lepton.models.splits import split
 from lepton.models.strategies import (
@@ -26,8 +27,8 @@ from lepton.models.strategies import (
     Freeze,
     Interpolation,
     Joint,
-    NearestMean,
     Naive,
+    NearestMean,
     Replay,
     WeightAlign,
     build,
@@ -35,7 +36,7 @@ from lepton.models.strategies import (
     interpolate,
     recorded_logits_loss,
 )
-from lepton.models.training import fine_tune, fit
+from lepton.models.training import fine_tune
 
 CPU = torch.device("cpu")
 TINY = TrainConfig(epochs=2, hidden=[16])  # enough to move every weight, fast on a busy machine
