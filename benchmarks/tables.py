@@ -298,7 +298,7 @@ class Lepton:
     name = "lepton"
 
     def __init__(self, root: Path, table: Table, epochs: int):
-        from lepton.cli import initialise
+        from lepton.tasks.initialise import initialise
         from lepton.config import load as load_config
         from lepton.workspace import Workspace
 

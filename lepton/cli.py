@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lepton import demo as demo_data
 from lepton.bench import bench_app
 from lepton.progress import Mode, mode_for, watch
 from lepton.secrets import credentials_out_of_uris, mask_logging, redact, redacted
@@ -55,11 +56,6 @@ def _main(
     version: Annotated[bool | None, flag("--version", is_eager=True, callback=_print_version, help="Print Lepton's version and exit.")] = None,
 ) -> None:
     """Options of ``lepton`` itself (only ``--version``)."""
-
-
-DEMO_LABEL = "digit"
-DEMO_MODEL = "digits"
-DEMO_SETTINGS = {"data": {"bounds": {"*": [0, 16]}}}
 
 
 def embedded_environment(ws: Workspace) -> None:
@@ -146,38 +142,6 @@ def _workspace(path: Path, *, must_exist: bool = True) -> Workspace:
     return ws
 
 
-def initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] | None = None) -> bool:
-    """Make ``ws`` a workspace; returns False when it already was one (nothing is overwritten)."""
-    import yaml
-
-    from lepton.config import CONFIG_FILE, default_yaml, parse
-    from lepton.tasks import versioning
-
-    ws.root.mkdir(parents=True, exist_ok=True)
-    config_path = ws.root / CONFIG_FILE
-    created = not config_path.exists()
-    if created:
-        text = default_yaml(label, name)
-        if settings:
-            raw = yaml.safe_load(text)
-            for section, values in settings.items():
-                raw[section].update(values)
-            parse(raw)  # the settings must make a valid config
-            text = text.splitlines()[0] + "\n" + yaml.safe_dump(raw, sort_keys=False)
-        config_path.write_text(text)
-    versioning.init(ws)
-    if not ws.manifest_path.exists():
-        ws.write_manifest(ws.read_manifest())
-    from lepton.config import load
-
-    versioning.version(ws, load(ws.root).dvc)
-    # Committed, so model versions name a real git commit; without a git identity init still succeeds, and says how.
-    problem = versioning.commit_created(ws.root)
-    if problem is not None:
-        err.print(f"[yellow]note:[/yellow] {problem}", soft_wrap=True)
-    return created
-
-
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make a workspace (created if needed).")],
@@ -187,8 +151,12 @@ def init(
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
     ws = _workspace(directory, must_exist=False)
     _quiet_libraries()
-    created = initialise(ws, label, name)
-    if not created:
+    from lepton.tasks.initialise import initialise
+
+    done = initialise(ws, label, name)
+    if done.note:
+        err.print(f"[yellow]note:[/yellow] {done.note}", soft_wrap=True)
+    if not done.created:
         console.print(f"{ws.root / 'lepton.yaml'} already exists; left as it is")
     console.print(f"workspace ready at {ws.root} (label column {label!r}, model {name!r})")
     console.print(f"next: lepton run PATH/TO/increment.parquet --workspace {directory}")
@@ -447,24 +415,15 @@ def demo(
     shutil.rmtree(ws.data, ignore_errors=True)
     embedded_environment(ws)
     _quiet_libraries()
-    initialise(ws, DEMO_LABEL, DEMO_MODEL, DEMO_SETTINGS)
+    from lepton.tasks.initialise import initialise
+
+    note = initialise(ws, demo_data.LABEL, demo_data.MODEL, demo_data.SETTINGS).note
+    if note:
+        err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     overrides = list(set_ or [])
     _check_config(ws, overrides)
 
-    from lepton.models.datasets import CLASS_ORDER, class_incremental
-
-    landing = ws.state / "landing"
-    landing.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, (frame, classes) in enumerate(zip(class_incremental(), CLASS_ORDER, strict=True), start=1):
-        path = landing / f"digits-{i}-classes-{classes[0]}{classes[1]}.parquet"
-        frame.to_parquet(path, index=False)
-        files.append(path)
-        if i == 3:
-            # A broken export: one pixel column lost on the way.
-            broken = landing / "digits-broken-missing-pixel_10.parquet"
-            frame.drop(columns=["pixel_10"]).to_parquet(broken, index=False)
-            files.append(broken)
+    files = demo_data.write_increments(ws.state / "landing")
 
     rows = []
     for n, path in enumerate(files, start=1):
@@ -486,7 +445,7 @@ def demo(
         console.print(_summary_table(rows))
         for outcome in (o for _, o in rows if o.status == "rejected"):
             console.print(f"quarantined: {outcome.file} ({'; '.join(outcome.reasons)})")
-    console.print(f"consumers: mlflow.pyfunc.load_model('models:/{DEMO_MODEL}@champion') -> version {final}")
+    console.print(f"consumers: mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}")
 
 
 def _fmt(value: float | None) -> str:

@@ -59,7 +59,7 @@ def run_cli(args: list[str], *, api_url: str | None, cwd: Path | None = None, ti
 
 def make_workspace(path: Path, label: str, name: str, settings: dict | None = None):
     """A fresh workspace: git, DVC with its local remote, lepton.yaml and data.dvc."""
-    from lepton.cli import initialise
+    from lepton.tasks.initialise import initialise
     from lepton.workspace import Workspace
 
     ws = Workspace.at(path)

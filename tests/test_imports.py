@@ -1,4 +1,9 @@
-"""Imports flow one way: models <- tasks <- flows. models/ is plain PyTorch and NumPy."""
+"""Imports flow one way: models <- tasks <- flows <- the shell (CLI, progress, benchmarks), each layer a folder.
+
+models/ is plain PyTorch and NumPy and depends on nothing of Lepton's outside itself; the kernel
+(config, workspace, history, ...) in lepton/ on models only; the model runtime that every
+version ships imports nothing of Lepton at all but itself, relatively.
+"""
 
 from __future__ import annotations
 
@@ -22,16 +27,74 @@ def imported_roots(path: Path, *, module_level_only: bool = False) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.py")), ids=lambda p: p.name)
+SHELL = {"lepton.cli", "lepton.bench", "lepton.progress"}
+KERNEL = ["config", "workspace", "history", "faults", "secrets", "landing", "runtime", "serving", "report", "demo"]
+RUNTIME = ["models/columns.py", "models/preprocessing.py", "models/network.py", "models/bundle.py", "lepton/serving.py"]
+
+
+def lepton_imports(path: Path) -> set[str]:
+    """The Lepton modules ``path`` imports (absolute imports; ``from lepton import x`` counts as lepton.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] in ("lepton", "benchmarks")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] in ("lepton", "benchmarks"):
+            found |= {f"{node.module}.{a.name}" for a in node.names} if node.module == "lepton" else {node.module}
+    return found
+
+
+def reaches(imports: set[str], layers: set[str]) -> set[str]:
+    return {m for m in imports if any(m == layer or m.startswith(layer + ".") for layer in layers)}
+
+
+def py_files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", py_files("models"), ids=lambda p: p.name)
 def test_models_import_no_orchestration(path: Path) -> None:
-    """Nothing in models/ imports prefect, mlflow, dvc, great_expectations, tasks or flows."""
-    assert imported_roots(path).isdisjoint(ORCHESTRATION | {"tasks", "flows"})
+    """Nothing in models/ imports prefect, mlflow, dvc, great_expectations, or any of Lepton outside lepton.models."""
+    assert imported_roots(path).isdisjoint(ORCHESTRATION | {"tasks", "flows", "models"})
+    assert not {m for m in lepton_imports(path) if not m.startswith("lepton.models")}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tasks").glob("*.py")), ids=lambda p: p.name)
-def test_tasks_do_not_import_flows(path: Path) -> None:
-    """Tasks never reach up into flows."""
-    assert "flows" not in imported_roots(path)
+@pytest.mark.parametrize("name", KERNEL)
+def test_the_kernel_imports_models_only(name: str) -> None:
+    """config, workspace, history and the rest of the ground floor never reach up into tasks, flows or the shell."""
+    assert not reaches(lepton_imports(ROOT / "lepton" / f"{name}.py"), {"lepton.tasks", "lepton.flows", "benchmarks"} | SHELL)
+
+
+@pytest.mark.parametrize("path", py_files("tasks"), ids=lambda p: p.name)
+def test_tasks_do_not_import_flows_or_the_shell(path: Path) -> None:
+    """Tasks never reach up into flows, the CLI or the benchmarks."""
+    assert imported_roots(path).isdisjoint({"tasks", "flows", "models"})
+    assert not reaches(lepton_imports(path), {"lepton.flows", "benchmarks"} | SHELL)
+
+
+@pytest.mark.parametrize("path", py_files("flows"), ids=lambda p: p.name)
+def test_flows_do_not_import_the_shell(path: Path) -> None:
+    assert not reaches(lepton_imports(path), {"benchmarks"} | SHELL)
+
+
+@pytest.mark.parametrize("path", py_files("benchmarks"), ids=lambda p: p.name)
+def test_benchmarks_sit_on_top_without_the_cli(path: Path) -> None:
+    """Benchmarks use the layers below, never the CLI that runs them (no import circle)."""
+    assert not reaches(lepton_imports(path), SHELL)
+
+
+@pytest.mark.parametrize("name", RUNTIME)
+def test_the_model_runtime_imports_nothing_of_lepton_but_itself(name: str) -> None:
+    """The files every model version ships import each other relatively, and no other part of Lepton."""
+    path = ROOT / name
+    assert not lepton_imports(path)
+    assert imported_roots(path) <= {"__future__", "json", "re", "zlib", "typing", "dataclasses", "pathlib", "numpy", "pandas", "torch", "mlflow"}
+
+
+def test_the_runtime_ships_what_the_import_test_checks() -> None:
+    """The list above is the runtime's own: a file added to it is checked too."""
+    from lepton import runtime
+
+    assert sorted(str(source.relative_to(ROOT)) for source, _ in runtime._files()) == sorted(RUNTIME)
 
 
 def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
@@ -44,3 +107,10 @@ def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
 def test_lepton_help_needs_no_heavy_imports() -> None:
     """`lepton --help` stays instant: the CLI module imports no heavy library at module level."""
     assert imported_roots(ROOT / "lepton" / "cli.py", module_level_only=True).isdisjoint(ORCHESTRATION | {"torch", "pandas"})
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
+    """``from lepton import cli`` inside a function counts as an import of the shell."""
+    sample = tmp_path / "bad.py"
+    sample.write_text("def f():\n    from lepton import cli\n    import lepton.flows.continual\n")
+    assert reaches(lepton_imports(sample), SHELL | {"lepton.flows"}) == {"lepton.cli", "lepton.flows.continual"}
