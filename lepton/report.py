@@ -1,9 +1,10 @@
 """The report of one run: a self-contained HTML page (plots embedded) with its PNG plots beside it.
 
 Everything here works on plain data (``ReportData``): the task in ``tasks/reporting.py``
-gathers it from the run, this module draws, renders, finds and screenshots. Reports live
-in the workspace under ``.lepton/reports/<folder>/``, one folder per run, each with
-``report.html``, ``report.json`` (the data, also how reports are found) and the plots.
+gathers it from the run, this module draws, renders (the page is ``templates/report.html.j2``),
+finds and screenshots. Reports live in the workspace under ``.lepton/reports/<folder>/``, one
+folder per run, each with ``report.html``, ``report.json`` (the data, also how reports are
+found) and the plots.
 """
 
 from __future__ import annotations
@@ -210,195 +211,7 @@ VERDICTS = {
     "rejected": ("Rejected by validation", "verdict-bad"),
 }
 
-TEMPLATE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Lepton · {{ verdict }} · increment {{ d.increment_id }}</title>
-<style>
-  :root { --ink:#111827; --muted:#6b7280; --line:#e5e7eb; --page:#f3f4f6; --good:#15803d; --warn:#b45309; --bad:#b91c1c; }
-  * { box-sizing: border-box; }
-  body { margin:0; background:var(--page); color:var(--ink); font:15px/1.45 "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; }
-  main { max-width:1100px; margin:0 auto; padding:28px 24px 32px; }
-  header.verdict { border-radius:10px; padding:22px 26px; color:#fff; margin-bottom:18px; }
-  .verdict-good { background:var(--good); } .verdict-warn { background:var(--warn); } .verdict-bad { background:var(--bad); }
-  header .kicker { font-size:13px; opacity:.9; letter-spacing:.02em; }
-  header h1 { margin:4px 0 6px; font-size:30px; }
-  header p { margin:0; font-size:15px; opacity:.95; overflow-wrap:anywhere; }
-  section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:18px 22px; margin-bottom:16px; }
-  h2 { margin:0 0 12px; font-size:19px; }
-  h3 { margin:14px 0 8px; font-size:15px; color:var(--muted); font-weight:600; }
-  .cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(200px, 1fr)); gap:12px; }
-  .card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
-  .card .label { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.03em; }
-  .card .value { font-size:24px; font-weight:700; }
-  .card .sub { font-size:13px; color:var(--muted); }
-  table { border-collapse:collapse; width:100%; font-size:14px; }
-  th, td { text-align:left; padding:6px 10px; border-bottom:1px solid var(--line); vertical-align:top; }
-  th { color:var(--muted); font-weight:600; font-size:12px; text-transform:uppercase; letter-spacing:.03em; }
-  td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
-  tr.new td { background:#eff6ff; }
-  .up { color:var(--good); } .down { color:var(--bad); }
-  ul.checks { list-style:none; padding:0; margin:0; }
-  ul.checks li { padding:6px 0 6px 30px; position:relative; border-bottom:1px solid var(--line); }
-  ul.checks li:last-child { border-bottom:0; }
-  ul.checks li::before { position:absolute; left:4px; font-weight:700; }
-  ul.checks li.ok::before { content:"\\2713"; color:var(--good); }
-  ul.checks li.fail::before { content:"\\2717"; color:var(--bad); }
-  ul.checks li.fail { color:var(--bad); }
-  .plots { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
-  /* A table box shrinks to the image, so a caption wraps at the image's width. */
-  .plots figure { margin:0; display:table; }
-  .plots figcaption { display:table-caption; caption-side:bottom; color:var(--muted); font-size:13px; margin-top:6px; }
-  th.group { text-align:center; border-bottom:2px solid var(--line); }
-  .plots img { max-width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
-  .note { color:var(--muted); margin:6px 0 0; }
-  code, .mono { font-family:"DejaVu Sans Mono", Menlo, monospace; font-size:13px; overflow-wrap:anywhere; }
-  dl.kv { display:grid; grid-template-columns:200px 1fr; gap:4px 16px; margin:0; }
-  dl.kv dt { color:var(--muted); } dl.kv dd { margin:0; }
-  .pill { display:inline-block; padding:1px 8px; border-radius:999px; font-size:12px; font-weight:600; }
-  .pill.ok { background:#dcfce7; color:var(--good); } .pill.fail { background:#fee2e2; color:var(--bad); }
-  footer { color:var(--muted); font-size:12px; text-align:center; }
-</style>
-</head>
-<body>
-<main>
-<header class="verdict {{ verdict_class }}">
-  <div class="kicker">Lepton run report · model {{ d.model_name }} · {{ d.created.strftime("%Y-%m-%d %H:%M UTC") }}</div>
-  <h1>{{ headline }}</h1>
-  <p>{{ d.message }}</p>
-</header>
-
-{% if cards %}
-<section>
-  <h2>At a glance</h2>
-  <div class="cards">
-  {% for card in cards %}
-    <div class="card"><div class="label">{{ card.label }}</div><div class="value">{{ card.value }}</div><div class="sub">{{ card.sub }}</div></div>
-  {% endfor %}
-  </div>
-</section>
-{% endif %}
-
-{% if d.gate is not none %}
-<section>
-  <h2>Gate: {{ "passed" if gate_passed else "failed" }}</h2>
-  <ul class="checks">
-  {% for check in d.gate %}<li class="{{ 'ok' if check.passed else 'fail' }}">{{ check.reason }}</li>{% endfor %}
-  </ul>
-</section>
-{% endif %}
-
-{% if d.holdouts %}
-<section>
-  <h2>Candidate vs champion on every holdout</h2>
-  <table>
-    <tr><th></th><th></th><th class="group" colspan="3">{{ "R²" if regression else "accuracy" }}</th><th class="group" colspan="2">macro-F1</th></tr>
-    <tr><th>holdout of increment</th><th class="num">rows</th><th class="num">candidate</th><th class="num">champion</th><th class="num">change</th><th class="num">candidate</th><th class="num">champion</th></tr>
-    {% for h in d.holdouts %}
-    <tr class="{{ 'new' if h.new else '' }}">
-      <td><code>{{ h.increment_id }}</code>{% if h.new %} <span class="pill ok">new</span>{% endif %}</td>
-      <td class="num">{{ h.rows }}</td>
-      <td class="num">{{ pct(h.candidate_accuracy) }}</td>
-      <td class="num">{{ pct(h.champion_accuracy) }}</td>
-      <td class="num {{ delta_class(h) }}">{{ delta(h) }}</td>
-      <td class="num">{{ num(h.candidate_macro_f1) }}</td>
-      <td class="num">{{ num(h.champion_macro_f1) }}</td>
-    </tr>
-    {% endfor %}
-  </table>
-  {% if not has_champion %}<p class="note">No champion yet: this is the first model, so there is nothing to compare with.</p>{% endif %}
-  <div class="plots" style="margin-top:16px">
-    {% if images.get("holdouts") %}<figure><img alt="accuracy on each holdout" src="{{ images.holdouts }}"></figure>{% endif %}
-    {% if images.get("matrix") %}<figure><img alt="accuracy matrix" src="{{ images.matrix }}">
-      <figcaption>Accuracy matrix: row i is the model after increment i of the champion's lineage (the candidate last), column j the holdout of increment j.
-      {% if d.lineage_metrics %}Candidate: average accuracy {{ pct(d.lineage_metrics.get("average_accuracy")) }}, forgetting {{ num(d.lineage_metrics.get("forgetting")) }}, backward transfer {{ signed(d.lineage_metrics.get("bwt")) }}.{% endif %}</figcaption>
-    </figure>{% endif %}
-  </div>
-</section>
-{% endif %}
-
-{% if d.training is not none %}
-<section>
-  <h2>Training</h2>
-  <div class="plots">
-    {% if images.get("loss") %}<img alt="training loss per epoch" src="{{ images.loss }}">{% endif %}
-    <dl class="kv" style="flex:1; min-width:320px; grid-template-columns:150px 1fr">
-      <dt>strategy</dt><dd>{{ d.training.strategy }}</dd>
-      <dt>start</dt><dd>{{ "warm, from the champion (version " ~ d.parent_version ~ ")" if d.training.warm_start and d.parent_version else ("warm, from the champion" if d.training.warm_start else "a new network") }}</dd>
-      <dt>epochs</dt><dd>{{ d.training.losses | length }}</dd>
-      <dt>loss</dt><dd>{{ loss(d.training.losses[0]) }} → {{ loss(d.training.losses[-1]) }}</dd>
-      <dt>samples per epoch</dt><dd>{{ d.training.new_samples }} new + {{ d.training.memory_samples }} from memory</dd>
-      <dt>device, time</dt><dd>{{ d.training.device }}, {{ "%.1f" | format(d.training.seconds) }} s</dd>
-    </dl>
-  </div>
-</section>
-{% endif %}
-
-<section>
-  <h2>Validation</h2>
-  {% if d.validation is none %}
-    <p class="note">This increment was validated and accepted by an earlier run, which stopped before registering a model; this run resumed at training.</p>
-  {% else %}
-  <div class="cards">
-    <div class="card"><div class="label">result</div><div class="value {{ 'up' if d.validation.passed else 'down' }}">{{ "passed" if d.validation.passed else "failed" }}</div></div>
-    <div class="card"><div class="label">rows</div><div class="value">{{ d.validation.rows }}</div></div>
-    <div class="card"><div class="label">expectations passed</div><div class="value">{{ d.validation.expectations - d.validation.failed }}</div><div class="sub">of {{ d.validation.expectations }}</div></div>
-    <div class="card"><div class="label">expectations failed</div><div class="value {{ 'down' if d.validation.failed else '' }}">{{ d.validation.failed }}</div></div>
-  </div>
-  {% if d.validation.problems %}
-  <h3>Problems</h3>
-  <ul class="checks">{% for p in d.validation.problems %}<li class="fail">{{ p }}</li>{% endfor %}</ul>
-  {% endif %}
-  {% if d.validation.warnings %}
-  <h3>Warnings (processed)</h3>
-  <ul>{% for w in d.validation.warnings %}<li>{{ w }}</li>{% endfor %}</ul>
-  {% endif %}
-  {% if d.validation.notes %}
-  <h3>Column kinds</h3>
-  <ul>{% for n in d.validation.notes %}<li>{{ n }}</li>{% endfor %}</ul>
-  {% endif %}
-  {% if d.status == "rejected" %}
-  <h3>Quarantine</h3>
-  <p>The file is kept, versioned, at <code>{{ d.file }}</code>, with the reasons beside it in <code>{{ d.file }}.reasons.json</code>.
-  The champion, if there is one, was left untouched.</p>
-  {% endif %}
-  <h3>Great Expectations Data Docs</h3>
-  {% if d.validation.data_docs %}<p><a href="{{ docs_href }}"><code>{{ d.validation.data_docs }}</code></a></p>
-  {% else %}<p class="note">No Data Docs page for this validation{{ " (the file could not be read, so no expectation ran)" if d.validation.expectations == 0 else "" }}.</p>{% endif %}
-  {% endif %}
-</section>
-
-<section>
-  <h2>Drift</h2>
-  {% if d.drift is none %}
-    <p class="note">Drift was not measured for this run.</p>
-  {% else %}
-    <p style="margin-top:0">{{ drifted }} of {{ d.drift | length }} feature(s) drifted{% if d.drift_action %}; action: <strong>{{ d.drift_action }}</strong>{% endif %}.</p>
-    <table>
-      <tr><th>feature</th><th>test</th><th class="num">statistic</th><th class="num">p-value</th><th>drifted</th></tr>
-      {% for row in drift_rows %}
-      <tr><td><code>{{ row.feature }}</code></td><td>{{ row.test }}</td><td class="num">{{ "%.4f" | format(row.statistic) }}</td>
-      <td class="num">{{ "-" if row.p_value is none else "%.4g" | format(row.p_value) }}</td>
-      <td>{% if row.drifted %}<span class="pill fail">drifted</span>{% else %}<span class="pill ok">no</span>{% endif %}</td></tr>
-      {% endfor %}
-    </table>
-  {% endif %}
-</section>
-
-<section>
-  <h2>Lineage</h2>
-  <dl class="kv">
-    {% for key, value in lineage %}<dt>{{ key }}</dt><dd class="mono">{{ value }}</dd>{% endfor %}
-  </dl>
-</section>
-
-<footer>Written by Lepton.{% if images %} The plots are also beside this page as PNG files;{% endif %} <code>report.json</code> holds the numbers.</footer>
-</main>
-</body>
-</html>
-"""
+TEMPLATE = "report.html.j2"  # in lepton/templates/, shipped as package data
 
 
 def _pct(value: float | None) -> str:
@@ -482,7 +295,8 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
     """The page, every value escaped, plots embedded as data URIs so the one file works anywhere."""
     import jinja2
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    # autoescape=True for every template, whatever its file name: nothing from the data becomes markup.
+    env = jinja2.Environment(loader=jinja2.PackageLoader("lepton", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
     verdict, verdict_class = VERDICTS[data.status]
     docs_href = None
     if data.validation is not None and data.validation.data_docs:
@@ -491,7 +305,7 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
         # Relative to the page, the link also works after the workspace moves.
         docs_href = os.path.relpath(absolute, page_folder) if page_folder is not None else absolute.as_uri()
     drift_rows = sorted(data.drift or [], key=lambda r: (not r.drifted, r.feature))
-    return env.from_string(TEMPLATE).render(
+    return env.get_template(TEMPLATE).render(
         d=data,
         verdict=verdict,
         verdict_class=verdict_class,
