@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from lepton import config as lepton_config
 from lepton import landing
 from lepton.config import ConfigOverrides
-from lepton.flows.continual import RunOutcome, continual_training
+from lepton.flows.continual import continual_training
 from lepton.flows.rollback import WorkspacePath
 from lepton.tasks.landing import backfill_files, clear_landed, inspect_increment, landed
+from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.splits import read
 from lepton.tasks.validate import validate
 from lepton.workspace import Workspace

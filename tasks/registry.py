@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -18,12 +19,12 @@ from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
 from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
 from lepton.history import parse as parse_history
+from lepton.lineage import TAG, Lineage
 from lepton.models.bundle import Bundle
 from lepton.secrets import redacted
 from lepton.workspace import Workspace
 
 ALIAS = "champion"
-TAG = "lepton."
 
 
 @dataclass
@@ -184,16 +185,6 @@ def _log() -> Any:
         return logging.getLogger(__name__)
 
 
-def _parent(tags: dict[str, str]) -> int | None:
-    value = tags.get(TAG + "parent_version", "none")
-    return None if value == "none" else int(value)
-
-
-def _promotion_reason(tags: dict[str, str]) -> str:
-    reasons = json.loads(tags.get(TAG + "gate_reasons", "[]"))
-    return "gate passed: " + "; ".join(reasons) if reasons else "promoted"
-
-
 def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> None:
     """Mark KILLED the tracking runs of this increment still RUNNING: their process died mid-registration.
 
@@ -233,10 +224,14 @@ def register(
     run_name: str,
     params: dict[str, Any],
     metrics: dict[str, float],
-    tags: dict[str, str],
+    lineage: Lineage,
+    meta: dict[str, Any] | None = None,
     promote: bool = False,
 ) -> Registration:
     """Log the candidate as a pyfunc in a tracking run, register it, and make it champion when ``promote``.
+
+    ``meta``: what the version's bundle records beside the candidate's own (its accuracy matrix,
+    where the concept last changed); the candidate itself is not modified.
 
     One critical section under the workspace's champion lock, guarded by a compare-and-set: it
     registers only if no version exists yet for the increment (find-or-create, so a re-run or a
@@ -247,7 +242,8 @@ def register(
     import mlflow
 
     client, experiment_id = connect(ws, config)
-    name, increment_id, parent = config.model_name, tags[TAG + "increment_id"], _parent(tags)
+    name, increment_id, parent, tags = config.model_name, lineage.increment_id, lineage.parent_version, lineage.tags()
+    candidate = dataclasses.replace(candidate, meta={**candidate.meta, **(meta or {})})
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
     signature = consumer_signature(features, candidate.predict(features))
     with ws.lock("champion"):
@@ -280,7 +276,7 @@ def register(
             checkpoint("register")
         move = None
         if promote:
-            move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=parent)
+            move = move_champion(client, name, version, kind="promote", reason=lineage.promotion_reason, expected=parent)
     return Registration(version, run.info.run_id, created=True, champion=version if promote else current, move=move)
 
 
@@ -306,7 +302,7 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
         if tags.get(TAG + "gate_passed") != "true" or was_champion(champion_history(client, name), current, version):
             return Registration(version, found.run_id, created=False, champion=current)
         try:
-            move = move_champion(client, name, version, kind="promote", reason=_promotion_reason(tags), expected=_parent(tags))
+            move = move_champion(client, name, version, kind="promote", reason=Lineage.from_tags(tags).promotion_reason, expected=Lineage.from_tags(tags).parent_version)
         except StaleChampion:
             client.set_model_version_tag(name, str(version), TAG + "superseded_by", f"champion {current}")
             return None
@@ -334,8 +330,9 @@ def promote(ws: Workspace, config: RegistryConfig, version: int, reason: str | N
     client, _ = connect(ws, config)
     tags = client.get_model_version(config.model_name, str(version)).tags
     with ws.lock("champion"):
+        lineage = Lineage.from_tags(tags)
         return move_champion(
-            client, config.model_name, version, kind="promote", reason=reason or _promotion_reason(tags), expected=_parent(tags)
+            client, config.model_name, version, kind="promote", reason=reason or lineage.promotion_reason, expected=lineage.parent_version
         )
 
 
@@ -544,7 +541,7 @@ def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
     return info
 
 
-def lineage_tags(
+def lineage_of(
     *,
     increment_id: str,
     increment_file: str,
@@ -554,20 +551,14 @@ def lineage_tags(
     config: Any,
     decision: Any,
     summary: dict[str, float | None],
-) -> dict[str, str]:
-    """The tags that let a model version be traced to, and rebuilt from, its data and code."""
-    return {
-        TAG + "increment_id": increment_id,
-        TAG + "increment_file": increment_file,
-        TAG + "data_hash": data_hash,
-        TAG + "git_commit": git_commit,
-        TAG + "parent_version": str(parent_version) if parent_version is not None else "none",
-        TAG + "strategy": config.strategy.name,
-        TAG + "config": json.dumps(redacted(config.model_dump(mode="json"))),
-        TAG + "gate_passed": str(decision.passed).lower(),
-        TAG + "gate_reasons": json.dumps(list(decision.reasons)),
-        TAG + "metrics": json.dumps({k: round(v, 6) for k, v in summary.items() if v is not None}),
-    }
+) -> Lineage:
+    """The lineage of a candidate: its data and code, its parent, the configuration (credentials masked) and the gate's verdict."""
+    return Lineage(
+        increment_id=increment_id, increment_file=increment_file, data_hash=data_hash, git_commit=git_commit,
+        parent_version=parent_version, strategy=config.strategy.name, config=redacted(config.model_dump(mode="json")),
+        gate_passed=decision.passed, gate_reasons=tuple(decision.reasons),
+        metrics={k: round(v, 6) for k, v in summary.items() if v is not None},
+    )
 
 
 def config_params(config: Any) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton import report as pages
 from lepton.config import RegistryConfig
+from lepton.lineage import Lineage
 from lepton.models.evaluation import Evaluation
 from lepton.models.gate import GateDecision
 from lepton.models.metrics import lineage_summary
 from lepton.models.training import TrainReport
-from lepton.tasks.registry import TAG, connect
+from lepton.tasks.registry import connect
 from lepton.tasks.validate import ValidationReport
 from lepton.tasks.versioning import git_commit
 from lepton.workspace import Workspace
@@ -44,10 +45,9 @@ def gather(
     evaluation: Evaluation | None = None,
     decision: GateDecision | None = None,
     run_id: str | None = None,
-    tags: dict[str, str] | None = None,
+    lineage: Lineage | None = None,
 ) -> pages.ReportData:
     """The report's data from a run's outcome (a RunOutcome) and the values the flow passed along the way."""
-    tags = tags or {}
     record = ws.read_manifest().find(outcome.increment_id)
     holdouts = []
     if evaluation is not None:
@@ -74,9 +74,9 @@ def gather(
         parent_version=outcome.parent_version,
         data_hash=outcome.data_hash,
         # The registered version's tag when there is one: the report shows what the registry recorded.
-        git_commit=tags.get(TAG + "git_commit") or git_commit(ws.root),
+        git_commit=(lineage.git_commit if lineage else None) or git_commit(ws.root),
         run_id=run_id,
-        strategy=tags.get(TAG + "strategy") or (training.strategy if training else None),
+        strategy=(lineage.strategy if lineage else None) or (training.strategy if training else None),
         validation=None if validation is None else pages.ValidationSummary(
             passed=validation.passed, rows=validation.rows, expectations=validation.expectations, failed=validation.failed,
             problems=validation.problems, warnings=validation.warnings, notes=validation.notes, data_docs=_relative(ws, validation.data_docs),
@@ -111,7 +111,7 @@ def write_report(
     evaluation: Evaluation | None = None,
     decision: GateDecision | None = None,
     run_id: str | None = None,
-    tags: dict[str, str] | None = None,
+    lineage: Lineage | None = None,
 ) -> str | None:
     """Write the run's report under ``.lepton/reports/`` and, for a registered model, log it to its run under ``report/``.
 
@@ -122,7 +122,7 @@ def write_report(
     try:
         data = gather(
             ws, config.model_name, outcome, validation=validation, training=training, evaluation=evaluation,
-            decision=decision, run_id=run_id, tags=tags,
+            decision=decision, run_id=run_id, lineage=lineage,
         )
         folder = pages.reports_root(ws.state) / data.folder_name()
         page = pages.write(data, folder, ws.root)

@@ -47,10 +47,8 @@ def train(
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str) -> Evaluation:
-    """Candidate and champion on the new holdout and every earlier one; the candidate keeps its lineage's matrix."""
-    evaluation = compare(candidate, champion, holdouts, new_id=new_id, label=label)
-    candidate.meta["accuracy_matrix"] = evaluation.matrix
-    return evaluation
+    """Candidate and champion on the new holdout and every earlier one, with the candidate's lineage's accuracy matrix."""
+    return compare(candidate, champion, holdouts, new_id=new_id, label=label)
 
 
 def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | None, new_id: str | None = None) -> tuple[list[str], str]:
@@ -63,6 +61,11 @@ def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | Non
     if config.old_holdouts == "since_change" and change_at is not None and change_at in old_ids:
         return old_ids[old_ids.index(change_at):], f"earlier holdouts since the concept change at increment {change_at}"
     return old_ids, "earlier holdouts"
+
+
+def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:
+    """The tracking run's metrics: the evaluation's, and what the training cost."""
+    return {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}
 
 
 @task(name="gate", cache_policy=NO_CACHE)

@@ -38,7 +38,7 @@ def test_tags_and_params_of_a_model_version_carry_no_credentials():
 
     from lepton.config import parse
     from lepton.models.gate import GateDecision
-    from lepton.tasks.registry import config_params, lineage_tags
+    from lepton.tasks.registry import config_params, lineage_of
 
     config = parse({
         "data": {"label": "y"},
@@ -46,10 +46,10 @@ def test_tags_and_params_of_a_model_version_carry_no_credentials():
         "dvc": {"remote_url": "https://store.internal/dvc?token=hunter2"},
     })
     params = config_params(config)
-    tags = lineage_tags(
+    tags = lineage_of(
         increment_id="i", increment_file="f", data_hash="h", git_commit="c", parent_version=None, config=config,
         decision=GateDecision(passed=True, reasons=()), summary={},
-    )
+    ).tags()
     assert "hunter2" not in json.dumps(params) + json.dumps(tags)
     assert params["registry.tracking_uri"] == "postgresql://mlflow:***@db.internal/mlflow"
     assert json.loads(tags["lepton.config"])["dvc"]["remote_url"] == "https://store.internal/dvc?token=***"

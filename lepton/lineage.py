@@ -1,0 +1,65 @@
+"""A model version's lineage: the data, code, parent and verdict it came from, as a typed value and as MLflow tags.
+
+The registry stores it as ``lepton.*`` tags on each version; everything else (registration, the
+report, ``lepton versions``) passes the typed value, and reads stored tags back through
+``Lineage.from_tags``. No Prefect or MLflow import: the read-only commands use it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+TAG = "lepton."
+
+
+@dataclass(frozen=True)
+class Lineage:
+    increment_id: str
+    increment_file: str
+    data_hash: str
+    git_commit: str
+    parent_version: int | None  # the champion it was trained from and gated against; None for a first model
+    strategy: str
+    config: dict[str, Any] = field(default_factory=dict)  # the run's configuration, credentials masked
+    gate_passed: bool = False
+    gate_reasons: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)  # the gate's summary, rounded
+
+    def tags(self) -> dict[str, str]:
+        """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
+        return {
+            TAG + "increment_id": self.increment_id,
+            TAG + "increment_file": self.increment_file,
+            TAG + "data_hash": self.data_hash,
+            TAG + "git_commit": self.git_commit,
+            TAG + "parent_version": str(self.parent_version) if self.parent_version is not None else "none",
+            TAG + "strategy": self.strategy,
+            TAG + "config": json.dumps(self.config),
+            TAG + "gate_passed": str(self.gate_passed).lower(),
+            TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
+            TAG + "metrics": json.dumps(self.metrics),
+        }
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Lineage:
+        """The lineage a version's tags record; a tag that is missing (a version registered by hand) reads as empty."""
+        parent = tags.get(TAG + "parent_version", "none")
+        return cls(
+            increment_id=tags.get(TAG + "increment_id", ""),
+            increment_file=tags.get(TAG + "increment_file", ""),
+            data_hash=tags.get(TAG + "data_hash", ""),
+            git_commit=tags.get(TAG + "git_commit", ""),
+            parent_version=None if parent == "none" else int(parent),
+            strategy=tags.get(TAG + "strategy", ""),
+            config=json.loads(tags.get(TAG + "config", "{}")),
+            gate_passed=tags.get(TAG + "gate_passed") == "true",
+            gate_reasons=tuple(json.loads(tags.get(TAG + "gate_reasons", "[]"))),
+            metrics=json.loads(tags.get(TAG + "metrics", "{}")),
+        )
+
+    @property
+    def promotion_reason(self) -> str:
+        """What the history records when the gate promotes this version."""
+        return "gate passed: " + "; ".join(self.gate_reasons) if self.gate_reasons else "promoted"
