@@ -12,6 +12,8 @@ them as no-ops):
 - ``finish(model)``: the model to keep (interpolation, bias correction), a new object or the same.
 
 Strategies compose in a list (``Composite``); their state travels with the model version.
+``build`` makes the list from the configured names through ``REGISTRY``, where each strategy
+says how it is made from the config.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ class Naive:
 
     name = "naive"
 
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        """This strategy as ``config`` sets it up; ``replay`` is the memory built before it, if any."""
+        return cls()
+
     def begin(self, context: Context) -> None:
         self.context = context
 
@@ -130,6 +137,10 @@ class Replay(Naive):
         self._x: torch.Tensor | None = None
         # Where the last batch() put its memory rows: (first memory row in the batch, memory indices).
         self.appended: tuple[int, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(**_memory_args(config, n_features=n_features, seed=seed))
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -191,6 +202,19 @@ class Replay(Naive):
             self.memory.load_state_dict(own)
 
 
+def _memory_args(config: StrategyConfig, *, n_features: int, seed: int) -> dict:
+    """The keyword arguments of a replay memory as ``config`` sizes it: a fixed capacity or a fraction of what was seen."""
+    size = {"capacity": config.memory_size} if config.memory_size is not None else {"fraction": config.memory_fraction}
+    return {"n_features": n_features, "selection": config.memory_selection, "seed": seed, **size}
+
+
+def _shared_memory(replay: Replay | None, name: str) -> Replay:
+    """The memory a strategy reads but does not fill: the one a replay strategy before it keeps."""
+    if replay is None:
+        raise ValueError(f"strategy {name!r} needs a memory: put replay, der (or joint) before it")
+    return replay
+
+
 class DarkReplay(Replay):
     """Dark experience replay (DER++): replay whose memory also keeps each sample's logits from when it entered.
 
@@ -206,6 +230,10 @@ class DarkReplay(Replay):
         super().__init__(**memory)
         self.weight = weight
         self._logits: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(weight=config.der_weight, **_memory_args(config, n_features=n_features, seed=seed))
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -243,6 +271,10 @@ class Distillation(Naive):
         self.temperature = temperature
         self.only_new_classes = only_new_classes
         self.teacher: MLP | None = None
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(weight=config.distill_weight, temperature=config.distill_temperature, only_new_classes=config.distill_only_new_classes)
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -285,6 +317,10 @@ class EWC(Naive):
         self.decay = decay
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(weight=config.ewc_weight, decay=config.ewc_decay)
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -349,6 +385,10 @@ class Freeze(Naive):
     def __init__(self, *, layers: tuple[str, ...] = ("features",)) -> None:
         self.layers = tuple(layers)
 
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(layers=tuple(config.freeze_layers))
+
     def begin(self, context: Context) -> None:
         super().begin(context)
         # The first increment has nothing to keep: everything learns.
@@ -375,6 +415,10 @@ class Interpolation(Naive):
     def __init__(self, *, alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> None:
         self.alphas = tuple(alphas)
         self.chosen: float | None = None
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(alphas=tuple(config.interpolation_alphas))
 
     def begin(self, context: Context) -> None:
         super().begin(context)
@@ -431,6 +475,10 @@ class Joint(Replay):
 
     def __init__(self, *, n_features: int, seed: int = 0) -> None:
         super().__init__(n_features=n_features, fraction=1.0, selection="reservoir", seed=seed)
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(n_features=n_features, seed=seed)
 
     def begin(self, context: Context) -> None:
         Naive.begin(self, context)
@@ -490,6 +538,10 @@ class NearestMean(Naive):
     def __init__(self, *, replay: Replay) -> None:
         self.replay = replay
 
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(replay=_shared_memory(replay, cls.name))
+
     def begin(self, context: Context) -> None:
         super().begin(context)
         # The warm-started network carries the champion's prototypes (all zero unless it classified by nearest mean).
@@ -530,6 +582,10 @@ class BalancedHead(Naive):
 
     def __init__(self, *, replay: Replay, epochs: int = 30, lr: float = 1e-4, batch_size: int = 32) -> None:
         self.replay, self.epochs, self.lr, self.batch_size = replay, epochs, lr, batch_size
+
+    @classmethod
+    def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
+        return cls(replay=_shared_memory(replay, cls.name))
 
     def finish(self, model: MLP) -> MLP:
         if self.context.old_classes == 0:
@@ -598,7 +654,25 @@ class Composite(Naive):
             part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
 
+def _first_memory(parts: list[Strategy]) -> Replay | None:
+    """The first part that keeps a replay memory (replay, der or joint): the one the others read."""
+    return next((p for p in parts if isinstance(p, Replay)), None)
+
+
 NAMES = STRATEGIES
+
+
+class Factory(Protocol):
+    """How ``build`` makes a strategy: from the config, the data's width, the seed and the memory built before it (if any)."""
+
+    def __call__(self, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy: ...
+
+
+# Every strategy under its configured name, in the order of NAMES.
+REGISTRY: dict[str, Factory] = {
+    cls.name: cls.from_config
+    for cls in (Naive, Replay, DarkReplay, Distillation, EWC, Freeze, Interpolation, Joint, WeightAlign, BalancedHead, NearestMean)
+}
 
 
 # Strategies that correct a bias between classes: nothing to correct on a numeric target.
@@ -608,6 +682,7 @@ CLASS_ONLY = ("align", "balance")
 def build(config: StrategyConfig, *, n_features: int, seed: int, regression: bool = False) -> Composite:
     """The strategies named in ``config.name`` (e.g. ``replay+distill+align``), in that order.
 
+    Those that read a memory (nme, balance) share the one the first replay strategy before them keeps.
     On a numeric target, ``nme`` stands aside by its own rule (it acts only once classes
     arrived in different increments) and the class-only bias corrections refuse.
     """
@@ -619,29 +694,8 @@ def build(config: StrategyConfig, *, n_features: int, seed: int, regression: boo
         )
     parts: list[Strategy] = []
     for name in config.names:
-        if name == "naive":
-            parts.append(Naive())
-        elif name in ("replay", "der"):
-            size = {"capacity": config.memory_size} if config.memory_size is not None else {"fraction": config.memory_fraction}
-            memory = {"n_features": n_features, "selection": config.memory_selection, "seed": seed, **size}
-            parts.append(Replay(**memory) if name == "replay" else DarkReplay(weight=config.der_weight, **memory))
-        elif name == "distill":
-            parts.append(Distillation(weight=config.distill_weight, temperature=config.distill_temperature, only_new_classes=config.distill_only_new_classes))
-        elif name == "ewc":
-            parts.append(EWC(weight=config.ewc_weight, decay=config.ewc_decay))
-        elif name == "freeze":
-            parts.append(Freeze(layers=tuple(config.freeze_layers)))
-        elif name == "interpolate":
-            parts.append(Interpolation(alphas=tuple(config.interpolation_alphas)))
-        elif name == "joint":
-            parts.append(Joint(n_features=n_features, seed=seed))
-        elif name == "align":
-            parts.append(WeightAlign())
-        elif name in ("nme", "balance"):
-            replay = next((p for p in parts if isinstance(p, Replay)), None)
-            if replay is None:
-                raise ValueError(f"strategy {name!r} needs a memory: put replay, der (or joint) before it")
-            parts.append(NearestMean(replay=replay) if name == "nme" else BalancedHead(replay=replay))
-        else:  # the config validates names; this guards direct callers
+        make = REGISTRY.get(name)
+        if make is None:  # the config validates names; this guards direct callers
             raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(NAMES)}")
+        parts.append(make(config, n_features=n_features, seed=seed, replay=_first_memory(parts)))
     return Composite(parts)

@@ -17,9 +17,12 @@ from lepton.models.datasets import LABEL, class_incremental
 from lepton.models.evaluation import score
 from lepton.models.loop import fit
 from lepton.models.network import MLP, NME_SCALE
+from lepton.models.settings import STRATEGIES
 from lepton.models.splits import split
 from lepton.models.strategies import (
     EWC,
+    NAMES,
+    REGISTRY,
     Composite,
     Context,
     DarkReplay,
@@ -555,6 +558,7 @@ def test_composite_adds_penalties() -> None:
 
 def test_build_follows_the_configured_names() -> None:
     """build() returns the named strategies in order; unknown names and nme/balance without a memory are refused."""
+    assert tuple(REGISTRY) == NAMES == STRATEGIES  # every configurable name can be built
     plan = build(StrategyConfig(name="replay+distill+ewc+nme", memory_size=7, memory_selection="reservoir"), n_features=4, seed=0)
     assert [type(p) for p in plan.parts] == [Replay, Distillation, EWC, NearestMean]
     assert plan.name == "replay+distill+ewc+nme"
