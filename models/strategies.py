@@ -653,6 +653,19 @@ class Composite(Naive):
             prefix = f"{part.name}."
             part.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
 
+    def memory_samples(self, n_features: int, encode_target: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The replay memory's rows as (raw x, y), empty when no part keeps one: old data, e.g. for choosing a mixing weight.
+
+        With ``encode_target`` (regression), y is the memory's raw target (its last column) encoded for the network.
+        """
+        replay = _first_memory(self.parts)
+        if replay is None:
+            return np.zeros((0, n_features)), np.zeros(0, dtype=np.float32 if encode_target is not None else np.int64)
+        x, y = replay.memory.samples(n_features + int(encode_target is not None))
+        if encode_target is not None:
+            return x[:, :n_features], encode_target(x[:, n_features])
+        return x, y
+
 
 def _first_memory(parts: list[Strategy]) -> Replay | None:
     """The first part that keeps a replay memory (replay, der or joint): the one the others read."""

@@ -89,7 +89,7 @@ def fine_tune(
     if "interpolate" in strategy.names and strategy.validation_fraction > 0 and champion is not None:
         held = holdout_mask(frame, strategy.validation_fraction)
         x_fit, y_fit = x_new[~held], y_new[~held]
-        memory_x, memory_y = _memory_of(plan, width, preprocessor.encode if regression else None)
+        memory_x, memory_y = plan.memory_samples(width, preprocessor.encode if regression else None)
         validation = (np.concatenate([x_new[held], memory_x]), np.concatenate([y_new[held], memory_y]))
 
     device = select_device(train.device)
@@ -143,20 +143,6 @@ def fine_tune(
         lr=lr,
     )
     return candidate, report
-
-
-def _memory_of(plan: strategies.Composite, n_features: int, encode_target=None) -> tuple[np.ndarray, np.ndarray]:
-    """The replay memory's samples, if the plan has one (old data for choosing a mixing weight).
-
-    With ``encode_target`` (regression), the memory's last column is the raw target: it is returned encoded.
-    """
-    for part in plan.parts:
-        if isinstance(part, strategies.Replay):
-            x, y = part.memory.samples(n_features + int(encode_target is not None))
-            if encode_target is not None:
-                return x[:, :n_features], encode_target(x[:, n_features])
-            return x, y
-    return np.zeros((0, n_features)), np.zeros(0, dtype=np.float32 if encode_target is not None else np.int64)
 
 
 def _quiet_unscaled_inputs(network: MLP, preprocessor: Preprocessor) -> None:
