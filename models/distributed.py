@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lepton.models import strategies
-from lepton.models.loop import FitResult, _autocast, step
+from lepton.models.loop import FitResult, _autocast, frozen, keep_fixed, step
 
 log = logging.getLogger(__name__)
 
@@ -230,38 +230,41 @@ def _train(rank: int, nproc: int, device: torch.device, job: _Job) -> dict:
     strategy = job.strategy
     context = getattr(strategy, "context", None)
     if strategy is not None and context is not None:
-        # Begin again on this rank's network and device (before wrapping it, so frozen
-        # parameters stay out of DDP); a generator per rank draws different memory batches.
+        # Begin again on this rank's network and device; a generator per rank draws different memory batches.
         sampler = torch.Generator().manual_seed(job.generator.initial_seed() + 1 + rank)
         strategy.begin(dataclasses.replace(context, model=model, device=device, generator=sampler))
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
-    xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
-    if device.type == "cuda":
-        xt, yt = xt.pin_memory(), yt.pin_memory()
-    xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
-    ddp.train()
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=job.lr)
-    autocast, scaler = _autocast(device)
-    n = len(yt)
-    # Pad every epoch's permutation (with its own first entries) to a multiple of nproc:
-    # all ranks then take the same number of steps, which DDP's all-reduce requires.
-    padded = torch.arange(math.ceil(n / nproc) * nproc) % n
-    losses, samples = [], 0
-    for epoch in range(job.epochs):
-        order = torch.randperm(n, generator=job.generator)[padded]
-        shard = order[rank::nproc].to(device)
-        total, count = 0.0, 0
-        for start in range(0, len(shard), job.batch_size):
-            idx = shard[start : start + job.batch_size]
-            loss, counted = step(ddp, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
-            total += loss
-            count += counted
-        stats = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
-        dist.all_reduce(stats)
-        losses.append(float(stats[0]) / max(float(stats[1]), 1.0))
-        samples += int(stats[1])
-        if rank == 0:
-            log.info("epoch %d/%d: loss %.4f over %d ranks", epoch + 1, job.epochs, losses[-1], nproc)
+    # What the strategy keeps fixed takes no gradient. DDP is built inside the block because it takes
+    # the parameters that require one when it is built: the fixed ones stay out of its all-reduce,
+    # the same ones on every rank (one strategy, begun alike).
+    with keep_fixed(model, frozen(model, strategy)):
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+        xt, yt = torch.from_numpy(job.x), torch.from_numpy(job.y)
+        if device.type == "cuda":
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
+        ddp.train()
+        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=job.lr)
+        autocast, scaler = _autocast(device)
+        n = len(yt)
+        # Pad every epoch's permutation (with its own first entries) to a multiple of nproc:
+        # all ranks then take the same number of steps, which DDP's all-reduce requires.
+        padded = torch.arange(math.ceil(n / nproc) * nproc) % n
+        losses, samples = [], 0
+        for epoch in range(job.epochs):
+            order = torch.randperm(n, generator=job.generator)[padded]
+            shard = order[rank::nproc].to(device)
+            total, count = 0.0, 0
+            for start in range(0, len(shard), job.batch_size):
+                idx = shard[start : start + job.batch_size]
+                loss, counted = step(ddp, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
+                total += loss
+                count += counted
+            stats = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+            dist.all_reduce(stats)
+            losses.append(float(stats[0]) / max(float(stats[1]), 1.0))
+            samples += int(stats[1])
+            if rank == 0:
+                log.info("epoch %d/%d: loss %.4f over %d ranks", epoch + 1, job.epochs, losses[-1], nproc)
     model.eval()
     return {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "losses": losses, "samples": samples}
 

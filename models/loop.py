@@ -7,7 +7,8 @@ Shared by a single process (``training.fine_tune``) and every rank of a distribu
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,29 @@ def _autocast(device: torch.device):
     if torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), None
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+@contextmanager
+def keep_fixed(model: nn.Module, names: set[str]) -> Iterator[None]:
+    """Within the block the named parameters take no gradient: no optimiser steps them and DDP leaves them out. After it, they are as before.
+
+    ``names`` is what the strategy says it keeps fixed (``strategy.frozen(model)``): the
+    trainer, not the strategy, changes its model.
+    """
+    params = [p for name, p in model.named_parameters() if name in names]
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
+
+
+def frozen(model: nn.Module, strategy: strategies.Strategy | None) -> set[str]:
+    """The names of the parameters ``strategy`` keeps fixed this increment (none without a strategy)."""
+    return strategy.frozen(model) if strategy is not None else set()
 
 
 def step(
@@ -90,27 +114,29 @@ def fit(
     generator: torch.Generator,
     strategy: strategies.Strategy | None = None,
 ) -> FitResult:
-    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches and add penalties."""
+    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches, add penalties and keep parameters fixed."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     if device.type == "cuda":
         xt, yt = xt.pin_memory(), yt.pin_memory()
     # The whole increment fits on the device: moving it once beats a DataLoader per batch.
     xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
     model.to(device).train()
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    autocast, scaler = _autocast(device)
-    losses, samples = [], 0
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(xt), generator=generator).to(device)
-        total, count = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss, n = step(model, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
-            total += loss
-            count += n
-        samples += count
-        losses.append(total / max(count, 1))
-        # For whoever watches (the CLI's progress display): structured, and free when nobody does.
-        log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
+    # What the strategy keeps fixed takes no gradient, so Adam never steps it.
+    with keep_fixed(model, frozen(model, strategy)):
+        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        autocast, scaler = _autocast(device)
+        losses, samples = [], 0
+        for epoch in range(1, epochs + 1):
+            order = torch.randperm(len(xt), generator=generator).to(device)
+            total, count = 0.0, 0
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                loss, n = step(model, model, xt[idx], yt[idx], optimiser=optimiser, autocast=autocast, scaler=scaler, strategy=strategy)
+                total += loss
+                count += n
+            samples += count
+            losses.append(total / max(count, 1))
+            # For whoever watches (the CLI's progress display): structured, and free when nobody does.
+            log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
     model.eval()
     return FitResult(losses, samples)

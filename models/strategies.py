@@ -1,10 +1,12 @@
 """Anti-forgetting strategies: small objects that return things, never reach into the trainer.
 
-The training loop calls five hooks, each optional in effect (``Naive`` implements
+The training loop calls these hooks, each optional in effect (``Naive`` implements
 them as no-ops):
 
 - ``begin(context)``: the increment starts; snapshot what it will be measured against
   (a teacher for distillation, anchor weights for EWC and interpolation);
+- ``frozen(model)``: the names of the parameters the increment leaves as they are (freeze);
+  the strategy only says so, the trainer keeps them out of the optimiser;
 - ``training_data(x, y)``: what to train on (joint retraining returns everything seen);
 - ``batch(x, y)``: the batch to step on (replay and dark replay append a class-balanced memory batch);
 - ``penalty(model, x, y, logits)``: an extra loss term (distillation, EWC, dark replay's recorded logits);
@@ -71,6 +73,8 @@ class Strategy(Protocol):
 
     def begin(self, context: Context) -> None: ...
 
+    def frozen(self, model: nn.Module) -> set[str]: ...
+
     def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
     def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -98,6 +102,9 @@ class Naive:
 
     def begin(self, context: Context) -> None:
         self.context = context
+
+    def frozen(self, model: nn.Module) -> set[str]:
+        return set()
 
     def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x, y
@@ -378,12 +385,16 @@ class EWC(Naive):
 
 
 class Freeze(Naive):
-    """Partial update: parameters whose names start with one of ``layers`` are not trained."""
+    """Partial update: parameters whose names start with one of ``layers`` are not trained.
+
+    It only names them (``frozen``); the trainer keeps them out of the optimiser.
+    """
 
     name = "freeze"
 
     def __init__(self, *, layers: tuple[str, ...] = ("features",)) -> None:
         self.layers = tuple(layers)
+        self.keeping = False
 
     @classmethod
     def from_config(cls, config: StrategyConfig, *, n_features: int, seed: int, replay: Replay | None) -> Strategy:
@@ -392,16 +403,12 @@ class Freeze(Naive):
     def begin(self, context: Context) -> None:
         super().begin(context)
         # The first increment has nothing to keep: everything learns.
-        if context.old_classes == 0:
-            return
-        for name, param in context.model.named_parameters():
-            if name.startswith(self.layers):
-                param.requires_grad_(False)
+        self.keeping = context.old_classes > 0
 
-    def finish(self, model: MLP) -> MLP:
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
+    def frozen(self, model: nn.Module) -> set[str]:
+        if not self.keeping:
+            return set()
+        return {name for name, _ in model.named_parameters() if name.startswith(self.layers)}
 
 
 class Interpolation(Naive):
@@ -621,6 +628,9 @@ class Composite(Naive):
         super().begin(context)
         for part in self.parts:
             part.begin(context)
+
+    def frozen(self, model: nn.Module) -> set[str]:
+        return set().union(*(part.frozen(model) for part in self.parts))
 
     def training_data(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for part in self.parts:

@@ -12,7 +12,7 @@ from torch import nn
 
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
-from lepton.models.loop import fit, select_device
+from lepton.models.loop import fit, keep_fixed, select_device
 from lepton.models.network import MLP
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
@@ -109,21 +109,24 @@ def fine_tune(
     refine = steady and not retrain and train.finetune_lr is not None and n_outputs == champion.network.n_classes  # type: ignore[union-attr]
     lr = train.finetune_lr if refine else train.lr
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, generator=generator, strategy=plan)
-    if train.launcher == "torchrun":
-        from lepton.models.distributed import fit_torchrun
+    # What the strategies keep fixed stays fixed until the increment has ended (fit and the ranks see to it
+    # during training): what learns from the increment (EWC's Fisher information) sees only what trained.
+    with keep_fixed(network, plan.frozen(network)):
+        if train.launcher == "torchrun":
+            from lepton.models.distributed import fit_torchrun
 
-        result = fit_torchrun(
-            network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend,
-            torchrun_args=train.torchrun_args, shared_dir=train.shared_dir, **loop,
-        )
-    elif train.nproc > 1:
-        # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
-        from lepton.models.distributed import fit_ddp
+            result = fit_torchrun(
+                network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend,
+                torchrun_args=train.torchrun_args, shared_dir=train.shared_dir, **loop,
+            )
+        elif train.nproc > 1:
+            # Imported only when asked for: it spawns processes. It loads rank 0's weights into the network.
+            from lepton.models.distributed import fit_ddp
 
-        result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
-    else:
-        result = fit(network, preprocessor.transform(x_raw), y, **loop)
-    plan.end(network, x_new, y_new)
+            result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
+        else:
+            result = fit(network, preprocessor.transform(x_raw), y, **loop)
+        plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
     network.cpu().eval()

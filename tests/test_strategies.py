@@ -107,6 +107,23 @@ def test_freeze_keeps_feature_layers_byte_identical(small_digits: list[pd.DataFr
     assert not torch.equal(unfrozen.network.features[0].weight, champion.network.features[0].weight)
 
 
+def test_freeze_names_what_it_keeps_and_leaves_the_model_alone() -> None:
+    """Freeze says which parameters stay fixed (none on a first increment); fit keeps them byte-identical, and the model's flags untouched."""
+    model = tiny_model()
+    freeze = Freeze()
+    freeze.begin(context(model, 0))
+    assert freeze.frozen(model) == set()
+    freeze.begin(context(model, 2))
+    assert freeze.frozen(model) == {"features.0.weight", "features.0.bias"}
+    assert all(p.requires_grad for p in model.parameters())  # said, not done: the trainer acts on it
+    assert Composite([Naive(), freeze]).frozen(model) == freeze.frozen(model)
+    before = copy.deepcopy(model.state_dict())
+    train(model, *blobs((0, 1)), strategy=freeze)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in freeze.frozen(model))
+    assert not torch.equal(model.head.weight, before["head.weight"])
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_interpolate_mixes_champion_and_tuned_parameters() -> None:
     """alpha 0 gives the champion's rows exactly, 1 the tuned weights, 0.5 their mean; new head rows stay tuned."""
     champion = tiny_model(2)
