@@ -14,7 +14,7 @@ from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, re
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, lineage_of, load_champion, record_rejection, register
 from lepton.tasks.reporting import write_report
-from lepton.tasks.splits import read, split_increments
+from lepton.tasks.splits import read, read_history, split_increments, with_accepted
 from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
@@ -52,6 +52,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     report, drift = None, None
     if route == "resume":
         log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
+        history = read_history(ws)
     else:
         version_data(ws, config.dvc)
         if route == "retry":
@@ -61,7 +62,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
         frame, read_error = read(landing.path)
         report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
-        drift = measure_drift(ws, frame, config.data, config.drift) if report.passed else None
+        history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
+        drift = measure_drift(history, frame, config.data, config.drift) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:
             where = str(quarantine(landing, ws, report.problems).relative_to(ws.root))
@@ -87,6 +89,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if route == "retry":
             landing = release(landing, ws)  # out of quarantine, back with the accepted increments
         accept(landing, ws, frame, config.data)
+        history = with_accepted(history, landing.id, frame)  # as read from its stored copy: not read again
     data_hash = version_data(ws, config.dvc)
     relative = str(landing.path.relative_to(ws.root))
 
@@ -97,10 +100,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         champion = load_champion(ws, config.registry)
         parent = champion.version if champion else None
         # No champion yet (none, or every model so far was kept out): the new network learns all that got in.
-        train_frame, holdouts = split_increments(ws, landing.id, config.data, everything=champion is None)
+        train_frame, holdouts = split_increments(history, landing.id, config.data, everything=champion is None)
         if champion is None and len(holdouts) > 1:
             log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(holdouts), len(train_frame))
-        plan = plan_training(ws, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
+        plan = plan_training(history, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
         if plan.note:
             log.warning(plan.note)
         change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate)

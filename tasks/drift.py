@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
 from lepton.models.drift import DriftReport, TrainingPlan, measure, respond
 from lepton.models.splits import split
-from lepton.tasks.ingest import read_increment
 from lepton.tasks.registry import TAG, connect
+from lepton.tasks.splits import History
 from lepton.tasks.validate import ValidationReport
 from lepton.workspace import Workspace
 
@@ -25,19 +25,12 @@ from lepton.workspace import Workspace
 _BATCH = 1000
 
 
-def _history(ws: Workspace, exclude: str | None = None) -> list[pd.DataFrame]:
-    return [read_increment(ws.root / r.file) for r in ws.read_manifest().accepted() if r.id != exclude]
-
-
 @task(name="measure-drift", cache_policy=NO_CACHE)
-def measure_drift(ws: Workspace, frame: pd.DataFrame, data: DataConfig, config: DriftConfig) -> DriftReport | None:
+def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, config: DriftConfig) -> DriftReport | None:
     """The increment against every accepted increment; None when drift is off or nothing was accepted yet."""
-    if not config.enabled:
+    if not config.enabled or not history.frames:
         return None
-    history = _history(ws)
-    if not history:
-        return None
-    return measure(pd.concat(history, ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes)
+    return measure(pd.concat(history.before(), ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes)
 
 
 def with_drift(report: ValidationReport, drift: DriftReport | None) -> ValidationReport:
@@ -49,12 +42,12 @@ def with_drift(report: ValidationReport, drift: DriftReport | None) -> Validatio
 
 
 @task(name="plan-training", cache_policy=NO_CACHE)
-def plan_training(ws: Workspace, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig) -> TrainingPlan:
+def plan_training(history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig) -> TrainingPlan:
     """What the candidate trains on: the increment, or (drift.action replay or joint, on drift) more of the past."""
     action = drift.action if drift is not None else None
     earlier = None
     if action in ("replay", "joint"):
-        parts = [split(f, config.data.holdout_fraction)[0] for f in _history(ws, exclude=new_id)]
+        parts = [split(f, config.data.holdout_fraction)[0] for f in history.before(new_id)]
         earlier = pd.concat(parts, ignore_index=True) if parts else None
     return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed)
 

@@ -257,3 +257,28 @@ def test_an_interrupted_run_resumes_at_training(clean_dir, prefect_api, incremen
     client, name, _ = registry(ws)
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     assert len(ws.read_manifest().increments) == 1
+
+
+def test_a_run_reads_each_accepted_increment_once(tmp_path, prefect_api, monkeypatch):
+    """Drift, the split and the training plan share one read of the history: each stored file is read once per run."""
+    from collections import Counter
+
+    from lepton.flows.continual import continual_training
+    from lepton.tasks import splits
+
+    files = write_increments(tmp_path, 3)
+    ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
+    quick = [*FAST, "train.epochs=2", "drift.action=replay"]  # replay: the plan wants the earlier increments too
+    for path in files[:2]:
+        continual_training(str(path), str(ws.root), quick)
+    reads: Counter[str] = Counter()
+    real = splits.read_increment
+
+    def counted(path: Path) -> pd.DataFrame:
+        reads[str(Path(path).relative_to(ws.root)) if Path(path).is_relative_to(ws.root) else "landing"] += 1
+        return real(path)
+
+    monkeypatch.setattr(splits, "read_increment", counted)
+    assert continual_training(str(files[2]), str(ws.root), quick).status in ("promoted", "kept_out")
+    stored = [r.file for r in ws.read_manifest().accepted()]
+    assert len(stored) == 3 and {f: reads[f] for f in stored} == dict.fromkeys(stored, 1)
