@@ -46,14 +46,14 @@ def _task_seconds(flow_run_id: Any) -> dict[str, float]:
 def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from prefect import flow
 
+    from lepton.config import StrategyConfig, TrainConfig
     from lepton.demo import LABEL as DEMO_LABEL
     from lepton.demo import SETTINGS as DEMO_SETTINGS
-    from lepton.tasks.initialise import initialise
-    from lepton.config import StrategyConfig, TrainConfig
     from lepton.flows.continual import continual_training
     from lepton.models.datasets import class_incremental
     from lepton.models.splits import split
     from lepton.models.training import fine_tune
+    from lepton.tasks.initialise import initialise
     from lepton.workspace import Workspace
 
     @flow(name="warm-up")

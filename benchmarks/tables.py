@@ -298,8 +298,8 @@ class Lepton:
     name = "lepton"
 
     def __init__(self, root: Path, table: Table, epochs: int):
-        from lepton.tasks.initialise import initialise
         from lepton.config import load as load_config
+        from lepton.tasks.initialise import initialise
         from lepton.workspace import Workspace
 
         self.ws = Workspace.at(root / "workspace")
@@ -326,7 +326,8 @@ class Lepton:
     def learn(self, frame: pd.DataFrame) -> dict[str, Any]:
         """One run of the flow; the outcome's status and reasons, and the champion it leaves."""
         from lepton.flows.continual import continual_training
-        from lepton.tasks.registry import connect, load_champion
+        from lepton.tasks.registry import load_champion
+        from lepton.tasks.tracking import connect
 
         self.runs += 1
         path = self.inbox / f"increment-{self.runs}.parquet"
@@ -493,7 +494,7 @@ def targets(records: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
         c = r["concept"]
         ok = c["champion"] is not None and c["champion"] >= c["reference"] - CONCEPT_MARGIN
         champion = "-" if c["champion"] is None else f"{c['champion']:.1%}"
-        out.append((f"concept change: 2 increments on, within 3 points of the new concept alone", ok,
+        out.append(("concept change: 2 increments on, within 3 points of the new concept alone", ok,
                     f"{champion} vs {c['reference']:.1%} (increment {c['measured_at']}, change at {c['change_at']})"))
     return out
 

@@ -11,8 +11,8 @@ from pydantic import AfterValidator, Field, PositiveInt
 
 from lepton import config as lepton_config
 from lepton.history import AliasMove
-from lepton.tasks.registry import plan_promotion, plan_rollback, promote_by_hand
-from lepton.tasks.registry import rollback as move_back
+from lepton.tasks.rollback import plan_promotion, plan_rollback, promote_by_hand
+from lepton.tasks.rollback import rollback as move_back
 from lepton.workspace import Workspace
 
 

@@ -380,7 +380,8 @@ def data_checkout(
     from mlflow.exceptions import MlflowException
 
     from lepton.config import load
-    from lepton.tasks.registry import TAG, version_tags
+    from lepton.lineage import TAG
+    from lepton.tasks.tracking import version_tags
     from lepton.tasks.versioning import restore
 
     config = load(ws.root)
@@ -550,7 +551,7 @@ def history(
     _check_config(ws, [], for_run=False)
     _quiet_libraries()
     from lepton.config import load
-    from lepton.tasks.registry import history as champion_moves
+    from lepton.tasks.promotion import history as champion_moves
 
     config = load(ws.root)
     try:
@@ -873,7 +874,7 @@ def serve(
     from mlflow.pyfunc import scoring_server
 
     from lepton.config import load
-    from lepton.tasks.registry import champion_version, connect
+    from lepton.tasks.tracking import champion_version, connect
 
     registry = load(ws.root).registry
     name = registry.model_name

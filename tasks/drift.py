@@ -14,10 +14,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
+from lepton.lineage import TAG
 from lepton.models.drift import DriftReport, TrainingPlan, measure, respond
 from lepton.models.splits import split
-from lepton.tasks.registry import TAG, connect
 from lepton.tasks.splits import History
+from lepton.tasks.tracking import connect
 from lepton.tasks.validate import ValidationReport
 from lepton.workspace import Workspace
 

@@ -1,10 +1,9 @@
-"""The MLflow side: tracking runs, the model registry and the ``champion`` alias."""
+"""The model registry: each candidate logged and registered with its lineage, the champion loaded, rejections recorded."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,78 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from lepton import runtime
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
-from lepton.history import AliasMove, Kind, new_move, previous_champion, recorded, unapplied, was_champion
-from lepton.history import parse as parse_history
+from lepton.history import AliasMove, was_champion
 from lepton.lineage import TAG, Lineage
 from lepton.models.bundle import Bundle
 from lepton.secrets import redacted
+from lepton.tasks.promotion import StaleChampion, champion_history, move_champion
+from lepton.tasks.tracking import BACKOFF, champion_version, connect, not_found, tracking_uri
 from lepton.workspace import Workspace
-
-ALIAS = "champion"
-
-
-@dataclass
-class Champion:
-    version: int
-    bundle: Bundle
-    tags: dict[str, str]
-
-
-def tracking_uri(ws: Workspace, config: RegistryConfig) -> str:
-    """MLFLOW_TRACKING_URI, else the config, else SQLite in the workspace's ``.lepton/``."""
-    return ws.tracking_uri(config.tracking_uri)
-
-
-def connect(ws: Workspace, config: RegistryConfig):
-    """An MLflow client on the workspace's tracking server, and the experiment id of its runs."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(ws, config)
-    if uri.startswith("sqlite:"):
-        ws.state.mkdir(parents=True, exist_ok=True)
-    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
-    # where tracking_uri() would take them for the user's choice: the first workspace a
-    # process connects to would capture every later one. Keep the environment as it was.
-    exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for name, value in exported.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(config.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    # A local store keeps artifacts next to its database, not wherever the command ran.
-    location = ws.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
-    return client, client.create_experiment(config.experiment, artifact_location=location)
-
-
-def _not_found(err: Exception) -> bool:
-    return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def champion_version(client: Any, name: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    # Read from the registered model: asking for a missing alias directly is an
-    # INVALID_PARAMETER_VALUE error, indistinguishable from a real one.
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except MlflowException as err:
-        if _not_found(err):
-            return None
-        raise
-    version = aliases.get(ALIAS)
-    return int(version) if version is not None else None
-
-
-# Retry delays (seconds) for registry steps where a second attempt is harmless (reads, and moves
-# that find themselves already made): they back off for a tracking server that is restarting.
-BACKOFF = [2, 10]
 
 
 def _live_version(client: Any, name: str, increment_id: str) -> Any | None:
@@ -98,11 +32,31 @@ def _live_version(client: Any, name: str, increment_id: str) -> Any | None:
     try:
         versions = client.search_model_versions(f"name='{name}' and tags.`{TAG}increment_id` = '{increment_id}'")
     except MlflowException as err:
-        if _not_found(err):
+        if not_found(err):
             return None
         raise
     live = [v for v in versions if TAG + "superseded_by" not in v.tags]
     return max(live, key=lambda v: int(v.version), default=None)
+
+
+def _log() -> Any:
+    """The run's logger inside a flow, a plain one outside."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+@dataclass
+class Champion:
+    version: int
+    bundle: Bundle
+    tags: dict[str, str]
 
 
 @task(name="find-version", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
@@ -146,17 +100,6 @@ def _requirements() -> list[str]:
     ]
 
 
-class StaleChampion(RuntimeError):
-    """The champion is no longer the version a candidate was trained from and gated against."""
-
-    def __init__(self, expected: int | None, current: int | None):
-        self.expected, self.current = expected, current
-        super().__init__(
-            f"the champion is version {current}, not version {expected} that the candidate was trained from: "
-            "it moved while this run was training"
-        )
-
-
 @dataclass(frozen=True)
 class Registration:
     """What ``register`` did: registered a version (and promoted it), found one another run registered, or nothing (stale)."""
@@ -170,19 +113,6 @@ class Registration:
     @property
     def stale(self) -> bool:
         return self.version is None
-
-
-def _log() -> Any:
-    """The run's logger inside a flow, a plain one outside."""
-    import logging
-
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> None:
@@ -309,176 +239,7 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
     return Registration(version, found.run_id, created=False, champion=version, move=move)
 
 
-def _not_stale(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry anything but a champion that moved: trying again cannot bring it back."""
-    try:
-        state.result()
-    except StaleChampion:
-        return False
-    except Exception:
-        return True
-    return True
 
-
-@task(name="promote", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF, retry_condition_fn=_not_stale)
-def promote(ws: Workspace, config: RegistryConfig, version: int, reason: str | None = None) -> AliasMove | None:
-    """Move the ``champion`` alias to ``version`` if the champion is still its parent; record the move (a retry records nothing twice).
-
-    The reason defaults to the gate's reasons tagged on the version. Raises StaleChampion when the
-    champion is no longer the version's parent.
-    """
-    client, _ = connect(ws, config)
-    tags = client.get_model_version(config.model_name, str(version)).tags
-    with ws.lock("champion"):
-        lineage = Lineage.from_tags(tags)
-        return move_champion(
-            client, config.model_name, version, kind="promote", reason=reason or lineage.promotion_reason, expected=lineage.parent_version
-        )
-
-
-@dataclass(frozen=True)
-class RollbackPlan:
-    """Where a rollback would move the champion, or why it cannot."""
-
-    current: int | None
-    target: int | None
-    problem: str | None = None
-    forced: str | None = None  # a promotion by hand past the gate: why the gate kept the version out
-
-
-def _current_run() -> tuple[str | None, str | None]:
-    """The Prefect flow run making a move (None outside one)."""
-    from prefect.runtime import flow_run
-
-    run_id = flow_run.id
-    return (str(run_id), flow_run.name) if run_id else (None, None)
-
-
-def _user() -> str | None:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container user with no passwd entry
-        return None
-
-
-def champion_history(client: Any, name: str) -> list[AliasMove]:
-    """Every recorded move of the champion alias, oldest first (empty for an unknown model)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = client.get_registered_model(name).tags
-    except MlflowException as err:
-        if _not_found(err):
-            return []
-        raise
-    return parse_history(tags, ALIAS)
-
-
-ANY: Any = object()  # move_champion's ``expected`` when any current champion will do (a rollback)
-
-
-def move_champion(
-    client: Any, name: str, version: int, *, kind: Kind, reason: str, expected: int | None = ANY, manual: bool = False,
-) -> AliasMove | None:
-    """Point ``champion`` at ``version``, recording the move first; None when it already points there.
-
-    Compare-and-set: with ``expected``, raises StaleChampion unless the champion is that version.
-    The record is written before the alias: if the alias call fails or the process dies, a
-    retry finds the record as the last one and only moves the alias, so history never misses a
-    move. Callers hold the workspace's champion lock.
-    """
-    current = champion_version(client, name)
-    if current == version:
-        return None
-    if expected is not ANY and current != expected:
-        raise StaleChampion(expected, current)
-    moves = champion_history(client, name)
-    if recorded(moves, current, version):
-        move = moves[-1]
-    else:
-        stray = unapplied(moves, current)
-        if stray is not None:
-            # Recorded from the current champion, but its run died before the alias moved and nobody
-            # finished it: that move never happened. Dropped, so the history stays a chain.
-            client.delete_registered_model_tag(name, stray.tag()[0])
-            moves = moves[:-1]
-        run_id, run_name = _current_run()
-        move = new_move(
-            moves, alias=ALIAS, kind=kind, from_version=current, to_version=version, reason=reason,
-            flow_run_id=run_id, flow_run_name=run_name, user=_user(), manual=manual,
-        )
-        client.set_registered_model_tag(name, *move.tag())
-        checkpoint("promote")
-    client.set_registered_model_alias(name, ALIAS, str(version))
-    return move
-
-
-def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
-    """The champion's recorded moves for the workspace's model, oldest first."""
-    client, _ = connect(ws, config)
-    return champion_history(client, config.model_name)
-
-
-@task(name="plan-rollback", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
-def plan_rollback(ws: Workspace, config: RegistryConfig, to: int | None) -> RollbackPlan:
-    """The version to roll back to: ``to``, else the previous champion in the history (reads only)."""
-    from mlflow.exceptions import MlflowException
-
-    client, _ = connect(ws, config)
-    name = config.model_name
-    current = champion_version(client, name)
-    moves = champion_history(client, name)
-    target = to if to is not None else previous_champion(moves, current)
-    if target is None:
-        where = f"champion is version {current}" if current else "no champion yet"
-        return RollbackPlan(current, None, f"model {name!r} has no earlier champion in its history ({where}); name a former champion with --to VERSION")
-    try:
-        client.get_model_version(name, str(target))
-    except MlflowException as err:
-        if _not_found(err):
-            return RollbackPlan(current, None, f"model {name!r} has no version {target}")
-        raise
-    if not was_champion(moves, current, target):
-        # Going back is to a model that served before; anything else is a promotion, said as one.
-        return RollbackPlan(
-            current, None,
-            f"version {target} of {name!r} was never champion: a rollback goes back to a former champion only; "
-            f"to make it champion, `lepton promote {target} --reason TEXT`",
-        )
-    return RollbackPlan(current, target)
-
-
-@task(name="plan-promotion", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
-def plan_promotion(ws: Workspace, config: RegistryConfig, version: int, force: bool = False) -> RollbackPlan:
-    """Whether ``version`` may be promoted by hand: it exists, and passed the gate unless ``force`` (reads only)."""
-    from mlflow.exceptions import MlflowException
-
-    client, _ = connect(ws, config)
-    name = config.model_name
-    current = champion_version(client, name)
-    try:
-        tags = client.get_model_version(name, str(version)).tags
-    except MlflowException as err:
-        if _not_found(err):
-            return RollbackPlan(current, None, f"model {name!r} has no version {version}")
-        raise
-    if tags.get(TAG + "gate_passed") == "true":
-        return RollbackPlan(current, version)
-    reasons = "; ".join(json.loads(tags.get(TAG + "gate_reasons", "[]"))) or "no gate verdict recorded"
-    if not force:
-        return RollbackPlan(current, None, f"version {version} of {name!r} was kept out by the gate ({reasons}); add --force to promote it anyway")
-    return RollbackPlan(current, version, forced=reasons)
-
-
-# Retrying is harmless: the target is fixed by the plan, so a second attempt moves nothing twice.
-@task(name="promote-by-hand", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def promote_by_hand(ws: Workspace, config: RegistryConfig, version: int, reason: str) -> AliasMove | None:
-    """Make ``version`` champion by an operator's decision, recorded as a manual promotion; None when it already is."""
-    client, _ = connect(ws, config)
-    with ws.lock("champion"):
-        return move_champion(client, config.model_name, version, kind="promote", reason=reason, manual=True)
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
@@ -501,15 +262,6 @@ def record_rejection(ws: Workspace, config: RegistryConfig, increment_id: str, f
     return champion_version(client, config.model_name)
 
 
-# Retrying is harmless: the target is fixed by the plan, so a second attempt moves nothing twice.
-@task(name="rollback", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def rollback(ws: Workspace, config: RegistryConfig, version: int, reason: str) -> AliasMove | None:
-    """Move the champion back to ``version`` and record why; None when it already is the champion."""
-    client, _ = connect(ws, config)
-    with ws.lock("champion"):
-        return move_champion(client, config.model_name, version, kind="rollback", reason=reason)
-
-
 def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
     """The registered model, its champion and the champion's lineage, as plain data."""
     client, _ = connect(ws, config)
@@ -525,7 +277,7 @@ def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
     try:
         versions = client.search_model_versions(f"name='{config.model_name}'")
     except MlflowException as err:
-        if not _not_found(err):
+        if not not_found(err):
             raise
         versions = []
     info["versions"] = len(versions)
@@ -564,8 +316,3 @@ def lineage_of(
 def config_params(config: Any) -> dict[str, Any]:
     """The config flattened to ``section.key`` params for the tracking run, credentials masked."""
     return {f"{section}.{k}": v for section, values in redacted(config.model_dump()).items() for k, v in values.items()}
-
-
-def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:
-    client, _ = connect(ws, config)
-    return dict(client.get_model_version(config.model_name, str(version)).tags)

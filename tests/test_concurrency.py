@@ -42,7 +42,8 @@ def together(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
 
 def registry_state(ws) -> dict:
     from lepton.config import load
-    from lepton.tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.promotion import champion_history
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -158,7 +159,7 @@ def test_a_consumer_always_loads_a_whole_champion(tmp_path, prefect_api):
     """A consumer process loads models:/digits@champion and predicts in a loop while 5 increments are promoted one after another."""
     from lepton.flows.continual import continual_training
     from lepton.models.datasets import class_incremental
-    from lepton.tasks.registry import tracking_uri
+    from lepton.tasks.tracking import tracking_uri
 
     ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
     frames = class_incremental()
@@ -201,7 +202,7 @@ def test_a_consumer_always_loads_a_whole_champion(tmp_path, prefect_api):
 
 def _version_runs(ws) -> list[str]:
     from lepton.config import load
-    from lepton.tasks.registry import connect
+    from lepton.tasks.tracking import connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -212,7 +213,8 @@ def _version_runs(ws) -> list[str]:
 def three_versions(clean_dir):
     """A registry with versions 1-3 of 'cas' (no artifacts needed to move an alias) and version 1 champion."""
     from lepton.config import load
-    from lepton.tasks.registry import connect, move_champion
+    from lepton.tasks.promotion import move_champion
+    from lepton.tasks.tracking import connect
 
     ws = make_workspace(clean_dir / "ws", "digit", "cas", DIGITS)
     config = load(ws.root).registry
@@ -226,7 +228,8 @@ def three_versions(clean_dir):
 
 def test_compare_and_set_refuses_a_stale_parent(three_versions):
     """Promoting with the parent a candidate was trained from fails once another version took the alias; nothing is recorded."""
-    from lepton.tasks.registry import StaleChampion, champion_history, champion_version, move_champion
+    from lepton.tasks.promotion import StaleChampion, champion_history, move_champion
+    from lepton.tasks.tracking import champion_version
 
     _, client = three_versions
     assert move_champion(client, "cas", 2, kind="promote", reason="from 1", expected=1).from_version == 1
@@ -263,7 +266,9 @@ def test_the_champion_lock_times_out_with_a_readable_message(three_versions):
 def test_an_unfinished_promotion_is_finished_or_superseded(three_versions, clean_dir):
     """A re-run finds a passing version its earlier run never promoted: promoted if the champion is still its parent, else marked superseded."""
     from lepton.config import load
-    from lepton.tasks.registry import champion_history, champion_version, finish_increment, version_for_increment
+    from lepton.tasks.promotion import champion_history
+    from lepton.tasks.registry import finish_increment, version_for_increment
+    from lepton.tasks.tracking import champion_version
 
     ws, client = three_versions
     config = load(ws.root).registry

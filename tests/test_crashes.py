@@ -48,7 +48,8 @@ def run(path, ws, api_url, kill_at: str | None = None):
 def registry_state(ws) -> dict:
     """What the registry says: versions by increment, the champion, its history, and each version's parent."""
     from lepton.config import load
-    from lepton.tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.promotion import champion_history
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -154,7 +155,7 @@ def test_history_is_a_chain_and_every_increment_recorded_once(crashes):
 def test_data_version_matches_the_data_on_disk(crashes):
     """data.dvc points at exactly what is in data/ (no half-copied or leftover file), and the champion was trained at it."""
     from lepton.config import load
-    from lepton.tasks.registry import connect
+    from lepton.tasks.tracking import connect
     from lepton.tasks.versioning import current_hash
 
     ws = crashes["ws"]
@@ -177,7 +178,7 @@ def test_the_champion_loads_and_predicts(crashes):
     import mlflow.pyfunc
 
     from lepton.config import load
-    from lepton.tasks.registry import connect
+    from lepton.tasks.tracking import connect
 
     ws = crashes["ws"]
     connect(ws, load(ws.root).registry)
@@ -191,7 +192,8 @@ def test_a_move_recorded_but_never_applied_is_dropped_by_the_next_one(clean_dir)
     """The history records a move whose run died before the alias moved; the next move from the same champion replaces it."""
     from lepton.config import load
     from lepton.history import new_move
-    from lepton.tasks.registry import champion_history, connect, move_champion
+    from lepton.tasks.promotion import champion_history, move_champion
+    from lepton.tasks.tracking import connect
 
     ws = make_workspace(clean_dir / "ws", "digit", "dangling", DIGITS)
     client, _ = connect(ws, load(ws.root).registry)

@@ -28,7 +28,7 @@ PREFECT = str(Path(sys.executable).parent / "prefect")
 
 def champion(ws) -> int | None:
     from lepton.config import load
-    from lepton.tasks.registry import champion_version, connect
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -280,7 +280,7 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         stop_process(server)
     assert champion(ws) == 1
     from lepton.config import load
-    from lepton.tasks.registry import history
+    from lepton.tasks.promotion import history
 
     moves = history(ws, load(ws.root).registry)
     assert [(m.kind, m.from_version, m.to_version) for m in moves] == [("promote", None, 1)]

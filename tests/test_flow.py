@@ -29,7 +29,7 @@ def snapshot(directory: Path) -> dict[str, str]:
 
 def registry(ws):
     from lepton.config import load
-    from lepton.tasks.registry import champion_version, connect
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)

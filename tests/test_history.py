@@ -75,7 +75,8 @@ def promoted(tmp_path_factory, prefect_api):
 
 def registry(ws):
     from lepton.config import load
-    from lepton.tasks.registry import champion_history, champion_version, connect
+    from lepton.tasks.promotion import champion_history
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)
@@ -100,7 +101,7 @@ def test_promotions_are_recorded_on_the_registered_model(promoted):
 def test_promoting_the_champion_again_records_nothing(promoted):
     """Promote is idempotent: the alias already there, no second record (the task retries safely)."""
     from lepton.config import load
-    from lepton.tasks.registry import promote
+    from lepton.tasks.promotion import promote
 
     before = registry(promoted)[3]
     assert promote.fn(promoted, load(promoted.root).registry, 2) is None

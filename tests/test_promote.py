@@ -57,7 +57,7 @@ def test_rollback_refuses_a_version_never_champion_and_promote_needs_force(kept_
     """`rollback --to` a kept-out version is refused and points at `promote`; `promote` refuses it unless --force, and records a manual promotion."""
     from lepton.config import load
     from lepton.flows.rollback import rollback
-    from lepton.tasks.registry import plan_rollback
+    from lepton.tasks.rollback import plan_rollback
 
     ws = str(kept_out.root)
     refused = run_cli(["rollback", "--to", "3", "--workspace", ws], api_url=prefect_api)
@@ -99,7 +99,7 @@ def test_a_rejection_is_a_named_state_with_the_champion_and_a_tracking_run(kept_
     from lepton.flows.continual import continual_training
     from lepton.flows.deployments import run_pending
     from lepton.landing import land
-    from lepton.tasks.registry import connect
+    from lepton.tasks.tracking import connect
 
     champion = registry(kept_out)[2]
     bad = tmp_path / "bad.csv"

@@ -47,7 +47,7 @@ def customers(n: int, seed: int, *, first_id: int, plans: tuple[str, ...] = ("fr
 def registry(ws):
     """The workspace's MLflow client (setting the tracking URI its pyfunc loads from), model name and champion version."""
     from lepton.config import load
-    from lepton.tasks.registry import champion_version, connect
+    from lepton.tasks.tracking import champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)

@@ -108,7 +108,7 @@ def runs(tmp_path_factory, prefect_api, increments, one_thread):
 
 def _registry(ws):
     from lepton.config import load
-    from lepton.tasks.registry import connect
+    from lepton.tasks.tracking import connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)

@@ -1,0 +1,79 @@
+"""The MLflow connection: the tracking URI, a client and its experiment, the champion's version, retry timing."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lepton.config import RegistryConfig
+from lepton.workspace import Workspace
+
+ALIAS = "champion"
+
+
+def tracking_uri(ws: Workspace, config: RegistryConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the config, else SQLite in the workspace's ``.lepton/``."""
+    return ws.tracking_uri(config.tracking_uri)
+
+
+def connect(ws: Workspace, config: RegistryConfig):
+    """An MLflow client on the workspace's tracking server, and the experiment id of its runs."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(ws, config)
+    if uri.startswith("sqlite:"):
+        ws.state.mkdir(parents=True, exist_ok=True)
+    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
+    # where tracking_uri() would take them for the user's choice: the first workspace a
+    # process connects to would capture every later one. Keep the environment as it was.
+    exported = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in exported.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    # A local store keeps artifacts next to its database, not wherever the command ran.
+    location = ws.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(config.experiment, artifact_location=location)
+
+
+def not_found(err: Exception) -> bool:
+    return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def champion_version(client: Any, name: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    # Read from the registered model: asking for a missing alias directly is an
+    # INVALID_PARAMETER_VALUE error, indistinguishable from a real one.
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as err:
+        if not_found(err):
+            return None
+        raise
+    version = aliases.get(ALIAS)
+    return int(version) if version is not None else None
+
+
+# Retry delays (seconds) for registry steps where a second attempt is harmless (reads, and moves
+# that find themselves already made): they back off for a tracking server that is restarting.
+BACKOFF = [2, 10]
+
+
+
+
+
+
+
+
+def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:
+    client, _ = connect(ws, config)
+    return dict(client.get_model_version(config.model_name, str(version)).tags)
