@@ -166,7 +166,7 @@ def test_a_full_disk_under_the_log_file_leaves_the_terminal_alone(tmp_path, capf
     """Records the log file cannot take (ENOSPC on /dev/full) are dropped: no "--- Logging error ---" traceback per record."""
     from rich.console import Console
 
-    from lepton.progress import watch
+    from lepton.cli.progress import watch
 
     with watch(Console(file=io.StringIO()), "quiet", tmp_path / "lepton.log"):
         to_file = next(h for h in logging.getLogger().handlers if getattr(h, "baseFilename", "") == str(tmp_path / "lepton.log"))

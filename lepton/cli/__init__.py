@@ -1,0 +1,64 @@
+"""The ``lepton`` command line: the shell on top of the flows. Heavy libraries are imported inside commands, so ``--help`` is instant.
+
+The commands live by what they are about (``runs``, ``versions``, ``serving``); what they
+share is in ``common``; here they are assembled, in the order ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from lepton.cli import runs, serving, versions
+from lepton.cli.bench import bench_app
+from lepton.cli.common import console, flag, one_line  # noqa: F401 - one_line: the CLI's error wording, used by tests
+
+app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="Data versions of the workspace.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+def _print_version(value: bool) -> None:
+    """``--version``: the installed package's version, then exit 0 before any command runs."""
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"lepton {version('lepton')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool | None, flag("--version", is_eager=True, callback=_print_version, help="Print Lepton's version and exit.")] = None,
+) -> None:
+    """Options of ``lepton`` itself (only ``--version``)."""
+
+
+# The commands, in the order --help lists them.
+app.command()(runs.init)
+app.command()(runs.run)
+app.command()(runs.retry)
+app.command()(versions.status)
+data_app.command("checkout")(versions.data_checkout)
+app.command()(runs.demo)
+app.command()(versions.rollback)
+app.command()(versions.promote)
+app.command()(versions.history)
+app.command()(versions.versions)
+app.command()(versions.compare)
+app.command()(runs.land)
+app.command("run-pending")(runs.run_pending)
+app.command()(runs.backfill)
+app.command()(serving.serve)
+app.command()(serving.report)
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

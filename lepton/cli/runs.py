@@ -1,0 +1,334 @@
+"""Commands that send increments through the flow: init, run, retry, demo, land, run-pending, backfill."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lepton import demo as demo_data
+from lepton.cli.common import (
+    JsonOption,
+    QuietOption,
+    SetOption,
+    WorkspaceOption,
+    check_config,
+    console,
+    embedded_environment,
+    err,
+    fail,
+    flag,
+    no_tracebacks,
+    open_workspace,
+    percent,
+    quiet_libraries,
+    typed_overrides,
+)
+from lepton.cli.progress import Mode, mode_for, watch
+from lepton.secrets import mask_logging
+from lepton.workspace import Workspace
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(help="Directory to make a workspace (created if needed).")],
+    label: Annotated[str, typer.Option(help="Name of the label column.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "lepton",
+) -> None:
+    """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
+    ws = open_workspace(directory, must_exist=False)
+    quiet_libraries()
+    from lepton.tasks.initialise import initialise
+
+    done = initialise(ws, label, name)
+    if done.note:
+        err.print(f"[yellow]note:[/yellow] {done.note}", soft_wrap=True)
+    if not done.created:
+        console.print(f"{ws.root / 'lepton.yaml'} already exists; left as it is")
+    console.print(f"workspace ready at {ws.root} (label column {label!r}, model {name!r})")
+    console.print(f"next: lepton run PATH/TO/increment.parquet --workspace {directory}")
+
+
+def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool = False) -> Any:
+    """Run the flow once (inside ``_watching``); returns its outcome or raises the failure with a readable message."""
+    if dry_run:
+        from lepton.config import ConfigOverrides
+        from lepton.flows.deployments import run_increment
+        from lepton.landing import trusting
+
+        with trusting(path.parent):
+            state = run_increment(str(path), str(ws.root), ConfigOverrides.from_list(overrides), dry_run=True, return_state=True)
+    else:
+        from lepton.flows.continual import continual_training
+
+        state = continual_training(str(path), str(ws.root), overrides, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_failed() or isinstance(result, BaseException):
+        raise RuntimeError(str(result) if isinstance(result, BaseException) else state.message or "the flow failed")
+    return result
+
+
+def run(
+    path: Annotated[Path, typer.Argument(help="Increment file, CSV or Parquet.")],
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
+) -> None:
+    """Send one increment through the whole flow. Exit 0 processed, 2 rejected (or no such file), 1 failed."""
+    ws = open_workspace(workspace)
+    overrides = list(set_ or [])
+    check_config(ws, overrides)
+    if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
+        what = "is a directory, not an increment file" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise fail(f"{path} {what}", code=2)
+    _run_and_show(ws, path, overrides, mode_for(console, quiet=quiet, as_json=as_json), dry_run=dry_run)
+
+
+def retry(
+    increment_id: Annotated[str, typer.Argument(metavar="INCREMENT_ID", help="A rejected increment's id, as `lepton status` lists it.")],
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Validate a rejected increment again, from its quarantined copy, under the current configuration; exit codes as `run`."""
+    ws = open_workspace(workspace)
+    overrides = list(set_ or [])
+    check_config(ws, overrides)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    quiet_libraries()
+    from lepton.tasks.ingest import IncrementError, quarantined
+
+    try:
+        path = quarantined(ws, increment_id)
+    except IncrementError as error:
+        raise fail(str(error), code=2) from None
+    # The copy has the increment's content, so the flow knows it as the rejected increment and tries it again.
+    _run_and_show(ws, path, overrides, mode)
+
+
+def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> None:
+    """Run the flow on ``path`` with the progress display, print its outcome and exit with its code."""
+    try:
+        with _watching(ws, mode):
+            outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
+    except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
+        raise fail(f"run failed: {error}") from None
+    if mode == "json":
+        print(outcome.model_dump_json(indent=2))
+    else:
+        if mode != "quiet" and not dry_run:
+            console.print(_outcome_table(outcome))
+        console.print(outcome.message, soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _watching(ws: Workspace, mode: Mode) -> watch:
+    """The progress display for flow runs; Prefect's console lines go to .lepton/logs/lepton.log."""
+    quiet_libraries()
+    no_tracebacks()
+    # Importing prefect configures its logging (dictConfig); the display must take over after that.
+    import lepton.flows.continual  # noqa: F401
+
+    mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
+    return watch(console, mode, ws.state / "logs" / "lepton.log")
+
+
+def _outcome_table(outcome: Any) -> Table:
+    """One run at a glance: what happened, the accuracies that decided it, and where to look next."""
+    table = Table(title=f"increment {outcome.increment_id}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    verdict = {"promoted": "[green]promoted[/green]", "kept_out": "[yellow]kept out by the gate[/yellow]", "rejected": "[red]rejected[/red]", "duplicate": "duplicate"}
+    table.add_row("outcome", verdict[outcome.status])
+    if outcome.version is not None:
+        table.add_row("model version", str(outcome.version))
+    if outcome.champion_version is not None:
+        moved = outcome.parent_version and outcome.parent_version != outcome.champion_version
+        table.add_row("champion", f"version {outcome.champion_version}" + (f" (was {outcome.parent_version})" if moved else ""))
+    m = outcome.metrics
+    if m:
+        metric = "mae" if "candidate_new_mae" in m else "accuracy"
+        show = percent if metric == "accuracy" else (lambda v: "-" if v is None else f"MAE {v:.4g}")
+        table.add_row("new holdout", f"candidate {show(m.get(f'candidate_new_{metric}'))}, champion {show(m.get(f'champion_new_{metric}'))}")
+        table.add_row("earlier holdouts", f"candidate {show(m.get(f'candidate_old_{metric}'))}, champion {show(m.get(f'champion_old_{metric}'))}")
+    for note in getattr(outcome, "notes", []):
+        table.add_row("column kinds", note)
+    if getattr(outcome, "concept_change", False):
+        table.add_row("concept change", "[yellow]the champion did much worse on this increment than on earlier ones: forgetting judged from here on[/yellow]")
+    failed = set(outcome.failures)
+    for reason in outcome.reasons:
+        table.add_row("check", f"[red]✗[/red] {reason}" if reason in failed else f"[green]✓[/green] {reason}")
+    for warning in getattr(outcome, "warnings", []):
+        table.add_row("warning", f"[yellow]{warning}[/yellow]")
+    drift = getattr(outcome, "drift", None)
+    if drift is not None:
+        drifted = [row["feature"] for row in drift if row["drifted"]]
+        table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none in {len(drift)} test(s)")
+    if outcome.data_hash:
+        table.add_row("data version", outcome.data_hash)
+    report = getattr(outcome, "report", None)
+    if report:
+        table.add_row("report", str(report))
+    return table
+
+
+def demo(
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Class-incremental handwritten digits, 5 increments and a broken one, through the whole flow."""
+    ws = Workspace.at(workspace)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    talk = mode in ("live", "plain")
+    if talk:
+        console.print(f"[bold]Lepton demo[/bold] in {ws.root}: starting from a fresh embedded state (removing .lepton/ and data/)")
+    shutil.rmtree(ws.state, ignore_errors=True)
+    shutil.rmtree(ws.data, ignore_errors=True)
+    embedded_environment(ws)
+    quiet_libraries()
+    from lepton.tasks.initialise import initialise
+
+    note = initialise(ws, demo_data.LABEL, demo_data.MODEL, demo_data.SETTINGS).note
+    if note:
+        err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    overrides = list(set_ or [])
+    check_config(ws, overrides)
+
+    files = demo_data.write_increments(ws.state / "landing")
+
+    rows = []
+    for n, path in enumerate(files, start=1):
+        if talk:
+            console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
+        try:
+            with _watching(ws, mode):
+                outcome = _run_flow(ws, path, overrides)
+        except Exception as error:
+            raise fail(f"demo failed on {path.name}: {error}") from None
+        if talk:
+            console.print(f"  -> {outcome.message}", soft_wrap=True)
+        rows.append((path.name, outcome))
+    final = next((o.champion_version for _, o in reversed(rows) if o.champion_version), None)
+    if mode == "json":
+        print(json.dumps({"champion_version": final, "runs": [{"file": name, **o.model_dump(mode="json")} for name, o in rows]}, indent=2))
+        return
+    if talk:
+        console.print(_summary_table(rows))
+        for outcome in (o for _, o in rows if o.status == "rejected"):
+            console.print(f"quarantined: {outcome.file} ({'; '.join(outcome.reasons)})")
+    console.print(f"consumers: mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}")
+
+
+def _summary_table(rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title="Lepton demo: class-incremental digits")
+    for column in ("#", "file", "validation", "cand. new", "champ. new", "cand. old", "champ. old", "gate", "champion after"):
+        table.add_column(column)
+    champion = None
+    for n, (name, outcome) in enumerate(rows, start=1):
+        m = outcome.metrics
+        champion = outcome.champion_version or champion
+        if outcome.status == "rejected":
+            gate = "not run"
+        elif outcome.status == "promoted":
+            gate = "passed"
+        else:
+            gate = "failed: " + "; ".join(outcome.failures)
+        table.add_row(
+            str(n), Path(name).stem, "rejected" if outcome.status == "rejected" else "passed",
+            percent(m.get("candidate_new_accuracy")), percent(m.get("champion_new_accuracy")),
+            percent(m.get("candidate_old_accuracy")), percent(m.get("champion_old_accuracy")),
+            gate, f"v{champion}" if champion else "-",
+        )
+    return table
+
+
+def _finish_series(state: Any, mode: Mode, what: str) -> None:
+    """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
+    from lepton.flows.deployments import SeriesStopped
+
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, SeriesStopped):
+        report = report.report
+    elif report is None or isinstance(report, BaseException):
+        raise fail(f"{what} failed: {report if report is not None else state.message}")
+    if mode == "json":
+        print(json.dumps({**report.model_dump(mode="json"), "message": report.message, "exit_code": report.exit_code}, indent=2))
+        raise typer.Exit(report.exit_code)
+    if mode != "quiet" and (report.processed or report.failed):
+        table = Table("file", "status", "outcome", title=what)
+        for item in report.processed:
+            table.add_row(item.file, item.outcome.status, item.outcome.message)
+        if report.failed:
+            table.add_row(report.failed, "[red]failed[/red]", report.error or "")
+        console.print(table)
+    console.print(report.message, soft_wrap=True)
+    raise typer.Exit(report.exit_code)
+
+
+def land(
+    paths: Annotated[list[Path], typer.Argument(help="Increment files, CSV or Parquet, in arrival order.")],
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Put increments into the landing folder, where the nightly run (or `lepton run-pending`) picks them up."""
+    from lepton import landing
+    from lepton.config import ConfigError, load
+
+    ws = open_workspace(workspace)
+    try:
+        folder = landing.folder(ws, load(ws.root).landing)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+    for path in paths:
+        try:
+            target = landing.land(path, folder)
+        except (OSError, ValueError) as error:
+            raise fail(str(error)) from None
+        console.print(f"landed {path} as {target}", soft_wrap=True)
+
+
+def run_pending(
+    workspace: WorkspaceOption = Path("."),
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run every increment landed since the last run, in arrival order, stopping at the first failure (the nightly deployment by hand)."""
+    ws = open_workspace(workspace)
+    overrides = typed_overrides(ws, set_)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    with _watching(ws, mode):
+        from lepton.flows.deployments import run_pending as pending_flow
+
+        state = pending_flow(str(ws.root), overrides, return_state=True)
+    _finish_series(state, mode, "run-pending")
+
+
+def backfill(
+    folder: Annotated[Path, typer.Argument(help="Folder of increments, named so that name order is arrival order.")],
+    workspace: WorkspaceOption = Path("."),
+    pattern: Annotated[str, typer.Option(help="Glob of the files to take.")] = "*",
+    set_: SetOption = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Run every CSV and Parquet file of FOLDER in name order, stopping at the first failure; run again to resume."""
+    ws = open_workspace(workspace)
+    if not folder.is_dir():
+        raise fail(f"{folder} is not a folder")
+    overrides = typed_overrides(ws, set_)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    from lepton.landing import trusting
+
+    with _watching(ws, mode), trusting(folder):
+        from lepton.flows.deployments import backfill as backfill_flow
+
+        state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
+    _finish_series(state, mode, "backfill")
