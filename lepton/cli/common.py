@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -116,11 +116,20 @@ def one_line(message: str) -> str:
     return text
 
 
-def open_workspace(path: Path, *, must_exist: bool = True) -> Workspace:
+def open_workspace(
+    path: Path, *, must_exist: bool = True, check: Literal["run", "config"] | None = None, overrides: list[str] | None = None, quiet: bool = False,
+) -> Workspace:
+    """The preamble commands share: the workspace (refused in one line unless it is one) with its embedded environment;
+    ``check``: its config, with ``overrides``, loads (``"run"``: and the workspace is fit for a run), before any work;
+    ``quiet``: the libraries' own noise turned down (it imports dvc: the read-only commands that skip it answer faster)."""
     ws = Workspace.at(path)
     if must_exist and not ws.is_initialised:
         raise fail(f"{ws.root} is not a Lepton workspace: run `lepton init {path} --label COLUMN` first")
     embedded_environment(ws)
+    if check is not None:
+        check_config(ws, list(overrides or []), for_run=check == "run")
+    if quiet:
+        quiet_libraries()
     return ws
 
 

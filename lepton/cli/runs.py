@@ -39,8 +39,7 @@ def init(
     name: Annotated[str, typer.Option(help="Registered model name.")] = "lepton",
 ) -> None:
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
-    ws = open_workspace(directory, must_exist=False)
-    quiet_libraries()
+    ws = open_workspace(directory, must_exist=False, quiet=True)
     from lepton.tasks.initialise import initialise
 
     done = initialise(ws, label, name)
@@ -80,9 +79,8 @@ def run(
     dry_run: Annotated[bool, flag("--dry-run", help="Only validate: nothing is copied, versioned, trained or registered.")] = False,
 ) -> None:
     """Send one increment through the whole flow. Exit 0 processed, 2 rejected (or no such file), 1 failed."""
-    ws = open_workspace(workspace)
     overrides = list(set_ or [])
-    check_config(ws, overrides)
+    ws = open_workspace(workspace, check="run", overrides=overrides)
     if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
         what = "is a directory, not an increment file" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
         raise fail(f"{path} {what}", code=2)
@@ -97,11 +95,9 @@ def retry(
     quiet: QuietOption = False,
 ) -> None:
     """Validate a rejected increment again, from its quarantined copy, under the current configuration; exit codes as `run`."""
-    ws = open_workspace(workspace)
     overrides = list(set_ or [])
-    check_config(ws, overrides)
+    ws = open_workspace(workspace, check="run", overrides=overrides, quiet=True)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
-    quiet_libraries()
     from lepton.tasks.ingest import IncrementError, quarantined
 
     try:

@@ -9,13 +9,11 @@ import typer
 
 from lepton.cli.common import (
     WorkspaceOption,
-    check_config,
     console,
     err,
     fail,
     flag,
     open_workspace,
-    quiet_libraries,
 )
 
 
@@ -27,9 +25,7 @@ def serve(
     """Serve the champion with MLflow's scoring server: POST raw feature columns to /invocations, get labels."""
     import socket
 
-    ws = open_workspace(workspace)
-    check_config(ws, [], for_run=False)
-    quiet_libraries()
+    ws = open_workspace(workspace, check="config", quiet=True)
     with socket.socket() as probe:
         try:
             probe.bind((host, port))

@@ -14,7 +14,6 @@ from rich.table import Table
 from lepton.cli.common import (
     JsonOption,
     WorkspaceOption,
-    check_config,
     console,
     fail,
     flag,
@@ -53,9 +52,7 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """The registered model, the champion with its lineage and metrics, and the increments seen."""
-    ws = open_workspace(workspace)
-    check_config(ws, [], for_run=False)
-    quiet_libraries()
+    ws = open_workspace(workspace, check="config", quiet=True)
     try:
         info = redacted(gather_status(ws))
     except Exception as error:  # a tracking server that is down, a locked database, a full disk
@@ -97,8 +94,7 @@ def data_checkout(
     workspace: WorkspaceOption = Path("."),
 ) -> None:
     """Restore data/ to exactly what a model version was trained at, from its tags alone."""
-    ws = open_workspace(workspace)
-    quiet_libraries()
+    ws = open_workspace(workspace, quiet=True)
     from mlflow.exceptions import MlflowException
 
     from lepton.config import load
@@ -176,9 +172,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Every move of the champion: from which version to which, when, by which run, and why."""
-    ws = open_workspace(workspace)
-    check_config(ws, [], for_run=False)
-    quiet_libraries()
+    ws = open_workspace(workspace, check="config", quiet=True)
     from lepton.config import load
     from lepton.tasks.promotion import history as champion_moves
 
@@ -276,8 +270,7 @@ def versions(
     as_json: JsonOption = False,
 ) -> None:
     """Every model version: its gate verdict, key metrics, increment, parent, and whether it is or was champion."""
-    ws = open_workspace(workspace)
-    check_config(ws, [], for_run=False)
+    ws = open_workspace(workspace, check="config")
     try:
         name, records, _ = _versions(ws)
     except Exception as error:  # a tracking server that is down, a locked database
@@ -339,8 +332,7 @@ def compare(
     as_json: JsonOption = False,
 ) -> None:
     """Two model versions side by side: metrics per holdout, configuration differences, and lineage."""
-    ws = open_workspace(workspace)
-    check_config(ws, [], for_run=False)
+    ws = open_workspace(workspace, check="config")
     try:
         name, records, client = _versions(ws)
         by_number = {r["version"]: r for r in records}
