@@ -30,3 +30,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     for inside in ("lepton/models/bundle.py", "lepton/tasks/registry.py", "lepton/flows/continual.py", "lepton/runtime.py", "lepton/templates/report.html.j2"):
         assert inside in names, inside
     assert not [n for n in names if "benchmarks" in n or n.startswith("tests/")]
+    # Every module of the checkout's package folders, under its installed name: a new subpackage cannot be left out.
+    folders = {"lepton": "lepton", "models": "lepton/models", "tasks": "lepton/tasks", "flows": "lepton/flows"}
+    modules = {f"{installed}/{p.relative_to(ROOT / folder)}" for folder, installed in folders.items() for p in (ROOT / folder).rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))
