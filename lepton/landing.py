@@ -43,6 +43,15 @@ def landed_name(source: str, when: datetime) -> str:
     return f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}-{clean[:80]}{suffix.lower()}"
 
 
+_LANDED = re.compile(r"^\d{8}T\d{12}Z-(?P<name>.+)$")
+
+
+def original_name(landed: str) -> str:
+    """The name a file had before ``lepton land`` put its arrival time in front (unchanged for any other name)."""
+    match = _LANDED.match(Path(landed).name)
+    return match["name"] if match else Path(landed).name
+
+
 def file_problem(source: Path, *, check_format: bool = True) -> str | None:
     """Why ``source`` cannot be taken as an increment (missing, not a file, unknown format), or None.
 

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
-from lepton.landing import FORMATS, file_problem
+from lepton.landing import FORMATS, file_problem, original_name
 from lepton.models.schema import DataSchema
 from lepton.tasks.validate import kinds_for, repeated_names
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
@@ -78,10 +78,10 @@ def ingest(path: Path, ws: Workspace) -> Landing:
             if known.state == "rejected" and not kept.exists():
                 # Its quarantined copy was cleared away: these bytes are the same content, so they take its place.
                 _copy_in(source, kept, ws)
-            return Landing(increment_id, kept, safe_name(source.name), duplicate_of=known)
+            return Landing(increment_id, kept, safe_name(original_name(source.name)), duplicate_of=known)
         target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
         _copy_in(source, target, ws)
-    return Landing(increment_id, target, safe_name(source.name))
+    return Landing(increment_id, target, safe_name(original_name(source.name)))
 
 
 def _copy_in(source: Path, target: Path, ws: Workspace) -> None:

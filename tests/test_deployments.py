@@ -108,6 +108,18 @@ def test_land_sanitises_names_and_keeps_arrival_order(clean_dir):
     assert len(pending(inbox)) == 2
 
 
+def test_original_name_undoes_the_landing_prefix():
+    """landed_name puts the arrival time in front; original_name takes it off again, and leaves other names alone."""
+    from datetime import datetime, timezone
+
+    from lepton.landing import landed_name, original_name
+
+    when = datetime(2026, 12, 1, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert original_name(landed_name("day-1.parquet", when)) == "day-1.parquet"
+    assert original_name("20261201T030405678901Z-b.csv") == "b.csv"
+    assert original_name("2026-export.csv") == "2026-export.csv" and original_name("zz-notes.txt") == "zz-notes.txt"
+
+
 def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increments):
     """dry_run=True reports whether an increment would pass, without copying, versioning, training or registering."""
     from lepton.config import ConfigOverrides
@@ -192,6 +204,8 @@ def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir,
     assert report["failed"] is None and report["exit_code"] == 2
     assert pending(inbox) == [] and champion(ws) == 2
     assert [p.read_text() for p in (ws.root / "data" / "quarantine").glob("*.txt")] == ["not an increment"]
+    # `arrived as` is the name the file had before landing put its arrival time in front.
+    assert {r.source for r in ws.read_manifest().increments} == {increments[0].name, increments[1].name, "zz-notes.txt"}
 
 
 def test_backfill_takes_a_folder_in_name_order_and_resumes(clean_dir, prefect_api, increments):
