@@ -106,3 +106,11 @@ def test_version_flag_and_flags_shown_as_flags():
         assert helped.returncode == 0, helped.stderr
         flags = [line for line in helped.stdout.splitlines() if any(f in line for f in ("--json", "--quiet", "--dry-run", "--force", "--open"))]
         assert flags and not any("<bool>" in line for line in flags), flags
+    # --help itself too, on every command and group.
+    from typer.testing import CliRunner
+
+    from lepton.cli import app
+
+    for command in ([], ["data"], ["bench"], ["data", "checkout"], ["bench", "tables"], *([c] for c in ("init", "status", "serve", "run-pending"))):
+        helped = CliRunner().invoke(app, [*command, "--help"], terminal_width=120)
+        assert helped.exit_code == 0 and "--help" in helped.output and "<bool>" not in helped.output, (command, helped.output)

@@ -13,10 +13,10 @@ import typer
 
 from lepton.cli import runs, serving, versions
 from lepton.cli.bench import bench_app
-from lepton.cli.common import console, flag, one_line  # noqa: F401 - one_line: the CLI's error wording, used by tests
+from lepton.cli.common import Command, Group, console, flag, one_line  # noqa: F401 - one_line: the CLI's error wording, used by tests
 
-app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False)
-data_app = typer.Typer(help="Data versions of the workspace.", no_args_is_help=True)
+app = typer.Typer(help="Continual training: version, validate, fine-tune, gate and promote each data increment.", no_args_is_help=True, add_completion=False, cls=Group)
+data_app = typer.Typer(help="Data versions of the workspace.", no_args_is_help=True, cls=Group)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
@@ -38,22 +38,22 @@ def _main(
 
 
 # The commands, in the order --help lists them.
-app.command()(runs.init)
-app.command()(runs.run)
-app.command()(runs.retry)
-app.command()(versions.status)
-data_app.command("checkout")(versions.data_checkout)
-app.command()(runs.demo)
-app.command()(versions.rollback)
-app.command()(versions.promote)
-app.command()(versions.history)
-app.command()(versions.versions)
-app.command()(versions.compare)
-app.command()(runs.land)
-app.command("run-pending")(runs.run_pending)
-app.command()(runs.backfill)
-app.command()(serving.serve)
-app.command()(serving.report)
+app.command(cls=Command)(runs.init)
+app.command(cls=Command)(runs.run)
+app.command(cls=Command)(runs.retry)
+app.command(cls=Command)(versions.status)
+data_app.command("checkout", cls=Command)(versions.data_checkout)
+app.command(cls=Command)(runs.demo)
+app.command(cls=Command)(versions.rollback)
+app.command(cls=Command)(versions.promote)
+app.command(cls=Command)(versions.history)
+app.command(cls=Command)(versions.versions)
+app.command(cls=Command)(versions.compare)
+app.command(cls=Command)(runs.land)
+app.command("run-pending", cls=Command)(runs.run_pending)
+app.command(cls=Command)(runs.backfill)
+app.command(cls=Command)(serving.serve)
+app.command(cls=Command)(serving.report)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from lepton.cli.common import Command, Group
+
 console = Console(highlight=False)
-bench_app = typer.Typer(help="Benchmarks: what the strategies keep and cost, and what the pipeline costs.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: what the strategies keep and cost, and what the pipeline costs.", no_args_is_help=True, cls=Group)
 
 
 def _checkout() -> Path:
@@ -30,7 +32,7 @@ def _checkout() -> Path:
     return root
 
 
-@bench_app.command("continual")
+@bench_app.command("continual", cls=Command)
 def continual(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
     scenario: Annotated[list[str] | None, typer.Option(help="Only these scenarios (class_incremental, domain_incremental, stream).")] = None,
@@ -90,7 +92,7 @@ def _progress(unit: str, total: int):
     return bar()
 
 
-@bench_app.command("pipeline")
+@bench_app.command("pipeline", cls=Command)
 def pipeline(
     increments: Annotated[int, typer.Option(help="Increments to send through the flow.")] = 5,
     epochs: Annotated[int, typer.Option(help="Training epochs per increment.")] = 30,
@@ -122,7 +124,7 @@ def pipeline(
     console.print(f"wrote {RESULTS / 'pipeline.json'} and pipeline.md; around the training: {mean:.2f}s per increment (target <= 3s)")
 
 
-@bench_app.command("tables")
+@bench_app.command("tables", cls=Command)
 def tables(
     table: Annotated[list[str] | None, typer.Option(help="Only these tables (penguins, cars, seattle_weather, wine, breast_cancer, diabetes, stationary, gradual_drift, concept_change).")] = None,
     increments: Annotated[int | None, typer.Option(help="Cut every table into this many increments (default: each table's own, 4-8).")] = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 
@@ -21,6 +22,26 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 err = Console(stderr=True, highlight=False)
+
+
+class Command(TyperCommand):
+    """A command whose own ``--help`` is shown as a flag too (typer prints ``<bool>`` after it)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Group(TyperGroup):
+    """A group of commands (``lepton``, ``lepton data``, ``lepton bench``) whose ``--help`` is shown as a flag."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
 
 
 def flag(*names: str, help: str, **extra: Any) -> Any:
