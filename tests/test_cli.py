@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -75,11 +76,16 @@ def test_unreadable_increment_is_rejected(clean_dir, prefect_api):
     ws = make_workspace(clean_dir / "ws", "y", "m")
     bogus = clean_dir / "export.parquet"
     bogus.write_text("this is not parquet\n")
-    result = run_cli(["run", str(bogus), "--workspace", str(ws.root)], api_url=prefect_api)
+    result = run_cli(["run", str(bogus), "--workspace", str(ws.root)], api_url=prefect_api, cwd=clean_dir)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("rejected because could not be read as Parquet")
     kept = list((ws.root / "data" / "quarantine").glob("*.parquet"))
     assert len(kept) == 1 and kept[0].read_bytes() == bogus.read_bytes()
+    # Run from the workspace's parent (run_cli's cwd): the path printed resolves from there, the JSON keeps the workspace's.
+    where = result.stdout.strip().splitlines()[-1].split("quarantined at ")[1]
+    assert where == f"ws/data/quarantine/{kept[0].name}" and (clean_dir / where).is_file()
+    again = run_cli(["run", str(bogus), "--workspace", str(ws.root), "--json"], api_url=prefect_api, cwd=clean_dir)
+    assert json.loads(again.stdout)["file"] == f"data/quarantine/{kept[0].name}"
 
 
 def test_demo_tells_its_story_and_matches_the_committed_data(clean_dir, prefect_api):
@@ -91,7 +97,8 @@ def test_demo_tells_its_story_and_matches_the_committed_data(clean_dir, prefect_
     assert "starting from a fresh embedded state" in out
     assert out.count("promoted as version") >= 3
     assert "rejected because missing column(s) 'pixel_10'" in out
-    assert "quarantined: data/quarantine/" in out
+    # Paths resolve from where the command ran (not the workspace): absolute here.
+    assert f"quarantined: {workspace.resolve() / 'data' / 'quarantine'}/" in out
     committed = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
     produced = yaml.safe_load((workspace / "data.dvc").read_text())["outs"][0]
     assert produced["md5"] == committed["md5"]

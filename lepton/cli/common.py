@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from lepton.secrets import credentials_out_of_uris, redact
 from lepton.workspace import Workspace
@@ -152,6 +152,21 @@ def open_workspace(
     if quiet:
         quiet_libraries()
     return ws
+
+
+def shown(ws: Workspace, path: str | Path | None) -> str:
+    """A path the workspace records (relative to it) as the user can use it from where they stand: relative to the
+    current directory when inside it, else absolute. JSON output keeps the workspace's form."""
+    if path is None:
+        return ""
+    full = (ws.root / path).resolve()
+    here = Path.cwd().resolve()
+    return str(full.relative_to(here)) if full.is_relative_to(here) else str(full)
+
+
+def told(ws: Workspace, outcome: Any) -> str:
+    """An outcome's sentence with the paths in it (a quarantined copy) as ``shown`` gives them."""
+    return outcome.message.replace(outcome.file, shown(ws, outcome.file)) if outcome.file else outcome.message
 
 
 def check_config(ws: Workspace, overrides: list[str], *, for_run: bool = True) -> None:

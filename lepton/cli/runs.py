@@ -26,6 +26,8 @@ from lepton.cli.common import (
     open_workspace,
     percent,
     quiet_libraries,
+    shown,
+    told,
     typed_overrides,
 )
 from lepton.cli.progress import Mode, mode_for, watch
@@ -119,8 +121,8 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
         print(outcome.model_dump_json(indent=2))
     else:
         if mode != "quiet" and not dry_run:
-            console.print(_outcome_table(outcome))
-        console.print(outcome.message, soft_wrap=True)
+            console.print(_outcome_table(ws, outcome))
+        console.print(told(ws, outcome), soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -135,7 +137,7 @@ def _watching(ws: Workspace, mode: Mode) -> watch:
     return watch(console, mode, ws.state / "logs" / "lepton.log")
 
 
-def _outcome_table(outcome: Any) -> Table:
+def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     """One run at a glance: what happened, the accuracies that decided it, and where to look next."""
     table = Table(title=f"increment {outcome.increment_id}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -170,7 +172,7 @@ def _outcome_table(outcome: Any) -> Table:
         table.add_row("data version", outcome.data_hash)
     report = getattr(outcome, "report", None)
     if report:
-        table.add_row("report", str(report))
+        table.add_row("report", shown(ws, report))
     return table
 
 
@@ -210,7 +212,7 @@ def demo(
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
         if talk:
-            console.print(f"  -> {outcome.message}", soft_wrap=True)
+            console.print(f"  -> {told(ws, outcome)}", soft_wrap=True)
         rows.append((path.name, outcome))
     final = next((o.champion_version for _, o in reversed(rows) if o.champion_version), None)
     if mode == "json":
@@ -219,7 +221,7 @@ def demo(
     if talk:
         console.print(_summary_table(rows))
         for outcome in (o for _, o in rows if o.status == "rejected"):
-            console.print(f"quarantined: {outcome.file} ({'; '.join(outcome.reasons)})")
+            console.print(f"quarantined: {shown(ws, outcome.file)} ({'; '.join(outcome.reasons)})", soft_wrap=True)
     console.print(f"consumers: mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}")
 
 
@@ -246,7 +248,7 @@ def _summary_table(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _finish_series(state: Any, mode: Mode, what: str) -> None:
+def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str) -> None:
     """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
     from lepton.flows.deployments import SeriesStopped
 
@@ -261,7 +263,7 @@ def _finish_series(state: Any, mode: Mode, what: str) -> None:
     if mode != "quiet" and (report.processed or report.failed):
         table = Table("file", "status", "outcome", title=what)
         for item in report.processed:
-            table.add_row(item.file, item.outcome.status, item.outcome.message)
+            table.add_row(item.file, item.outcome.status, told(ws, item.outcome))
         if report.failed:
             table.add_row(report.failed, "[red]failed[/red]", report.error or "")
         console.print(table)
@@ -304,7 +306,7 @@ def run_pending(
         from lepton.flows.deployments import run_pending as pending_flow
 
         state = pending_flow(str(ws.root), overrides, return_state=True)
-    _finish_series(state, mode, "run-pending")
+    _finish_series(ws, state, mode, "run-pending")
 
 
 def backfill(
@@ -327,4 +329,4 @@ def backfill(
         from lepton.flows.deployments import backfill as backfill_flow
 
         state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
-    _finish_series(state, mode, "backfill")
+    _finish_series(ws, state, mode, "backfill")

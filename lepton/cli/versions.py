@@ -21,6 +21,7 @@ from lepton.cli.common import (
     open_workspace,
     percent,
     quiet_libraries,
+    shown,
 )
 from lepton.secrets import redact, redacted
 from lepton.workspace import Workspace
@@ -85,7 +86,7 @@ def status(
     table = Table("id", "state", "file", "arrived as", "why", title="increments", title_justify="left")
     for item in info["increments"]:
         colour = states.get(item["state"], "white")
-        table.add_row(item["id"], f"[{colour}]{item['state']}[/{colour}]", str(item["file"]), item["source"], "; ".join(item["reasons"]))
+        table.add_row(item["id"], f"[{colour}]{item['state']}[/{colour}]", shown(ws, item["file"]), item["source"], "; ".join(item["reasons"]))
     console.print(table)
 
 
