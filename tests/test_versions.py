@@ -114,3 +114,24 @@ def test_version_flag_and_flags_shown_as_flags():
     for command in ([], ["data"], ["bench"], ["data", "checkout"], ["bench", "tables"], *([c] for c in ("init", "status", "serve", "run-pending"))):
         helped = CliRunner().invoke(app, [*command, "--help"], terminal_width=120)
         assert helped.exit_code == 0 and "--help" in helped.output and "<bool>" not in helped.output, (command, helped.output)
+
+
+@pytest.mark.integration
+def test_archive_hides_kept_out_versions_and_keeps_champions(two_versions):
+    """`lepton archive --kept-out` tags version 2 (kept out, never champion); the champion is refused; nothing is deleted."""
+    ws, _ = two_versions
+    refused = run_cli(["archive", "1", "--workspace", str(ws.root)], api_url=None)
+    assert refused.returncode == 1 and "version 1 is the champion" in refused.stderr and "nothing archived" in refused.stderr
+    done = run_cli(["archive", "--kept-out", "--reason", "superseded", "--workspace", str(ws.root)], api_url=None)
+    assert done.returncode == 0, done.stderr
+    assert "archived version(s) 2 of digits (superseded)" in done.stdout
+    listed = json.loads(run_cli(["versions", "--workspace", str(ws.root), "--json"], api_url=None).stdout)
+    assert [r["version"] for r in listed] == [1]
+    everything = json.loads(run_cli(["versions", "--all", "--workspace", str(ws.root), "--json"], api_url=None).stdout)
+    assert [(r["version"], (r["archived"] or {}).get("reason")) for r in everything] == [(1, None), (2, "superseded")]
+    table = run_cli(["versions", "--workspace", str(ws.root)], api_url=None).stdout
+    assert "1 archived version(s) not shown (--all shows them)" in table
+    again = run_cli(["archive", "--kept-out", "--workspace", str(ws.root)], api_url=None)
+    assert again.returncode == 0 and "nothing to archive" in again.stdout
+    # Still a version of the registry, with its artifacts: compare reads it.
+    assert run_cli(["compare", "1", "2", "--workspace", str(ws.root)], api_url=None).returncode == 0

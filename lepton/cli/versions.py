@@ -233,6 +233,7 @@ def _version_record(version: Any, current: int | None, moves: list[Any]) -> dict
         "data_hash": tags.get("lepton.data_hash"),
         "git_commit": tags.get("lepton.git_commit"),
         "superseded_by": tags.get("lepton.superseded_by"),
+        "archived": json.loads(tags["lepton.archived"]) if "lepton.archived" in tags else None,
         "run_id": version.run_id,
         "registered_at": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
         "config": json.loads(tags.get("lepton.config", "{}")),
@@ -269,6 +270,7 @@ def _score(metrics: dict[str, float], which: str) -> str:
 def versions(
     workspace: WorkspaceOption = Path("."),
     as_json: JsonOption = False,
+    all_: Annotated[bool, flag("--all", help="Archived versions too (`lepton archive`).")] = False,
 ) -> None:
     """Every model version: its gate verdict, key metrics, increment, parent, and whether it is or was champion."""
     ws = open_workspace(workspace, check="config")
@@ -276,10 +278,12 @@ def versions(
         name, records, _ = _versions(ws)
     except Exception as error:  # a tracking server that is down, a locked database
         raise fail(f"could not read the registry: {error}") from None
+    hidden = [r for r in records if r["archived"]] if not all_ else []
+    records = [r for r in records if all_ or not r["archived"]]
     if as_json:
         print(json.dumps(redacted([{k: v for k, v in r.items() if k != "config"} for r in records]), indent=2))
         return
-    if not records:
+    if not records and not hidden:
         console.print(f"model {name!r} has no versions yet: run an increment first")
         return
     gate = {True: "[green]passed[/green]", False: "[yellow]kept out[/yellow]", None: "-"}
@@ -287,11 +291,57 @@ def versions(
     table = Table("version", "increment", "parent", "gate", "new holdout", "earlier holdouts", "champion", "registered (UTC)", title=f"versions of {name}", title_justify="left")
     for r in records:
         table.add_row(
-            f"v{r['version']}", r["increment_id"] or "-", "-" if r["parent_version"] is None else f"v{r['parent_version']}", gate[r["gate_passed"]],
+            f"v{r['version']}" + (" (archived)" if r["archived"] else ""), r["increment_id"] or "-",
+            "-" if r["parent_version"] is None else f"v{r['parent_version']}", gate[r["gate_passed"]],
             _score(r["metrics"], "candidate_new"), _score(r["metrics"], "candidate_old"), champion[r["champion"]], r["registered_at"][:19].replace("T", " "),
         )
     console.print(table)
+    if hidden:
+        console.print(f"{len(hidden)} archived version(s) not shown (--all shows them)")
     console.print(f"side by side: lepton compare A B --workspace {workspace}", soft_wrap=True)
+
+
+def archive_targets(records: list[dict[str, Any]], chosen: list[int], kept_out: bool) -> tuple[list[int], list[str]]:
+    """The versions to archive, and why any asked for cannot be: the champion and former champions stay (a rollback needs them)."""
+    by_number = {r["version"]: r for r in records}
+    problems = [f"there is no version {v}" for v in chosen if v not in by_number]
+    picked = [by_number[v] for v in chosen if v in by_number]
+    if kept_out:
+        picked += [r for r in records if r["gate_passed"] is False and r["champion"] == "never" and r["version"] not in chosen]
+    for r in picked:
+        if r["champion"] != "never":
+            problems.append(f"version {r['version']} is {'the champion' if r['champion'] == 'current' else 'a former champion'}: a rollback may need it")
+    targets = [r["version"] for r in picked if r["champion"] == "never" and not r["archived"]]
+    return sorted(set(targets)), problems
+
+
+def archive(
+    version: Annotated[list[int] | None, typer.Argument(metavar="VERSION", help="Versions to archive.", show_default=False)] = None,
+    kept_out: Annotated[bool, flag("--kept-out", help="Every version the gate kept out that never was champion.")] = False,
+    reason: Annotated[str, typer.Option(help="Why; kept on each version.")] = "archived by hand",
+    workspace: WorkspaceOption = Path("."),
+) -> None:
+    """Mark versions archived: `lepton versions` no longer lists them. Nothing is deleted (the version, its run, data and artifacts stay)."""
+    ws = open_workspace(workspace, check="config")
+    chosen = list(version or [])
+    if not chosen and not kept_out:
+        raise fail("name the versions to archive, or --kept-out for every version the gate kept out")
+    if not reason.strip():
+        raise fail("--reason is empty: say why")
+    try:
+        name, records, client = _versions(ws)
+    except Exception as error:
+        raise fail(f"could not read the registry: {error}") from None
+    targets, problems = archive_targets(records, chosen, kept_out)
+    if problems:
+        raise fail("; ".join(problems) + ": nothing archived")
+    if not targets:
+        console.print("nothing to archive")
+        return
+    stamp = json.dumps({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason})
+    for number in targets:
+        client.set_model_version_tag(name, str(number), "lepton.archived", stamp)
+    console.print(f"archived version(s) {', '.join(str(v) for v in targets)} of {name} ({reason}); `lepton versions --all` still lists them", soft_wrap=True)
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
