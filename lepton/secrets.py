@@ -32,20 +32,27 @@ def redacted(value: Any) -> Any:
     return value
 
 
-def credentials_out_of_uris(environ: MutableMapping[str, str]) -> None:
-    """Move ``user:password@`` of an http(s) MLflow URI into MLFLOW_TRACKING_USERNAME/PASSWORD.
+def credentials_out_of_uri(uri: str, environ: MutableMapping[str, str], *, overwrite: bool = True) -> str:
+    """``uri`` without the ``user:password@`` of an http(s) MLflow URI, which go to MLFLOW_TRACKING_USERNAME/PASSWORD.
 
     MLflow sends those as basic auth just as it would the URL's own, but then no request
     URL, and so no exception a library raises about one, carries the password.
+    ``overwrite``: the URI's credentials replace any already in ``environ`` (else those win).
     """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return uri
+    for var, value in (("MLFLOW_TRACKING_USERNAME", unquote(parts.username or "")), ("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))):
+        if overwrite or var not in environ:
+            environ[var] = value
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def credentials_out_of_uris(environ: MutableMapping[str, str]) -> None:
+    """The MLflow URIs of the environment without their credentials (see ``credentials_out_of_uri``); set ones win."""
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        parts = urlsplit(environ.get(var, ""))
-        if parts.scheme not in ("http", "https") or parts.password is None:
-            continue
-        environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
-        environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
-        host = parts.netloc.rpartition("@")[2]
-        environ[var] = urlunsplit(parts._replace(netloc=host))
+        if var in environ:
+            environ[var] = credentials_out_of_uri(environ[var], environ, overwrite=False)
 
 
 class RedactFilter(logging.Filter):

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from lepton.config import RegistryConfig
+from lepton.secrets import credentials_out_of_uri
 from lepton.workspace import Workspace
 
 ALIAS = "champion"
@@ -21,7 +22,8 @@ def connect(ws: Workspace, config: RegistryConfig):
     import mlflow
     from mlflow import MlflowClient
 
-    uri = tracking_uri(ws, config)
+    # A password in lepton.yaml's URI travels as basic auth, as one in the environment does: never in a URL an error can print.
+    uri = credentials_out_of_uri(tracking_uri(ws, config), os.environ)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
     # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,

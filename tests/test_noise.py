@@ -75,16 +75,16 @@ def test_a_password_in_the_tracking_uri_is_shown_nowhere(clean_dir, prefect_api,
     assert PASSWORD not in result.stdout + result.stderr
     log = (ws.root / ".lepton" / "logs" / "lepton.log").read_text()
     assert f"127.0.0.1:{port}" in log and PASSWORD not in log
-    # The Prefect database: the runs' logs, and (where the environment named the server) their states' messages.
+    # The Prefect database: the runs' logs and their states' messages.
     # Only this run's records: the session's server holds every earlier test's too, and reads are paged.
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime, LogFilter, LogFilterTimestamp, TaskRunFilter, TaskRunFilterStartTime
 
     with get_client(sync_client=True) as client:
         stored = [log.message for log in client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=started)))]
-        if source == "environment":  # MLflow never saw the password, so no exception carries it
-            flows = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
-            tasks = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)))
-            stored += [run.state.message or "" for run in [*flows, *tasks] if run.state]
+        # MLflow never sees the password in a URL (it goes as basic auth), so no exception carries it.
+        flows = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started)))
+        tasks = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=started)))
+        stored += [run.state.message or "" for run in [*flows, *tasks] if run.state]
     assert any(f"127.0.0.1:{port}" in text for text in stored)
     assert not [text for text in stored if PASSWORD in text]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from lepton.cli.common import (
     quiet_libraries,
     shown,
 )
-from lepton.secrets import redact, redacted
+from lepton.secrets import credentials_out_of_uri, redact, redacted
 from lepton.workspace import Workspace
 
 
@@ -207,7 +208,7 @@ def _read_registry(ws: Workspace) -> tuple[Any, str]:
     from lepton.config import load
 
     config = load(ws.root).registry
-    uri = ws.tracking_uri(config.tracking_uri)
+    uri = credentials_out_of_uri(ws.tracking_uri(config.tracking_uri), os.environ)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), config.model_name
