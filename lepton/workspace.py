@@ -139,6 +139,16 @@ class Workspace:
             return f"{self.root} is not a git repository, which DVC needs to version data/: run `lepton init {self.root} --label LABEL` again to repair it (lepton.yaml is kept)"
         return None
 
+    @property
+    def duplicates_path(self) -> Path:
+        """The ledger of repeated landings (unversioned: the data itself is in data/ once)."""
+        return self.state / "duplicates.jsonl"
+
+    def read_duplicates(self) -> list[dict[str, Any]]:
+        """Every repeated landing recorded, oldest first: id, source, duplicate_of, at."""
+        path = self.duplicates_path
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
     def read_manifest(self) -> Manifest:
         if not self.manifest_path.exists():
             return Manifest()

@@ -222,10 +222,5 @@ def record_duplicate(ws: Workspace, landing: Landing) -> None:
     """Note a repeated landing in the (unversioned) ledger; the data itself is untouched."""
     ws.state.mkdir(parents=True, exist_ok=True)
     entry = {"id": landing.id, "source": landing.source, "duplicate_of": landing.id, "at": datetime.now(timezone.utc).isoformat()}
-    with (ws.state / "duplicates.jsonl").open("a") as handle:
+    with ws.duplicates_path.open("a") as handle:
         handle.write(json.dumps(entry) + "\n")
-
-
-def duplicates(ws: Workspace) -> list[dict]:
-    path = ws.state / "duplicates.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

@@ -10,9 +10,8 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import RegistryConfig
 from lepton.faults import checkpoint
 from lepton.history import AliasMove, Kind, new_move, recorded, unapplied
-from lepton.history import parse as parse_history
 from lepton.lineage import Lineage
-from lepton.tasks.tracking import ALIAS, BACKOFF, champion_version, connect, not_found
+from lepton.tasks.tracking import ALIAS, BACKOFF, champion_history, champion_version, connect
 from lepton.workspace import Workspace
 
 
@@ -71,19 +70,6 @@ def _user() -> str | None:
         return None
 
 
-def champion_history(client: Any, name: str) -> list[AliasMove]:
-    """Every recorded move of the champion alias, oldest first (empty for an unknown model)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        tags = client.get_registered_model(name).tags
-    except MlflowException as err:
-        if not_found(err):
-            return []
-        raise
-    return parse_history(tags, ALIAS)
-
-
 ANY: Any = object()  # move_champion's ``expected`` when any current champion will do (a rollback)
 
 
@@ -123,7 +109,3 @@ def move_champion(
     return move
 
 
-def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
-    """The champion's recorded moves for the workspace's model, oldest first."""
-    client, _ = connect(ws, config)
-    return champion_history(client, config.model_name)

@@ -20,8 +20,8 @@ from lepton.history import AliasMove, was_champion
 from lepton.lineage import TAG, Lineage
 from lepton.models.bundle import Bundle
 from lepton.secrets import redacted
-from lepton.tasks.promotion import StaleChampion, champion_history, move_champion
-from lepton.tasks.tracking import BACKOFF, champion_version, connect, not_found, tracking_uri
+from lepton.tasks.promotion import StaleChampion, move_champion
+from lepton.tasks.tracking import BACKOFF, champion_history, champion_version, connect, not_found
 from lepton.workspace import Workspace
 
 
@@ -260,37 +260,6 @@ def record_rejection(ws: Workspace, config: RegistryConfig, increment_id: str, f
     run = client.create_run(experiment_id, tags=tags)
     client.set_terminated(run.info.run_id, status="FINISHED")
     return champion_version(client, config.model_name)
-
-
-def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
-    """The registered model, its champion and the champion's lineage, as plain data."""
-    client, _ = connect(ws, config)
-    info: dict[str, Any] = {
-        "model_name": config.model_name,
-        "tracking_uri": tracking_uri(ws, config),
-        "champion_version": None,
-        "versions": 0,
-        "champion": None,
-    }
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name='{config.model_name}'")
-    except MlflowException as err:
-        if not not_found(err):
-            raise
-        versions = []
-    info["versions"] = len(versions)
-    version = champion_version(client, config.model_name) if versions else None
-    if version is not None:
-        tags = client.get_model_version(config.model_name, str(version)).tags
-        info["champion_version"] = version
-        info["champion"] = {
-            "version": version,
-            "lineage": {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG) and not k.startswith(TAG + "metric")},
-            "metrics": json.loads(tags.get(TAG + "metrics", "{}")),
-        }
-    return info
 
 
 def lineage_of(

@@ -11,8 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import RegistryConfig
 from lepton.history import AliasMove, previous_champion, was_champion
 from lepton.lineage import TAG
-from lepton.tasks.promotion import champion_history, move_champion
-from lepton.tasks.tracking import BACKOFF, champion_version, connect, not_found
+from lepton.tasks.promotion import move_champion
+from lepton.tasks.tracking import BACKOFF, champion_history, champion_version, connect, not_found
 from lepton.workspace import Workspace
 
 

@@ -1,11 +1,16 @@
-"""The MLflow connection: the tracking URI, a client and its experiment, the champion's version, retry timing."""
+"""The MLflow connection and what reads the registry: the tracking URI, a client and its experiment, the champion,
+its recorded history, retry timing. No Prefect here, so the read-only commands answer without importing it."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from lepton.config import RegistryConfig
+from lepton.history import AliasMove
+from lepton.history import parse as parse_history
+from lepton.lineage import TAG
 from lepton.secrets import credentials_out_of_uri
 from lepton.workspace import Workspace
 
@@ -79,3 +84,53 @@ BACKOFF = [2, 10]
 def version_tags(ws: Workspace, config: RegistryConfig, version: int) -> dict[str, str]:
     client, _ = connect(ws, config)
     return dict(client.get_model_version(config.model_name, str(version)).tags)
+
+
+def champion_history(client: Any, name: str) -> list[AliasMove]:
+    """Every recorded move of the champion alias, oldest first (empty for an unknown model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as err:
+        if not_found(err):
+            return []
+        raise
+    return parse_history(tags, ALIAS)
+
+
+def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
+    """The champion's recorded moves for the workspace's model, oldest first."""
+    client, _ = connect(ws, config)
+    return champion_history(client, config.model_name)
+
+
+def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
+    """The registered model, its champion and the champion's lineage, as plain data."""
+    client, _ = connect(ws, config)
+    info: dict[str, Any] = {
+        "model_name": config.model_name,
+        "tracking_uri": tracking_uri(ws, config),
+        "champion_version": None,
+        "versions": 0,
+        "champion": None,
+    }
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{config.model_name}'")
+    except MlflowException as err:
+        if not not_found(err):
+            raise
+        versions = []
+    info["versions"] = len(versions)
+    version = champion_version(client, config.model_name) if versions else None
+    if version is not None:
+        tags = client.get_model_version(config.model_name, str(version)).tags
+        info["champion_version"] = version
+        info["champion"] = {
+            "version": version,
+            "lineage": {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG) and not k.startswith(TAG + "metric")},
+            "metrics": json.loads(tags.get(TAG + "metrics", "{}")),
+        }
+    return info

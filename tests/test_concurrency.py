@@ -42,8 +42,7 @@ def together(*procs: subprocess.Popen) -> list[tuple[int, str, str]]:
 
 def registry_state(ws) -> dict:
     from lepton.config import load
-    from lepton.tasks.promotion import champion_history
-    from lepton.tasks.tracking import champion_version, connect
+    from lepton.tasks.tracking import champion_history, champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -228,8 +227,8 @@ def three_versions(clean_dir):
 
 def test_compare_and_set_refuses_a_stale_parent(three_versions):
     """Promoting with the parent a candidate was trained from fails once another version took the alias; nothing is recorded."""
-    from lepton.tasks.promotion import StaleChampion, champion_history, move_champion
-    from lepton.tasks.tracking import champion_version
+    from lepton.tasks.promotion import StaleChampion, move_champion
+    from lepton.tasks.tracking import champion_history, champion_version
 
     _, client = three_versions
     assert move_champion(client, "cas", 2, kind="promote", reason="from 1", expected=1).from_version == 1
@@ -266,9 +265,8 @@ def test_the_champion_lock_times_out_with_a_readable_message(three_versions):
 def test_an_unfinished_promotion_is_finished_or_superseded(three_versions, clean_dir):
     """A re-run finds a passing version its earlier run never promoted: promoted if the champion is still its parent, else marked superseded."""
     from lepton.config import load
-    from lepton.tasks.promotion import champion_history
     from lepton.tasks.registry import finish_increment, version_for_increment
-    from lepton.tasks.tracking import champion_version
+    from lepton.tasks.tracking import champion_history, champion_version
 
     ws, client = three_versions
     config = load(ws.root).registry

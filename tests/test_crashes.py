@@ -48,8 +48,7 @@ def run(path, ws, api_url, kill_at: str | None = None):
 def registry_state(ws) -> dict:
     """What the registry says: versions by increment, the champion, its history, and each version's parent."""
     from lepton.config import load
-    from lepton.tasks.promotion import champion_history
-    from lepton.tasks.tracking import champion_version, connect
+    from lepton.tasks.tracking import champion_history, champion_version, connect
 
     config = load(ws.root).registry
     client, _ = connect(ws, config)
@@ -192,8 +191,8 @@ def test_a_move_recorded_but_never_applied_is_dropped_by_the_next_one(clean_dir)
     """The history records a move whose run died before the alias moved; the next move from the same champion replaces it."""
     from lepton.config import load
     from lepton.history import new_move
-    from lepton.tasks.promotion import champion_history, move_champion
-    from lepton.tasks.tracking import connect
+    from lepton.tasks.promotion import move_champion
+    from lepton.tasks.tracking import champion_history, connect
 
     ws = make_workspace(clean_dir / "ws", "digit", "dangling", DIGITS)
     client, _ = connect(ws, load(ws.root).registry)

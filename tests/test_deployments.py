@@ -294,7 +294,7 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
         stop_process(server)
     assert champion(ws) == 1
     from lepton.config import load
-    from lepton.tasks.promotion import history
+    from lepton.tasks.tracking import history
 
     moves = history(ws, load(ws.root).registry)
     assert [(m.kind, m.from_version, m.to_version) for m in moves] == [("promote", None, 1)]

@@ -75,8 +75,7 @@ def promoted(tmp_path_factory, prefect_api):
 
 def registry(ws):
     from lepton.config import load
-    from lepton.tasks.promotion import champion_history
-    from lepton.tasks.tracking import champion_version, connect
+    from lepton.tasks.tracking import champion_history, champion_version, connect
 
     config = load(ws.root)
     client, _ = connect(ws, config.registry)

@@ -112,7 +112,7 @@ def test_flow_against_mlflow_server_on_postgres(mlflow_server, increments, clean
 
     from lepton.config import load
     from lepton.flows.continual import continual_training
-    from lepton.tasks.promotion import history
+    from lepton.tasks.tracking import history
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)

@@ -135,3 +135,19 @@ def test_archive_hides_kept_out_versions_and_keeps_champions(two_versions):
     assert again.returncode == 0 and "nothing to archive" in again.stdout
     # Still a version of the registry, with its artifacts: compare reads it.
     assert run_cli(["compare", "1", "2", "--workspace", str(ws.root)], api_url=None).returncode == 0
+
+
+@pytest.mark.integration
+def test_read_only_commands_do_not_import_prefect(two_versions):
+    """status, history, versions and compare read MLflow and the workspace's files only: no Prefect import, no server start."""
+    ws, _ = two_versions
+    script = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom lepton.cli import app\n"
+        "for args in (['status'], ['history'], ['versions'], ['compare', '1', '2']):\n"
+        "    result = CliRunner().invoke(app, [*args, '--workspace', sys.argv[1]])\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'great_expectations', 'torch')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -30,14 +30,13 @@ from lepton.workspace import Workspace
 
 def gather_status(ws: Workspace) -> dict[str, Any]:
     from lepton.config import load
-    from lepton.tasks.ingest import duplicates
-    from lepton.tasks.registry import describe
+    from lepton.tasks.tracking import describe
 
     config = load(ws.root)
     info = describe(ws, config.registry)
     increments = [{"id": r.id, "file": r.file, "state": r.state, "source": r.source, "reasons": r.reasons} for r in ws.read_manifest().increments]
     by_id = {r["id"]: r for r in increments}
-    for entry in duplicates(ws):
+    for entry in ws.read_duplicates():
         original = by_id.get(entry["id"], {})
         increments.append({"id": entry["id"], "file": original.get("file"), "state": "duplicate", "source": entry["source"], "reasons": []})
     info["increments"] = increments
@@ -176,7 +175,7 @@ def history(
     """Every move of the champion: from which version to which, when, by which run, and why."""
     ws = open_workspace(workspace, check="config", quiet=True)
     from lepton.config import load
-    from lepton.tasks.promotion import history as champion_moves
+    from lepton.tasks.tracking import history as champion_moves
 
     config = load(ws.root)
     try:
