@@ -306,8 +306,10 @@ def test_duplicates_are_kept_with_a_warning_or_rejected_when_asked(stationary, p
     result = run_cli(["run", str(again), "--workspace", str(ws.root), "--set", "data.duplicates=reject"], api_url=prefect_api)
     assert result.returncode == 2, result.stdout + result.stderr
     last = result.stdout.strip().splitlines()[-1]
+    # The quarantine path is printed as it resolves from where the command ran (here absolute).
     assert last.startswith(
-        "rejected because 30 repeated row(s) (9.1%), and data.duplicates=reject (keep or drop to accept them); quarantined at data/quarantine/"
+        "rejected because 30 repeated row(s) (9.1%), and data.duplicates=reject (keep or drop to accept them); "
+        f"quarantined at {ws.root.resolve() / 'data' / 'quarantine'}/"
     )
     assert registry(ws)[2] == champion
 

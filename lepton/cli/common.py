@@ -24,24 +24,22 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
-class Command(TyperCommand):
-    """A command whose own ``--help`` is shown as a flag too (typer prints ``<bool>`` after it)."""
+class _HelpAsFlag:
+    """``--help`` shown as a flag, like the other flags (typer prints ``<bool>`` after it)."""
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             option.metavar = ""
         return option
 
 
-class Group(TyperGroup):
-    """A group of commands (``lepton``, ``lepton data``, ``lepton bench``) whose ``--help`` is shown as a flag."""
+class Command(_HelpAsFlag, TyperCommand):
+    """A command of ``lepton``."""
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+
+class Group(_HelpAsFlag, TyperGroup):
+    """A group of commands: ``lepton``, ``lepton data``, ``lepton bench``."""
 
 
 def flag(*names: str, help: str, **extra: Any) -> Any:
