@@ -6,6 +6,8 @@ of input columns, so the network's input width never changes after the first inc
 
 - ``numeric`` / ``boolean``: the value (standardised) and a missing indicator;
 - ``datetime``: calendar parts (fractional year, month, day of week, hour) and a missing indicator;
+  a date later than any seen reads as the latest seen (time only moves on: a trend the network saw
+  over a few months must not be extrapolated years ahead);
 - ``categorical``: one-hot over a vocabulary of ``capacity`` slots that fills as increments
   bring values; slot 0 is shared by unseen, rare and missing values;
 - ``text``: word counts hashed into ``buckets`` slots;
@@ -80,6 +82,13 @@ def scaled(kind: str, *, capacity: int, buckets: int) -> list[bool]:
         return [True, False]
     if kind == "datetime":
         return [True] * len(DATETIME_PARTS) + [False]
+    return [False] * width(kind, capacity=capacity, buckets=buckets)
+
+
+def held_at_latest(kind: str, *, capacity: int, buckets: int) -> list[bool]:
+    """Which of a column's inputs read as the latest value seen when they go beyond it: a datetime's fractional year."""
+    if kind == "datetime":
+        return [True] + [False] * len(DATETIME_PARTS)
     return [False] * width(kind, capacity=capacity, buckets=buckets)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,6 +79,8 @@ class Preprocessor:
     min_category_rows: int = 2
     observed: np.ndarray = field(default_factory=lambda: np.zeros(0))  # values seen per input column
     target: tuple[float, float, float] = (0.0, 0.0, 0.0)  # regression: count, mean and M2 of the label
+    # Per input column, the latest value seen of a datetime's year (NaN: no limit; models from before it have none).
+    latest: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
@@ -85,6 +88,8 @@ class Preprocessor:
             self.m2 = np.zeros(self.width)
         if self.observed.size == 0:
             self.observed = np.full(self.width, float(self.count))
+        if self.latest.size == 0:
+            self.latest = np.full(self.width, np.nan)
 
     @classmethod
     def create(cls, encoding: Encoding) -> Preprocessor:
@@ -121,6 +126,15 @@ class Preprocessor:
         return np.asarray(out, dtype=bool)
 
     @property
+    def held(self) -> np.ndarray:
+        """Which inputs read as the latest value seen when beyond it (see ``columns.held_at_latest``)."""
+        out: list[bool] = []
+        for c in self.features:
+            kind = self._kind(c)
+            out += [False] if kind == "plain" else kinds_of.held_at_latest(kind, capacity=self.capacity, buckets=self.buckets)
+        return np.asarray(out, dtype=bool)
+
+    @property
     def used(self) -> list[str]:
         """The features the network reads (identifiers and ignored columns take no inputs)."""
         return [c for c in self.features if self._width(c) > 0]
@@ -135,6 +149,13 @@ class Preprocessor:
         x = grown.raw_matrix(frame)
         n, mean, m2 = _nan_stats(x)
         observed, mean, m2 = _merge(self.observed, self.mean, self.m2, n, mean, m2)
+        latest = self.latest.copy()
+        held = self.held
+        if held.any() and len(x):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a column with no value in this increment
+                seen = np.nanmax(x[:, held], axis=0)
+            latest[held] = np.fmax(latest[held], seen)
         values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
         classes = list(self.classes)
         target = self.target
@@ -143,7 +164,7 @@ class Preprocessor:
             target = (float(count[0]), float(mu[0]), float(sq[0]))
         else:
             classes += [_native(c) for c in sorted(pd.unique(labels.dropna())) if _native(c) not in self.classes]
-        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target)
+        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, latest=latest)
 
     def _replace(self, **changes: Any) -> Preprocessor:
         state = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -174,7 +195,10 @@ class Preprocessor:
         return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0))
 
     def transform(self, x_raw: np.ndarray) -> np.ndarray:
-        """Standardised float32 inputs for the network; a missing value becomes the running mean (0)."""
+        """Standardised float32 inputs for the network; a missing value becomes the running mean (0); a date beyond the latest seen, the latest."""
+        later = x_raw > self.latest  # False where either is NaN: a missing value stays missing, no limit stays none
+        if later.any():
+            x_raw = np.where(later, self.latest, x_raw)
         z = (x_raw - self.offset) / self.scale
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
@@ -223,6 +247,7 @@ class Preprocessor:
             "min_category_rows": self.min_category_rows,
             "observed": self.observed.tolist(),
             "target": list(self.target),
+            "latest": [None if np.isnan(v) else float(v) for v in self.latest],
         }
 
     @classmethod
@@ -241,4 +266,5 @@ class Preprocessor:
             min_category_rows=int(state.get("min_category_rows", 2)),
             observed=np.asarray(state.get("observed", []), dtype=np.float64),
             target=tuple(state.get("target", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            latest=np.asarray([np.nan if v is None else v for v in state.get("latest", [])], dtype=np.float64),
         )

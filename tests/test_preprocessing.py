@@ -115,3 +115,23 @@ def test_missing_feature_column_raises_key_error_naming_it() -> None:
         p.raw_matrix(frame)
     with pytest.raises(KeyError, match="b"):
         p.updated(frame, pd.Series([0]))
+
+
+def test_a_date_later_than_any_seen_reads_as_the_latest_seen():
+    """A datetime's year beyond the latest seen is held there (no trend extrapolated years ahead); a missing date is imputed;
+    month and weekday are not held; a preprocessor saved before this carries no limit."""
+    from lepton.models.preprocessing import Encoding, Preprocessor
+
+    seen = pd.DataFrame({"when": pd.to_datetime(["2012-01-01", "2012-06-01", "2012-12-01"]), "y": [0, 1, 0]})
+    pre = Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(seen, seen["y"])
+    later = pd.DataFrame({"when": pd.to_datetime(["2012-12-01", "2015-12-01", None])})
+    z = pre.transform(pre.raw_matrix(later))
+    assert z[1, 0] == z[0, 0]  # 2015 reads as December 2012 ...
+    assert z[1, 1] == z[0, 1]  # ... and its month is its own
+    assert z[2, 0] == 0.0 and z[2, -1] > 0  # missing: the running mean, and the indicator says so
+    restored = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    np.testing.assert_array_equal(restored.transform(restored.raw_matrix(later)), z)
+    old = pre.to_dict()
+    del old["latest"]
+    legacy = Preprocessor.from_dict(old)
+    assert legacy.transform(legacy.raw_matrix(later))[1, 0] > z[1, 0]  # no limit: as it read before
