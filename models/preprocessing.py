@@ -116,23 +116,23 @@ class Preprocessor:
     def n_outputs(self) -> int:
         return 1 if self.task == "regression" else len(self.classes)
 
-    @property
-    def scaled(self) -> np.ndarray:
-        """Which inputs are standardised; the others (indicators, one-hots, word shares) pass as they are."""
+    def _per_input(self, of_kind: Any, plain: bool) -> np.ndarray:
+        """A flag per network input: ``of_kind(kind)`` for each column's block, ``plain`` for a plain number's one input."""
         out: list[bool] = []
         for c in self.features:
             kind = self._kind(c)
-            out += [True] if kind == "plain" else kinds_of.scaled(kind, capacity=self.capacity, buckets=self.buckets)
+            out += [plain] if kind == "plain" else of_kind(kind, capacity=self.capacity, buckets=self.buckets)
         return np.asarray(out, dtype=bool)
+
+    @property
+    def scaled(self) -> np.ndarray:
+        """Which inputs are standardised; the others (indicators, one-hots, word shares) pass as they are."""
+        return self._per_input(kinds_of.scaled, plain=True)
 
     @property
     def held(self) -> np.ndarray:
         """Which inputs read as the latest value seen when beyond it (see ``columns.held_at_latest``)."""
-        out: list[bool] = []
-        for c in self.features:
-            kind = self._kind(c)
-            out += [False] if kind == "plain" else kinds_of.held_at_latest(kind, capacity=self.capacity, buckets=self.buckets)
-        return np.asarray(out, dtype=bool)
+        return self._per_input(kinds_of.held_at_latest, plain=False)
 
     @property
     def used(self) -> list[str]:
