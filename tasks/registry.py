@@ -228,18 +228,15 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
         current = champion_version(client, name)
         if found is None:
             return None
-        version, tags = int(found.version), dict(found.tags)
-        if tags.get(TAG + "gate_passed") != "true" or was_champion(champion_history(client, name), current, version):
+        version, lineage = int(found.version), Lineage.from_tags(dict(found.tags))
+        if not lineage.gate_passed or was_champion(champion_history(client, name), current, version):
             return Registration(version, found.run_id, created=False, champion=current)
         try:
-            move = move_champion(client, name, version, kind="promote", reason=Lineage.from_tags(tags).promotion_reason, expected=Lineage.from_tags(tags).parent_version)
+            move = move_champion(client, name, version, kind="promote", reason=lineage.promotion_reason, expected=lineage.parent_version)
         except StaleChampion:
             client.set_model_version_tag(name, str(version), TAG + "superseded_by", f"champion {current}")
             return None
     return Registration(version, found.run_id, created=False, champion=version, move=move)
-
-
-
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from prefect import task
@@ -10,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import RegistryConfig
 from lepton.history import AliasMove, previous_champion, was_champion
-from lepton.lineage import TAG
+from lepton.lineage import Lineage
 from lepton.tasks.promotion import move_champion
 from lepton.tasks.tracking import BACKOFF, champion_history, champion_version, connect, not_found
 from lepton.workspace import Workspace
@@ -69,9 +68,10 @@ def plan_promotion(ws: Workspace, config: RegistryConfig, version: int, force: b
         if not_found(err):
             return RollbackPlan(current, None, f"model {name!r} has no version {version}")
         raise
-    if tags.get(TAG + "gate_passed") == "true":
+    lineage = Lineage.from_tags(tags)
+    if lineage.gate_passed:
         return RollbackPlan(current, version)
-    reasons = "; ".join(json.loads(tags.get(TAG + "gate_reasons", "[]"))) or "no gate verdict recorded"
+    reasons = "; ".join(lineage.gate_reasons) or "no gate verdict recorded"
     if not force:
         return RollbackPlan(current, None, f"version {version} of {name!r} was kept out by the gate ({reasons}); add --force to promote it anyway")
     return RollbackPlan(current, version, forced=reasons)

@@ -3,14 +3,13 @@ its recorded history, retry timing. No Prefect here, so the read-only commands a
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from lepton.config import RegistryConfig
 from lepton.history import AliasMove
 from lepton.history import parse as parse_history
-from lepton.lineage import TAG
+from lepton.lineage import TAG, Lineage
 from lepton.secrets import credentials_out_of_uri
 from lepton.workspace import Workspace
 
@@ -131,6 +130,6 @@ def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
         info["champion"] = {
             "version": version,
             "lineage": {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG) and not k.startswith(TAG + "metric")},
-            "metrics": json.loads(tags.get(TAG + "metrics", "{}")),
+            "metrics": Lineage.from_tags(tags).metrics,
         }
     return info

@@ -216,27 +216,28 @@ def _read_registry(ws: Workspace) -> tuple[Any, str]:
 def _version_record(version: Any, current: int | None, moves: list[Any]) -> dict[str, Any]:
     """One model version as plain data: gate verdict, key metrics, lineage and its part in the champion history."""
     from lepton.history import was_champion
+    from lepton.lineage import TAG, Lineage
 
     tags, number = dict(version.tags), int(version.version)
-    parent = tags.get("lepton.parent_version", "none")
-    gate = tags.get("lepton.gate_passed")
+    lineage = Lineage.from_tags(tags)
+    # A tag that is missing (a version registered by hand) shows as null, the verdict too.
     return {
         "version": number,
-        "increment_id": tags.get("lepton.increment_id"),
-        "increment_file": tags.get("lepton.increment_file"),
-        "parent_version": None if parent == "none" else int(parent),
-        "gate_passed": None if gate is None else gate == "true",
-        "gate_reasons": json.loads(tags.get("lepton.gate_reasons", "[]")),
+        "increment_id": tags.get(TAG + "increment_id"),
+        "increment_file": tags.get(TAG + "increment_file"),
+        "parent_version": lineage.parent_version,
+        "gate_passed": lineage.gate_passed if TAG + "gate_passed" in tags else None,
+        "gate_reasons": list(lineage.gate_reasons),
         "champion": "current" if number == current else "former" if was_champion(moves, current, number) else "never",
-        "metrics": json.loads(tags.get("lepton.metrics", "{}")),
-        "strategy": tags.get("lepton.strategy"),
-        "data_hash": tags.get("lepton.data_hash"),
-        "git_commit": tags.get("lepton.git_commit"),
-        "superseded_by": tags.get("lepton.superseded_by"),
-        "archived": json.loads(tags["lepton.archived"]) if "lepton.archived" in tags else None,
+        "metrics": lineage.metrics,
+        "strategy": tags.get(TAG + "strategy"),
+        "data_hash": tags.get(TAG + "data_hash"),
+        "git_commit": tags.get(TAG + "git_commit"),
+        "superseded_by": tags.get(TAG + "superseded_by"),
+        "archived": json.loads(tags[TAG + "archived"]) if TAG + "archived" in tags else None,
         "run_id": version.run_id,
         "registered_at": datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
-        "config": json.loads(tags.get("lepton.config", "{}")),
+        "config": lineage.config,
     }
 
 
