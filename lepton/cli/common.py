@@ -19,8 +19,6 @@ from lepton.workspace import Workspace
 
 # Piped output (CI logs, `make demo | tee`) gets room for the summary table.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
 err = Console(stderr=True, highlight=False)
 
 
@@ -48,14 +46,8 @@ def flag(*names: str, help: str, **extra: Any) -> Any:
 
 
 WorkspaceOption = Annotated[Path, typer.Option("--workspace", "-w", help="Workspace directory.", show_default="current directory")]
-
-
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value (repeatable).")]
-
-
 JsonOption = Annotated[bool, flag("--json", help="Only the result, as JSON on stdout (for machines).")]
-
-
 QuietOption = Annotated[bool, flag("--quiet", "-q", help="No progress: only the last line, and errors (for cron).")]
 
 

@@ -35,6 +35,16 @@ from lepton.secrets import mask_logging
 from lepton.workspace import Workspace
 
 
+def _initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] | None = None) -> bool:
+    """Make ``ws`` a workspace, saying what the operator should know; False when it already was one."""
+    from lepton.tasks.initialise import initialise
+
+    done = initialise(ws, label, name, settings)
+    if done.note:
+        err.print(f"[yellow]note:[/yellow] {done.note}", soft_wrap=True)
+    return done.created
+
+
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make a workspace (created if needed).")],
     label: Annotated[str, typer.Option(help="Name of the label column.")],
@@ -42,12 +52,7 @@ def init(
 ) -> None:
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
     ws = open_workspace(directory, must_exist=False, quiet=True)
-    from lepton.tasks.initialise import initialise
-
-    done = initialise(ws, label, name)
-    if done.note:
-        err.print(f"[yellow]note:[/yellow] {done.note}", soft_wrap=True)
-    if not done.created:
+    if not _initialise(ws, label, name):
         console.print(f"{ws.root / 'lepton.yaml'} already exists; left as it is")
     console.print(f"workspace ready at {ws.root} (label column {label!r}, model {name!r})")
     console.print(f"next: lepton run PATH/TO/increment.parquet --workspace {directory}")
@@ -192,11 +197,7 @@ def demo(
     shutil.rmtree(ws.data, ignore_errors=True)
     embedded_environment(ws)
     quiet_libraries()
-    from lepton.tasks.initialise import initialise
-
-    note = initialise(ws, demo_data.LABEL, demo_data.MODEL, demo_data.SETTINGS).note
-    if note:
-        err.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    _initialise(ws, demo_data.LABEL, demo_data.MODEL, demo_data.SETTINGS)
     overrides = list(set_ or [])
     check_config(ws, overrides)
 

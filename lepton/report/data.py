@@ -8,16 +8,9 @@ from typing import Literal
 from pydantic import BaseModel
 
 REPORTS = "reports"
-
-
 PAGE = "report.html"
-
-
 DATA = "report.json"
-
-
 WIDTH = 1200  # px: the page's design width, and the screenshot's
-
 
 Status = Literal["promoted", "kept_out", "rejected"]
 

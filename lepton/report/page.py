@@ -18,7 +18,6 @@ VERDICTS = {
     "rejected": ("Rejected by validation", "verdict-bad"),
 }
 
-
 TEMPLATE = "report.html.j2"  # in lepton/templates/, shipped as package data
 
 
