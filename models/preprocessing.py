@@ -196,9 +196,13 @@ class Preprocessor:
 
     def transform(self, x_raw: np.ndarray) -> np.ndarray:
         """Standardised float32 inputs for the network; a missing value becomes the running mean (0); a date beyond the latest seen, the latest."""
-        later = x_raw > self.latest  # False where either is NaN: a missing value stays missing, no limit stays none
-        if later.any():
-            x_raw = np.where(later, self.latest, x_raw)
+        limited = np.flatnonzero(~np.isnan(self.latest))  # datetime years with a latest value seen; empty for most tables
+        if limited.size:
+            values, limit = x_raw[:, limited], self.latest[limited]
+            later = values > limit  # False for a missing value: it stays missing
+            if later.any():
+                x_raw = x_raw.copy()
+                x_raw[:, limited] = np.where(later, limit, values)
         z = (x_raw - self.offset) / self.scale
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
