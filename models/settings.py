@@ -16,6 +16,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A new network's hidden widths when train.hidden is null. Measured with `lepton bench tables`: on a
+# numeric target two layers of 256 fit the noise of a first increment of ~80 rows (diabetes: R² -0.49 on
+# its holdout, ridge 0.15) where one layer of 128 generalises (0.25), and cars' prequential MAE fell from
+# 3.42 to 3.17; classes keep the width the digits benchmarks were measured with.
+CLASSIFICATION_HIDDEN = (256, 256)
+REGRESSION_HIDDEN = (128,)
+
+
 class TrainConfig(Section):
     """How the candidate is fine-tuned."""
 
@@ -25,7 +33,11 @@ class TrainConfig(Section):
     finetune_lr: float | None = Field(
         3e-4, gt=0, description="Adam learning rate when fine-tuning the champion on an increment that shows no drift and brings no new classes: it refines what was learnt instead of moving the model by the gate's margin; drift or new classes train at train.lr; null: always train.lr."
     )
-    hidden: list[int] = Field([256, 256], min_length=1, description="Hidden layer widths of a new network.")
+    hidden: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="Hidden layer widths of a new network; null: [256, 256] for classes, [128] for a numeric target (one layer overfits less on the few hundred noisy rows a regression table often starts with).",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present, else the CPU.")
     nproc: int = Field(
@@ -43,6 +55,12 @@ class TrainConfig(Section):
         description="Extra torchrun arguments, e.g. ['--nnodes=2', '--node-rank=0', '--rdzv-backend=c10d', '--rdzv-endpoint=head:29500']; none means --standalone (launcher=torchrun).",
     )
     shared_dir: str | None = Field(None, description="Folder every node reads, for the job and rank 0's result (launcher=torchrun across nodes); default a temporary folder.")
+
+    def widths(self, *, regression: bool) -> tuple[int, ...]:
+        """The hidden widths a new network gets: ``hidden``, or the task's default."""
+        if self.hidden is not None:
+            return tuple(self.hidden)
+        return REGRESSION_HIDDEN if regression else CLASSIFICATION_HIDDEN
 
     @field_validator("torchrun_args")
     @classmethod

@@ -74,7 +74,7 @@ def fine_tune(
 
     retrain = "joint" in strategy.names or champion is None or concept_change
     if retrain:
-        hidden = tuple(train.hidden) if champion is None else champion.network.hidden
+        hidden = train.widths(regression=regression) if champion is None else champion.network.hidden
         network = MLP(n_features=width, n_classes=n_outputs, hidden=hidden)
         _quiet_unscaled_inputs(network, preprocessor)
     else:

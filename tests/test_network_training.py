@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -218,3 +219,20 @@ def test_a_steady_increment_refines_at_the_fine_tuning_rate() -> None:
     assert grown.lr == 1e-3  # new classes: the head has to learn them
     _, plain = fine_tune(champion, second, label=LABEL, train=TrainConfig(epochs=1, hidden=[16], finetune_lr=None), strategy=StrategyConfig(name="replay"), steady=True)
     assert plain.lr == 1e-3
+
+
+def test_a_new_network_takes_the_task_default_width_unless_configured() -> None:
+    """train.hidden null: two layers of 256 for classes, one of 128 for a numeric target; a configured width wins, a warm start keeps the champion's."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
+    numeric = frame.assign(y=frame.a * 3.5 + rng.normal(size=80))
+    classes = frame.assign(y=np.where(frame.a > 0, "up", "down"))
+    train = TrainConfig(epochs=1)
+    regressor, _ = fine_tune(None, numeric, label="y", train=train, strategy=StrategyConfig(name="replay"))
+    classifier, _ = fine_tune(None, classes, label="y", train=train, strategy=StrategyConfig(name="replay"))
+    assert regressor.regression and regressor.network.hidden == (128,)
+    assert not classifier.regression and classifier.network.hidden == (256, 256)
+    configured, _ = fine_tune(None, numeric, label="y", train=TrainConfig(epochs=1, hidden=[32, 8]), strategy=StrategyConfig(name="replay"))
+    assert configured.network.hidden == (32, 8)
+    warm, _ = fine_tune(configured, numeric, label="y", train=train, strategy=StrategyConfig(name="replay"))
+    assert warm.network.hidden == (32, 8)
