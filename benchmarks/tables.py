@@ -242,6 +242,39 @@ class Retrained:
         self.seconds += time.perf_counter() - started
 
 
+class NetworkRetrained:
+    """Lepton's network and preprocessing trained from scratch on every labelled row seen so far: no
+    fine-tuning, strategy or gate. Beside Lepton it tells what continual learning costs; beside HGB,
+    what the network family does on the table."""
+
+    name = "network"
+
+    def __init__(self, task: Task, label: str, epochs: int):
+        self.label, self.epochs = label, epochs
+        self.seen: list[pd.DataFrame] = []
+        self.model: Any = None
+        self.seconds, self.samples = 0.0, 0
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray | None:
+        if self.model is None:
+            return None
+        started = time.perf_counter()
+        out = np.asarray(self.model.predict(frame.drop(columns=[self.label])), dtype=object)
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def learn(self, frame: pd.DataFrame) -> None:
+        from lepton.config import StrategyConfig, TrainConfig
+        from lepton.models.training import fine_tune
+
+        started = time.perf_counter()
+        self.seen.append(_labelled(frame, self.label))
+        seen = pd.concat(self.seen, ignore_index=True)
+        self.model, report = fine_tune(None, seen, label=self.label, train=TrainConfig(epochs=self.epochs), strategy=StrategyConfig(name="naive"))
+        self.samples += report.train_samples
+        self.seconds += time.perf_counter() - started
+
+
 @dataclass
 class _Constant:
     value: Any
@@ -386,7 +419,7 @@ def concept_reference(table: Table, epochs: int) -> float:
 def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every increment scored by each model before it learns from it; one record with the per-increment trail."""
     kinds = peer_kinds(table.increments[0], table.label)
-    models: list[Any] = [Lepton(root, table, epochs), Retrained(table.task, table.label, kinds)]
+    models: list[Any] = [Lepton(root, table, epochs), Retrained(table.task, table.label, kinds), NetworkRetrained(table.task, table.label, epochs)]
     try:
         models.append(Online(table.task, table.label, kinds))
     except ImportError:
@@ -477,7 +510,7 @@ def targets(records: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
         lepton, hgb, river = (r["prequential"].get(w) for w in ("lepton", "hgb", "river"))
         wanted = len(r["steps"]) - 1
         complete = r["scored_increments"]["lepton"] == wanted
-        measured = f"{_value(r, 'lepton')} vs HGB {_value(r, 'hgb')}, river {_value(r, 'river')}"
+        measured = f"{_value(r, 'lepton')} vs HGB {_value(r, 'hgb')}, river {_value(r, 'river')} (network retrained {_value(r, 'network')})"
         if not complete:
             measured += f" (Lepton scored {r['scored_increments']['lepton']} of {wanted} increments)"
         if r["metric"] == "accuracy":
@@ -511,19 +544,20 @@ def markdown(records: list[dict[str, Any]], skipped: list[str]) -> str:
         f"Prequential: each increment is scored by every model before it learns from it (increment 1 is not scored); "
         f"accuracy for classification, MAE for regression (lower is better). Lepton: the flow with the workspace defaults "
         f"and {epochs} epochs, scored with the champion before each run. HGB: HistGradientBoosting retrained on every row seen. "
-        f"river: ARF learning each row once. Trail: P promoted, K kept out, R rejected, E error. "
+        f"river: ARF learning each row once. Network retrained: Lepton's network and preprocessing trained from scratch on every row seen, "
+        f"without fine-tuning, strategy or gate (what the continual machinery costs, and what the network family does on the table). Trail: P promoted, K kept out, R rejected, E error. "
         f"Seconds: Lepton's whole flow (validation, versioning, registry, report), the peers' fit and predict. "
         f"Samples: Lepton's samples processed (every epoch, replayed rows included), HGB's rows summed over its refits, river's rows learnt.",
         "",
-        "| table | rows / increments | order | metric | Lepton | HGB retrained | river ARF | accepted | promoted | trail | seconds (Lepton / HGB / river) | samples (Lepton / HGB / river) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| table | rows / increments | order | metric | Lepton | HGB retrained | river ARF | network retrained | accepted | promoted | trail | seconds (Lepton / HGB / river) | samples (Lepton / HGB / river) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
         s, n = r["seconds"], r["train_samples"]
         scored = r["scored_increments"]["lepton"]
         lepton = _value(r, "lepton") + ("" if scored == r["increments"] - 1 else f" ({scored}/{r['increments'] - 1})")
         lines.append(f"| {r['table']} | {r['rows']} / {r['increments']} | {r['order']} | {r['metric']} | {lepton} | {_value(r, 'hgb')} | "
-                     f"{_value(r, 'river')} | {r['accepted_share']:.0%} | {r['promoted_share']:.0%} | {_trail(r)} | "
+                     f"{_value(r, 'river')} | {_value(r, 'network')} | {r['accepted_share']:.0%} | {r['promoted_share']:.0%} | {_trail(r)} | "
                      f"{s['lepton']:.0f} / {s['hgb']:.1f} / {s.get('river', 0):.1f} | {n['lepton']} / {n['hgb']} / {n.get('river', 0)} |")
     lines += ["", "### What Lepton did", ""]
     for r in records:

@@ -180,11 +180,11 @@ def tables(
     console.print(f"wrote {folder / 'tables.json'} and tables.md ({len(records)} tables)")
     from rich.table import Table
 
-    summary = Table("table", "metric", "Lepton", "HGB", "river", "accepted", "promoted", title="prequential", title_justify="left")
+    summary = Table("table", "metric", "Lepton", "HGB", "river", "network retrained", "accepted", "promoted", title="prequential", title_justify="left")
     for r in records:
         shown = {w: "-" if r["prequential"].get(w) is None else (f"{r['prequential'][w]:.1%}" if r["metric"] == "accuracy" else f"{r['prequential'][w]:.2f}")
-                 for w in ("lepton", "hgb", "river")}
-        summary.add_row(r["table"], r["metric"], shown["lepton"], shown["hgb"], shown["river"], f"{r['accepted_share']:.0%}", f"{r['promoted_share']:.0%}")
+                 for w in ("lepton", "hgb", "river", "network")}
+        summary.add_row(r["table"], r["metric"], shown["lepton"], shown["hgb"], shown["river"], shown["network"], f"{r['accepted_share']:.0%}", f"{r['promoted_share']:.0%}")
     console.print(summary)
     board = Table("target", "measured", "", title="targets", title_justify="left")
     missed = 0
