@@ -28,7 +28,7 @@ def imported_roots(path: Path, *, module_level_only: bool = False) -> set[str]:
 
 
 SHELL = {"lepton.cli"}  # the commands, their progress display and `lepton bench`
-KERNEL = ["config", "workspace", "history", "lineage", "faults", "secrets", "landing", "runtime", "serving", "demo", "report/__init__", "report/data",
+KERNEL = ["config", "workspace", "history", "lineage", "faults", "secrets", "landing", "runtime", "serving", "server", "demo", "report/__init__", "report/data",
           "report/plots", "report/page", "report/store", "report/screenshot"]
 RUNTIME = ["models/columns.py", "models/preprocessing.py", "models/network.py", "models/bundle.py", "lepton/serving.py"]
 

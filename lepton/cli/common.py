@@ -15,6 +15,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from lepton.secrets import credentials_out_of_uris, redact
+from lepton.server import use_if_running
 from lepton.workspace import Workspace
 
 # Piped output (CI logs, `make demo | tee`) gets room for the summary table.
@@ -76,6 +77,8 @@ def embedded_environment(ws: Workspace) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # `lepton server start` keeps one up for the workspace: no temporary server per command.
+    use_if_running(ws, os.environ)
     credentials_out_of_uris(os.environ)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 

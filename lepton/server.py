@@ -1,0 +1,190 @@
+"""A Prefect server kept up in the background for one workspace, so commands stop paying a temporary one.
+
+Without ``PREFECT_API_URL`` every flow starts Prefect's temporary server and stops it at
+exit, seconds to tens of seconds per command. ``lepton server start`` runs ``prefect
+server start`` detached, on 127.0.0.1, with the workspace's own Prefect home (the same
+database the temporary server uses), and records it in ``.lepton/server.json``; while it
+answers, every command in the workspace points ``PREFECT_API_URL`` at it. Standard library
+only: the check runs before any command imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lepton.workspace import Workspace
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
+STARTUP_SECONDS = 90.0
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or stopped; the message says why and where its log is."""
+
+
+@dataclass(frozen=True)
+class Server:
+    pid: int
+    port: int
+    started: float
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
+def state_path(ws: Workspace) -> Path:
+    return ws.state / "server.json"
+
+
+def log_path(ws: Workspace) -> Path:
+    return ws.state / "logs" / "prefect-server.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the number
+        return False
+    return True
+
+
+def _listening(port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(server: Server, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def recorded(ws: Workspace) -> Server | None:
+    """The server ``lepton server start`` recorded, whether or not it still runs."""
+    try:
+        return Server(**json.loads(state_path(ws).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def running(ws: Workspace) -> Server | None:
+    """The workspace's background server if its process lives and its port answers (a millisecond; no HTTP)."""
+    server = recorded(ws)
+    if server is None or not _alive(server.pid) or not _listening(server.port):
+        return None
+    return server
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise ServerError("no free port on 127.0.0.1")
+
+
+def _prefect_executable() -> str:
+    beside = Path(sys.executable).with_name("prefect")
+    found = str(beside) if beside.exists() else shutil.which("prefect")
+    if not found:
+        raise ServerError("the prefect command is not installed beside this Python")
+    return found
+
+
+def start(ws: Workspace, *, port: int | None = None, wait: float = STARTUP_SECONDS) -> tuple[Server, bool]:
+    """The running server, or a new one once it answers ``/api/health``; True when this call started it."""
+    current = running(ws)
+    if current is not None:
+        return current, False
+    chosen = _free_port(port or DEFAULT_PORT) if port is None else port
+    if port is not None and _listening(port):
+        raise ServerError(f"port {port} on {HOST} is taken by another program; choose another with --port")
+    log = log_path(ws)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ws.prefect_home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(ws.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_UI_ENABLED": "true"}
+    with log.open("ab") as sink:
+        process = subprocess.Popen(  # noqa: S603 - our own prefect, fixed arguments
+            [_prefect_executable(), "server", "start", "--host", HOST, "--port", str(chosen)],
+            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=ws.root,
+        )
+    server = Server(pid=process.pid, port=chosen, started=time.time(), log=str(log))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"prefect server exited with code {process.returncode} before answering; see {log}")
+        if _healthy(server):
+            ws.write_atomically(state_path(ws), json.dumps(asdict(server)) + "\n")
+            return server, True
+        time.sleep(0.25)
+    _terminate(process.pid)
+    raise ServerError(f"prefect server did not answer on {server.url} within {wait:.0f} s; see {log}")
+
+
+def _terminate(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM to the server's process group (it runs workers of its own), SIGKILL after ``grace`` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll its existence instead
+            reaped = pid if not _alive(pid) else 0
+        if reaped == pid:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop(ws: Workspace) -> Server | None:
+    """Stop the recorded server (by its PID) and forget it; None when none was recorded or it had already gone."""
+    server = recorded(ws)
+    state_path(ws).unlink(missing_ok=True)
+    if server is None or not _alive(server.pid):
+        return None
+    _terminate(server.pid)
+    return server
+
+
+def use_if_running(ws: Workspace, environ: dict[str, str] | os._Environ[str]) -> Server | None:
+    """Point ``PREFECT_API_URL`` at the workspace's server when it runs and nothing else is configured."""
+    if environ.get("PREFECT_API_URL"):
+        return None
+    server = running(ws)
+    if server is not None:
+        environ["PREFECT_API_URL"] = server.api_url
+    return server

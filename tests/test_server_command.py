@@ -1,0 +1,108 @@
+"""``lepton server start|stop|status``: a real Prefect server in the background that every command in the workspace uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from lepton.server import running, use_if_running
+from tests.conftest import make_workspace, run_cli
+
+QUICK = ["--set", "train.epochs=3", "--set", "train.hidden=[32]", "--set", "gate.bootstrap_samples=200"]
+
+
+def _flow_runs(api_url: str) -> list[dict]:
+    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=json.dumps({"limit": 50}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the test's own loopback server
+        return json.loads(response.read())
+
+
+def _gone(pid: int, within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.integration
+def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_path):
+    from lepton.models.datasets import class_incremental
+
+    ws = make_workspace(clean_dir / "ws", "digit", "server-digits")
+    increment = tmp_path / "digits-1.parquet"
+    class_incremental()[0].to_parquet(increment, index=False)
+    pid = None
+    try:
+        down = run_cli(["server", "status", "-w", str(ws.root)], api_url=None)
+        assert down.returncode == 3 and "not running" in down.stdout
+
+        started = run_cli(["server", "start", "-w", str(ws.root), "--json"], api_url=None, timeout=180)
+        assert started.returncode == 0, started.stderr
+        info = json.loads(started.stdout)
+        pid = info["pid"]
+        assert info["running"] and info["started_now"] and info["url"].startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{info['api_url']}/health", timeout=10) as response:  # noqa: S310
+            assert response.status == 200
+        assert (ws.state / "server.json").exists() and running(ws).pid == pid
+
+        again = run_cli(["server", "start", "-w", str(ws.root), "--json"], api_url=None)
+        assert json.loads(again.stdout)["pid"] == pid and not json.loads(again.stdout)["started_now"]
+
+        # No PREFECT_API_URL given: the run goes to the workspace's server, where its flow run is recorded.
+        before = len(_flow_runs(info["api_url"]))
+        run = run_cli(["run", str(increment), "-w", str(ws.root), "--json", *QUICK], api_url=None)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout)["status"] == "promoted"
+        runs = _flow_runs(info["api_url"])
+        assert len(runs) == before + 1 and runs[0]["state_type"] == "COMPLETED"
+
+        # A URL in the environment wins over the workspace's server.
+        environ = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+        assert use_if_running(ws, environ) is None and environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+        environ = {}
+        assert use_if_running(ws, environ).pid == pid and environ["PREFECT_API_URL"] == info["api_url"]
+
+        up = run_cli(["server", "status", "-w", str(ws.root)], api_url=None)
+        assert up.returncode == 0 and info["url"] in up.stdout
+
+        stopped = run_cli(["server", "stop", "-w", str(ws.root), "--json"], api_url=None)
+        assert json.loads(stopped.stdout) == {"stopped": True, "pid": pid}
+        assert _gone(pid)
+        pid = None
+        assert not (ws.state / "server.json").exists() and running(ws) is None
+        assert run_cli(["server", "status", "-w", str(ws.root)], api_url=None).returncode == 3
+        assert "no Prefect server was running" in run_cli(["server", "stop", "-w", str(ws.root)], api_url=None).stdout
+    finally:
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.integration
+def test_a_server_that_died_is_not_used_and_status_says_so(clean_dir):
+    ws = make_workspace(clean_dir / "ws", "digit", "server-gone")
+    started = run_cli(["server", "start", "-w", str(ws.root), "--json"], api_url=None, timeout=180)
+    pid = json.loads(started.stdout)["pid"]
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        assert _gone(pid)
+        environ: dict[str, str] = {}
+        assert use_if_running(ws, environ) is None and "PREFECT_API_URL" not in environ
+        status = run_cli(["server", "status", "-w", str(ws.root)], api_url=None)
+        assert status.returncode == 3 and f"pid {pid}" in status.stdout and "has gone" in status.stdout
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
