@@ -6,6 +6,7 @@ of its own in the Prefect UI, with its own logs and state.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,8 @@ class DryRun(BaseModel):
 class Processed(BaseModel):
     file: str
     outcome: RunOutcome
+    seconds: float | None = None  # the increment's run, start to end
+    flow_run_id: str | None = None
 
 
 class SeriesReport(BaseModel):
@@ -98,7 +101,9 @@ def _in_order(files: list[Path], ws: Workspace, overrides: list[str], *, consume
     for n, file in enumerate(files):
         name = f"increment {file.name}"
         run = continual_training.with_options(flow_run_name=lambda name=name: name)
+        started = time.perf_counter()
         state = run(str(file), str(ws.root), overrides, return_state=True)
+        seconds = round(time.perf_counter() - started, 3)
         result = state.result(raise_on_failure=False)
         if state.is_failed() or isinstance(result, BaseException):
             # Stop here: later increments may depend on this one, so they wait, untouched.
@@ -107,7 +112,7 @@ def _in_order(files: list[Path], ws: Workspace, overrides: list[str], *, consume
             report.remaining = [f.name for f in files[n:]]
             log.error(report.message)
             return _stopped(report)
-        report.processed.append(Processed(file=file.name, outcome=result))
+        report.processed.append(Processed(file=file.name, outcome=result, seconds=seconds, flow_run_id=str(state.state_details.flow_run_id)))
         log.info("%s: %s", file.name, result.message)
         if consume:
             clear_landed(file)

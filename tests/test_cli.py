@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -165,6 +166,25 @@ def test_progress_quiet_and_json_output(clean_dir, prefect_api, increments):
     outcome = json.loads(machine.stdout)
     assert outcome["status"] == "promoted" and outcome["version"] == 2 and outcome["parent_version"] == 1
     assert 0.0 <= outcome["metrics"]["candidate_new_accuracy"] <= 1.0
+    # Where the time went: the command's total and each step, the steps within it.
+    seconds = outcome["seconds"]
+    steps = seconds["steps"]
+    for step in ("import the pipeline", "start the flow (Prefect)", "validate (Great Expectations)", "fine-tune", "register and promote (MLflow)", "report"):
+        assert steps[step] > 0, steps
+    assert sum(steps.values()) <= seconds["total"] + 0.05
+
+    backfilled = clean_dir / "backfill"
+    backfilled.mkdir()
+    pd.read_parquet(increments[1]).to_parquet(backfilled / "01.parquet", index=False)  # run above: a duplicate
+    pd.read_parquet(increments[1]).sample(frac=1, random_state=0).to_parquet(backfilled / "02.parquet", index=False)  # new bytes: trained on
+    series = run_cli(["backfill", str(backfilled), "--workspace", str(ws.root), "--json", *quick], api_url=prefect_api)
+    assert series.returncode == 0, series.stderr
+    report = json.loads(series.stdout)
+    assert [item["file"] for item in report["processed"]] == ["01.parquet", "02.parquet"], report
+    first, second = (item["seconds"] for item in report["processed"])
+    assert set(first["steps"]) == {"ingest", "finish an interrupted run"}
+    assert second["steps"]["fine-tune"] > 0 and "finish an interrupted run" not in second["steps"]
+    assert second["total"] >= sum(second["steps"].values()) and report["seconds"]["total"] >= first["total"] + second["total"]
 
     cron = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--quiet"], api_url=prefect_api)
     assert cron.returncode == 0, cron.stderr

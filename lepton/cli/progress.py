@@ -59,6 +59,7 @@ def mode_for(console: Console, *, quiet: bool, as_json: bool) -> Mode:
 @dataclass
 class _Step:
     name: str
+    flow_run: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -72,6 +73,9 @@ class _Display(logging.Handler):
         self.current: _Step | None = None
         self.step_task: TaskID | None = None
         self.epoch_task: TaskID | None = None
+        # Seconds of each step by flow run (None: before the first task), for --json and the benchmarks.
+        self.steps: dict[str | None, dict[str, float]] = {}
+        self._flow_run: str | None = None
         if mode == "live":
             self.progress = Progress(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
@@ -95,6 +99,7 @@ class _Display(logging.Handler):
         message = record.getMessage()
         name = getattr(record, "task_name", None) or message
         if message.startswith("Created task run"):
+            self._flow_run = getattr(record, "flow_run_id", None) or self._flow_run
             self._start(STEPS.get(name, name))
         elif message.startswith("Finished in state"):
             ok = "Completed" in message
@@ -103,7 +108,7 @@ class _Display(logging.Handler):
     def _start(self, label: str) -> None:
         if self.current is not None:  # the step before had no finish record of its own
             self._finish(True, "")
-        self.current = _Step(label)
+        self.current = _Step(label, self._flow_run)
         if self.progress is not None:
             self._drop_epochs()
             if self.step_task is None:
@@ -114,12 +119,20 @@ class _Display(logging.Handler):
     def _finish(self, ok: bool, state: str) -> None:
         if self.current is None:
             return
-        seconds = time.perf_counter() - self.current.started
+        seconds = self._account()
         mark = "[green]✓[/green]" if ok else f"[red]✗ {state}[/red]"
         if self.mode in ("live", "plain"):
             self.console.print(f"  {mark} {self.current.name} [dim]{seconds:.1f}s[/dim]", highlight=False)
         self._drop_epochs()
         self.current = None
+
+    def _account(self) -> float:
+        """Add the current step's seconds so far to its flow run's steps."""
+        assert self.current is not None
+        seconds = time.perf_counter() - self.current.started
+        spent = self.steps.setdefault(self.current.flow_run, {})
+        spent[self.current.name] = spent.get(self.current.name, 0.0) + seconds
+        return seconds
 
     def _epoch(self, epoch: int, epochs: int, loss: float) -> None:
         if self.progress is not None:
@@ -214,7 +227,22 @@ class watch:  # noqa: N801 - used as a context manager, like open()
         logger.setLevel(level)
         self._undo.append(lambda: logger.setLevel(before))
 
+    def seconds(self, flow_run_id: object | None = None, *, start: bool = True) -> dict[str, float]:
+        """Each step's seconds, in the order they ran: of one flow run (``start``: with Prefect starting, before
+        any task), or (None) of everything shown."""
+        runs = self.display.steps
+        chosen = [runs.get(str(flow_run_id), {})] if flow_run_id is not None else list(runs.values())
+        if flow_run_id is not None and start and None in runs:
+            chosen.insert(0, runs[None])
+        out: dict[str, float] = {}
+        for steps in chosen:
+            for name, value in steps.items():
+                out[name] = round(out.get(name, 0.0) + value, 3)
+        return out
+
     def __exit__(self, *exc: object) -> None:
+        if self.display.current is not None:  # a step the flow ended in, without a finish record
+            self.display._account()
         self.display.current = None
         for undo in reversed(self._undo):
             undo()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,7 +75,13 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
     result = state.result(raise_on_failure=False)
     if state.is_failed() or isinstance(result, BaseException):
         raise RuntimeError(str(result) if isinstance(result, BaseException) else state.message or "the flow failed")
-    return result
+    return result, state.state_details.flow_run_id
+
+
+def timings(started: float, watched: watch, flow_run_id: Any = None, before: float | None = None) -> dict[str, Any]:
+    """``seconds`` of a --json outcome: the command's total, and each step's (``before``: when the display took over)."""
+    steps = {"import the pipeline": round(before - started, 3)} if before is not None else {}
+    return {"total": round(time.perf_counter() - started, 3), "steps": steps | watched.seconds(flow_run_id)}
 
 
 def run(
@@ -117,13 +124,15 @@ def retry(
 
 def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> None:
     """Run the flow on ``path`` with the progress display, print its outcome and exit with its code."""
+    started = time.perf_counter()
     try:
-        with _watching(ws, mode):
-            outcome = _run_flow(ws, path, overrides, dry_run=dry_run)
+        with _watching(ws, mode) as watched:
+            shown_at = time.perf_counter()
+            outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
     if mode == "json":
-        print(outcome.model_dump_json(indent=2))
+        print(json.dumps({**outcome.model_dump(mode="json"), "seconds": timings(started, watched, flow_run_id, shown_at)}, indent=2))
     else:
         if mode != "quiet" and not dry_run:
             console.print(_outcome_table(ws, outcome))
@@ -209,7 +218,7 @@ def demo(
             console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
         try:
             with _watching(ws, mode):
-                outcome = _run_flow(ws, path, overrides)
+                outcome, _ = _run_flow(ws, path, overrides)
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
         if talk:
@@ -249,7 +258,7 @@ def _summary_table(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str) -> None:
+def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: watch, started: float) -> None:
     """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
     from lepton.flows.deployments import SeriesStopped
 
@@ -259,7 +268,11 @@ def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str) -> None:
     elif report is None or isinstance(report, BaseException):
         raise fail(f"{what} failed: {report if report is not None else state.message}")
     if mode == "json":
-        print(json.dumps({**report.model_dump(mode="json"), "message": report.message, "exit_code": report.exit_code}, indent=2))
+        shown = report.model_dump(mode="json")
+        for item in shown["processed"]:  # each increment's steps, as `lepton run --json` gives them
+            item["seconds"] = {"total": item.pop("seconds"), "steps": watched.seconds(item.pop("flow_run_id"), start=False)}
+        print(json.dumps({**shown, "message": report.message, "exit_code": report.exit_code,
+                          "seconds": {"total": round(time.perf_counter() - started, 3)}}, indent=2))
         raise typer.Exit(report.exit_code)
     if mode != "quiet" and (report.processed or report.failed):
         table = Table("file", "status", "outcome", title=what)
@@ -303,11 +316,12 @@ def run_pending(
     ws = open_workspace(workspace)
     overrides = typed_overrides(ws, set_)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
-    with _watching(ws, mode):
+    started = time.perf_counter()
+    with _watching(ws, mode) as watched:
         from lepton.flows.deployments import run_pending as pending_flow
 
         state = pending_flow(str(ws.root), overrides, return_state=True)
-    _finish_series(ws, state, mode, "run-pending")
+    _finish_series(ws, state, mode, "run-pending", watched, started)
 
 
 def backfill(
@@ -326,8 +340,9 @@ def backfill(
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     from lepton.landing import trusting
 
-    with _watching(ws, mode), trusting(folder):
+    started = time.perf_counter()
+    with _watching(ws, mode) as watched, trusting(folder):
         from lepton.flows.deployments import backfill as backfill_flow
 
         state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
-    _finish_series(ws, state, mode, "backfill")
+    _finish_series(ws, state, mode, "backfill", watched, started)
