@@ -115,9 +115,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady,
         )
         log.info(
-            "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s in %.1fs, final loss %.4f",
+            "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s (%d thread(s)) in %.1fs, final loss %.4f",
             training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
-            config.train.epochs, training.lr, training.device, training.seconds, training.losses[-1],
+            config.train.epochs, training.lr, training.device, training.threads, training.seconds, training.losses[-1],
         )
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
         decision = gate(evaluation, config.gate, change_at)

@@ -12,7 +12,7 @@ from torch import nn
 
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
-from lepton.models.loop import fit, keep_fixed, select_device
+from lepton.models.loop import fit, intra_op_threads, keep_fixed, select_device, threads
 from lepton.models.network import MLP
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
@@ -33,6 +33,7 @@ class TrainReport:
     strategy: str = ""
     classes: list = field(default_factory=list)
     lr: float = 0.0  # the learning rate it trained at
+    threads: int = 0  # intra-op CPU threads of each training process
 
 
 def fine_tune(
@@ -111,6 +112,9 @@ def fine_tune(
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, generator=generator, strategy=plan)
     # What the strategies keep fixed stays fixed until the increment has ended (fit and the ranks see to it
     # during training): what learns from the increment (EWC's Fisher information) sees only what trained.
+    cpu_threads = 1  # each data-parallel rank runs one
+    if train.launcher != "torchrun" and train.nproc == 1:
+        cpu_threads = intra_op_threads(network, train.batch_size, train.threads) if device.type == "cpu" else torch.get_num_threads()
     with keep_fixed(network, plan.frozen(network)):
         if train.launcher == "torchrun":
             from lepton.models.distributed import fit_torchrun
@@ -125,7 +129,8 @@ def fine_tune(
 
             result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
         else:
-            result = fit(network, preprocessor.transform(x_raw), y, **loop)
+            with threads(cpu_threads):
+                result = fit(network, preprocessor.transform(x_raw), y, **loop)
         plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
@@ -144,6 +149,7 @@ def fine_tune(
         strategy=strategy.name,
         classes=list(preprocessor.classes),
         lr=lr,
+        threads=cpu_threads,
     )
     return candidate, report
 

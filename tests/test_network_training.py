@@ -236,3 +236,20 @@ def test_a_new_network_takes_the_task_default_width_unless_configured() -> None:
     assert configured.network.hidden == (32, 8)
     warm, _ = fine_tune(configured, numeric, label="y", train=train, strategy=StrategyConfig(name="replay"))
     assert warm.network.hidden == (32, 8)
+
+
+def test_small_training_runs_on_one_thread_and_restores_torch_threads() -> None:
+    """train.threads null: the default network (a small step) trains on one intra-op thread; a configured count is used; torch's own setting comes back."""
+    from lepton.models.loop import THREAD_WORK, intra_op_threads
+
+    before = torch.get_num_threads()
+    small = MLP(n_features=64, n_classes=10, hidden=(256, 256))
+    assert intra_op_threads(small, 32) == 1
+    wide = MLP(n_features=64, n_classes=10, hidden=(2048, 2048))
+    assert 32 * sum(p.numel() for p in wide.parameters()) >= THREAD_WORK and intra_op_threads(wide, 32) == before
+    assert intra_op_threads(small, 32, configured=3) == 3
+    part = class_incremental()[0].head(60)
+    _, report = fine_tune(None, part, label=LABEL, train=TrainConfig(epochs=1, hidden=[16], device="cpu"), strategy=StrategyConfig(name="naive"))
+    assert report.threads == 1 and torch.get_num_threads() == before
+    _, configured = fine_tune(None, part, label=LABEL, train=TrainConfig(epochs=1, hidden=[16], device="cpu", threads=2), strategy=StrategyConfig(name="naive"))
+    assert configured.threads == 2 and torch.get_num_threads() == before
