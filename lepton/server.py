@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,6 +75,8 @@ def _listening(port: int, timeout: float = 0.2) -> bool:
 
 
 def _healthy(server: Server, timeout: float = 2.0) -> bool:
+    import urllib.request  # 0.1 s of imports (http, email, ssl): only ``start`` asks
+
     try:
         with urllib.request.urlopen(f"{server.api_url}/health", timeout=timeout) as response:  # noqa: S310 - loopback only
             return response.status == 200

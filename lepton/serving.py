@@ -32,8 +32,15 @@ def unscorable(reason: str) -> MlflowException:
 def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]:
     """What in raw feature columns is neither a value the model reads nor a missing one: text or infinities where numbers go."""
     problems = []
-    for column in preprocessor.used:
-        if column not in frame.columns or preprocessor.kinds.get(column, "numeric") not in ("numeric", "boolean"):
+    dtypes = frame.dtypes
+    wanted = [c for c in preprocessor.used if c in dtypes.index and preprocessor.kinds.get(c, "numeric") in ("numeric", "boolean")]
+    # Columns that arrive as numbers hold no text: only their infinities need finding, all in one step.
+    direct = [c for c in wanted if kinds_of.is_number_dtype(dtypes[c])]
+    counted = dict(zip(direct, np.isinf(frame[direct].to_numpy(dtype=np.float64, na_value=np.nan)).sum(axis=0), strict=True)) if direct else {}
+    for column in wanted:
+        if column in counted:
+            if counted[column]:
+                problems.append(f"column {column!r} holds {int(counted[column])} infinite value(s)")
             continue
         raw = frame[column]
         numbers = kinds_of.as_numbers(raw)

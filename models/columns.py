@@ -92,6 +92,11 @@ def held_at_latest(kind: str, *, capacity: int, buckets: int) -> list[bool]:
     return [False] * width(kind, capacity=capacity, buckets=buckets)
 
 
+def is_number_dtype(dtype: Any) -> bool:
+    """A column dtype that holds only numbers, booleans or missing values: no text to parse."""
+    return bool(types.is_bool_dtype(dtype) or types.is_numeric_dtype(dtype))
+
+
 def as_numbers(series: pd.Series) -> np.ndarray:
     """A numeric or boolean column as float64, missing as NaN (text that is not a number too)."""
     if types.is_bool_dtype(series) or types.is_numeric_dtype(series):
