@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import LEPTON
@@ -114,3 +117,33 @@ def test_tables_targets_compare_with_the_peers_and_name_what_was_rejected():
     assert got["diabetes: MAE within 10% of HGB"] == (True, "46.00 vs HGB 42.00, river 50.00 (network retrained -)")
     assert got["stationary stream: champion replaced on >= 80% of increments"] == (False, "50% of 2")
     assert got["concept change: 2 increments on, within 3 points of the new concept alone"] == (False, "85.0% vs 89.0% (increment 3, change at 2)")
+
+
+def test_commands_targets_hold_each_command_to_the_floor(tmp_path):
+    """bench commands: run within 3x the floor, read-only commands and duplicates within half, --help under 1 s, consumers within 1.5x scikit-learn."""
+    from benchmarks.commands import consumer_targets, markdown, targets
+
+    seconds = {"floor": 3.0, "--help": 0.2, "run (temporary server)": 18.0, "duplicate (temporary server)": 9.0, "server start": 2.5,
+               "run (lepton server)": 8.9, "duplicate (lepton server)": 1.5, "status": 1.4, "history": 1.6, "report": 0.2}
+    got = {text: ok for text, ok, _ in targets(seconds)}
+    assert got == {"run (temporary server) <= 3x the floor": False, "run (lepton server) <= 3x the floor": True, "status <= 0.5x the floor": True,
+                   "history <= 0.5x the floor": False, "report <= 0.5x the floor": True, "duplicate (lepton server) <= 0.5x the floor": True,
+                   "duplicate (temporary server) <= 0.5x the floor": False, "--help under 1 s": True}
+    served = {"load_seconds": {"lepton_first": 2.0, "lepton_again": 0.04, "sklearn": 0.03}, "one_row_p50_ms": {"lepton": 4.0, "sklearn": 2.5},
+              "ratio": 1.6, "batch_seconds": {"lepton": {"1": 0.004, "100": 0.005, "1000": 0.01, "10000": 0.1}, "sklearn": {"1": 0.003, "100": 0.003, "1000": 0.005, "10000": 0.07}},
+              "rows_per_second_at_10000": {"lepton": 100000, "sklearn": 142857}}
+    assert [ok for _, ok, _ in consumer_targets(served)] == [False, True]
+    text = markdown({"rows": 1000, "epochs": 30, "repeats": 3, "seconds": seconds, "consumers": served, "targets": targets(seconds) + consumer_targets(served)})
+    assert "| run (lepton server) | 8.90 | 2.97 |" in text and "| one row, p50 | 4.00 ms | 2.50 ms |" in text
+    assert "| consumer: one-row p50 <= 1.5x an MLflow-logged scikit-learn pipeline | **no** | 4.00 ms against 2.50 ms = 1.60x |" in text
+
+
+def test_the_floor_script_trains_the_same_share_of_rows(tmp_path):
+    """benchmarks/floor.py reads the file and trains on its first 80% of rows, as the benchmark's floor."""
+    from benchmarks.commands import FLOOR
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(50, 4)), columns=list("abcd")).assign(y=rng.integers(0, 3, 50))
+    frame.to_parquet(tmp_path / "part.parquet", index=False)
+    done = subprocess.run([sys.executable, str(FLOOR), str(tmp_path / "part.parquet"), "y", "1"], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "trained on 40 rows for 1 epochs"

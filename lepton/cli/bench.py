@@ -92,6 +92,30 @@ def _progress(unit: str, total: int):
     return bar()
 
 
+@bench_app.command("commands", cls=Command)
+def commands(
+    repeats: Annotated[int, typer.Option(help="Runs of the floor and of each read-only command (the median is kept).")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+) -> None:
+    """Wall time of `lepton run`, a duplicate, status, history, report and --help as fresh processes, beside a plain PyTorch floor script."""
+    _checkout()
+    from benchmarks.commands import RESULTS
+    from benchmarks.commands import commands as run
+
+    folder = out or RESULTS
+    result = run(repeats=repeats, out=folder, progress=console.print)
+    console.print(f"wrote {folder / 'commands.json'} and commands.md")
+    from rich.table import Table
+
+    board = Table("target", "measured", "", title="targets", title_justify="left")
+    for text, ok, measured in result["targets"]:
+        board.add_row(text, measured, "[green]met[/green]" if ok else "[red]MISSED[/red]")
+    console.print(board)
+    missed = sum(not ok for _, ok, _ in result["targets"])
+    if missed:
+        console.print(f"{missed} target(s) missed")
+
+
 @bench_app.command("pipeline", cls=Command)
 def pipeline(
     increments: Annotated[int, typer.Option(help="Increments to send through the flow.")] = 5,

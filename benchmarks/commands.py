@@ -1,0 +1,172 @@
+"""Benchmark 4: what each command costs a user, wall time of the real ``lepton`` process, beside the floor.
+
+The floor is a plain PyTorch script (``benchmarks/floor.py``) that reads the increment
+file and trains the same network for the same epochs on the same share of its rows:
+imports plus training, the least any tool could spend. Measured side by side in one run,
+each command a fresh process as a user (or cron) starts it, on a fresh workspace:
+
+- ``lepton run`` of a 1,000-row increment and of a duplicate, first with Prefect's
+  temporary server (nothing configured: the first command of the day), then with
+  ``lepton server start`` up;
+- the read-only commands ``status``, ``history``, ``report`` and ``--help``.
+
+Writes ``benchmarks/results/commands.json`` and ``commands.md`` with each target met or missed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FLOOR = Path(__file__).resolve().parent / "floor.py"
+LABEL = "digit"
+ROWS = 1000
+EPOCHS = 30
+RUN_FACTOR = 3.0  # lepton run at most 3x the floor
+READ_FACTOR = 0.5  # status, history, report and a duplicate at most half the floor
+HELP_SECONDS = 1.0
+
+
+def _lepton() -> str:
+    return str(Path(sys.executable).with_name("lepton"))
+
+
+def _environment() -> dict[str, str]:
+    """A user's shell: nothing points at a server, and Prefect's home is the workspace's own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def _timed(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=900)
+    return time.perf_counter() - started, done
+
+
+def increments(folder: Path) -> tuple[Path, Path]:
+    """A 1,000-row increment of all ten digits, and the remaining 797 rows as a second."""
+    from sklearn.datasets import load_digits
+
+    frame = load_digits(as_frame=True).frame.rename(columns={"target": LABEL})
+    frame.columns = [f"pixel_{i}" for i in range(64)] + [LABEL]
+    first, second = folder / "digits-1000.parquet", folder / "digits-797.parquet"
+    frame.iloc[:ROWS].to_parquet(first, index=False)
+    frame.iloc[ROWS:].to_parquet(second, index=False)
+    return first, second
+
+
+def commands(*, repeats: int = 3, out: Path = RESULTS, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every command's wall time (the median of ``repeats`` for the floor and the read-only ones); writes commands.json and .md."""
+    env = _environment()
+    lepton = _lepton()
+    seconds: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lepton-commands-") as tmp:
+        root = Path(tmp)
+        first, second = increments(root)
+        ws = root / "ws"
+
+        def check(name: str, done: subprocess.CompletedProcess[str], codes: tuple[int, ...] = (0,)) -> None:
+            if done.returncode not in codes:
+                raise RuntimeError(f"{name} exited {done.returncode}: {(done.stderr or done.stdout)[-1500:]}")
+
+        def record(name: str, args: list[str], *, times: int = 1, codes: tuple[int, ...] = (0,)) -> None:
+            spent = []
+            for _ in range(times):
+                took, done = _timed(args, root if name == "floor" else ws, env)
+                check(name, done, codes)
+                spent.append(took)
+            seconds[name] = round(statistics.median(spent), 3)
+            progress(f"{name:<34} {seconds[name]:6.2f} s" + (f"  (median of {times})" if times > 1 else ""))
+
+        record("floor", [sys.executable, str(FLOOR), str(first), LABEL, str(EPOCHS)], times=repeats)
+        _, done = _timed([lepton, "init", str(ws), "--label", LABEL, "--name", "bench-commands"], root, env)
+        check("init", done)
+        record("--help", [lepton, "--help"], times=repeats)
+        run = [lepton, "run", "--quiet", "--set", f"train.epochs={EPOCHS}"]
+        record("run (temporary server)", [*run, str(first)])
+        record("duplicate (temporary server)", [*run, str(first)])
+        record("server start", [lepton, "server", "start"])
+        try:
+            record("run (lepton server)", [*run, str(second)])
+            record("duplicate (lepton server)", [*run, str(second)], times=repeats)
+            record("status", [lepton, "status"], times=repeats)
+            record("history", [lepton, "history"], times=repeats)
+            record("report", [lepton, "report"], times=repeats)
+        finally:
+            subprocess.run([lepton, "server", "stop"], cwd=ws, env=env, capture_output=True, check=False, timeout=60)
+        import pandas as pd
+
+        from benchmarks.consumers import consumers
+
+        served = consumers(f"sqlite:///{ws / '.lepton' / 'mlflow.db'}", "bench-commands", pd.read_parquet(second), LABEL)
+        progress(f"{'consumer: one row p50':<34} {served['one_row_p50_ms']['lepton']:6.2f} ms (scikit-learn pipeline {served['one_row_p50_ms']['sklearn']:.2f} ms)")
+    result = {"rows": ROWS, "epochs": EPOCHS, "repeats": repeats, "seconds": seconds, "consumers": served,
+              "targets": targets(seconds) + consumer_targets(served)}
+    (out / "commands.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "commands.md").write_text(markdown(result))
+    return result
+
+
+def targets(seconds: dict[str, float]) -> list[tuple[str, bool, str]]:
+    floor = seconds["floor"]
+    out = []
+    for name in ("run (temporary server)", "run (lepton server)"):
+        ratio = seconds[name] / floor
+        out.append((f"{name} <= {RUN_FACTOR:g}x the floor", ratio <= RUN_FACTOR, f"{seconds[name]:.2f} s = {ratio:.2f}x the floor's {floor:.2f} s"))
+    for name in ("status", "history", "report", "duplicate (lepton server)", "duplicate (temporary server)"):
+        ratio = seconds[name] / floor
+        out.append((f"{name} <= {READ_FACTOR:g}x the floor", ratio <= READ_FACTOR, f"{seconds[name]:.2f} s = {ratio:.2f}x"))
+    out.append((f"--help under {HELP_SECONDS:g} s", seconds["--help"] < HELP_SECONDS, f"{seconds['--help']:.2f} s"))
+    return out
+
+
+CONSUMER_FACTOR = 1.5  # the champion's one-row p50 at most 1.5x the scikit-learn pipeline's
+
+
+def consumer_targets(served: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    p50 = served["one_row_p50_ms"]
+    batches = served["batch_seconds"]["lepton"]
+    # Linear: 100x the rows cost at most 100x the time (a fixed cost per call makes it sublinear).
+    linear = batches["10000"] <= 100 * max(batches["100"], 1e-4) * 1.2
+    return [
+        (f"consumer: one-row p50 <= {CONSUMER_FACTOR:g}x an MLflow-logged scikit-learn pipeline", served["ratio"] <= CONSUMER_FACTOR,
+         f"{p50['lepton']:.2f} ms against {p50['sklearn']:.2f} ms = {served['ratio']:.2f}x"),
+        ("consumer: batches scale linearly (10,000 rows <= 100x 100 rows, +20%)", linear,
+         f"100 rows {batches['100'] * 1000:.1f} ms, 10,000 rows {batches['10000'] * 1000:.1f} ms"),
+    ]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    seconds = result["seconds"]
+    lines = [
+        f"Wall time of each command as a fresh process on a fresh workspace, beside the floor: a plain PyTorch script that reads "
+        f"the {result['rows']}-row increment and trains the same network for {result['epochs']} epochs on the same 80% of its rows. "
+        f"Medians of {result['repeats']} for the floor, --help, the read-only commands and the duplicate with the server up; one run each otherwise.",
+        "",
+        "| command | seconds | x floor |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {name} | {value:.2f} | {value / seconds['floor']:.2f} |" for name, value in seconds.items()]
+    served = result["consumers"]
+    load = served["load_seconds"]
+    lines += ["", "Consumers, in one process: the champion and an MLflow-logged scikit-learn pipeline (StandardScaler and an MLP of "
+              "256 x 256) with the same signature.", "", "| | Lepton's champion | scikit-learn pipeline |", "| --- | --- | --- |",
+              f"| load (Lepton's first in the process, imports included; scikit-learn's after it) | {load['lepton_first']:.2f} s | {load['sklearn']:.2f} s |",
+              f"| load again (registry lookup and artifact copy) | {load['lepton_again']:.2f} s | |",
+              f"| one row, p50 | {served['one_row_p50_ms']['lepton']:.2f} ms | {served['one_row_p50_ms']['sklearn']:.2f} ms |"]
+    lines += [f"| {rows} rows | {served['batch_seconds']['lepton'][rows] * 1000:.1f} ms | {served['batch_seconds']['sklearn'][rows] * 1000:.1f} ms |"
+              for rows in served["batch_seconds"]["lepton"]]
+    lines += [f"| rows per second at 10,000 | {served['rows_per_second_at_10000']['lepton']:,} | {served['rows_per_second_at_10000']['sklearn']:,} |"]
+    lines += ["", "| target | met | measured |", "| --- | --- | --- |"]
+    lines += [f"| {text} | {'yes' if ok else '**no**'} | {measured} |" for text, ok, measured in result["targets"]]
+    return "\n".join(lines) + "\n"
