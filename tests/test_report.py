@@ -33,6 +33,20 @@ def _data(**changes) -> pages.ReportData:
     return pages.ReportData(**{**base, **changes})
 
 
+def test_the_accuracy_heatmap_draws_the_most_recent_cells_only(tmp_path):
+    """After many increments the heatmap shows the last models and holdouts, at the size of a full 12 x 12 one; the JSON keeps all."""
+    from PIL import Image
+
+    from lepton.report.plots import HEATMAP_CELLS, heatmap
+
+    def matrix(n):
+        return {"rows": np.full((n, n), 0.9).tolist(), "columns": [f"c{i:07d}" for i in range(n)], "trained": [f"t{i:07d}" for i in range(n)]}
+
+    full = Image.open(heatmap(matrix(HEATMAP_CELLS), tmp_path / "full.png")).size
+    assert Image.open(heatmap(matrix(30), tmp_path / "thirty.png")).size == full
+    assert Image.open(heatmap(matrix(3), tmp_path / "three.png")).size[0] < full[0]
+
+
 def test_values_from_data_and_file_names_are_escaped(tmp_path):
     """A file name or a problem carrying HTML shows as text: nothing from the data becomes markup."""
     hostile = "<script>alert('x')</script>"
