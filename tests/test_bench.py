@@ -147,3 +147,12 @@ def test_the_floor_script_trains_the_same_share_of_rows(tmp_path):
     frame.to_parquet(tmp_path / "part.parquet", index=False)
     done = subprocess.run([sys.executable, str(FLOOR), str(tmp_path / "part.parquet"), "y", "1"], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "trained on 40 rows for 1 epochs"
+
+
+def test_backfill_target_compares_late_with_early_increments_and_names_what_grew():
+    from benchmarks.commands import backfill_targets
+
+    result = {"early": 2.0, "late": 2.4, "steps": {"report": {"early": 0.2, "late": 0.5}, "fine-tune": {"early": 0.1, "late": 0.12}}}
+    ((text, ok, measured),) = backfill_targets(result)
+    assert ok and measured == "2.40 s against 2.00 s = 1.20x; grew by over 0.05 s: report 0.20 -> 0.50 s"
+    assert not backfill_targets({**result, "late": 3.1})[0][1]
