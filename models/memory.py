@@ -7,6 +7,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+# Herding's cost is its picks times its candidates: a 1,000,000-row increment spent minutes on it.
+# It herds at most HERDING_MAX exemplars a class (more follow the class mean without help), among at
+# most HERDING_POOL candidates per exemplar herded (never fewer than HERDING_POOL_MIN).
+HERDING_MAX = 500
+HERDING_POOL = 10
+HERDING_POOL_MIN = 2000
+
 Embed = Callable[[np.ndarray], np.ndarray]
 
 
@@ -134,10 +141,35 @@ class ClassBalancedMemory:
             weight_old = self.seen[c] / max(len(old), 1) if len(old) else 0.0
             weights = np.concatenate([np.full(len(old), weight_old), np.ones(len(new))])
             target = (features * weights[:, None]).sum(axis=0) / weights.sum()
-            order = herding_order(features, target, quotas[c])
+            order = self._herd(features, weights, target, quotas[c], len(old))
             self.buffers[c] = [candidates[i].copy() for i in order]
             self.payloads[c] = [more[i] for i in order]
             self.seen[c] += len(new)
+
+    def _herd(self, features: np.ndarray, weights: np.ndarray, target: np.ndarray, quota: int, n_old: int) -> np.ndarray:
+        """Up to ``quota`` candidates to keep, in order: herded, then, past ``HERDING_MAX``, drawn by weight.
+
+        Herding costs its picks times its candidates. On a large increment it herds among every
+        kept exemplar and a uniform sample of the new rows, and a quota beyond ``HERDING_MAX`` is
+        filled with a weighted draw of the rest (old exemplars weigh the samples they stand for):
+        that many exemplars track the class mean without help. Small memories are unchanged.
+        """
+        herded = min(quota, HERDING_MAX)
+        pool = max(HERDING_POOL * herded, HERDING_POOL_MIN)
+        n_new = len(features) - n_old
+        if n_new > pool:
+            drawn = np.sort(self.rng.choice(n_new, size=pool, replace=False))
+            among = np.concatenate([np.arange(n_old), n_old + drawn])
+        else:
+            among = np.arange(len(features))
+        order = among[herding_order(features[among], target, herded)]
+        if quota > herded and len(features) > len(order):
+            rest = np.setdiff1d(np.arange(len(features)), order)
+            # A weighted sample without replacement (Efraimidis-Spirakis): the largest log(u) / weight.
+            keys = np.log(self.rng.random(len(rest))) / weights[rest]
+            take = min(quota - herded, len(rest))
+            order = np.concatenate([order, rest[np.argpartition(-keys, take - 1)[:take]]])
+        return order
 
     def samples(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         """All stored (x, y), classes in ascending order."""

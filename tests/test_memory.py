@@ -289,3 +289,29 @@ def test_payload_is_optional_and_checked() -> None:
     with pytest.raises(ValueError, match="payload has 3 rows for 4 samples"):
         memory.update(x, y, payload=np.zeros((3, 2)))
     assert len(memory) == 6 and memory.seen == {0: 3, 1: 3}
+
+
+def test_herding_a_large_increment_herds_the_first_exemplars_and_draws_the_rest():
+    """Past HERDING_MAX a class, herding picks the first exemplars among a sample and fills the quota by a weighted draw:
+    the quota is kept, no row twice, and the kept mean stays near the class mean."""
+    from lepton.models.memory import HERDING_MAX, herding_order
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30000, 6))
+    y = np.zeros(30000, dtype=np.int64)
+    memory = ClassBalancedMemory(capacity=1200, selection="herding", seed=0)
+    memory.update(x, y, embed=lambda rows: rows)
+    kept = np.stack(memory.buffers[0])
+    assert len(kept) == 1200 > HERDING_MAX
+    assert len(np.unique(kept, axis=0)) == 1200
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    kept_unit = kept / np.linalg.norm(kept, axis=1, keepdims=True)
+    # The herded exemplars track the class mean far closer than a uniform sample of as many rows does.
+    gap = np.linalg.norm(kept_unit[:HERDING_MAX].mean(axis=0) - unit.mean(axis=0))
+    uniform = np.linalg.norm(unit[rng.choice(30000, HERDING_MAX, replace=False)].mean(axis=0) - unit.mean(axis=0))
+    assert gap < uniform / 5
+    # A small class is herded over every row, as before: the same picks as herding_order on all of them.
+    small = ClassBalancedMemory(capacity=30, selection="herding", seed=0)
+    small.update(x[:300], y[:300], embed=lambda rows: rows)
+    order = herding_order(unit[:300], unit[:300].mean(axis=0), 30)
+    assert np.array_equal(np.stack(small.buffers[0]), x[:300][order])
