@@ -15,7 +15,7 @@ from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, lineage_of, load_champion, record_rejection, register
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import read, read_history, split_increments, with_accepted
-from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train
+from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -31,6 +31,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     log = get_run_logger()
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides)
+    workspace_networks(ws.root, config.train)
 
     landing = ingest(Path(path), ws)
     known = landing.duplicate_of

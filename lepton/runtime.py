@@ -45,6 +45,19 @@ def stage(directory: Path) -> Path:
     return package
 
 
+def network_code(network: Any, root: Path) -> list[Path]:
+    """The file or package of a network factory's module, when it lives under ``root`` (the workspace): shipped with
+    the version so that it loads where the workspace is not. A factory from an installed package ships nothing: the
+    consumer installs that package, as they install torch."""
+    factory = getattr(network, "factory", None)
+    if not factory:
+        return []
+    top = importlib.import_module(factory.partition(":")[0].split(".")[0])
+    source = Path(getattr(top, "__file__", "") or "").resolve()
+    code = source.parent if source.name == "__init__.py" else source
+    return [code] if code.is_relative_to(root.resolve()) and code.exists() else []
+
+
 def python_model(package: Path) -> Any:
     """The pyfunc wrapper, an instance of the staged package's class, so that it pickles as ``lepton_runtime.serving``."""
     if NAME not in sys.modules:

@@ -1,7 +1,20 @@
-"""The classifier network: an MLP whose head grows when new classes arrive."""
+"""The network: feature layers and a linear head that grows when new classes arrive.
+
+The feature layers are Lepton's MLP (``train.hidden`` wide) or the user's own, from a factory
+named ``module:function`` (``train.network``). The contract of a factory is small: called
+with ``n_features`` and the keyword arguments of ``train.network_args``, it returns an
+``nn.Module`` that maps a float32 batch ``(batch, n_features)`` of Lepton's standardised
+inputs to ``(batch, width)`` features. Lepton adds the head (one output per class, grown
+for new ones; one output for a numeric target), and stores the factory's name and
+arguments with the weights, so that the version rebuilds it: the factory's module must be
+importable wherever the model loads (Lepton ships it with the version when it is a file or
+a package in the workspace).
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,17 +25,64 @@ from torch import nn
 NME_SCALE = 20.0
 
 
-class MLP(nn.Module):
-    """Feature layers followed by a linear head, one logit per known class."""
+class NetworkError(ValueError):
+    """A network factory that cannot be imported or breaks the contract; the message names the setting."""
 
-    def __init__(self, *, n_features: int, n_classes: int, hidden: tuple[int, ...] = (256, 256), classifier: str = "linear") -> None:
+
+def import_factory(spec: str) -> Callable[..., nn.Module]:
+    """The function ``module:function`` names, imported."""
+    module, _, name = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise NetworkError(f"train.network={spec!r}: cannot import {module!r} ({err}); put it in the workspace or install it") from None
+    except AttributeError:
+        raise NetworkError(f"train.network={spec!r}: module {module!r} has no {name!r}") from None
+    if not callable(factory):
+        raise NetworkError(f"train.network={spec!r}: {name!r} is not a function")
+    return factory
+
+
+def _feature_width(features: nn.Module, n_features: int, spec: str) -> int:
+    """The width of a factory's features, from one forward pass of a zero batch; refuses what breaks the contract."""
+    training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(2, n_features))
+    except Exception as err:  # noqa: BLE001 - any failure here is the factory's, said in one line
+        raise NetworkError(f"train.network={spec!r}: its module fails on a batch of shape (2, {n_features}): {type(err).__name__}: {err}") from None
+    finally:
+        features.train(training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise NetworkError(f"train.network={spec!r}: its module must map (batch, {n_features}) to (batch, width), not to {shape}")
+    return int(out.shape[1])
+
+
+class MLP(nn.Module):
+    """Feature layers (Lepton's, or a factory's) followed by a linear head, one logit per known class."""
+
+    def __init__(
+        self, *, n_features: int, n_classes: int, hidden: tuple[int, ...] = (256, 256), classifier: str = "linear",
+        factory: str | None = None, factory_args: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        width = n_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU()]
-            width = size
-        self.features = nn.Sequential(*layers)
+        self.factory, self.factory_args = factory, dict(factory_args or {})
+        if factory is None:
+            layers: list[nn.Module] = []
+            width = n_features
+            for size in hidden:
+                layers += [nn.Linear(width, size), nn.ReLU()]
+                width = size
+            self.features: nn.Module = nn.Sequential(*layers)
+        else:
+            built = import_factory(factory)(n_features=n_features, **self.factory_args)
+            if not isinstance(built, nn.Module):
+                raise NetworkError(f"train.network={factory!r}: it returned {type(built).__name__}, not a torch nn.Module")
+            self.features = built
+            width = _feature_width(built, n_features, factory)
+            hidden = ()
         self.head = nn.Linear(width, n_classes)
         self.n_features = n_features
         self.hidden = tuple(hidden)
@@ -38,7 +98,15 @@ class MLP(nn.Module):
     @property
     def arch(self) -> dict[str, Any]:
         """Constructor arguments: enough to rebuild the network from a checkpoint."""
-        return {"n_features": self.n_features, "n_classes": self.n_classes, "hidden": list(self.hidden), "classifier": self.classifier}
+        arch = {"n_features": self.n_features, "n_classes": self.n_classes, "hidden": list(self.hidden), "classifier": self.classifier}
+        if self.factory is not None:
+            arch |= {"factory": self.factory, "factory_args": self.factory_args}
+        return arch
+
+    @property
+    def name(self) -> str:
+        """What the features are, as ``train.network`` names them: mlp, or the factory."""
+        return self.factory or "mlp"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training logits (the linear head)."""
@@ -76,4 +144,6 @@ def build(arch: dict[str, Any]) -> MLP:
         n_classes=arch["n_classes"],
         hidden=tuple(arch["hidden"]),
         classifier=arch.get("classifier", "linear"),
+        factory=arch.get("factory"),
+        factory_args=arch.get("factory_args"),
     )

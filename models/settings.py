@@ -7,7 +7,7 @@ configuration that ``lepton.yaml`` holds.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,12 @@ class TrainConfig(Section):
         min_length=1,
         description="Hidden layer widths of a new network; null: [256, 256] for classes, [128] for a numeric target (one layer overfits less on the few hundred noisy rows a regression table often starts with).",
     )
+    network: str = Field(
+        "mlp",
+        pattern=r"^(mlp|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="Feature layers of a new network: mlp (train.hidden wide), or 'module:function', your factory importable from the workspace, called with n_features and train.network_args, returning an nn.Module from (batch, n_features) to (batch, width); Lepton adds the head. A warm start keeps the champion's.",
+    )
+    network_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the train.network factory (JSON values); stored with the model version.")
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     threads: int | None = Field(
         None,

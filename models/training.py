@@ -13,7 +13,7 @@ from torch import nn
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
 from lepton.models.loop import fit, intra_op_threads, keep_fixed, select_device, threads
-from lepton.models.network import MLP
+from lepton.models.network import MLP, build
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
 from lepton.models.splits import holdout_mask
@@ -75,11 +75,16 @@ def fine_tune(
 
     retrain = "joint" in strategy.names or champion is None or concept_change
     if retrain:
-        hidden = train.widths(regression=regression) if champion is None else champion.network.hidden
-        network = MLP(n_features=width, n_classes=n_outputs, hidden=hidden)
+        # The first network takes the configured features; one retrained from scratch, the champion's.
+        if champion is None:
+            factory, args = (None, None) if train.network == "mlp" else (train.network, train.network_args)
+            arch = {"hidden": train.widths(regression=regression), "factory": factory, "factory_args": args}
+        else:
+            arch = champion.network.arch
+        network = build({**arch, "n_features": width, "n_classes": n_outputs, "classifier": "linear"})
         _quiet_unscaled_inputs(network, preprocessor)
     else:
-        network = MLP(n_features=width, n_classes=champion.network.n_classes, hidden=champion.network.hidden)
+        network = build({**champion.network.arch, "n_features": width, "classifier": "linear"})
         network.load_state_dict(champion.network.state_dict())
         network.expand_head(n_outputs)
 
@@ -161,7 +166,10 @@ def _quiet_unscaled_inputs(network: MLP, preprocessor: Preprocessor) -> None:
     otherwise keep random weights and shift predictions the day a consumer lights it;
     from zero it starts as plain imputation (or the shared slot) and learns once data has it.
     """
-    first = next((m for m in network.features if isinstance(m, nn.Linear)), network.head)
     mask = torch.from_numpy(~preprocessor.scaled)
+    # The first linear layer that reads the inputs (a factory's may have none: then nothing is zeroed).
+    first = next((m for m in network.features.modules() if isinstance(m, nn.Linear)), network.head)
+    if first.in_features != len(mask):
+        return
     with torch.no_grad():
         first.weight[:, mask] = 0.0

@@ -196,7 +196,7 @@ def register(
                     name="model",
                     python_model=runtime.python_model(package),
                     artifacts={"bundle": str(bundle_dir)},
-                    code_paths=[str(package)],
+                    code_paths=[str(package), *map(str, runtime.network_code(candidate.network, ws.root))],
                     signature=signature,
                     input_example=features,
                     pip_requirements=_requirements(),

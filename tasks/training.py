@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -11,9 +14,19 @@ from lepton.faults import checkpoint
 from lepton.models.bundle import Bundle
 from lepton.models.evaluation import Evaluation, compare
 from lepton.models.gate import GateDecision, concept_changed, decide
+from lepton.models.network import import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
 from lepton.models.training import TrainReport, fine_tune
+
+
+def workspace_networks(root: Path, train: TrainConfig) -> None:
+    """Networks from factories import from the workspace (last on the path: it shadows nothing installed);
+    a configured factory that does not import fails here, before any work (its contract is checked when it builds)."""
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    if train.network != "mlp":
+        import_factory(train.network)
 
 
 def encoding_of(schema: DataSchema, data: DataConfig) -> Encoding:
