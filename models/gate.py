@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -20,11 +21,25 @@ class GateDecision:
         return tuple(r for r, ok in self.checks.items() if not ok)
 
 
+# Rows beyond which a bootstrap of a mean is replaced by the normal approximation it converges to:
+# resampling 200,000 holdout rows 1,000 times took 7 s and a 1.6 GB index matrix per bound.
+BOOTSTRAP_ROWS = 10_000
+
+
+def _normal_bounds(mean: float, standard_error: float, confidence: float) -> tuple[float, float]:
+    z = NormalDist().inv_cdf(confidence)
+    return mean - z * standard_error, mean + z * standard_error
+
+
 def paired_bootstrap_bounds(candidate: np.ndarray, champion: np.ndarray, *, confidence: float, samples: int, seed: int = 0) -> tuple[float, float]:
-    """Lower and upper one-sided confidence bounds of mean(candidate - champion), from one set of resamples of the same rows."""
+    """Lower and upper one-sided confidence bounds of mean(candidate - champion), from one set of resamples of the same rows
+    (past ``BOOTSTRAP_ROWS`` rows, from the normal approximation of the mean)."""
     diff = candidate.astype(np.float64) - champion.astype(np.float64)
     if len(diff) == 0:
         return float("nan"), float("nan")
+    if len(diff) > BOOTSTRAP_ROWS:
+        lower, upper = _normal_bounds(float(diff.mean()), float(diff.std(ddof=1)) / np.sqrt(len(diff)), confidence)
+        return float(lower), float(upper)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(diff), size=(samples, len(diff)))
     lower, upper = np.quantile(diff[idx].mean(axis=1), [1.0 - confidence, confidence])
@@ -198,9 +213,13 @@ def concept_changed(ahead: np.ndarray, before: np.ndarray, *, regression: bool, 
         return False
     sign = -1.0 if regression else 1.0
     a, b = sign * ahead.astype(np.float64), sign * before.astype(np.float64)
-    rng = np.random.default_rng(0)
-    diff = a[rng.integers(0, len(a), size=(samples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), size=(samples, len(b)))].mean(axis=1)
-    upper = float(np.quantile(diff, confidence))
+    if max(len(a), len(b)) > BOOTSTRAP_ROWS:
+        error = float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+        upper = _normal_bounds(float(a.mean() - b.mean()), error, confidence)[1]
+    else:
+        rng = np.random.default_rng(0)
+        diff = a[rng.integers(0, len(a), size=(samples, len(a)))].mean(axis=1) - b[rng.integers(0, len(b), size=(samples, len(b)))].mean(axis=1)
+        upper = float(np.quantile(diff, confidence))
     # Significantly worse, and by a margin no holdout's noise gives: 15 accuracy points, or errors twice as large.
     material = (b.mean() - a.mean()) > (abs(b.mean()) if regression else 0.15)
     return upper < 0 and bool(material)

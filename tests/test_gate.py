@@ -204,3 +204,21 @@ def test_concept_change_needs_a_large_significant_drop() -> None:
     # Errors more than twice as large on a numeric target are a change too; 50% larger is not.
     assert concept_changed(np.full(50, 2.5), np.ones(200), regression=True, confidence=0.95, samples=500)
     assert not concept_changed(np.full(50, 1.5), np.ones(200), regression=True, confidence=0.95, samples=500)
+
+
+def test_large_holdouts_use_the_normal_bounds_the_bootstrap_converges_to():
+    """Past BOOTSTRAP_ROWS the bounds come from the normal approximation: within a few thousandths of a real bootstrap of the same rows."""
+    from lepton.models.gate import BOOTSTRAP_ROWS, concept_changed, paired_bootstrap_bounds
+
+    rng = np.random.default_rng(3)
+    n = BOOTSTRAP_ROWS + 2000
+    candidate, champion = (rng.random(n) < 0.82).astype(float), (rng.random(n) < 0.80).astype(float)
+    lower, upper = paired_bootstrap_bounds(candidate, champion, confidence=0.95, samples=1000)
+    diff = candidate - champion
+    resampled = diff[rng.integers(0, n, size=(1000, n))].mean(axis=1)
+    assert abs(lower - np.quantile(resampled, 0.05)) < 0.003 and abs(upper - np.quantile(resampled, 0.95)) < 0.003
+    assert lower < diff.mean() < upper
+    # The concept-change test too: a champion 20 points worse on a large new increment is a change; 1 point is not.
+    before = (rng.random(5000) < 0.9).astype(float)
+    assert concept_changed((rng.random(n) < 0.7).astype(float), before, regression=False, confidence=0.95, samples=1000)
+    assert not concept_changed((rng.random(n) < 0.89).astype(float), before, regression=False, confidence=0.95, samples=1000)
