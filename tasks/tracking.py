@@ -3,7 +3,9 @@ its recorded history, retry timing. No Prefect here, so the read-only commands a
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from lepton.config import RegistryConfig
@@ -98,14 +100,61 @@ def champion_history(client: Any, name: str) -> list[AliasMove]:
     return parse_history(tags, ALIAS)
 
 
+def _registry_stamp(ws: Workspace, config: RegistryConfig) -> list[int] | None:
+    """When the embedded SQLite registry was last written (mtime in ns, size); None for any other registry."""
+    if tracking_uri(ws, config) != f"sqlite:///{ws.mlflow_db}":
+        return None
+    try:
+        stat = ws.mlflow_db.stat()
+    except OSError:
+        return None
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON result, kept in ``.lepton/cache/`` for as long as the embedded registry is not written.
+
+    Importing MLflow and opening its store cost the read-only commands 1.5 s. A read leaves the
+    database file as it was; every write (a run, a promotion by hand) changes its mtime, so a
+    cached answer is only used while the registry is exactly as it was read. A value is kept
+    only when nothing wrote during the read; a remote registry is always asked.
+    """
+    stamp = _registry_stamp(ws, config)
+    path = ws.state / "cache" / f"{what}.json"
+    key = {"stamp": stamp, "model": config.model_name, "uri": tracking_uri(ws, config)}
+    if stamp is not None:
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, dict) and kept.get("key") == key:
+            return kept["value"]
+    value = compute()
+    if stamp is not None and _registry_stamp(ws, config) == stamp:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ws.write_atomically(path, json.dumps({"key": key, "value": value}))
+        except OSError:  # a read-only or full disk: the answer stands, uncached
+            pass
+    return value
+
+
 def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
     """The champion's recorded moves for the workspace's model, oldest first."""
-    client, _ = connect(ws, config)
-    return champion_history(client, config.model_name)
+
+    def read() -> list[dict[str, Any]]:
+        client, _ = connect(ws, config)
+        return [move.model_dump(mode="json") for move in champion_history(client, config.model_name)]
+
+    return [AliasMove.model_validate(move) for move in read_through(ws, config, "history", read)]
 
 
 def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
-    """The registered model, its champion and the champion's lineage, as plain data."""
+    """The registered model, its champion and the champion's lineage, as plain data (cached while the registry is unchanged)."""
+    return read_through(ws, config, "describe", lambda: _describe(ws, config))
+
+
+def _describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
     client, _ = connect(ws, config)
     info: dict[str, Any] = {
         "model_name": config.model_name,

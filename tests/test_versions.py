@@ -151,3 +151,32 @@ def test_read_only_commands_do_not_import_prefect(two_versions):
     result = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.integration
+def test_status_and_history_answer_from_the_cache_while_the_registry_is_unchanged(two_versions):
+    """A second status or history reads nothing from MLflow (not even its import) until the registry is written again."""
+    ws, _ = two_versions
+    script = (
+        "import json, sys\nfrom lepton.cli.versions import gather_status\nfrom lepton.config import load\n"
+        "from lepton.tasks.tracking import history\nfrom lepton.workspace import Workspace\n"
+        "ws = Workspace.at(sys.argv[1])\ninfo = gather_status(ws)\nmoves = history(ws, load(ws.root).registry)\n"
+        "print(json.dumps({'champion': info['champion_version'], 'versions': info['versions'], 'moves': len(moves),"
+        " 'reason': moves[-1].reason, 'mlflow': 'mlflow' in sys.modules}))\n"
+    )
+
+    def ask() -> dict:
+        done = subprocess.run([sys.executable, "-c", script, str(ws.root)], capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    shutil.rmtree(ws.state / "cache", ignore_errors=True)
+    first, second = ask(), ask()
+    assert first["mlflow"] and not second["mlflow"]
+    assert {k: v for k, v in first.items() if k != "mlflow"} == {k: v for k, v in second.items() if k != "mlflow"}
+    assert (first["champion"], first["versions"]) == (1, 2)
+    # A write to the registry (here a tag set by hand) changes the database file: the next answer is read afresh.
+    import mlflow
+
+    mlflow.MlflowClient(ws.tracking_uri(None)).set_model_version_tag("digits", "2", "note", "looked at")
+    assert ask()["mlflow"]
