@@ -156,3 +156,19 @@ def test_backfill_target_compares_late_with_early_increments_and_names_what_grew
     ((text, ok, measured),) = backfill_targets(result)
     assert ok and measured == "2.40 s against 2.00 s = 1.20x; grew by over 0.05 s: report 0.20 -> 0.50 s"
     assert not backfill_targets({**result, "late": 3.1})[0][1]
+
+
+def test_large_increments_follow_one_rule_and_targets_read_the_steps(tmp_path):
+    """bench large: increments of the given size from one fixed rule; validation within 5 s and the rest within 2x the training."""
+    from benchmarks.large import increment, markdown, targets
+
+    increment(tmp_path / "a.parquet", seed=1, rows=2000)
+    increment(tmp_path / "b.parquet", seed=2, rows=2000)
+    a, b = pd.read_parquet(tmp_path / "a.parquet"), pd.read_parquet(tmp_path / "b.parquet")
+    assert a.shape == (2000, 21) and set(a["label"]) == {"a", "b", "c"} and not a.equals(b)
+    runs = [{"increment": 1, "rows": 2000, "columns": 20, "file_mb": 0.3, "status": "promoted", "peak_rss_mb": 900, "total": 40.0,
+             "validation": 4.0, "training": 30.0, "around_training": 10.0, "steps": {"validate (Great Expectations)": 4.0, "fine-tune": 30.0}},
+            {"increment": 2, "rows": 2000, "columns": 20, "file_mb": 0.3, "status": "promoted", "peak_rss_mb": 1200, "total": 100.0,
+             "validation": 6.0, "training": 30.0, "around_training": 70.0, "steps": {"validate (Great Expectations)": 6.0, "fine-tune": 30.0}}]
+    assert [ok for _, ok, _ in targets(runs)] == [True, True, False, False]
+    assert "| peak RSS (MB) | 900 | 1200 |" in markdown({"runs": runs, "targets": targets(runs)})

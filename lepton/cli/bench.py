@@ -116,6 +116,27 @@ def commands(
         console.print(f"{missed} target(s) missed")
 
 
+@bench_app.command("large", cls=Command)
+def large(
+    rows: Annotated[int, typer.Option(help="Rows of each of the two increments.")] = 1_000_000,
+    out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+) -> None:
+    """Two increments of 1,000,000 rows x 20 columns through `lepton run`: peak memory, validation, training and what surrounds it."""
+    _checkout()
+    from benchmarks.large import RESULTS
+    from benchmarks.large import large as run
+
+    folder = out or RESULTS
+    result = run(rows=rows, out=folder, progress=console.print)
+    console.print(f"wrote {folder / 'large.json'} and large.md")
+    missed = 0
+    for text, ok, measured in result["targets"]:
+        missed += not ok
+        console.print(f"{'[green]met[/green]' if ok else '[red]MISSED[/red]'}  {text}: {measured}")
+    if missed:
+        console.print(f"{missed} target(s) missed")
+
+
 @bench_app.command("pipeline", cls=Command)
 def pipeline(
     increments: Annotated[int, typer.Option(help="Increments to send through the flow.")] = 5,
