@@ -28,6 +28,10 @@ class DataConfig(Section):
         default_factory=dict,
         description="Column kinds that override the ones inferred from the first increment, e.g. {plan: categorical, user_id: ignore, signup: datetime}.",
     )
+    data_docs: Literal["rejected", "always", "never"] = Field(
+        "rejected",
+        description="When Great Expectations renders the Data Docs page of a validation: rejected (for a rejected increment, where someone will look), always, or never; the page costs about 0.6 s a run.",
+    )
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each increment kept out of training, chosen by a hash of the row.")
     allow_new_classes: bool = Field(True, description="Accept label values never seen before (class-incremental data).")
     max_categories: int = Field(32, ge=2, description="Slots of a categorical column's one-hot input, one shared by unseen, rare and missing values; a string column with at most this many distinct values (or under half as many as rows) is categorical.")

@@ -189,12 +189,11 @@ def _describe(result: Any) -> str:
     return f"{kind} failed on {column or 'the table'}"
 
 
-def run_suite(frame: pd.DataFrame, suite: list[Any], data_docs: Path | None = None, run_name: str = "increment") -> tuple[list[str], Path | None]:
-    """Run the expectations on an in-memory frame: the failures in plain words, and the Data Docs page if asked for.
+def run_suite(frame: pd.DataFrame, suite: list[Any]) -> tuple[list[str], Any]:
+    """Run the expectations on an in-memory frame: the failures in plain words, and GX's result (for a Data Docs page).
 
     The suite runs in an ephemeral context (a file context costs seconds per run in
-    writes); ``data_docs`` names the folder of a file context that only stores the
-    result and renders its page.
+    writes); ``build_data_docs`` stores a result in a file context and renders its page.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -212,8 +211,7 @@ def run_suite(frame: pd.DataFrame, suite: list[Any], data_docs: Path | None = No
         # passing increments (nearly all of them) validate in half the time.
         results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     failed = [r for r in results.results if not r.success]
-    page = build_data_docs(results, data_docs, run_name) if data_docs is not None else None
-    return [_describe(r) for r in failed if not _consequence(r, failed)], page
+    return [_describe(r) for r in failed if not _consequence(r, failed)], results
 
 
 def _consequence(result: Any, failed: list[Any]) -> bool:
@@ -421,7 +419,7 @@ def validate_frame(
     suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped, implied=implied)
     # GX predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]
-    problems, page = run_suite(prepared.astype({c: object for c in strings}) if strings else prepared, suite, data_docs, run_name)
+    problems, results = run_suite(prepared.astype({c: object for c in strings}) if strings else prepared, suite)
     failed = len(problems)
     warnings: list[str] = []
     if implied is not None and not (set(implied.features) - set(frame.columns)):
@@ -435,6 +433,9 @@ def validate_frame(
             problems.append(f"{len(frame)} rows leave no rows for the holdout {split}")
         elif held == len(frame):
             problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
+    # The page is rendered where someone will look: a rejection (data.data_docs=rejected), or every run when asked.
+    wanted = config.data_docs == "always" or (config.data_docs == "rejected" and bool(problems))
+    page = build_data_docs(results, data_docs, run_name) if data_docs is not None and wanted else None
     return ValidationReport(
         passed=not problems, problems=problems, rows=len(frame), expectations=len(suite), failed=failed,
         data_docs=str(page) if page else None, warnings=warnings,

@@ -70,6 +70,19 @@ def test_a_repeated_parquet_column_is_named_not_an_arrow_error(tmp_path):
 # 9. Markup in the Data Docs page
 
 
+def test_data_docs_pages_are_rendered_for_rejections_unless_configured(tmp_path):
+    """data.data_docs: rejected (the default) renders the page of a rejection only; always, of every validation; never, of none."""
+    rng = np.random.default_rng(4)
+    clean = pd.DataFrame({"a": rng.normal(size=40), "y": rng.integers(0, 2, 40)})
+    broken = clean.assign(a=np.where(np.arange(40) == 0, 1e300, clean["a"]))
+    assert validate_frame(clean, None, DataConfig(label="y"), data_docs=tmp_path, run_name="clean").data_docs is None
+    page = validate_frame(clean, None, DataConfig(label="y", data_docs="always"), data_docs=tmp_path, run_name="asked").data_docs
+    assert page is not None and Path(page).is_file()
+    rejected = validate_frame(broken, None, DataConfig(label="y"), data_docs=tmp_path, run_name="broken")
+    assert not rejected.passed and Path(rejected.data_docs).is_file()
+    assert validate_frame(broken, None, DataConfig(label="y", data_docs="never"), data_docs=tmp_path, run_name="quiet").data_docs is None
+
+
 def test_data_docs_page_holds_no_markup_from_the_data(tmp_path):
     """A column named <script>…, and labels that are <img …> tags: the GX page shows them as inert text; messages keep the real names."""
     rng = np.random.default_rng(3)
