@@ -103,10 +103,15 @@ def test_demo_tells_its_story_and_matches_the_committed_data(clean_dir, prefect_
     committed = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]
     produced = yaml.safe_load((workspace / "data.dvc").read_text())["outs"][0]
     assert produced["md5"] == committed["md5"]
-    # Run twice, same story: the same increments and data version.
-    again = run_cli(["demo", "--workspace", str(workspace), "--set", "train.epochs=10"], api_url=prefect_api)
+    # Run twice, same story: the same increments and data version; --json gives each run's outcome and seconds.
+    again = run_cli(["demo", "--workspace", str(workspace), "--set", "train.epochs=10", "--json"], api_url=prefect_api)
     assert again.returncode == 0
     assert yaml.safe_load((workspace / "data.dvc").read_text())["outs"][0]["md5"] == committed["md5"]
+    told = json.loads(again.stdout)
+    assert [run["status"] for run in told["runs"]].count("rejected") == 1 and len(told["runs"]) == 6
+    for run in told["runs"]:
+        assert run["seconds"]["total"] >= sum(run["seconds"]["steps"].values()) > 0
+        assert "ingest" in run["seconds"]["steps"]
 
 
 def test_prefect_yaml_points_at_the_flow():

@@ -216,21 +216,24 @@ def demo(
     for n, path in enumerate(files, start=1):
         if talk:
             console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
+        started = time.perf_counter()
         try:
-            with _watching(ws, mode):
-                outcome, _ = _run_flow(ws, path, overrides)
+            with _watching(ws, mode) as watched:
+                shown_at = time.perf_counter()
+                outcome, flow_run_id = _run_flow(ws, path, overrides)
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
         if talk:
             console.print(f"  -> {told(ws, outcome)}", soft_wrap=True)
-        rows.append((path.name, outcome))
-    final = next((o.champion_version for _, o in reversed(rows) if o.champion_version), None)
+        rows.append((path.name, outcome, timings(started, watched, flow_run_id, shown_at)))
+    final = next((o.champion_version for _, o, _ in reversed(rows) if o.champion_version), None)
     if mode == "json":
-        print(json.dumps({"champion_version": final, "runs": [{"file": name, **o.model_dump(mode="json")} for name, o in rows]}, indent=2))
+        runs = [{"file": name, **o.model_dump(mode="json"), "seconds": seconds} for name, o, seconds in rows]
+        print(json.dumps({"champion_version": final, "runs": runs}, indent=2))
         return
     if talk:
-        console.print(_summary_table(rows))
-        for outcome in (o for _, o in rows if o.status == "rejected"):
+        console.print(_summary_table([(name, o) for name, o, _ in rows]))
+        for outcome in (o for _, o, _ in rows if o.status == "rejected"):
             console.print(f"quarantined: {shown(ws, outcome.file)} ({'; '.join(outcome.reasons)})", soft_wrap=True)
     console.print(f"consumers: mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}")
 
