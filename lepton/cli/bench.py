@@ -56,15 +56,19 @@ def continual(
     console.print(f"wrote {folder / 'continual.json'}, continual.md and the memory curve ({len(records)} runs)")
     import json
 
+    curve = json.loads((folder / "memory_curve.json").read_text())
+    _print_targets(targets(records, curve))
+
+
+def _print_targets(targets: list[tuple[str, bool, object]]) -> None:
+    """Every target of a benchmark as a table, met or MISSED, and how many were missed."""
     from rich.table import Table
 
-    curve = json.loads((folder / "memory_curve.json").read_text())
-    table = Table("target", "measured", "", title="targets", title_justify="left")
-    missed = 0
-    for text, ok, measured in targets(records, curve):
-        missed += not ok
-        table.add_row(text, str(measured), "[green]met[/green]" if ok else "[red]MISSED[/red]")
-    console.print(table)
+    board = Table("target", "measured", "", title="targets", title_justify="left")
+    for text, ok, measured in targets:
+        board.add_row(text, str(measured), "[green]met[/green]" if ok else "[red]MISSED[/red]")
+    console.print(board)
+    missed = sum(not ok for _, ok, _ in targets)
     if missed:
         console.print(f"{missed} target(s) missed")
 
@@ -105,15 +109,7 @@ def commands(
     folder = out or RESULTS
     result = run(repeats=repeats, out=folder, progress=console.print)
     console.print(f"wrote {folder / 'commands.json'} and commands.md")
-    from rich.table import Table
-
-    board = Table("target", "measured", "", title="targets", title_justify="left")
-    for text, ok, measured in result["targets"]:
-        board.add_row(text, measured, "[green]met[/green]" if ok else "[red]MISSED[/red]")
-    console.print(board)
-    missed = sum(not ok for _, ok, _ in result["targets"])
-    if missed:
-        console.print(f"{missed} target(s) missed")
+    _print_targets(result["targets"])
 
 
 @bench_app.command("large", cls=Command)
@@ -129,12 +125,7 @@ def large(
     folder = out or RESULTS
     result = run(rows=rows, out=folder, progress=console.print)
     console.print(f"wrote {folder / 'large.json'} and large.md")
-    missed = 0
-    for text, ok, measured in result["targets"]:
-        missed += not ok
-        console.print(f"{'[green]met[/green]' if ok else '[red]MISSED[/red]'}  {text}: {measured}")
-    if missed:
-        console.print(f"{missed} target(s) missed")
+    _print_targets(result["targets"])
 
 
 @bench_app.command("pipeline", cls=Command)
@@ -231,11 +222,4 @@ def tables(
                  for w in ("lepton", "hgb", "river", "network")}
         summary.add_row(r["table"], r["metric"], shown["lepton"], shown["hgb"], shown["river"], shown["network"], f"{r['accepted_share']:.0%}", f"{r['promoted_share']:.0%}")
     console.print(summary)
-    board = Table("target", "measured", "", title="targets", title_justify="left")
-    missed = 0
-    for text, ok, measured in targets(records):
-        missed += not ok
-        board.add_row(text, measured, "[green]met[/green]" if ok else "[red]MISSED[/red]")
-    console.print(board)
-    if missed:
-        console.print(f"{missed} target(s) missed")
+    _print_targets(targets(records))
