@@ -78,10 +78,15 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
     return result, state.state_details.flow_run_id
 
 
-def timings(started: float, watched: watch, flow_run_id: Any = None, before: float | None = None) -> dict[str, Any]:
-    """``seconds`` of a --json outcome: the command's total, and each step's (``before``: when the display took over)."""
-    steps = {"import the pipeline": round(before - started, 3)} if before is not None else {}
-    return {"total": round(time.perf_counter() - started, 3), "steps": steps | watched.seconds(flow_run_id)}
+def _watched_run(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> tuple[Any, dict[str, Any]]:
+    """One flow run under the progress display: its outcome, and the ``seconds`` of its --json outcome
+    (the total, and each step's, importing the pipeline first)."""
+    started = time.perf_counter()
+    with _watching(ws, mode) as watched:
+        shown_at = time.perf_counter()
+        outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
+    steps = {"import the pipeline": round(shown_at - started, 3)} | watched.seconds(flow_run_id)
+    return outcome, {"total": round(time.perf_counter() - started, 3), "steps": steps}
 
 
 def run(
@@ -124,15 +129,12 @@ def retry(
 
 def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> None:
     """Run the flow on ``path`` with the progress display, print its outcome and exit with its code."""
-    started = time.perf_counter()
     try:
-        with _watching(ws, mode) as watched:
-            shown_at = time.perf_counter()
-            outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
+        outcome, seconds = _watched_run(ws, path, overrides, mode, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
     if mode == "json":
-        print(json.dumps({**outcome.model_dump(mode="json"), "seconds": timings(started, watched, flow_run_id, shown_at)}, indent=2))
+        print(json.dumps({**outcome.model_dump(mode="json"), "seconds": seconds}, indent=2))
     else:
         if mode != "quiet" and not dry_run:
             console.print(_outcome_table(ws, outcome))
@@ -216,16 +218,13 @@ def demo(
     for n, path in enumerate(files, start=1):
         if talk:
             console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
-        started = time.perf_counter()
         try:
-            with _watching(ws, mode) as watched:
-                shown_at = time.perf_counter()
-                outcome, flow_run_id = _run_flow(ws, path, overrides)
+            outcome, seconds = _watched_run(ws, path, overrides, mode)
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
         if talk:
             console.print(f"  -> {told(ws, outcome)}", soft_wrap=True)
-        rows.append((path.name, outcome, timings(started, watched, flow_run_id, shown_at)))
+        rows.append((path.name, outcome, seconds))
     final = next((o.champion_version for _, o, _ in reversed(rows) if o.champion_version), None)
     if mode == "json":
         runs = [{"file": name, **o.model_dump(mode="json"), "seconds": seconds} for name, o, seconds in rows]
@@ -271,10 +270,10 @@ def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: wa
     elif report is None or isinstance(report, BaseException):
         raise fail(f"{what} failed: {report if report is not None else state.message}")
     if mode == "json":
-        shown = report.model_dump(mode="json")
-        for item in shown["processed"]:  # each increment's steps, as `lepton run --json` gives them
+        series = report.model_dump(mode="json")
+        for item in series["processed"]:  # each increment's steps, as `lepton run --json` gives them
             item["seconds"] = {"total": item.pop("seconds"), "steps": watched.seconds(item.pop("flow_run_id"), start=False)}
-        print(json.dumps({**shown, "message": report.message, "exit_code": report.exit_code,
+        print(json.dumps({**series, "message": report.message, "exit_code": report.exit_code,
                           "seconds": {"total": round(time.perf_counter() - started, 3)}}, indent=2))
         raise typer.Exit(report.exit_code)
     if mode != "quiet" and (report.processed or report.failed):
