@@ -202,32 +202,54 @@ def _labelled(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return frame[frame[label].notna()]
 
 
-class Retrained:
-    """HistGradientBoosting retrained from scratch on every labelled row seen so far."""
+class _Refitted:
+    """A peer refitted from scratch on every labelled row seen so far; ``_fit`` and ``_predict`` say how."""
 
-    name = "hgb"
+    name = ""
 
-    def __init__(self, task: Task, label: str, kinds: dict[str, str]):
-        self.task, self.label, self.kinds = task, label, kinds
+    def __init__(self, label: str):
+        self.label = label
         self.seen: list[pd.DataFrame] = []
         self.model: Any = None
-        self.vocabulary: dict[str, list[Any]] = {}
         self.seconds, self.samples = 0.0, 0
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray | None:
         if self.model is None:
             return None
         started = time.perf_counter()
-        out = self.model.predict(_numbers(frame, self.kinds, self.vocabulary))
+        out = self._predict(frame)
         self.seconds += time.perf_counter() - started
         return out
 
     def learn(self, frame: pd.DataFrame) -> None:
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-
         started = time.perf_counter()
         self.seen.append(_labelled(frame, self.label))
-        seen = pd.concat(self.seen, ignore_index=True)
+        self._fit(pd.concat(self.seen, ignore_index=True))
+        self.seconds += time.perf_counter() - started
+
+    def _fit(self, seen: pd.DataFrame) -> None:
+        raise NotImplementedError
+
+    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Retrained(_Refitted):
+    """HistGradientBoosting retrained from scratch on every labelled row seen so far."""
+
+    name = "hgb"
+
+    def __init__(self, task: Task, label: str, kinds: dict[str, str]):
+        super().__init__(label)
+        self.task, self.kinds = task, kinds
+        self.vocabulary: dict[str, list[Any]] = {}
+
+    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.model.predict(_numbers(frame, self.kinds, self.vocabulary))
+
+    def _fit(self, seen: pd.DataFrame) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
         self.vocabulary = {c: sorted(seen[c].dropna().unique().tolist()) for c, k in self.kinds.items() if k == "categorical"}
         x = _numbers(seen, self.kinds, self.vocabulary)
         # HGB takes at most 255 categories per column; a bigger vocabulary goes in as codes.
@@ -239,40 +261,28 @@ class Retrained:
         else:
             self.model = HistGradientBoostingRegressor(categorical_features=categorical, random_state=0).fit(x, y)
         self.samples += len(seen)
-        self.seconds += time.perf_counter() - started
 
 
-class NetworkRetrained:
+class NetworkRetrained(_Refitted):
     """Lepton's network and preprocessing trained from scratch on every labelled row seen so far: no
     fine-tuning, strategy or gate. Beside Lepton it tells what continual learning costs; beside HGB,
     what the network family does on the table."""
 
     name = "network"
 
-    def __init__(self, task: Task, label: str, epochs: int):
-        self.label, self.epochs = label, epochs
-        self.seen: list[pd.DataFrame] = []
-        self.model: Any = None
-        self.seconds, self.samples = 0.0, 0
+    def __init__(self, label: str, epochs: int):
+        super().__init__(label)
+        self.epochs = epochs
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray | None:
-        if self.model is None:
-            return None
-        started = time.perf_counter()
-        out = np.asarray(self.model.predict(frame.drop(columns=[self.label])), dtype=object)
-        self.seconds += time.perf_counter() - started
-        return out
+    def _predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.model.predict(frame.drop(columns=[self.label])), dtype=object)
 
-    def learn(self, frame: pd.DataFrame) -> None:
+    def _fit(self, seen: pd.DataFrame) -> None:
         from lepton.config import StrategyConfig, TrainConfig
         from lepton.models.training import fine_tune
 
-        started = time.perf_counter()
-        self.seen.append(_labelled(frame, self.label))
-        seen = pd.concat(self.seen, ignore_index=True)
         self.model, report = fine_tune(None, seen, label=self.label, train=TrainConfig(epochs=self.epochs), strategy=StrategyConfig(name="naive"))
         self.samples += report.train_samples
-        self.seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -419,7 +429,7 @@ def concept_reference(table: Table, epochs: int) -> float:
 def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Every increment scored by each model before it learns from it; one record with the per-increment trail."""
     kinds = peer_kinds(table.increments[0], table.label)
-    models: list[Any] = [Lepton(root, table, epochs), Retrained(table.task, table.label, kinds), NetworkRetrained(table.task, table.label, epochs)]
+    models: list[Any] = [Lepton(root, table, epochs), Retrained(table.task, table.label, kinds), NetworkRetrained(table.label, epochs)]
     try:
         models.append(Online(table.task, table.label, kinds))
     except ImportError:
