@@ -97,9 +97,14 @@ def is_number_dtype(dtype: Any) -> bool:
     return bool(types.is_bool_dtype(dtype) or types.is_numeric_dtype(dtype))
 
 
+def number_block(values: np.ndarray) -> np.ndarray:
+    """A numeric column's inputs: its values (NaN where missing) and a missing indicator."""
+    return np.column_stack([values, np.isnan(values).astype(np.float64)])
+
+
 def as_numbers(series: pd.Series) -> np.ndarray:
     """A numeric or boolean column as float64, missing as NaN (text that is not a number too)."""
-    if types.is_bool_dtype(series) or types.is_numeric_dtype(series):
+    if is_number_dtype(series.dtype):
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.to_numeric(series.astype("string").str.strip().replace({"true": "1", "false": "0", "True": "1", "False": "0"}), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
@@ -176,8 +181,7 @@ def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capaci
     """One raw column as its block of network inputs (float64; NaN marks a missing value to impute)."""
     n = len(series)
     if kind in ("numeric", "boolean"):
-        values = as_numbers(series)
-        return np.column_stack([values, np.isnan(values).astype(np.float64)])
+        return number_block(as_numbers(series))
     if kind == "datetime":
         parts = datetime_parts(series)
         return np.column_stack([parts, np.isnan(parts[:, 0]).astype(np.float64)])

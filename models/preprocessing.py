@@ -194,7 +194,7 @@ class Preprocessor:
         direct = [c for c in self.used if self._kind(c) in ("numeric", "boolean") and kinds_of.is_number_dtype(dtypes[c])]
         values = dict(zip(direct, frame[direct].to_numpy(dtype=np.float64, na_value=np.nan).T, strict=True)) if direct else {}
         blocks = [
-            np.column_stack([values[c], np.isnan(values[c])]) if c in values
+            kinds_of.number_block(values[c]) if c in values
             else kinds_of.encode_column(frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets)
             for c in self.used
         ]

@@ -115,11 +115,9 @@ def fine_tune(
     refine = steady and not retrain and train.finetune_lr is not None and n_outputs == champion.network.n_classes  # type: ignore[union-attr]
     lr = train.finetune_lr if refine else train.lr
     loop = dict(epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, generator=generator, strategy=plan)
+    cpu_threads = 1  # each data-parallel rank runs one
     # What the strategies keep fixed stays fixed until the increment has ended (fit and the ranks see to it
     # during training): what learns from the increment (EWC's Fisher information) sees only what trained.
-    cpu_threads = 1  # each data-parallel rank runs one
-    if train.launcher != "torchrun" and train.nproc == 1:
-        cpu_threads = intra_op_threads(network, train.batch_size, train.threads) if device.type == "cpu" else torch.get_num_threads()
     with keep_fixed(network, plan.frozen(network)):
         if train.launcher == "torchrun":
             from lepton.models.distributed import fit_torchrun
@@ -134,6 +132,7 @@ def fine_tune(
 
             result = fit_ddp(network, preprocessor.transform(x_raw), y, nproc=train.nproc, backend=train.backend, **loop)
         else:
+            cpu_threads = intra_op_threads(network, train.batch_size, train.threads) if device.type == "cpu" else torch.get_num_threads()
             with threads(cpu_threads):
                 result = fit(network, preprocessor.transform(x_raw), y, **loop)
         plan.end(network, x_new, y_new)
