@@ -121,7 +121,7 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     """
     stamp = _registry_stamp(ws, config)
     path = ws.state / "cache" / f"{what}.json"
-    key = {"stamp": stamp, "model": config.model_name, "uri": tracking_uri(ws, config)}
+    key = {"stamp": stamp, "model": config.model_name}  # a stamp is only taken of the workspace's own database
     if stamp is not None:
         try:
             kept = json.loads(path.read_text())
@@ -132,7 +132,6 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     value = compute()
     if stamp is not None and _registry_stamp(ws, config) == stamp:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             ws.write_atomically(path, json.dumps({"key": key, "value": value}))
         except OSError:  # a read-only or full disk: the answer stands, uncached
             pass
