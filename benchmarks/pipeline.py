@@ -46,6 +46,7 @@ def _task_seconds(flow_run_id: Any) -> dict[str, float]:
 def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from prefect import flow
 
+    from lepton.cli.common import in_process_flows
     from lepton.config import StrategyConfig, TrainConfig
     from lepton.demo import LABEL as DEMO_LABEL
     from lepton.demo import SETTINGS as DEMO_SETTINGS
@@ -71,7 +72,8 @@ def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Cal
             path = Path(tmp) / f"increment-{i}.parquet"
             frame.to_parquet(path, index=False)
             started = time.perf_counter()
-            state = continual_training(str(path), str(ws.root), [f"train.epochs={epochs}"], return_state=True)
+            with in_process_flows():  # as `lepton run` runs it
+                state = continual_training(str(path), str(ws.root), [f"train.epochs={epochs}"], return_state=True)
             total = time.perf_counter() - started
             outcome = state.result()
             tasks = _task_seconds(state.state_details.flow_run_id)

@@ -368,6 +368,7 @@ class Lepton:
 
     def learn(self, frame: pd.DataFrame) -> dict[str, Any]:
         """One run of the flow; the outcome's status and reasons, and the champion it leaves."""
+        from lepton.cli.common import in_process_flows
         from lepton.flows.continual import continual_training
         from lepton.tasks.registry import load_champion
         from lepton.tasks.tracking import connect
@@ -377,7 +378,8 @@ class Lepton:
         frame.to_parquet(path, index=False)
         started = time.perf_counter()
         try:
-            outcome = continual_training(str(path), str(self.ws.root), self.overrides)
+            with in_process_flows():  # as `lepton run` runs it
+                outcome = continual_training(str(path), str(self.ws.root), self.overrides)
         except Exception as err:  # noqa: BLE001 - a crashed run is reported with the others
             self.seconds += time.perf_counter() - started
             return {"status": "error", "message": f"{type(err).__name__}: {err}"[:500], "champion_version": self.version}

@@ -110,3 +110,21 @@ def test_a_server_that_died_is_not_used_and_status_says_so(clean_dir):
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_flows_run_in_process_without_heartbeats_unless_the_operator_sets_them(monkeypatch):
+    # Prefect's heartbeat thread sleeps in whole seconds and every flow waits for it at its end.
+    from prefect.settings import get_current_settings
+
+    from lepton.cli.common import HEARTBEAT_VARIABLES, in_process_flows
+
+    for name in HEARTBEAT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    configured = get_current_settings().flows.heartbeat_frequency
+    assert configured is not None  # Prefect's default sends them
+    with in_process_flows():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == configured
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with in_process_flows():
+        assert get_current_settings().flows.heartbeat_frequency == configured

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ from lepton.cli.common import (
     err,
     fail,
     flag,
+    in_process_flows,
     no_tracebacks,
     open_workspace,
     percent,
@@ -142,15 +145,17 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
     raise typer.Exit(outcome.exit_code)
 
 
-def _watching(ws: Workspace, mode: Mode) -> watch:
-    """The progress display for flow runs; Prefect's console lines go to .lepton/logs/lepton.log."""
+@contextmanager
+def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
+    """The progress display for flow runs run in this process; Prefect's console lines go to .lepton/logs/lepton.log."""
     quiet_libraries()
     no_tracebacks()
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
     import lepton.flows.continual  # noqa: F401
 
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
-    return watch(console, mode, ws.state / "logs" / "lepton.log")
+    with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
+        yield watched
 
 
 def _outcome_table(ws: Workspace, outcome: Any) -> Table:
