@@ -74,3 +74,16 @@ def test_macro_f1_counts_only_the_classes_a_holdout_holds():
     assert macro_f1(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 7])) == pytest.approx((1 + 2 / 3) / 2)
     assert macro_f1(np.array(["a", "b"]), np.array(["a", "b"])) == 1.0
     assert np.isnan(macro_f1(np.array([]), np.array([])))
+
+
+def test_macro_f1_agrees_with_scikit_learn_over_the_classes_of_the_truth():
+    from sklearn.metrics import f1_score
+
+    from lepton.models.evaluation import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        truth = rng.integers(0, 5, size=rng.integers(1, 40))
+        predicted = np.where(rng.random(len(truth)) < 0.6, truth, rng.integers(0, 7, size=len(truth)))
+        expected = f1_score(truth.astype(str), predicted.astype(str), labels=np.unique(truth.astype(str)), average="macro", zero_division=0)
+        assert macro_f1(truth, predicted) == pytest.approx(expected)

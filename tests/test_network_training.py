@@ -253,3 +253,29 @@ def test_small_training_runs_on_one_thread_and_restores_torch_threads() -> None:
     assert report.threads == 1 and torch.get_num_threads() == before
     _, configured = fine_tune(None, part, label=LABEL, train=TrainConfig(epochs=1, hidden=[16], device="cpu", threads=2), strategy=StrategyConfig(name="naive"))
     assert configured.threads == 2 and torch.get_num_threads() == before
+
+
+def test_holdouts_scored_in_one_pass_score_as_each_alone(digits: list[tuple], replay_chain: list[Bundle]) -> None:
+    """Predicting every holdout at once gives each holdout the scores it gets alone (classes and a numeric target)."""
+    from lepton.models.evaluation import score_holdouts
+
+    model = replay_chain[-1]
+    holdouts = {f"h{i}": test for i, (_, test) in enumerate(digits)} | {"empty": digits[0][1].iloc[:0]}
+    together = score_holdouts(model, holdouts, LABEL, new_id="h2")
+    for key, frame in holdouts.items():
+        alone = score(model, frame, LABEL)
+        assert np.array_equal(together[key].correct, alone.correct)
+        assert together[key].accuracy == pytest.approx(alone.accuracy, nan_ok=True)
+        assert together[key].macro_f1 == pytest.approx(alone.macro_f1, nan_ok=True)
+    assert together["h2"].log_loss == pytest.approx(score(model, holdouts["h2"], LABEL).log_loss)
+    assert together["h0"].log_loss is None  # what tracking records comes from the new holdout only
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=120), "b": rng.normal(size=120)})
+    frame["y"] = 3 * frame["a"] - frame["b"] + rng.normal(scale=0.1, size=120)
+    regressor, _ = fine_tune(None, frame, label="y", train=TrainConfig(epochs=3), strategy=StrategyConfig(name="naive"))
+    parts = {"x": frame.iloc[:50], "z": frame.iloc[50:]}
+    for key, scored in score_holdouts(regressor, parts, "y", new_id="z").items():
+        alone = score(regressor, parts[key], "y")
+        assert np.allclose(scored.errors, alone.errors)
+        assert scored.r2 == pytest.approx(alone.r2)
