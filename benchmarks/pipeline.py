@@ -46,7 +46,6 @@ def _task_seconds(flow_run_id: Any) -> dict[str, float]:
 def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from prefect import flow
 
-    from lepton.cli.common import in_process_flows
     from lepton.config import StrategyConfig, TrainConfig
     from lepton.demo import LABEL as DEMO_LABEL
     from lepton.demo import SETTINGS as DEMO_SETTINGS
@@ -54,6 +53,7 @@ def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Cal
     from lepton.models.datasets import class_incremental
     from lepton.models.splits import split
     from lepton.models.training import fine_tune
+    from lepton.server import in_process_flows
     from lepton.tasks.initialise import initialise
     from lepton.workspace import Workspace
 

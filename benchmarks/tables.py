@@ -368,8 +368,8 @@ class Lepton:
 
     def learn(self, frame: pd.DataFrame) -> dict[str, Any]:
         """One run of the flow; the outcome's status and reasons, and the champion it leaves."""
-        from lepton.cli.common import in_process_flows
         from lepton.flows.continual import continual_training
+        from lepton.server import in_process_flows
         from lepton.tasks.registry import load_champion
         from lepton.tasks.tracking import connect
 

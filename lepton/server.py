@@ -5,7 +5,7 @@ exit, seconds to tens of seconds per command. ``lepton server start`` runs ``pre
 server start`` detached, on 127.0.0.1, with the workspace's own Prefect home (the same
 database the temporary server uses), and records it in ``.lepton/server.json``; while it
 answers, every command in the workspace points ``PREFECT_API_URL`` at it. Standard library
-only: the check runs before any command imports Prefect.
+only at import: the check runs before any command imports Prefect.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,3 +191,26 @@ def use_if_running(ws: Workspace, environ: dict[str, str] | os._Environ[str]) ->
     if server is not None:
         environ["PREFECT_API_URL"] = server.api_url
     return server
+
+
+# Set by the operator, Prefect's flow heartbeats are left as they are configured.
+HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+@contextmanager
+def in_process_flows() -> Iterator[None]:
+    """Flows run in this process without Prefect's heartbeats, unless the environment configures them.
+
+    A heartbeat tells a server that a flow's process still lives, for flows a worker started; here
+    the command is that process, reports the run itself and exits non-zero when it fails (and
+    the next run ends what a killed one left open). Prefect's heartbeat thread sleeps in whole
+    seconds and each flow waits for it at its end: up to a second per flow run, on every
+    increment of a backfill.
+    """
+    if any(os.environ.get(name) for name in HEARTBEAT_VARIABLES):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

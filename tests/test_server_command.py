@@ -116,7 +116,7 @@ def test_flows_run_in_process_without_heartbeats_unless_the_operator_sets_them(m
     # Prefect's heartbeat thread sleeps in whole seconds and every flow waits for it at its end.
     from prefect.settings import get_current_settings
 
-    from lepton.cli.common import HEARTBEAT_VARIABLES, in_process_flows
+    from lepton.server import HEARTBEAT_VARIABLES, in_process_flows
 
     for name in HEARTBEAT_VARIABLES:
         monkeypatch.delenv(name, raising=False)

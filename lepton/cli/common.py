@@ -6,8 +6,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,29 +81,6 @@ def embedded_environment(ws: Workspace) -> None:
     use_if_running(ws, os.environ)
     credentials_out_of_uris(os.environ)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-
-
-# Set by the operator, Prefect's flow heartbeats are left as they are configured.
-HEARTBEAT_VARIABLES = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
-
-
-@contextmanager
-def in_process_flows() -> Iterator[None]:
-    """Flows run in this process without Prefect's heartbeats, unless the environment configures them.
-
-    A heartbeat tells a server that a flow's process still lives, for flows a worker started; here
-    the command is that process, reports the run itself and exits non-zero when it fails (and
-    the next run ends what a killed one left open). Prefect's heartbeat thread sleeps in whole
-    seconds and each flow waits for it at its end: up to a second per flow run, on every
-    increment of a backfill.
-    """
-    if any(os.environ.get(name) for name in HEARTBEAT_VARIABLES):
-        yield
-        return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
 
 
 def quiet_libraries() -> None:

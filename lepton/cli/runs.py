@@ -25,7 +25,6 @@ from lepton.cli.common import (
     err,
     fail,
     flag,
-    in_process_flows,
     no_tracebacks,
     open_workspace,
     percent,
@@ -36,6 +35,7 @@ from lepton.cli.common import (
 )
 from lepton.cli.progress import Mode, mode_for, watch
 from lepton.secrets import mask_logging
+from lepton.server import in_process_flows
 from lepton.workspace import Workspace
 
 
@@ -106,7 +106,28 @@ def run(
     if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
         what = "is a directory, not an increment file" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
         raise fail(f"{path} {what}", code=2)
-    _run_and_show(ws, path, overrides, mode_for(console, quiet=quiet, as_json=as_json), dry_run=dry_run)
+    mode = mode_for(console, quiet=quiet, as_json=as_json)
+    started = time.perf_counter()
+    repeated = None if dry_run else _finished_duplicate(ws, path, overrides)
+    if repeated is not None:
+        _show(ws, repeated, mode, {"total": round(time.perf_counter() - started, 3), "steps": {}})
+    _run_and_show(ws, path, overrides, mode, dry_run=dry_run)
+
+
+def _finished_duplicate(ws: Workspace, path: Path, overrides: list[str]) -> Any:
+    """The duplicate outcome of content whose run finished before, told without a flow (no Prefect, MLflow or torch
+    to import); None when the flow must look: new or rejected content, or a run that did not finish."""
+    from lepton.config import load
+    from lepton.landing import source_name
+    from lepton.tasks.outcome import RunOutcome
+    from lepton.tasks.tracking import registry_key_of
+    from lepton.workspace import content_id
+
+    known = ws.read_manifest().find(content_id(path))
+    if known is None or known.state != "accepted" or not ws.is_finished(known.id, registry_key_of(ws, load(ws.root, overrides).registry)):
+        return None
+    ws.note_duplicate(known.id, source_name(path))
+    return RunOutcome.duplicate(known.id, known)
 
 
 def retry(
@@ -136,6 +157,11 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
         outcome, seconds = _watched_run(ws, path, overrides, mode, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
+    _show(ws, outcome, mode, seconds, dry_run=dry_run)
+
+
+def _show(ws: Workspace, outcome: Any, mode: Mode, seconds: dict[str, Any], *, dry_run: bool = False) -> None:
+    """Print a run's outcome as ``mode`` asks and exit with its code."""
     if mode == "json":
         print(json.dumps({**outcome.model_dump(mode="json"), "seconds": seconds}, indent=2))
     else:
