@@ -319,3 +319,23 @@ def test_cli_says_when_there_is_no_report_yet(clean_dir):
     result = run_cli(["report", "--workspace", str(ws.root)], api_url=None)
     assert result.returncode == 1
     assert "no report in" in result.stderr and "yet" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):
+    """Beyond HEATMAP_CELLS holdouts the bars show the last ones: 28 old holdouts at 90% and 12 recent at 10% draw no tall bar."""
+    from PIL import Image
+
+    from lepton.report.plots import HEATMAP_CELLS, holdout_bars
+
+    def rows(accuracies):
+        return [pages.HoldoutRow(increment_id=f"{i:016d}", rows=20, new=i == len(accuracies) - 1, candidate_accuracy=a) for i, a in enumerate(accuracies)]
+
+    def blue(path):  # pixels of the candidate's bars (and its legend patch)
+        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int((abs(pixels - np.array([0x25, 0x63, 0xEB])).sum(axis=2) < 40).sum())
+
+    low = blue(holdout_bars(rows([0.1] * HEATMAP_CELLS), tmp_path / "low.png"))
+    tall = blue(holdout_bars(rows([0.9] * HEATMAP_CELLS), tmp_path / "tall.png"))
+    mixed = blue(holdout_bars(rows([0.9] * 28 + [0.1] * HEATMAP_CELLS), tmp_path / "mixed.png"))
+    assert tall > 3 * low  # a 90% bar is far taller than a 10% one
+    assert abs(mixed - low) < 0.05 * low  # the 28 older, taller bars are not drawn
