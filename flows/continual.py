@@ -15,6 +15,7 @@ from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, lineage_of, load_champion, record_rejection, register
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import read, read_history, split_increments, with_accepted
+from lepton.tasks.tracking import registry_key_of
 from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
@@ -43,11 +44,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     if route == "finished":
         outcome = RunOutcome.finished(landing.id, known.file, earlier)
         log.warning(outcome.message)
+        ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
         return outcome
     if route == "duplicate":
         record_duplicate(ws, landing)
         outcome = RunOutcome.duplicate(landing.id, known)
         log.info(outcome.message)
+        ws.mark_finished(landing.id, registry_key_of(ws, config.registry))  # recorded by a version older than these records
         return outcome
 
     report, drift = None, None
@@ -141,6 +144,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     if not registration.created:
         outcome = RunOutcome.raced(landing.id, relative, registration)
         log.info(outcome.message)
+        ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
         return outcome
     if drift is not None:
         log_drift(ws, config.registry, registration.run_id, drift, plan)
@@ -153,4 +157,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         ws, config.registry, outcome, validation=report, training=training, evaluation=evaluation,
         decision=decision, run_id=registration.run_id, lineage=lineage,
     )
+    # Registered, and the champion moved if it passed: running this content again has nothing to do,
+    # and `lepton run` can say so without starting a flow.
+    ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
     return outcome

@@ -52,6 +52,17 @@ def original_name(landed: str) -> str:
     return match["name"] if match else Path(landed).name
 
 
+def safe_name(name: str) -> str:
+    """A file name with nothing that could reach outside the folder or confuse a shell."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "increment"
+    return cleaned[:80]
+
+
+def source_name(source: Path) -> str:
+    """The name an increment arrived under, as the workspace records it."""
+    return safe_name(original_name(source.name))
+
+
 def file_problem(source: Path, *, check_format: bool = True) -> str | None:
     """Why ``source`` cannot be taken as an increment (missing, not a file, unknown format), or None.
 

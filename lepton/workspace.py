@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,20 @@ Verdict = Literal["accepted", "rejected"]
 
 LOCK_TIMEOUT_VARIABLE = "LEPTON_LOCK_TIMEOUT_SECONDS"
 LOCK_TIMEOUT = 600.0  # seconds a run waits for another run's lock before giving up
+
+
+def content_id(path: Path) -> str:
+    """An increment's id: a hash of the file's bytes, so the same content is recognised however it is named."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def registry_key(tracking_uri: str, model_name: str) -> str:
+    """Which registry and model a finished increment speaks of, without the URI (it may hold a password)."""
+    return hashlib.sha256(f"{tracking_uri}\n{model_name}".encode()).hexdigest()[:16]
 
 
 class WorkspaceBusy(RuntimeError):
@@ -144,10 +160,33 @@ class Workspace:
         """The ledger of repeated landings (unversioned: the data itself is in data/ once)."""
         return self.state / "duplicates.jsonl"
 
+    def note_duplicate(self, increment_id: str, source: str) -> None:
+        """Append a repeated landing to the ledger; the data itself is untouched."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        entry = {"id": increment_id, "source": source, "duplicate_of": increment_id, "at": datetime.now(timezone.utc).isoformat()}
+        with self.duplicates_path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
     def read_duplicates(self) -> list[dict[str, Any]]:
         """Every repeated landing recorded, oldest first: id, source, duplicate_of, at."""
         path = self.duplicates_path
         return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+    @property
+    def finished_dir(self) -> Path:
+        """One file per increment whose run ended with the registry up to date (unversioned: it speaks of the registry)."""
+        return self.state / "finished"
+
+    def mark_finished(self, increment_id: str, registry: str) -> None:
+        """Record that ``increment_id`` needs nothing more from ``registry`` (a ``registry_key``): a run of its content again is a duplicate."""
+        self.write_atomically(self.finished_dir / f"{increment_id}.json", json.dumps({"registry": registry}) + "\n")
+
+    def is_finished(self, increment_id: str, registry: str) -> bool:
+        """Whether a run of ``increment_id`` ended with ``registry`` up to date (False when unknown: the flow finds out)."""
+        try:
+            return json.loads((self.finished_dir / f"{increment_id}.json").read_text()).get("registry") == registry
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def read_manifest(self) -> Manifest:
         if not self.manifest_path.exists():

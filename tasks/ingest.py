@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,10 +16,10 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
-from lepton.landing import FORMATS, file_problem, original_name
+from lepton.landing import FORMATS, file_problem, source_name
 from lepton.models.schema import DataSchema
 from lepton.tasks.validate import kinds_for, repeated_names
-from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace
+from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace, content_id
 
 if TYPE_CHECKING:
     from lepton.tasks.registry import Registration
@@ -45,21 +43,6 @@ class Landing:
     duplicate_of: IncrementRecord | None = None
 
 
-def content_id(path: Path) -> str:
-    """The increment id: a hash of the file's bytes, so the same content is recognised however it is named."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def safe_name(name: str) -> str:
-    """A file name with nothing that could reach outside the folder or confuse a shell."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "increment"
-    return cleaned[:80]
-
-
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(path: Path, ws: Workspace) -> Landing:
     """Copy the increment into ``data/increments/`` under its content id (a duplicate is only recognised)."""
@@ -78,10 +61,10 @@ def ingest(path: Path, ws: Workspace) -> Landing:
             if known.state == "rejected" and not kept.exists():
                 # Its quarantined copy was cleared away: these bytes are the same content, so they take its place.
                 _copy_in(source, kept, ws)
-            return Landing(increment_id, kept, safe_name(original_name(source.name)), duplicate_of=known)
+            return Landing(increment_id, kept, source_name(source), duplicate_of=known)
         target = ws.increments / f"{increment_id}{'.parquet' if suffix == '.pq' else suffix}"
         _copy_in(source, target, ws)
-    return Landing(increment_id, target, safe_name(original_name(source.name)))
+    return Landing(increment_id, target, source_name(source))
 
 
 def _copy_in(source: Path, target: Path, ws: Workspace) -> None:
@@ -220,7 +203,4 @@ def quarantined(ws: Workspace, increment_id: str) -> Path:
 
 def record_duplicate(ws: Workspace, landing: Landing) -> None:
     """Note a repeated landing in the (unversioned) ledger; the data itself is untouched."""
-    ws.state.mkdir(parents=True, exist_ok=True)
-    entry = {"id": landing.id, "source": landing.source, "duplicate_of": landing.id, "at": datetime.now(timezone.utc).isoformat()}
-    with ws.duplicates_path.open("a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    ws.note_duplicate(landing.id, landing.source)

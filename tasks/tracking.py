@@ -13,7 +13,7 @@ from lepton.history import AliasMove
 from lepton.history import parse as parse_history
 from lepton.lineage import TAG, Lineage
 from lepton.secrets import credentials_out_of_uri
-from lepton.workspace import Workspace
+from lepton.workspace import Workspace, registry_key
 
 ALIAS = "champion"
 
@@ -21,6 +21,11 @@ ALIAS = "champion"
 def tracking_uri(ws: Workspace, config: RegistryConfig) -> str:
     """MLFLOW_TRACKING_URI, else the config, else SQLite in the workspace's ``.lepton/``."""
     return ws.tracking_uri(config.tracking_uri)
+
+
+def registry_key_of(ws: Workspace, config: RegistryConfig) -> str:
+    """The registry and model this workspace registers in, as ``Workspace.mark_finished`` records them."""
+    return registry_key(tracking_uri(ws, config), config.model_name)
 
 
 def connect(ws: Workspace, config: RegistryConfig):

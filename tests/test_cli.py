@@ -194,3 +194,19 @@ def test_progress_quiet_and_json_output(clean_dir, prefect_api, increments):
     cron = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--quiet"], api_url=prefect_api)
     assert cron.returncode == 0, cron.stderr
     assert cron.stdout.strip().startswith("duplicate of increment") and len(cron.stdout.strip().splitlines()) == 1
+
+    # Content whose run finished is a duplicate told without a flow; without that record the flow looks, and records it.
+    ledger = len(ws.read_duplicates())
+    told = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--json"], api_url=prefect_api)
+    assert told.returncode == 0, told.stderr
+    answer = json.loads(told.stdout)
+    assert answer["status"] == "duplicate" and answer["seconds"]["steps"] == {}, answer
+    assert len(ws.read_duplicates()) == ledger + 1
+    markers = sorted((ws.root / ".lepton" / "finished").iterdir())
+    assert len(markers) == 3  # the two runs and the backfill's new increment; the duplicates wrote none of their own
+    for marker in markers:
+        marker.unlink()
+    looked = run_cli(["run", str(increments[0]), "--workspace", str(ws.root), "--json"], api_url=prefect_api)
+    answer = json.loads(looked.stdout)
+    assert answer["status"] == "duplicate" and "ingest" in answer["seconds"]["steps"], answer
+    assert [m.name for m in (ws.root / ".lepton" / "finished").iterdir()] == [f"{answer['increment_id']}.json"]
