@@ -12,7 +12,7 @@ from lepton.faults import stop_on_sigterm
 from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
-from lepton.tasks.registry import config_params, finish_increment, lineage_of, load_champion, record_rejection, register
+from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, record_rejection, register
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
@@ -81,6 +81,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             if recorded.is_failed():
                 log.warning("the rejection could not be recorded in MLflow: %s", recorded.message)
             outcome.report = write_report(ws, config.registry, outcome, validation=report)
+            if not recorded.is_failed():
+                keep_answers(ws, config.registry)
             # Completed, but not a promotion: a state of its own that the UI shows and filters on.
             return Completed(name="Rejected", message=outcome.message, data=outcome)
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
@@ -160,4 +162,5 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     # Registered, and the champion moved if it passed: running this content again has nothing to do,
     # and `lepton run` can say so without starting a flow.
     ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
+    keep_answers(ws, config.registry)
     return outcome

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, Field, PositiveInt
 
 from lepton import config as lepton_config
 from lepton.history import AliasMove
+from lepton.tasks.registry import keep_answers
 from lepton.tasks.rollback import plan_promotion, plan_rollback, promote_by_hand
 from lepton.tasks.rollback import rollback as move_back
 from lepton.workspace import Workspace
@@ -55,6 +56,7 @@ def rollback(
         log.info("version %s is already the champion: nothing moved", plan.target)
     else:
         log.info("champion moved back from version %s to version %s: %s", move.from_version, move.to_version, reason)
+        keep_answers(ws, config.registry)
     return move
 
 
@@ -88,4 +90,5 @@ def promote(
         log.info("version %s is already the champion: nothing moved", version)
     else:
         log.info("champion moved from version %s to version %s by hand: %s", move.from_version, move.to_version, reason)
+        keep_answers(ws, config.registry)
     return move

@@ -21,7 +21,7 @@ from lepton.lineage import TAG, Lineage
 from lepton.models.bundle import Bundle
 from lepton.secrets import redacted
 from lepton.tasks.promotion import StaleChampion, move_champion
-from lepton.tasks.tracking import BACKOFF, champion_history, champion_version, connect, not_found
+from lepton.tasks.tracking import BACKOFF, answer_ahead, champion_history, champion_version, connect, not_found
 from lepton.workspace import Workspace
 
 
@@ -237,6 +237,15 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
             client.set_model_version_tag(name, str(version), TAG + "superseded_by", f"champion {current}")
             return None
     return Registration(version, found.run_id, created=False, champion=version, move=move)
+
+
+@task(name="keep-answers", cache_policy=NO_CACHE)
+def keep_answers(ws: Workspace, config: RegistryConfig) -> None:
+    """``lepton status`` and ``history``'s answers for the registry as this run leaves it (a failure costs only their speed)."""
+    try:
+        answer_ahead(ws, config)
+    except Exception as err:  # noqa: BLE001 - the run's outcome stands; status asks the registry itself
+        _log().warning("could not keep the answers of lepton status and history: %s", err)
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)

@@ -116,18 +116,19 @@ def _registry_stamp(ws: Workspace, config: RegistryConfig) -> list[int] | None:
     return [stat.st_mtime_ns, stat.st_size]
 
 
-def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Callable[[], Any]) -> Any:
+def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Callable[[], Any], *, fresh: bool = False) -> Any:
     """``compute()``'s JSON result, kept in ``.lepton/cache/`` for as long as the embedded registry is not written.
 
     Importing MLflow and opening its store cost the read-only commands 1.5 s. A read leaves the
     database file as it was; every write (a run, a promotion by hand) changes its mtime, so a
     cached answer is only used while the registry is exactly as it was read. A value is kept
-    only when nothing wrote during the read; a remote registry is always asked.
+    only when nothing wrote during the read; a remote registry is always asked. ``fresh``:
+    compute and keep it even when a kept answer is current.
     """
     stamp = _registry_stamp(ws, config)
     path = ws.state / "cache" / f"{what}.json"
     key = {"stamp": stamp, "model": config.model_name}  # a stamp is only taken of the workspace's own database
-    if stamp is not None:
+    if stamp is not None and not fresh:
         try:
             kept = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -143,14 +144,26 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     return value
 
 
+def _moves(ws: Workspace, config: RegistryConfig) -> list[dict[str, Any]]:
+    client, _ = connect(ws, config)
+    return [move.model_dump(mode="json") for move in champion_history(client, config.model_name)]
+
+
 def history(ws: Workspace, config: RegistryConfig) -> list[AliasMove]:
     """The champion's recorded moves for the workspace's model, oldest first."""
+    return [AliasMove.model_validate(move) for move in read_through(ws, config, "history", lambda: _moves(ws, config))]
 
-    def read() -> list[dict[str, Any]]:
-        client, _ = connect(ws, config)
-        return [move.model_dump(mode="json") for move in champion_history(client, config.model_name)]
 
-    return [AliasMove.model_validate(move) for move in read_through(ws, config, "history", read)]
+def answer_ahead(ws: Workspace, config: RegistryConfig) -> None:
+    """Keep the answers of ``lepton status`` and ``history`` for the registry as a run leaves it.
+
+    The run has MLflow loaded and its store open, so they cost it a few queries; the next
+    status or history then reads them from ``.lepton/cache/`` instead of paying the import.
+    """
+    if _registry_stamp(ws, config) is None:
+        return  # a remote registry is always asked
+    read_through(ws, config, "history", lambda: _moves(ws, config), fresh=True)
+    read_through(ws, config, "describe", lambda: _describe(ws, config), fresh=True)
 
 
 def describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:

@@ -180,3 +180,11 @@ def test_status_and_history_answer_from_the_cache_while_the_registry_is_unchange
 
     mlflow.MlflowClient(ws.tracking_uri(None)).set_model_version_tag("digits", "2", "note", "looked at")
     assert ask()["mlflow"]
+    # What writes the registry (a run, a rollback) keeps the answers for the registry it leaves: the next status reads them.
+    from lepton.config import load
+    from lepton.tasks.tracking import answer_ahead
+
+    mlflow.MlflowClient(ws.tracking_uri(None)).set_model_version_tag("digits", "2", "note", "looked at again")
+    answer_ahead(ws, load(ws.root).registry)
+    ahead = ask()
+    assert not ahead["mlflow"] and {k: v for k, v in ahead.items() if k != "mlflow"} == {k: v for k, v in first.items() if k != "mlflow"}

@@ -44,6 +44,7 @@ STEPS = {
     "log-drift": "log drift",
     "write-report": "report",
     "report": "report",
+    "keep-answers": "keep status' answers",
 }
 
 
