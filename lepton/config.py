@@ -14,7 +14,7 @@ from lepton.models.settings import STRATEGIES, DriftConfig, GateConfig, Section,
 CONFIG_FILE = "lepton.yaml"
 
 
-COLUMN_KINDS = ("numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore")
+COLUMN_KINDS = ("numeric", "boolean", "categorical", "text", "identifier", "datetime", "image", "ignore")
 
 
 class DataConfig(Section):

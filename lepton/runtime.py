@@ -50,7 +50,7 @@ def network_code(network: Any, root: Path) -> list[Path]:
     the version so that it loads where the workspace is not. A factory from an installed package ships nothing: the
     consumer installs that package, as they install torch."""
     factory = getattr(network, "factory", None)
-    if not factory:
+    if not factory or factory == "cnn":  # Lepton's own networks travel in the runtime
         return []
     top = importlib.import_module(factory.partition(":")[0].split(".")[0])
     source = Path(getattr(top, "__file__", "") or "").resolve()

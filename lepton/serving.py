@@ -72,13 +72,16 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
         problems = input_problems(frame, preprocessor)
         if problems:
             raise unscorable("; ".join(problems))
-        if self.bundle.regression:
-            if params and params.get("probabilities"):
-                raise unscorable("a regression model predicts numbers, not class probabilities")
+        if self.bundle.regression and params and params.get("probabilities"):
+            raise unscorable("a regression model predicts numbers, not class probabilities")
+        try:
             outputs = self.bundle.outputs(frame)
+        except ValueError as err:  # a value the columns cannot encode (an image that does not decode, or of another size)
+            raise unscorable(str(err)) from None
+        if self.bundle.regression:
             _refuse_non_finite(outputs)
             return preprocessor.decode(outputs[:, 0])
-        proba = self.bundle.predict_proba(frame)
+        proba = self.bundle.probabilities(outputs)
         _refuse_non_finite(proba)
         if params and params.get("probabilities"):
             return pd.DataFrame(proba, columns=[str(c) for c in preprocessor.classes])

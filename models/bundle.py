@@ -68,7 +68,12 @@ class Bundle:
         """Class probabilities for raw feature columns, columns in ``preprocessor.classes`` order."""
         if self.regression:
             raise ValueError("a regression model predicts numbers, not class probabilities")
-        return torch.softmax(torch.from_numpy(self.outputs(frame)), dim=1).numpy()
+        return self.probabilities(self.outputs(frame))
+
+    @staticmethod
+    def probabilities(outputs: np.ndarray) -> np.ndarray:
+        """Class probabilities from the network's outputs (logits)."""
+        return torch.softmax(torch.from_numpy(outputs), dim=1).numpy()
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Labels in the original label values, or numbers in the target's units."""

@@ -11,11 +11,15 @@ of input columns, so the network's input width never changes after the first inc
 - ``categorical``: one-hot over a vocabulary of ``capacity`` slots that fills as increments
   bring values; slot 0 is shared by unseen, rare and missing values;
 - ``text``: word counts hashed into ``buckets`` slots;
+- ``image``: encoded image bytes (PNG, JPEG, ...) of one size, decoded to their pixels (height x width x
+  channels, in [0, 1], standardised like numbers) and a missing indicator; the size is the first
+  increment's, and a network over images (``train.network: cnn``) reads the pixel block as an image;
 - ``identifier`` / ``ignore``: nothing (an id or a free-text code predicts nothing that generalises).
 """
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from typing import Any, Literal, get_args
@@ -24,11 +28,75 @@ import numpy as np
 import pandas as pd
 from pandas.api import types
 
-Kind = Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore"]
+Kind = Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "image", "ignore"]
 KINDS: tuple[str, ...] = get_args(Kind)
 DATETIME_PARTS = ("year", "month", "weekday", "hour")
 _WORD = re.compile(r"\w+")
 _DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$")
+
+
+# The first bytes of the image formats an image column may hold: PNG, JPEG, GIF, BMP, WebP (RIFF), TIFF.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+def is_image_bytes(value: Any) -> bool:
+    """Bytes that start as an encoded image does."""
+    return isinstance(value, (bytes, bytearray, memoryview)) and bytes(value[:8]).startswith(_IMAGE_MAGIC)
+
+
+def looks_like_images(values: pd.Series) -> bool:
+    """Nearly every non-empty value is encoded image bytes."""
+    sample = values.dropna().head(200)
+    return len(sample) > 0 and float(np.mean([is_image_bytes(v) for v in sample])) >= 0.95
+
+
+def decode_image(value: Any) -> np.ndarray | None:
+    """Encoded image bytes as a uint8 array (height, width, channels): 1 channel for grey images, 3 for colour; None when undecodable."""
+    from PIL import Image, UnidentifiedImageError  # Pillow: only where images are decoded
+
+    try:
+        with Image.open(io.BytesIO(bytes(value))) as image:
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            pixels = np.asarray(image.convert("L" if grey else "RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError):
+        return None
+    return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def image_shape(series: pd.Series) -> list[int] | None:
+    """The most common (height, width, channels) among a column's decodable images (None: none decodes)."""
+    shapes = [tuple(p.shape) for p in (decode_image(v) for v in series.dropna()) if p is not None]
+    if not shapes:
+        return None
+    return list(pd.Series(shapes).value_counts().index[0])
+
+
+def image_problem(value: Any, shape: list[int]) -> str | None:
+    """Why one image value cannot be read as an image of ``shape`` (None: it can, or it is missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    pixels = decode_image(value)
+    if pixels is None:
+        return "not a decodable image"
+    if list(pixels.shape) != list(shape):
+        return f"{pixels.shape[0]}x{pixels.shape[1]} with {pixels.shape[2]} channel(s), not {shape[0]}x{shape[1]} with {shape[2]}"
+    return None
+
+
+def image_block(series: pd.Series, shape: list[int]) -> np.ndarray:
+    """An image column's inputs: its pixels in [0, 1] (height, width, channels order; NaN where missing) and a missing indicator."""
+    size = int(np.prod(shape))
+    out = np.full((len(series), size + 1), np.nan)
+    out[:, size] = 0.0
+    for i, value in enumerate(series.tolist()):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            out[i, size] = 1.0
+            continue
+        problem = image_problem(value, shape)
+        if problem is not None:
+            raise ValueError(f"column {series.name!r}, row {i}: {problem}")
+        out[i, :size] = decode_image(value).reshape(-1) / 255.0  # type: ignore[union-attr]
+    return out
 
 
 def is_text_series(series: pd.Series) -> bool:
@@ -53,8 +121,14 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
         return "datetime", "timestamps"
     if types.is_numeric_dtype(series):
         return "numeric", "numbers"
+    if looks_like_images(present):
+        shape = image_shape(present)
+        if shape is not None:
+            return "image", f"encoded images, {shape[0]}x{shape[1]} with {shape[2]} channel(s)"
     if not is_text_series(series):
         return "categorical", f"values of type {series.dtype}"
+    if isinstance(present.iloc[0], (bytes, bytearray, memoryview)):
+        return "ignore", "bytes that are not images"
     strings = present.astype(str)
     numbers = pd.to_numeric(strings.str.strip(), errors="coerce")
     if numbers.notna().mean() >= 0.9:
@@ -71,25 +145,29 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
     return "identifier", f"{distinct} distinct values in {len(strings)} rows (nearly one per row)"
 
 
-def width(kind: str, *, capacity: int, buckets: int) -> int:
-    """Network inputs a column of ``kind`` takes."""
+def width(kind: str, *, capacity: int, buckets: int, shape: list[int] | None = None) -> int:
+    """Network inputs a column of ``kind`` takes (``shape``: an image column's height, width and channels)."""
+    if kind == "image":
+        return int(np.prod(shape)) + 1 if shape else 0
     return {"numeric": 2, "boolean": 2, "datetime": len(DATETIME_PARTS) + 1, "categorical": capacity, "text": buckets}.get(kind, 0)
 
 
-def scaled(kind: str, *, capacity: int, buckets: int) -> list[bool]:
-    """Which of a column's inputs are standardised (values and calendar parts; not indicators or one-hots)."""
+def scaled(kind: str, *, capacity: int, buckets: int, shape: list[int] | None = None) -> list[bool]:
+    """Which of a column's inputs are standardised (values, calendar parts and pixels; not indicators or one-hots)."""
     if kind in ("numeric", "boolean"):
         return [True, False]
     if kind == "datetime":
         return [True] * len(DATETIME_PARTS) + [False]
+    if kind == "image":
+        return [True] * (width(kind, capacity=capacity, buckets=buckets, shape=shape) - 1) + [False] if shape else []
     return [False] * width(kind, capacity=capacity, buckets=buckets)
 
 
-def held_at_latest(kind: str, *, capacity: int, buckets: int) -> list[bool]:
+def held_at_latest(kind: str, *, capacity: int, buckets: int, shape: list[int] | None = None) -> list[bool]:
     """Which of a column's inputs read as the latest value seen when they go beyond it: a datetime's fractional year."""
     if kind == "datetime":
         return [True] + [False] * len(DATETIME_PARTS)
-    return [False] * width(kind, capacity=capacity, buckets=buckets)
+    return [False] * width(kind, capacity=capacity, buckets=buckets, shape=shape)
 
 
 def is_number_dtype(dtype: Any) -> bool:
@@ -177,9 +255,11 @@ def hashed_words(series: pd.Series, buckets: int) -> np.ndarray:
     return out
 
 
-def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capacity: int, buckets: int) -> np.ndarray:
+def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capacity: int, buckets: int, shape: list[int] | None = None) -> np.ndarray:
     """One raw column as its block of network inputs (float64; NaN marks a missing value to impute)."""
     n = len(series)
+    if kind == "image":
+        return image_block(series, shape) if shape else np.zeros((n, 0), dtype=np.float64)
     if kind in ("numeric", "boolean"):
         return number_block(as_numbers(series))
     if kind == "datetime":

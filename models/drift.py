@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from lepton.models import columns as kinds_of
 from lepton.models.settings import DriftConfig
 
 Test = Literal["ks", "chi2", "psi"]
@@ -192,6 +193,16 @@ def matched_reference(history: pd.DataFrame, current: pd.DataFrame, label: str, 
     return pd.concat(parts) if parts else history.iloc[:0]
 
 
+def image_statistics(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with each image column replaced by two numbers per row: brightness (mean pixel) and contrast (pixels' spread), in [0, 255]."""
+    out = frame.drop(columns=columns)
+    for column in columns:
+        decoded = [kinds_of.decode_image(v) if v is not None else None for v in frame[column].tolist()]
+        out[f"{column} brightness"] = [float(p.mean()) if p is not None else np.nan for p in decoded]
+        out[f"{column} contrast"] = [float(p.std()) if p is not None else np.nan for p in decoded]
+    return out
+
+
 def is_categorical(series: pd.Series, name: str, declared: list[str]) -> bool:
     return name in declared or not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
 
@@ -228,6 +239,10 @@ def measure(
     label_test = _label_test(history[label], current[label], config, fixed_classes)
     current = _sample(current, config.reference_cap, rng)
     reference = matched_reference(history, current, label, config.reference_cap, rng)
+    images = [c for c in features if kinds_of.looks_like_images(current[c])]
+    if images:  # bytes compare as nothing: each image column is compared by its images' brightness and contrast
+        current, reference = image_statistics(current, images), image_statistics(reference, images)
+        features = [f for c in features for f in ([f"{c} brightness", f"{c} contrast"] if c in images else [c])]
     by_name: dict[str, tuple[str, Test, float, float | None]] = {}
     if len(reference) >= config.min_rows:
         categorical = [c for c in features if is_categorical(current[c], c, config.categorical)]

@@ -1,7 +1,7 @@
 """The network: feature layers and a linear head that grows when new classes arrive.
 
-The feature layers are Lepton's MLP (``train.hidden`` wide) or the user's own, from a factory
-named ``module:function`` (``train.network``). The contract of a factory is small: called
+The feature layers are Lepton's MLP (``train.hidden`` wide), its small CNN over an image column
+(``cnn``), or the user's own, from a factory named ``module:function`` (``train.network``). The contract of a factory is small: called
 with ``n_features`` and the keyword arguments of ``train.network_args``, it returns an
 ``nn.Module`` that maps a float32 batch ``(batch, n_features)`` of Lepton's standardised
 inputs to ``(batch, width)`` features. Lepton adds the head (one output per class, grown
@@ -60,6 +60,45 @@ def _feature_width(features: nn.Module, n_features: int, spec: str) -> int:
     return int(out.shape[1])
 
 
+class SmallCNN(nn.Module):
+    """Convolutions over the pixel block of one image column, the other inputs beside them, then a hidden layer.
+
+    The inputs stay one flat float32 batch, as for the MLP (so replay memories, strategies and
+    DDP see nothing new): the pixels of the image column, ``image_shape`` = (height, width,
+    channels) in that order, start at input ``image_start``. Each of ``channels`` is a 3x3
+    convolution and a ReLU, halved by max pooling while the image is at least 4 pixels a side.
+    """
+
+    def __init__(self, n_features: int, *, image_start: int, image_shape: list[int], channels: list[int] | tuple[int, ...] = (32, 64), hidden: int = 256) -> None:
+        super().__init__()
+        height, width, depth = (int(n) for n in image_shape)
+        self.start, self.shape = int(image_start), (height, width, depth)
+        self.size = height * width * depth
+        if self.start < 0 or self.start + self.size > n_features:
+            raise NetworkError(f"train.network=cnn: an image of {height}x{width}x{depth} at input {self.start} does not fit in {n_features} inputs")
+        layers: list[nn.Module] = []
+        before, side = depth, min(height, width)
+        for size in channels:
+            layers += [nn.Conv2d(before, int(size), kernel_size=3, padding=1), nn.ReLU()]
+            if side >= 4:
+                layers.append(nn.MaxPool2d(2))
+                side //= 2
+            before = int(size)
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, depth, height, width)).shape[1]
+        self.mix = nn.Sequential(nn.Linear(flat + n_features - self.size, int(hidden)), nn.ReLU())
+        self.width = int(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width, depth = self.shape
+        pixels = x[:, self.start:self.start + self.size].reshape(-1, height, width, depth).permute(0, 3, 1, 2)
+        if pixels.is_cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)  # what cuDNN's convolutions run fastest on
+        rest = torch.cat([x[:, :self.start], x[:, self.start + self.size:]], dim=1)
+        return self.mix(torch.cat([self.conv(pixels), rest], dim=1))
+
+
 class MLP(nn.Module):
     """Feature layers (Lepton's, or a factory's) followed by a linear head, one logit per known class."""
 
@@ -76,6 +115,10 @@ class MLP(nn.Module):
                 layers += [nn.Linear(width, size), nn.ReLU()]
                 width = size
             self.features: nn.Module = nn.Sequential(*layers)
+        elif factory == "cnn":
+            self.features = SmallCNN(n_features, **self.factory_args)
+            width = self.features.width
+            hidden = ()
         else:
             built = import_factory(factory)(n_features=n_features, **self.factory_args)
             if not isinstance(built, nn.Module):
@@ -105,7 +148,7 @@ class MLP(nn.Module):
 
     @property
     def name(self) -> str:
-        """What the features are, as ``train.network`` names them: mlp, or the factory."""
+        """What the features are, as ``train.network`` names them: mlp, cnn, or the factory."""
         return self.factory or "mlp"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,13 +26,15 @@ class Encoding:
     capacity: int = 32  # one-hot slots per categorical column, the shared slot included
     buckets: int = 16  # hashed word slots per text column
     min_category_rows: int = 2  # rows a value needs in an increment to get its own slot
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels)
 
     @classmethod
     def infer(cls, frame: pd.DataFrame, label: str, **sizes: Any) -> Encoding:
         """Every column but the label, kinds and task inferred from ``frame`` (for callers without a workspace schema)."""
         capacity = sizes.get("capacity", cls.capacity)
         found = {c: kinds_of.infer_kind(frame[c], max_categories=capacity - 1)[0] for c in frame.columns if c != label}
-        return cls(label=label, kinds=found, **{"task": kinds_of.task_of(frame[label]), **sizes})
+        shapes = {c: kinds_of.image_shape(frame[c]) for c, k in found.items() if k == "image"}
+        return cls(label=label, kinds=found, **{"task": kinds_of.task_of(frame[label]), "shapes": {c: v for c, v in shapes.items() if v}, **sizes})
 
 
 def _nan_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,6 +83,7 @@ class Preprocessor:
     target: tuple[float, float, float] = (0.0, 0.0, 0.0)  # regression: count, mean and M2 of the label
     # Per input column, the latest value seen of a datetime's year (NaN: no limit; models from before it have none).
     latest: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels)
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
@@ -98,6 +101,7 @@ class Preprocessor:
         return cls(
             features, kinds=dict(encoding.kinds), vocabularies={c: [] for c, k in encoding.kinds.items() if k == "categorical"},
             task=encoding.task, capacity=encoding.capacity, buckets=encoding.buckets, min_category_rows=encoding.min_category_rows,
+            shapes={c: list(v) for c, v in encoding.shapes.items()},
         )
 
     def _kind(self, column: str) -> str:
@@ -105,7 +109,7 @@ class Preprocessor:
 
     def _width(self, column: str) -> int:
         kind = self._kind(column)
-        return 1 if kind == "plain" else kinds_of.width(kind, capacity=self.capacity, buckets=self.buckets)
+        return 1 if kind == "plain" else kinds_of.width(kind, capacity=self.capacity, buckets=self.buckets, shape=self.shapes.get(column))
 
     @property
     def width(self) -> int:
@@ -121,7 +125,7 @@ class Preprocessor:
         out: list[bool] = []
         for c in self.features:
             kind = self._kind(c)
-            out += [plain] if kind == "plain" else of_kind(kind, capacity=self.capacity, buckets=self.buckets)
+            out += [plain] if kind == "plain" else of_kind(kind, capacity=self.capacity, buckets=self.buckets, shape=self.shapes.get(c))
         return np.asarray(out, dtype=bool)
 
     @property
@@ -195,7 +199,9 @@ class Preprocessor:
         values = dict(zip(direct, frame[direct].to_numpy(dtype=np.float64, na_value=np.nan).T, strict=True)) if direct else {}
         blocks = [
             kinds_of.number_block(values[c]) if c in values
-            else kinds_of.encode_column(frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets)
+            else kinds_of.encode_column(
+                frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets, shape=self.shapes.get(c),
+            )
             for c in self.used
         ]
         return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0))
@@ -258,6 +264,7 @@ class Preprocessor:
             "observed": self.observed.tolist(),
             "target": list(self.target),
             "latest": [None if np.isnan(v) else float(v) for v in self.latest],
+            "shapes": self.shapes,
         }
 
     @classmethod
@@ -277,4 +284,5 @@ class Preprocessor:
             observed=np.asarray(state.get("observed", []), dtype=np.float64),
             target=tuple(state.get("target", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
             latest=np.asarray([np.nan if v is None else v for v in state.get("latest", [])], dtype=np.float64),
+            shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
         )

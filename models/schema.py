@@ -32,6 +32,7 @@ class DataSchema:
     rows: int = 0
     missing: dict[str, int] = field(default_factory=dict)  # missing values seen per feature
     values: dict[str, list[str]] = field(default_factory=dict)  # category values seen (up to SEEN_VALUES)
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels), from the first increment
 
     @classmethod
     def infer(
@@ -57,7 +58,12 @@ class DataSchema:
                 kind, reason = "ignore", reason + "; free text ignored (data.text=ignore)"
             kinds[column], why[column] = kind, reason
         chosen = task_of(frame[label]) if task == "auto" else task
-        empty = cls(label, features, label_kind_of(frame[label], chosen), kinds=kinds, why=why, task=chosen)
+        shapes = {c: kinds_of.image_shape(frame[c]) for c, k in kinds.items() if k == "image"}
+        for column, shape in shapes.items():
+            if shape is None:  # declared an image column, but nothing in it decodes: it cannot feed a network
+                kinds[column], why[column] = "ignore", why[column] + "; no value decodes as an image"
+        shapes = {c: v for c, v in shapes.items() if v is not None}
+        empty = cls(label, features, label_kind_of(frame[label], chosen), kinds=kinds, why=why, task=chosen, shapes=shapes)
         return empty.widened(frame)
 
     def kind(self, column: str) -> str:
@@ -94,7 +100,7 @@ class DataSchema:
             classes += [_native(c) for c in sorted(pd.unique(frame[self.label].dropna())) if _native(c) not in self.classes]
         return DataSchema(
             self.label, list(self.features), self.label_kind, ranges, classes, dict(self.kinds), dict(self.why), self.task,
-            self.rows + len(frame), missing, values,
+            self.rows + len(frame), missing, values, {c: list(v) for c, v in self.shapes.items()},
         )
 
     def missing_share(self, column: str) -> float:
@@ -124,6 +130,7 @@ class DataSchema:
             "rows": self.rows,
             "missing": self.missing,
             "values": self.values,
+            "shapes": self.shapes,
         }
 
     @classmethod
@@ -140,6 +147,7 @@ class DataSchema:
             rows=int(state.get("rows", 0)),
             missing={k: int(v) for k, v in state.get("missing", {}).items()},
             values={k: list(v) for k, v in state.get("values", {}).items()},
+            shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ from torch import nn
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
 from lepton.models.loop import fit, intra_op_threads, keep_fixed, select_device, threads
-from lepton.models.network import MLP, build
+from lepton.models.network import MLP, NetworkError, build
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
 from lepton.models.splits import holdout_mask
@@ -78,6 +79,8 @@ def fine_tune(
         # The first network takes the configured features; one retrained from scratch, the champion's.
         if champion is None:
             factory, args = (None, None) if train.network == "mlp" else (train.network, train.network_args)
+            if train.network == "cnn":
+                args = {**image_layout(preprocessor), **train.network_args}
             arch = {"hidden": train.widths(regression=regression), "factory": factory, "factory_args": args}
         else:
             arch = champion.network.arch
@@ -156,6 +159,16 @@ def fine_tune(
         threads=cpu_threads,
     )
     return candidate, report
+
+
+def image_layout(preprocessor: Preprocessor) -> dict[str, Any]:
+    """Where the first image column's pixels sit among the inputs, for ``train.network: cnn``."""
+    start = 0
+    for column in preprocessor.used:
+        if preprocessor.kinds.get(column) == "image":
+            return {"image_start": start, "image_shape": list(preprocessor.shapes[column])}
+        start += preprocessor._width(column)
+    raise NetworkError("train.network=cnn needs an image column (encoded PNG or JPEG bytes), and this table has none; use train.network=mlp")
 
 
 def _quiet_unscaled_inputs(network: MLP, preprocessor: Preprocessor) -> None:

@@ -87,17 +87,23 @@ def load_champion(ws: Workspace, config: RegistryConfig) -> Champion | None:
     return Champion(version=version, bundle=bundle, tags=dict(tags))
 
 
-def _requirements() -> list[str]:
+def _requirements(bundle: Bundle) -> list[str]:
+    """What the version's runtime imports where it loads: Pillow too when it decodes images."""
     import mlflow
     import numpy
     import torch
 
-    return [
+    needs = [
         f"mlflow=={mlflow.__version__}",
         f"torch=={torch.__version__.split('+')[0]}",
         f"pandas=={pd.__version__}",
         f"numpy=={numpy.__version__}",
     ]
+    if "image" in bundle.preprocessor.kinds.values():
+        import PIL
+
+        needs.append(f"pillow=={PIL.__version__}")
+    return needs
 
 
 @dataclass(frozen=True)
@@ -199,7 +205,7 @@ def register(
                     code_paths=[str(package), *map(str, runtime.network_code(candidate.network, ws.root))],
                     signature=signature,
                     input_example=features,
-                    pip_requirements=_requirements(),
+                    pip_requirements=_requirements(candidate),
                 )
             # The version and its tags are one insert in the registry: it is never found without its increment id.
             version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)

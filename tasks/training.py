@@ -25,7 +25,7 @@ def workspace_networks(root: Path, train: TrainConfig) -> None:
     a configured factory that does not import fails here, before any work (its contract is checked when it builds)."""
     if str(root) not in sys.path:
         sys.path.append(str(root))
-    if train.network != "mlp":
+    if train.network not in ("mlp", "cnn"):
         import_factory(train.network)
 
 
@@ -33,7 +33,7 @@ def encoding_of(schema: DataSchema, data: DataConfig) -> Encoding:
     """How a new network reads the workspace's columns: the schema's kinds, the config's block sizes."""
     return Encoding(
         label=data.label, kinds={c: schema.kind(c) for c in schema.features}, task=schema.task,  # type: ignore[arg-type]
-        capacity=data.max_categories, buckets=data.hash_buckets, min_category_rows=data.min_category_rows,
+        capacity=data.max_categories, buckets=data.hash_buckets, min_category_rows=data.min_category_rows, shapes=dict(schema.shapes),
     )
 
 

@@ -314,6 +314,9 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
             problems.append(f"column {column!r} holds dates, but {len(bad)} of {len(present)} values are not (e.g. {_examples(bad)}); declare its kind in data.columns if it changed")
         elif len(bad):
             warnings.append(f"column {column!r}: {len(bad)} value(s) that are not dates (e.g. {_examples(bad)}) read as missing")
+    for column in schema.of_kind("image"):
+        if column in frame.columns and column in schema.shapes:
+            problems += _image_problems(frame[column], schema.shapes[column])
     if label not in frame.columns:
         return problems, warnings
     labels = frame[label].dropna()
@@ -346,6 +349,25 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
     if not first:
         warnings += _growth(frame, schema, config)
     return problems, warnings
+
+
+def _image_problems(values: pd.Series, shape: list[int]) -> list[str]:
+    """Images that do not decode, or decode to another size or channel count than the column's: what a network cannot read."""
+    found = [(i, p) for i, p in ((i, kinds_of.image_problem(v, shape)) for i, v in zip(values.index, values.tolist(), strict=True)) if p is not None]
+    if not found:
+        return []
+    undecodable = [i for i, p in found if p == "not a decodable image"]
+    resized = [(i, p) for i, p in found if p != "not a decodable image"]
+    out = []
+    if undecodable:
+        out.append(f"column {values.name!r}: {len(undecodable)} of {values.notna().sum()} value(s) are not decodable images (e.g. row(s) {', '.join(map(str, undecodable[:3]))})")
+    if resized:
+        examples = "; ".join(f"row {i}: {p.split(', not ')[0]}" for i, p in resized[:3])
+        out.append(
+            f"column {values.name!r}: {len(resized)} image(s) of another size or channel count ({examples}); "
+            f"the column's images are {shape[0]}x{shape[1]} with {shape[2]} channel(s), as in its first increment: resize them in the export"
+        )
+    return out
 
 
 def _growth(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list[str]:
@@ -382,7 +404,7 @@ def describe_kinds(schema: DataSchema) -> list[str]:
     for column in schema.features:
         by_kind.setdefault(schema.kind(column), []).append(column)
     for kind, names in by_kind.items():
-        if kind in ("identifier", "ignore", "text", "datetime"):
+        if kind in ("identifier", "ignore", "text", "datetime", "image"):
             notes += [f"column {c!r}: {kind} ({schema.why.get(c, '')}){'; not used by the model' if kind in ('identifier', 'ignore') else ''}" for c in names]
         else:
             notes.append(f"{kind}: {', '.join(names)}")

@@ -1,0 +1,133 @@
+"""Image increments: a column of encoded images (PNG, JPEG) through kinds, validation, drift, the CNN and the pyfunc."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lepton.config import StrategyConfig, TrainConfig
+from lepton.models import columns
+from lepton.models.network import NetworkError
+from lepton.models.training import fine_tune
+from tests.conftest import make_workspace
+
+
+def encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt)
+    return out.getvalue()
+
+
+def digit_images(rows: slice | None = None, *, shift: int = 0) -> pd.DataFrame:
+    """scikit-learn's 8x8 digits as PNG bytes (``shift`` added to every pixel: a brighter sensor), with a tabular column beside."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [encoded(np.clip(x.reshape(8, 8) * 255 / 16 + shift, 0, 255).astype(np.uint8)) for x in digits.data]
+    frame = pd.DataFrame({"image": images, "ink": digits.data.sum(axis=1), "digit": digits.target})
+    return frame.iloc[rows] if rows is not None else frame
+
+
+def test_encoded_images_are_an_image_column_with_the_first_increments_size():
+    grey = pd.Series([encoded(np.full((5, 7), v, np.uint8)) for v in range(20)])
+    colour = pd.Series([encoded(np.full((4, 4, 3), v, np.uint8), "JPEG") for v in range(20)])
+    assert columns.infer_kind(grey, max_categories=31) == ("image", "encoded images, 5x7 with 1 channel(s)")
+    assert columns.infer_kind(colour, max_categories=31)[0] == "image"
+    assert columns.image_shape(colour) == [4, 4, 3]
+    assert columns.infer_kind(pd.Series([b"\x00\x01", b"\x02\x03"] * 10), max_categories=31)[0] == "ignore"
+    block = columns.image_block(pd.Series([grey[3], None]), [5, 7, 1])
+    assert block.shape == (2, 36) and np.allclose(block[0, :35], 3 / 255) and block[0, 35] == 0
+    assert np.isnan(block[1, :35]).all() and block[1, 35] == 1  # missing: imputed, and said so
+    assert columns.image_problem(b"\x89PNG\r\n\x1a\nbroken", [5, 7, 1]) == "not a decodable image"
+    assert columns.image_problem(colour[0], [5, 7, 1]) == "4x4 with 3 channel(s), not 5x7 with 1"
+
+
+def test_the_cnn_learns_digits_from_their_images_and_rebuilds_from_its_arch(tmp_path):
+    from lepton.models.bundle import Bundle
+    from lepton.models.evaluation import score
+
+    frame = digit_images()
+    train, test = frame.iloc[:1200], frame.iloc[1200:1500]
+    model, report = fine_tune(None, train, label="digit", train=TrainConfig(epochs=8, network="cnn"), strategy=StrategyConfig(name="replay"))
+    assert model.network.name == "cnn" and model.network.arch["factory_args"] == {"image_start": 0, "image_shape": [8, 8, 1]}
+    assert score(model, test, "digit").accuracy > 0.85
+    model.save(tmp_path / "bundle")
+    again = Bundle.load(tmp_path / "bundle")
+    assert np.array_equal(again.predict(test), model.predict(test))
+    # A warm start keeps the CNN and learns on.
+    tuned, report = fine_tune(model, frame.iloc[1500:], label="digit", train=TrainConfig(epochs=2, network="cnn"), strategy=StrategyConfig(name="replay"))
+    assert report.warm_start and tuned.network.name == "cnn"
+
+
+def test_the_cnn_needs_an_image_column():
+    table = pd.DataFrame({"a": np.arange(40.0), "y": [0, 1] * 20})
+    with pytest.raises(NetworkError, match="train.network=cnn needs an image column"):
+        fine_tune(None, table, label="y", train=TrainConfig(epochs=1, network="cnn"), strategy=StrategyConfig(name="naive"))
+
+
+def test_two_ddp_ranks_train_the_cnn_as_well_as_one(one_thread):
+    from lepton.models.evaluation import score
+
+    frame = digit_images()
+    train, test = frame.iloc[:1000], frame.iloc[1000:1300]
+    accuracy = {}
+    for nproc in (1, 2):
+        model, _ = fine_tune(None, train, label="digit", train=TrainConfig(epochs=6, network="cnn", nproc=nproc), strategy=StrategyConfig(name="naive"))
+        accuracy[nproc] = score(model, test, "digit").accuracy
+    assert accuracy[1] > 0.85 and abs(accuracy[2] - accuracy[1]) < 0.05, accuracy
+
+
+def test_image_drift_compares_brightness_and_contrast():
+    from lepton.models.drift import measure
+    from lepton.models.settings import DriftConfig
+
+    history, same, brighter = digit_images(slice(0, 600)), digit_images(slice(600, 900)), digit_images(slice(600, 900), shift=60)
+    steady = measure(history, same, label="digit", config=DriftConfig())
+    shifted = measure(history, brighter, label="digit", config=DriftConfig())
+    assert {f.feature for f in steady.features} >= {"image brightness", "image contrast"}
+    assert not any(f.drifted for f in steady.features if f.feature.startswith("image"))
+    assert any(f.drifted for f in shifted.features if f.feature == "image brightness")
+
+
+@pytest.mark.integration
+def test_images_through_the_flow_rejected_when_broken_and_predicted_from_raw_bytes(tmp_path, prefect_api):
+    """The real flow (DVC, GX, MLflow, Prefect) on image increments with the CNN: accepted and promoted; undecodable or
+    resized images rejected with the row and the reason, quarantined; the champion's pyfunc predicts on raw bytes."""
+    import mlflow
+
+    from lepton.flows.continual import continual_training
+    from lepton.server import in_process_flows
+
+    ws = make_workspace(tmp_path / "ws", "digit", "images", {"train": {"network": "cnn", "epochs": 8}})
+    frame = digit_images()
+    broken = frame.iloc[1200:1300].copy()
+    broken.loc[broken.index[:3], "image"] = [b"\x89PNG\r\n\x1a\nbroken"] * 3
+    resized = frame.iloc[1300:1400].copy()
+    resized.loc[resized.index[:2], "image"] = [encoded(np.zeros((6, 6), np.uint8))] * 2
+    outcomes = []
+    with in_process_flows():
+        for i, part in enumerate([frame.iloc[:600], frame.iloc[600:1200], broken, resized]):
+            path = tmp_path / f"increment-{i}.parquet"
+            part.to_parquet(path, index=False)
+            outcomes.append(continual_training(str(path), str(ws.root), []))
+    assert [o.status for o in outcomes] == ["promoted", "promoted", "rejected", "rejected"], [o.message for o in outcomes]
+    assert "column 'image': image (encoded images, 8x8 with 1 channel(s))" in outcomes[0].notes
+    assert outcomes[2].reasons == ["column 'image': 3 of 100 value(s) are not decodable images (e.g. row(s) 0, 1, 2)"]
+    assert outcomes[3].reasons[0].startswith("column 'image': 2 image(s) of another size or channel count (row 0: 6x6 with 1 channel(s)")
+    assert all((ws.root / o.file).exists() for o in outcomes[2:])
+    assert {row["feature"] for row in outcomes[1].drift} >= {"image brightness", "image contrast", "ink"}
+
+    mlflow.set_tracking_uri(ws.tracking_uri(None))
+    model = mlflow.pyfunc.load_model("models:/images@champion")
+    test = frame.iloc[1400:]
+    predicted = np.asarray(model.predict(test.drop(columns=["digit"])))
+    assert np.mean(predicted == test["digit"].to_numpy()) > 0.85
+    assert len(model.predict(pd.DataFrame({"image": [None], "ink": [300.0]}))) == 1  # a missing image is imputed
+    with pytest.raises(mlflow.exceptions.MlflowException, match="column 'image', row 0: not a decodable image"):
+        model.predict(pd.DataFrame({"image": [b"not an image"], "ink": [1.0]}))
+    shutil.rmtree(tmp_path, ignore_errors=True)
