@@ -175,3 +175,18 @@ def test_large_increments_follow_one_rule_and_targets_read_the_steps(tmp_path):
              "validation": 6.0, "training": 30.0, "around_training": 70.0, "steps": {"validate (Great Expectations)": 6.0, "fine-tune": 30.0}}]
     assert [ok for _, ok, _ in targets(runs)] == [True, True, False, False]
     assert "| peak RSS (MB) | 900 | 1200 |" in markdown({"runs": runs, "targets": targets(runs)})
+
+
+def test_images_targets_hold_the_cnn_to_its_figure_and_to_the_mlp():
+    """bench images: the CNN at 10% memory must reach 96.5%, and at 5% at least the MLP's figure on the same images."""
+    from benchmarks.images import markdown, targets
+
+    def records(cnn10: float, cnn5: float, mlp5: float) -> list[dict]:
+        values = {("cnn", 0.10): cnn10, ("cnn", 0.05): cnn5, ("mlp", 0.05): mlp5, ("mlp", 0.10): 0.94}
+        return [{"network": n, "memory_fraction_target": f, "seed": s, "epochs": 30, "final_accuracy": v + 0.001 * s, "forgetting": 0.05,
+                 "train_seconds": 2.0, "memory_size": 60} for (n, f), v in values.items() for s in (0, 1, 2)]
+
+    assert [ok for _, ok, _ in targets(records(0.97, 0.93, 0.92))] == [True, True]
+    assert [ok for _, ok, _ in targets(records(0.95, 0.91, 0.92))] == [False, False]
+    text = markdown(records(0.95, 0.91, 0.92))
+    assert "| cnn | 10% | 95.1% ± 0.1% | +0.050 | 2.0 |" in text and "| images, CNN at 10% memory: final accuracy >= 96.5% | **no** | 95.1% |" in text

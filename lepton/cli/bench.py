@@ -160,6 +160,27 @@ def pipeline(
     console.print(f"wrote {RESULTS / 'pipeline.json'} and pipeline.md; around the training: {mean:.2f}s per increment (target <= 3s)")
 
 
+@bench_app.command("images", cls=Command)
+def images(
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs per increment (the peer protocol uses 30).")] = 30,
+    out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+) -> None:
+    """Class-incremental digits as PNG images: the CNN beside the MLP, at 5% and 10% replay memory."""
+    import torch
+
+    torch.set_num_threads(1)  # small networks: one thread avoids oversubscribing the cores
+    _checkout()
+    from benchmarks.images import MEMORY, NETWORKS, RESULTS, targets
+    from benchmarks.images import images as run
+
+    folder = out or RESULTS
+    with _progress("runs", seeds * len(NETWORKS) * len(MEMORY)) as step:
+        records = run(seeds=tuple(range(seeds)), epochs=epochs, out=folder, progress=step)
+    console.print(f"wrote {folder / 'images.json'} and images.md ({len(records)} runs)")
+    _print_targets(targets(records))
+
+
 @bench_app.command("tables", cls=Command)
 def tables(
     table: Annotated[list[str] | None, typer.Option(help="Only these tables (penguins, cars, seattle_weather, wine, breast_cancer, diabetes, stationary, gradual_drift, concept_change).")] = None,
