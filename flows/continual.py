@@ -32,7 +32,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     log = get_run_logger()
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides)
-    workspace_networks(ws.root, config.train)
+    config.train = workspace_networks(ws.root, config.train)
 
     landing = ingest(Path(path), ws)
     known = landing.duplicate_of

@@ -44,6 +44,10 @@ class TrainConfig(Section):
         description="Feature layers of a new network: mlp (train.hidden wide); cnn (convolutions over the image column, the other inputs beside them; train.network_args may set channels, e.g. [32, 64], and hidden, e.g. 256); or 'module:function', your factory importable from the workspace, called with n_features and train.network_args, returning an nn.Module from (batch, n_features) to (batch, width); Lepton adds the head. A warm start keeps the champion's.",
     )
     network_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the train.network factory (JSON values); stored with the model version.")
+    network_weights: str | None = Field(
+        None,
+        description="A state_dict of the feature layers (torch.save of network.features', e.g. a backbone trained elsewhere), relative to the workspace: a new network starts from it; versions keep their own weights, so nothing needs the file afterwards.",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     threads: int | None = Field(
         None,

@@ -85,7 +85,10 @@ def fine_tune(
         else:
             arch = champion.network.arch
         network = build({**arch, "n_features": width, "n_classes": n_outputs, "classifier": "linear"})
-        _quiet_unscaled_inputs(network, preprocessor)
+        if champion is None and train.network_weights:
+            start_from(network, train.network_weights)
+        else:
+            _quiet_unscaled_inputs(network, preprocessor)
     else:
         network = build({**champion.network.arch, "n_features": width, "classifier": "linear"})
         network.load_state_dict(champion.network.state_dict())
@@ -159,6 +162,18 @@ def fine_tune(
         threads=cpu_threads,
     )
     return candidate, report
+
+
+def start_from(network: MLP, path: str) -> None:
+    """Load a state_dict saved from feature layers of the same shape into a new network's features (``train.network_weights``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise NetworkError(f"train.network_weights={path!r}: cannot read it as saved weights ({type(err).__name__}: {err})") from None
+    try:
+        network.features.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise NetworkError(f"train.network_weights={path!r}: they do not fit train.network's feature layers ({str(err).splitlines()[0]})") from None
 
 
 def image_layout(preprocessor: Preprocessor) -> dict[str, Any]:

@@ -14,19 +14,26 @@ from lepton.faults import checkpoint
 from lepton.models.bundle import Bundle
 from lepton.models.evaluation import Evaluation, compare
 from lepton.models.gate import GateDecision, concept_changed, decide
-from lepton.models.network import import_factory
+from lepton.models.network import NetworkError, import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
 from lepton.models.training import TrainReport, fine_tune
 
 
-def workspace_networks(root: Path, train: TrainConfig) -> None:
+def workspace_networks(root: Path, train: TrainConfig) -> TrainConfig:
     """Networks from factories import from the workspace (last on the path: it shadows nothing installed);
-    a configured factory that does not import fails here, before any work (its contract is checked when it builds)."""
+    a configured factory that does not import, or weights that are not there, fail here, before any work (the
+    factory's contract is checked when it builds). Returns ``train`` with the weights' path made absolute."""
     if str(root) not in sys.path:
         sys.path.append(str(root))
     if train.network not in ("mlp", "cnn"):
         import_factory(train.network)
+    if not train.network_weights:
+        return train
+    weights = (root / train.network_weights).resolve()
+    if not weights.is_file():
+        raise NetworkError(f"train.network_weights={train.network_weights!r}: no such file in the workspace ({weights})")
+    return train.model_copy(update={"network_weights": str(weights)})
 
 
 def encoding_of(schema: DataSchema, data: DataConfig) -> Encoding:

@@ -101,6 +101,28 @@ def test_a_factory_that_breaks_the_contract_is_refused_by_name(nets, spec, args,
     assert said in str(caught.value)
 
 
+def test_a_new_network_starts_from_weights_in_a_local_file(nets, tmp_path):
+    """train.network_weights: feature layers trained elsewhere (torch.save of a state_dict) start the first network, and
+    fine-tuning moves them on; the version keeps its own weights, so it rebuilds once the file is gone. Weights of
+    another shape are refused by the setting's name."""
+    from torch import nn
+
+    source = nn.Sequential(nn.Linear(6, 8), nn.ReLU())  # three numeric columns: a value and a missing indicator each
+    torch.save(source.state_dict(), tmp_path / "backbone.pt")
+    untrained = TrainConfig(epochs=1, lr=1e-12, hidden=[8], network_weights=str(tmp_path / "backbone.pt"))
+    model, _ = fine_tune(None, frame(), label="y", train=untrained, strategy=StrategyConfig(name="naive"))
+    assert torch.allclose(model.network.features[0].weight, source[0].weight)
+    trained, _ = fine_tune(None, frame(), label="y", train=untrained.model_copy(update={"epochs": 5, "lr": 1e-2}), strategy=StrategyConfig(name="naive"))
+    assert not torch.allclose(trained.network.features[0].weight, source[0].weight)
+    trained.save(tmp_path / "bundle")
+    (tmp_path / "backbone.pt").unlink()
+    assert torch.equal(Bundle.load(tmp_path / "bundle").network.features[0].weight, trained.network.features[0].weight)
+
+    torch.save(nn.Sequential(nn.Linear(6, 4)).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(NetworkError, match=r"train.network_weights='.*small.pt': they do not fit train.network's feature layers"):
+        fine_tune(None, frame(), label="y", train=TrainConfig(epochs=1, hidden=[8], network_weights=str(tmp_path / "small.pt")), strategy=StrategyConfig(name="naive"))
+
+
 def test_fine_tune_builds_the_configured_network_and_a_warm_start_keeps_the_champions(nets, tmp_path):
     train = TrainConfig(epochs=30, network="user_nets:tanh_features", network_args={"width": 12, "depth": 2})
     champion, _ = fine_tune(None, frame(), label="y", train=train, strategy=StrategyConfig(name="replay"))
@@ -182,3 +204,15 @@ def test_a_factory_network_trains_data_parallel(nets, one_thread):
     bundle, report = fine_tune(None, frame(200), label="y", train=train, strategy=StrategyConfig(name="replay"))
     assert report.train_samples > 0 and bundle.network.name == "user_nets:residual" and bundle.network.head.in_features == 10
     assert (bundle.predict(frame(100, 7)) == frame(100, 7)["y"].to_numpy()).mean() > 0.8
+
+
+def test_network_weights_are_found_in_the_workspace_before_any_work(tmp_path):
+    """A relative train.network_weights names a file in the workspace (the flow passes it on absolute); a missing one fails first."""
+    from lepton.tasks.training import workspace_networks
+
+    (tmp_path / "weights").mkdir()
+    torch.save({}, tmp_path / "weights" / "backbone.pt")
+    resolved = workspace_networks(tmp_path, TrainConfig(network_weights="weights/backbone.pt"))
+    assert resolved.network_weights == str((tmp_path / "weights" / "backbone.pt").resolve())
+    with pytest.raises(NetworkError, match=r"train.network_weights='gone.pt': no such file in the workspace"):
+        workspace_networks(tmp_path, TrainConfig(network_weights="gone.pt"))
