@@ -12,7 +12,7 @@ from lepton.faults import stop_on_sigterm
 from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
-from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, record_rejection, register
+from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
@@ -116,10 +116,15 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         changed = change_at is not None and change_at == landing.id
         if changed:
             log.warning("concept change: the champion does much worse on this increment than on earlier ones; a new network learns it, and forgetting is judged from here on")
+        source = load_source(ws, config.train, config.registry) if champion is None and config.train.transfer_from else None
         candidate, training = train(
             champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
-            plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady,
+            plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source,
         )
+        if training.transfer is not None:
+            scores = training.transfer["scores"]
+            tried = f" (scored on {training.transfer['rows']} rows it did not train on: {', '.join(f'{w} {v:.3f}' for w, v in scores.items())})" if scores else ""
+            log.info("first network from %s: kept %s%s", training.transfer["source"], training.transfer["kept"], tried)
         log.info(
             "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s (%d thread(s)) in %.1fs, final loss %.4f",
             training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
@@ -131,7 +136,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
         lineage = lineage_of(
             increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
-            parent_version=parent, config=config, decision=decision, summary=evaluation.summary(),
+            parent_version=parent, config=config, decision=decision, summary=evaluation.summary(), transfer=training.transfer,
         )
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",

@@ -26,6 +26,7 @@ class Lineage:
     gate_passed: bool = False
     gate_reasons: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)  # the gate's summary, rounded
+    transferred_from: str = ""  # a first model started from another: models:/NAME/VERSION and how (frozen, partial, full)
 
     def tags(self) -> dict[str, str]:
         """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
@@ -40,7 +41,7 @@ class Lineage:
             TAG + "gate_passed": str(self.gate_passed).lower(),
             TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
             TAG + "metrics": json.dumps(self.metrics),
-        }
+        } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -57,6 +58,7 @@ class Lineage:
             gate_passed=tags.get(TAG + "gate_passed") == "true",
             gate_reasons=tuple(json.loads(tags.get(TAG + "gate_reasons", "[]"))),
             metrics=json.loads(tags.get(TAG + "metrics", "{}")),
+            transferred_from=tags.get(TAG + "transferred_from", ""),
         )
 
     @property

@@ -48,6 +48,16 @@ class TrainConfig(Section):
         None,
         description="A state_dict of the feature layers (torch.save of network.features', e.g. a backbone trained elsewhere), relative to the workspace: a new network starts from it; versions keep their own weights, so nothing needs the file afterwards.",
     )
+    transfer_from: str | None = Field(
+        None,
+        pattern=r"^models:/[A-Za-z0-9][A-Za-z0-9_.\-]*(@[A-Za-z0-9_\-]+|/\d+)$",
+        description="A registered model (models:/NAME@champion or models:/NAME/VERSION) whose feature layers start the first network, with a fresh head for this workspace's labels; its columns must be this table's.",
+    )
+    transfer_registry: str | None = Field(None, description="Tracking URI of the registry holding train.transfer_from (another workspace's: sqlite:////path/.lepton/mlflow.db); default this workspace's.")
+    transfer: Literal["auto", "frozen", "partial", "full"] = Field(
+        "auto",
+        description="How the transferred feature layers train on the first increment: frozen, partial (only their last layer), full; auto trains these and a network from scratch on 75% of the training rows, keeps the best on the other 25%, and trains it on all of them.",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     threads: int | None = Field(
         None,

@@ -35,6 +35,7 @@ class TrainReport:
     classes: list = field(default_factory=list)
     lr: float = 0.0  # the learning rate it trained at
     threads: int = 0  # intra-op CPU threads of each training process
+    transfer: dict | None = None  # a first network from another model's: the source, the way kept, each way's score
 
 
 def fine_tune(
@@ -48,6 +49,8 @@ def fine_tune(
     encoding: Encoding | None = None,
     concept_change: bool = False,
     steady: bool = False,
+    source: Bundle | None = None,
+    transfer: str = "full",
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion (or a new network) fine-tuned on ``frame`` with the configured strategies.
 
@@ -59,11 +62,16 @@ def fine_tune(
     the old rule); the preprocessing (scales, vocabularies, classes) carries on. ``steady``: the
     increment showed no drift, so a warm start without new classes trains at ``train.finetune_lr``.
     The champion itself is never modified: its weights are copied into a new network.
+    ``source``: without a champion, another model whose feature layers (and column encoding) start
+    the new network, under a fresh head; ``transfer`` says which of them train: ``frozen`` (none),
+    ``partial`` (the last layer) or ``full``.
     """
     torch.manual_seed(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
     if champion is not None:
         previous = champion.preprocessor
+    elif source is not None:
+        previous = transferred_preprocessor(source, encoding if encoding is not None else Encoding.infer(frame, label))
     else:
         previous = Preprocessor.create(encoding if encoding is not None else Encoding.infer(frame, label))
     preprocessor = previous.updated(frame, frame[label])
@@ -77,7 +85,9 @@ def fine_tune(
     retrain = "joint" in strategy.names or champion is None or concept_change
     if retrain:
         # The first network takes the configured features; one retrained from scratch, the champion's.
-        if champion is None:
+        if champion is None and source is not None:
+            arch = source.network.arch
+        elif champion is None:
             factory, args = (None, None) if train.network == "mlp" else (train.network, train.network_args)
             if train.network == "cnn":
                 args = {**image_layout(preprocessor), **train.network_args}
@@ -85,7 +95,9 @@ def fine_tune(
         else:
             arch = champion.network.arch
         network = build({**arch, "n_features": width, "n_classes": n_outputs, "classifier": "linear"})
-        if champion is None and train.network_weights:
+        if champion is None and source is not None:
+            network.features.load_state_dict(source.network.features.state_dict())
+        elif champion is None and train.network_weights:
             start_from(network, train.network_weights)
         else:
             _quiet_unscaled_inputs(network, preprocessor)
@@ -124,7 +136,8 @@ def fine_tune(
     cpu_threads = 1  # each data-parallel rank runs one
     # What the strategies keep fixed stays fixed until the increment has ended (fit and the ranks see to it
     # during training): what learns from the increment (EWC's Fisher information) sees only what trained.
-    with keep_fixed(network, plan.frozen(network)):
+    fixed = transfer_fixed(network, transfer) if champion is None and source is not None else set()
+    with keep_fixed(network, plan.frozen(network) | fixed):
         if train.launcher == "torchrun":
             from lepton.models.distributed import fit_torchrun
 
@@ -162,6 +175,93 @@ def fine_tune(
         threads=cpu_threads,
     )
     return candidate, report
+
+
+TRANSFERS = ("frozen", "partial", "full")
+
+
+def transferred_preprocessor(source: Bundle, encoding: Encoding) -> Preprocessor:
+    """The source's column encoding and running statistics (what its feature layers learnt to read), with no classes
+    or target yet: this workspace's labels get a head of their own. Refused when the columns differ."""
+    theirs = {c: source.preprocessor.kinds.get(c, "numeric") for c in source.preprocessor.used}
+    ours = {c: k for c, k in encoding.kinds.items() if k not in ("identifier", "ignore")}
+    if theirs != ours or any(source.preprocessor.shapes.get(c) != list(encoding.shapes.get(c, [])) for c in encoding.shapes):
+        raise NetworkError(
+            f"train.transfer_from: the source model reads {', '.join(f'{c} ({k})' for c, k in theirs.items())}; this table has "
+            f"{', '.join(f'{c} ({k})' for c, k in ours.items())}: its feature layers need the same columns, of the same kinds"
+        )
+    return source.preprocessor._replace(classes=[], target=(0.0, 0.0, 0.0), task=encoding.task)
+
+
+def transfer_fixed(network: MLP, transfer: str) -> set[str]:
+    """The feature parameters a transfer keeps fixed: all (frozen), all but the last layer's (partial), none (full)."""
+    if transfer not in TRANSFERS:
+        raise ValueError(f"transfer must be one of {', '.join(TRANSFERS)}, not {transfer!r}")
+    names = [f"features.{n}" for n, _ in network.features.named_parameters()]
+    if transfer == "full" or not names:
+        return set()
+    if transfer == "frozen":
+        return set(names)
+    # The last layer: the module that owns the last parameter, all of whose parameters keep training.
+    last = names[-1].rsplit(".", 1)[0]
+    return {n for n in names if n.rsplit(".", 1)[0] != last}
+
+
+# Folds a first increment's training rows are cut into to judge the transfers against a network from scratch:
+# each way trains on all folds but one and is scored on that one, for every fold while the rows are few.
+TRANSFER_FOLDS = 4
+FOLD_ROWS = 2_000  # beyond this many rows one fold judges: its scores are steady enough, and training costs more
+
+
+@dataclass
+class TransferChoice:
+    """What ``choose_transfer`` tried and kept: each way's score on the rows it was not trained on (accuracy, or R²)."""
+
+    chosen: str  # frozen, partial, full, or scratch
+    scores: dict[str, float]
+    validation_rows: int
+
+    def describe(self, source: str) -> str:
+        tried = ", ".join(f"{way} {score:.3f}" for way, score in self.scores.items())
+        return f"transfer from {source}: scored on {self.validation_rows} rows each was not trained on, {tried}; kept {self.chosen}"
+
+
+def _folds(frame: pd.DataFrame) -> np.ndarray:
+    """A fold number per row, from a hash of its values (the same rows fall alike in every run)."""
+    return (pd.util.hash_pandas_object(frame, index=False).to_numpy() // 7) % TRANSFER_FOLDS
+
+
+def choose_transfer(source: Bundle, frame: pd.DataFrame, *, label: str, train: TrainConfig, strategy: StrategyConfig,
+                    encoding: Encoding | None = None, ways: tuple[str, ...] = TRANSFERS) -> TransferChoice:
+    """A network from scratch and each way of transferring ``source``, scored on rows of ``frame`` they did not train on.
+
+    Transfer can hurt (features learnt on other classes, or from another sensor, may fit the new
+    task worse than a few epochs from scratch), so it is measured, not assumed: with few rows every
+    fold of ``TRANSFER_FOLDS`` is held out in turn (each row judged once), else one. A transfer is
+    kept only when it scores above scratch; ties between transfers go to the one that trains most.
+    """
+    from lepton.models.evaluation import score
+
+    fold = _folds(frame)
+    judged = range(TRANSFER_FOLDS) if len(frame) <= FOLD_ROWS else range(1)
+    order = ("scratch", *reversed(ways))
+    hits: dict[str, list[np.ndarray]] = {way: [] for way in order}
+    rows = 0
+    for k in judged:
+        held = fold == k
+        if held.all() or not held.any():
+            continue
+        rows += int(held.sum())
+        for way in order:
+            model, _ = fine_tune(None, frame[~held], label=label, train=train, strategy=strategy, encoding=encoding,
+                                 source=None if way == "scratch" else source, transfer="full" if way == "scratch" else way)
+            scored = score(model, frame[held], label)
+            hits[way].append(-scored.errors if scored.errors is not None else scored.correct.astype(float))
+    if not rows:
+        return TransferChoice("scratch", {}, 0)
+    scores = {way: float(np.concatenate(parts).mean()) for way, parts in hits.items()}
+    best = max(scores, key=lambda way: scores[way])  # the first of the best in ``order``: scratch wins a tie
+    return TransferChoice(best, scores, rows)
 
 
 def start_from(network: MLP, path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from lepton.faults import checkpoint
 from lepton.history import AliasMove, was_champion
 from lepton.lineage import TAG, Lineage
 from lepton.models.bundle import Bundle
-from lepton.secrets import redacted
+from lepton.models.network import NetworkError
+from lepton.secrets import credentials_out_of_uri, redact, redacted
 from lepton.tasks.promotion import StaleChampion, move_champion
-from lepton.tasks.tracking import BACKOFF, answer_ahead, champion_history, champion_version, connect, not_found
+from lepton.tasks.tracking import BACKOFF, answer_ahead, champion_history, champion_version, connect, not_found, tracking_uri
 from lepton.workspace import Workspace
 
 
@@ -85,6 +87,36 @@ def load_champion(ws: Workspace, config: RegistryConfig) -> Champion | None:
     with tempfile.TemporaryDirectory(prefix="lepton-champion-") as tmp:
         bundle = download_bundle(config.model_name, version, Path(tmp))
     return Champion(version=version, bundle=bundle, tags=dict(tags))
+
+
+@dataclass
+class Source:
+    """Another registered model whose feature layers start a first network (``train.transfer_from``)."""
+
+    uri: str  # models:/NAME/VERSION, the alias resolved
+    bundle: Bundle
+
+
+@task(name="load-source", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def load_source(ws: Workspace, train: Any, config: RegistryConfig) -> Source:
+    """``train.transfer_from`` from its registry (``train.transfer_registry``, else the workspace's), by version."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = credentials_out_of_uri(train.transfer_registry or tracking_uri(ws, config), os.environ)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name, _, rest = train.transfer_from.removeprefix("models:/").partition("/")
+    name, _, alias = name.partition("@")
+    try:
+        version = client.get_model_version_by_alias(name, alias).version if alias else rest
+        location = client.get_model_version_download_uri(name, str(version))
+    except MlflowException as err:
+        raise NetworkError(f"train.transfer_from={train.transfer_from!r}: not found in {redact(uri)} ({str(err).splitlines()[0]})") from None
+    with tempfile.TemporaryDirectory(prefix="lepton-source-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=uri)
+        bundle = Bundle.load(Path(local) / "artifacts" / "bundle")
+    return Source(f"models:/{name}/{version}", bundle)
 
 
 def _requirements(bundle: Bundle) -> list[str]:
@@ -284,6 +316,7 @@ def lineage_of(
     config: Any,
     decision: Any,
     summary: dict[str, float | None],
+    transfer: dict | None = None,
 ) -> Lineage:
     """The lineage of a candidate: its data and code, its parent, the configuration (credentials masked) and the gate's verdict."""
     return Lineage(
@@ -291,6 +324,7 @@ def lineage_of(
         parent_version=parent_version, strategy=config.strategy.name, config=redacted(config.model_dump(mode="json")),
         gate_passed=decision.passed, gate_reasons=tuple(decision.reasons),
         metrics={k: round(v, 6) for k, v in summary.items() if v is not None},
+        transferred_from=f"{transfer['source']} ({transfer['kept']})" if transfer and transfer["kept"] != "scratch" else "",
     )
 
 

@@ -17,7 +17,8 @@ from lepton.models.gate import GateDecision, concept_changed, decide
 from lepton.models.network import NetworkError, import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
-from lepton.models.training import TrainReport, fine_tune
+from lepton.models.training import TrainReport, choose_transfer, fine_tune
+from lepton.tasks.registry import Source
 
 
 def workspace_networks(root: Path, train: TrainConfig) -> TrainConfig:
@@ -55,14 +56,27 @@ def train(
     rehearse: pd.DataFrame | None = None,
     concept_change: bool = False,
     steady: bool = False,
+    source: Source | None = None,
 ) -> tuple[Bundle, TrainReport]:
-    """The candidate: the champion fine-tuned on the increment (a new network for the first one), rehearsing ``rehearse`` too."""
+    """The candidate: the champion fine-tuned on the increment (a new network for the first one, started from
+    ``source``'s feature layers when that pays: see ``choose_transfer``), rehearsing ``rehearse`` too."""
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
-    result = fine_tune(
-        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, concept_change=concept_change, steady=steady
+    way, choice = "full", None
+    if champion is None and source is not None:
+        way = train.transfer
+        if way == "auto":
+            choice = choose_transfer(source.bundle, frame, label=data.label, train=train, strategy=strategy, encoding=encoding)
+            way = choice.chosen
+    transferred = source is not None and champion is None and way != "scratch"
+    candidate, report = fine_tune(
+        champion, frame, label=data.label, train=train, strategy=strategy, rehearse=rehearse, encoding=encoding, concept_change=concept_change, steady=steady,
+        source=source.bundle if transferred else None, transfer=way if transferred else "full",
     )
+    if champion is None and source is not None:
+        report.transfer = {"source": source.uri, "kept": way, "scores": choice.scores if choice else {}, "rows": choice.validation_rows if choice else 0}
+        candidate.meta["transfer"] = report.transfer
     checkpoint("train")
-    return result
+    return candidate, report
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

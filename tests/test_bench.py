@@ -190,3 +190,16 @@ def test_images_targets_hold_the_cnn_to_its_figure_and_to_the_mlp():
     assert [ok for _, ok, _ in targets(records(0.95, 0.91, 0.92))] == [False, False]
     text = markdown(records(0.95, 0.91, 0.92))
     assert "| cnn | 10% | 95.1% ± 0.1% | +0.050 | 2.0 |" in text and "| images, CNN at 10% memory: final accuracy >= 96.5% | **no** | 95.1% |" in text
+
+
+def test_transfer_targets_hold_the_choice_to_the_best_way():
+    """bench transfer: in every cell Lepton's choice at least the best of scratch, frozen, partial and full minus one point."""
+    from benchmarks.transfer import markdown, targets
+
+    def cell(target, size, lepton, **accuracy):
+        return {"target": target, "per_class": size, "seed": 0, "accuracy": accuracy, "chosen": "scratch", "lepton": lepton, "validation": {}, "seconds": 1.0}
+
+    records = [cell("digits 5-9", 5, 0.88, scratch=0.88, frozen=0.4, partial=0.7, full=0.85),
+               cell("digits 5-9", 10, 0.88, scratch=0.91, frozen=0.5, partial=0.8, full=0.88)]
+    assert [ok for _, ok, _ in targets(records)] == [True, False]
+    assert "| digits 5-9 | 10 | 91.0% | 50.0% | 80.0% | 88.0% | 88.0% | scratch |" in markdown(records)

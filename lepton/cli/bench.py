@@ -181,6 +181,27 @@ def images(
     _print_targets(targets(records))
 
 
+@bench_app.command("transfer", cls=Command)
+def transfer(
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 3,
+    epochs: Annotated[int, typer.Option(help="Epochs of each training.")] = 30,
+    out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+) -> None:
+    """A first model from another model's champion (frozen, partial, full) against scratch, and Lepton's choice, at 5-50 samples per class."""
+    import torch
+
+    torch.set_num_threads(1)  # small networks: one thread avoids oversubscribing the cores
+    _checkout()
+    from benchmarks.transfer import RESULTS, SIZES, targets
+    from benchmarks.transfer import transfer as run
+
+    folder = out or RESULTS
+    with _progress("cells", seeds * 2 * len(SIZES)) as step:
+        records = run(seeds=tuple(range(seeds)), epochs=epochs, out=folder, progress=step)
+    console.print(f"wrote {folder / 'transfer.json'} and transfer.md ({len(records)} cells)")
+    _print_targets(targets(records))
+
+
 @bench_app.command("tables", cls=Command)
 def tables(
     table: Annotated[list[str] | None, typer.Option(help="Only these tables (penguins, cars, seattle_weather, wine, breast_cancer, diabetes, stationary, gradual_drift, concept_change).")] = None,

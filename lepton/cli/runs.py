@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -49,14 +50,25 @@ def _initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] |
     return done.created
 
 
+# What train.transfer_from takes, checked before the workspace is made.
+MODEL_URI = r"models:/[A-Za-z0-9][A-Za-z0-9_.\-]*(@[A-Za-z0-9_\-]+|/\d+)"
+
+
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make a workspace (created if needed).")],
     label: Annotated[str, typer.Option(help="Name of the label column.")],
     name: Annotated[str, typer.Option(help="Registered model name.")] = "lepton",
+    from_: Annotated[str | None, typer.Option("--from", metavar="models:/NAME@ALIAS", help="Start the first model from this registered model's feature layers (train.transfer_from).")] = None,
+    from_registry: Annotated[str | None, typer.Option(help="Tracking URI of the registry holding --from, e.g. sqlite:////path/other/.lepton/mlflow.db (train.transfer_registry).")] = None,
 ) -> None:
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
     ws = open_workspace(directory, must_exist=False, quiet=True)
-    if not _initialise(ws, label, name):
+    if from_registry and not from_:
+        raise fail("--from-registry names where --from is: give --from models:/NAME@champion too")
+    settings = {"train": {"transfer_from": from_, **({"transfer_registry": from_registry} if from_registry else {})}} if from_ else None
+    if from_ and not re.fullmatch(MODEL_URI, from_):
+        raise fail(f"--from {from_!r} is not a registered model: give models:/NAME@ALIAS (models:/churn@champion) or models:/NAME/VERSION")
+    if not _initialise(ws, label, name, settings):
         console.print(f"{ws.root / 'lepton.yaml'} already exists; left as it is")
     console.print(f"workspace ready at {ws.root} (label column {label!r}, model {name!r})")
     console.print(f"next: lepton run PATH/TO/increment.parquet --workspace {directory}")
