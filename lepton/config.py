@@ -14,9 +14,6 @@ from lepton.models.settings import STRATEGIES, DriftConfig, GateConfig, Section,
 CONFIG_FILE = "lepton.yaml"
 
 
-COLUMN_KINDS = ("numeric", "boolean", "categorical", "text", "identifier", "datetime", "image", "ignore")
-
-
 class DataConfig(Section):
     """The dataset: which column is the label, what each column is, and how increments are checked and split."""
 
@@ -24,7 +21,7 @@ class DataConfig(Section):
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="What the label is: auto takes a float label with many distinct values as a number to predict (regression), anything else as classes."
     )
-    columns: dict[str, Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "ignore"]] = Field(
+    columns: dict[str, Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "image", "ignore"]] = Field(
         default_factory=dict,
         description="Column kinds that override the ones inferred from the first increment, e.g. {plan: categorical, user_id: ignore, signup: datetime}.",
     )

@@ -50,37 +50,69 @@ def looks_like_images(values: pd.Series) -> bool:
     return len(sample) > 0 and float(np.mean([is_image_bytes(v) for v in sample])) >= 0.95
 
 
-def decode_image(value: Any) -> np.ndarray | None:
-    """Encoded image bytes as a uint8 array (height, width, channels): 1 channel for grey images, 3 for colour; None when undecodable."""
-    from PIL import Image, UnidentifiedImageError  # Pillow: only where images are decoded
+_GREY = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
-    try:
-        with Image.open(io.BytesIO(bytes(value))) as image:
-            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-            pixels = np.asarray(image.convert("L" if grey else "RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, TypeError, SyntaxError):
-        return None
+
+def is_missing(value: Any) -> bool:
+    """None, NaN or pandas' NA: a missing value, not bytes to decode."""
+    return value is None or (not isinstance(value, (bytes, bytearray, memoryview)) and bool(pd.isna(value)))
+
+
+def _pixels(image: Any, channels: int | None) -> np.ndarray:
+    """An opened image as uint8 (height, width, channels): grey as 1 channel and colour as 3 unless ``channels`` says
+    which; deeper grey (16-bit, 32-bit, float) scaled into 0-255 rather than clipped."""
+    grey = image.mode in _GREY
+    if grey and image.mode not in ("1", "L", "LA"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" and values.max(initial=0.0) <= 1.0 else 65535.0 if image.mode.startswith("I;16") else max(values.max(initial=0.0), 255.0)
+        values = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+        if channels == 3:
+            values = np.repeat(values[:, :, None], 3, axis=2)
+        return values[:, :, None] if values.ndim == 2 else values
+    want = channels or (1 if grey else 3)
+    pixels = np.asarray(image.convert("L" if want == 1 else "RGB"))
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def image_shape(series: pd.Series) -> list[int] | None:
-    """The most common (height, width, channels) among a column's decodable images (None: none decodes)."""
-    shapes = [tuple(p.shape) for p in (decode_image(v) for v in series.dropna()) if p is not None]
-    if not shapes:
+def decode_image(value: Any, channels: int | None = None) -> np.ndarray | None:
+    """Encoded image bytes as a uint8 array (height, width, channels), converted to ``channels`` (1 grey, 3 colour) when
+    given, else as the image is; None when the bytes do not decode (corrupt, not an image, or a decompression bomb)."""
+    from PIL import Image  # Pillow: only where images are decoded
+
+    try:
+        with Image.open(io.BytesIO(bytes(value))) as image:
+            return _pixels(image, channels)
+    except Exception:  # noqa: BLE001 - Pillow raises many kinds (and DecompressionBombError); each means: not an image to read
         return None
-    return list(pd.Series(shapes).value_counts().index[0])
+
+
+# Images a first increment's size and channels are judged from: the rest are checked against them.
+SHAPE_SAMPLE = 200
+
+
+def image_shape(series: pd.Series) -> list[int] | None:
+    """(height, width, channels) of a column: the most common size among its first images that decode, 3 channels when
+    any of them is colour (grey ones are read as colour too), else 1; None when none decodes."""
+    decoded = [p for p in (decode_image(v) for v in series.dropna().head(SHAPE_SAMPLE)) if p is not None]
+    if not decoded:
+        return None
+    sizes = pd.Series([p.shape[:2] for p in decoded]).value_counts()
+    height, width = sizes.index[0]
+    return [int(height), int(width), 3 if any(p.shape[2] == 3 for p in decoded) else 1]
 
 
 def image_problem(value: Any, shape: list[int]) -> str | None:
     """Why one image value cannot be read as an image of ``shape`` (None: it can, or it is missing)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    pixels = decode_image(value)
+    return None if is_missing(value) else _read(value, shape)[1]
+
+
+def _read(value: Any, shape: list[int]) -> tuple[np.ndarray | None, str | None]:
+    pixels = decode_image(value, channels=shape[2])
     if pixels is None:
-        return "not a decodable image"
-    if list(pixels.shape) != list(shape):
-        return f"{pixels.shape[0]}x{pixels.shape[1]} with {pixels.shape[2]} channel(s), not {shape[0]}x{shape[1]} with {shape[2]}"
-    return None
+        return None, "not a decodable image"
+    if list(pixels.shape[:2]) != list(shape[:2]):
+        return None, f"{pixels.shape[0]}x{pixels.shape[1]}, not {shape[0]}x{shape[1]}"
+    return pixels, None
 
 
 def image_block(series: pd.Series, shape: list[int]) -> np.ndarray:
@@ -89,13 +121,13 @@ def image_block(series: pd.Series, shape: list[int]) -> np.ndarray:
     out = np.full((len(series), size + 1), np.nan)
     out[:, size] = 0.0
     for i, value in enumerate(series.tolist()):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if is_missing(value):
             out[i, size] = 1.0
             continue
-        problem = image_problem(value, shape)
+        pixels, problem = _read(value, shape)
         if problem is not None:
             raise ValueError(f"column {series.name!r}, row {i}: {problem}")
-        out[i, :size] = decode_image(value).reshape(-1) / 255.0  # type: ignore[union-attr]
+        out[i, :size] = pixels.reshape(-1) / 255.0  # type: ignore[union-attr]
     return out
 
 

@@ -197,7 +197,7 @@ def image_statistics(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """``frame`` with each image column replaced by two numbers per row: brightness (mean pixel) and contrast (pixels' spread), in [0, 255]."""
     out = frame.drop(columns=columns)
     for column in columns:
-        decoded = [kinds_of.decode_image(v) if v is not None else None for v in frame[column].tolist()]
+        decoded = [None if kinds_of.is_missing(v) else kinds_of.decode_image(v) for v in frame[column].tolist()]
         out[f"{column} brightness"] = [float(p.mean()) if p is not None else np.nan for p in decoded]
         out[f"{column} contrast"] = [float(p.std()) if p is not None else np.nan for p in decoded]
     return out

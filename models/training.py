@@ -14,7 +14,7 @@ from torch import nn
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
 from lepton.models.loop import fit, intra_op_threads, keep_fixed, select_device, threads
-from lepton.models.network import MLP, NetworkError, build
+from lepton.models.network import MLP, NetworkError, SmallCNN, build
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
 from lepton.models.splits import holdout_mask
@@ -294,6 +294,14 @@ def _quiet_unscaled_inputs(network: MLP, preprocessor: Preprocessor) -> None:
     from zero it starts as plain imputation (or the shared slot) and learns once data has it.
     """
     mask = torch.from_numpy(~preprocessor.scaled)
+    if isinstance(network.features, SmallCNN):
+        # Its hidden layer reads the convolutions, then the inputs beside the image (indicators among them).
+        cnn = network.features
+        beside = torch.cat([mask[:cnn.start], mask[cnn.start + cnn.size:]])
+        layer = cnn.mix[0]
+        with torch.no_grad():
+            layer.weight[:, layer.in_features - len(beside):][:, beside] = 0.0
+        return
     # The first linear layer that reads the inputs (a factory's may have none: then nothing is zeroed).
     first = next((m for m in network.features.modules() if isinstance(m, nn.Linear)), network.head)
     if first.in_features != len(mask):

@@ -316,7 +316,7 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
             warnings.append(f"column {column!r}: {len(bad)} value(s) that are not dates (e.g. {_examples(bad)}) read as missing")
     for column in schema.of_kind("image"):
         if column in frame.columns and column in schema.shapes:
-            problems += _image_problems(frame[column], schema.shapes[column])
+            problems += _image_problems(frame[column], schema.shapes[column], first)
     if label not in frame.columns:
         return problems, warnings
     labels = frame[label].dropna()
@@ -351,8 +351,8 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
     return problems, warnings
 
 
-def _image_problems(values: pd.Series, shape: list[int]) -> list[str]:
-    """Images that do not decode, or decode to another size or channel count than the column's: what a network cannot read."""
+def _image_problems(values: pd.Series, shape: list[int], first: bool) -> list[str]:
+    """Images that do not decode, or decode to another size than the column's: what a network cannot read."""
     found = [(i, p) for i, p in ((i, kinds_of.image_problem(v, shape)) for i, v in zip(values.index, values.tolist(), strict=True)) if p is not None]
     if not found:
         return []
@@ -363,9 +363,10 @@ def _image_problems(values: pd.Series, shape: list[int]) -> list[str]:
         out.append(f"column {values.name!r}: {len(undecodable)} of {values.notna().sum()} value(s) are not decodable images (e.g. row(s) {', '.join(map(str, undecodable[:3]))})")
     if resized:
         examples = "; ".join(f"row {i}: {p.split(', not ')[0]}" for i, p in resized[:3])
+        held = "as most of this first increment's" if first else "as in its first increment"
         out.append(
-            f"column {values.name!r}: {len(resized)} image(s) of another size or channel count ({examples}); "
-            f"the column's images are {shape[0]}x{shape[1]} with {shape[2]} channel(s), as in its first increment: resize them in the export"
+            f"column {values.name!r}: {len(resized)} image(s) of another size ({examples}); the column's images are "
+            f"{shape[0]}x{shape[1]} ({shape[2]} channel(s)), {held}: resize them in the export"
         )
     return out
 

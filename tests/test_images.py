@@ -44,7 +44,25 @@ def test_encoded_images_are_an_image_column_with_the_first_increments_size():
     assert block.shape == (2, 36) and np.allclose(block[0, :35], 3 / 255) and block[0, 35] == 0
     assert np.isnan(block[1, :35]).all() and block[1, 35] == 1  # missing: imputed, and said so
     assert columns.image_problem(b"\x89PNG\r\n\x1a\nbroken", [5, 7, 1]) == "not a decodable image"
-    assert columns.image_problem(colour[0], [5, 7, 1]) == "4x4 with 3 channel(s), not 5x7 with 1"
+    assert columns.image_problem(colour[0], [5, 7, 1]) == "4x4, not 5x7"
+    assert columns.image_problem(pd.NA, [5, 7, 1]) is None  # missing, as pandas' NA says it
+
+
+def test_a_column_reads_every_image_with_its_channels_and_deep_grey_scaled():
+    """One grey image among colour ones is read as colour (not rejected); 16-bit and float grey scale into 0-255."""
+    mixed = pd.Series([encoded(np.full((4, 4, 3), 90, np.uint8)) for _ in range(9)] + [encoded(np.full((4, 4), 200, np.uint8))])
+    assert columns.image_shape(mixed) == [4, 4, 3]
+    block = columns.image_block(mixed, [4, 4, 3])
+    assert np.allclose(block[-1, :48], 200 / 255)
+    deep = io.BytesIO()
+    Image.fromarray(np.full((3, 3), 65535 // 2, np.uint16)).save(deep, format="PNG")
+    assert columns.decode_image(deep.getvalue()).max() == 127  # half of 16 bits is half of 8, not clipped to 255
+    floats = io.BytesIO()
+    Image.fromarray(np.full((3, 3), 0.5, np.float32)).save(floats, format="TIFF")
+    assert columns.decode_image(floats.getvalue()).max() in (127, 128)
+    bomb = io.BytesIO()
+    Image.new("L", (13000, 15000)).save(bomb, format="PNG")
+    assert columns.image_problem(bomb.getvalue(), [4, 4, 1]) == "not a decodable image"  # a decompression bomb is refused, not a crash
 
 
 def test_the_cnn_learns_digits_from_their_images_and_rebuilds_from_its_arch(tmp_path):
@@ -118,7 +136,7 @@ def test_images_through_the_flow_rejected_when_broken_and_predicted_from_raw_byt
     assert [o.status for o in outcomes] == ["promoted", "promoted", "rejected", "rejected"], [o.message for o in outcomes]
     assert "column 'image': image (encoded images, 8x8 with 1 channel(s))" in outcomes[0].notes
     assert outcomes[2].reasons == ["column 'image': 3 of 100 value(s) are not decodable images (e.g. row(s) 0, 1, 2)"]
-    assert outcomes[3].reasons[0].startswith("column 'image': 2 image(s) of another size or channel count (row 0: 6x6 with 1 channel(s)")
+    assert outcomes[3].reasons[0].startswith("column 'image': 2 image(s) of another size (row 0: 6x6; row 1: 6x6); the column's images are 8x8 (1 channel(s)), as in its first increment")
     assert all((ws.root / o.file).exists() for o in outcomes[2:])
     assert {row["feature"] for row in outcomes[1].drift} >= {"image brightness", "image contrast", "ink"}
 
@@ -131,3 +149,25 @@ def test_images_through_the_flow_rejected_when_broken_and_predicted_from_raw_byt
     with pytest.raises(mlflow.exceptions.MlflowException, match="column 'image', row 0: not a decodable image"):
         model.predict(pd.DataFrame({"image": [b"not an image"], "ink": [1.0]}))
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_cnn_starts_with_no_weight_on_indicators_a_first_increment_never_lit():
+    """A missing image (or any indicator beside the pixels) shifts nothing until data teaches it: its weights start at zero."""
+    frame = digit_images(slice(0, 300))
+    model, _ = fine_tune(None, frame, label="digit", train=TrainConfig(epochs=1, lr=1e-12, network="cnn"), strategy=StrategyConfig(name="naive"))
+    cnn = model.network.features
+    beside = cnn.mix[0].weight[:, cnn.mix[0].in_features - 3:]  # the image's missing indicator, ink and ink's indicator
+    assert float(beside[:, 0].abs().max()) == 0.0 and float(beside[:, 2].abs().max()) == 0.0
+    assert float(beside[:, 1].abs().max()) > 0.0  # ink itself is a standardised value: it keeps its weights
+
+
+def test_an_image_column_can_be_declared_and_one_that_decodes_nothing_is_ignored():
+    from lepton.config import DataConfig
+    from lepton.models.schema import DataSchema
+
+    assert DataConfig(label="digit", columns={"image": "image"}).columns == {"image": "image"}
+    frame = digit_images(slice(0, 50))
+    declared = DataSchema.infer(frame, "digit", declared={"image": "image"})
+    assert declared.kind("image") == "image" and declared.shapes == {"image": [8, 8, 1]}
+    junk = DataSchema.infer(frame.assign(image=[b"\x89PNG\r\n\x1a\nno"] * 50), "digit", declared={"image": "image"})
+    assert junk.kind("image") == "ignore" and junk.why["image"].endswith("no value decodes as an image")
