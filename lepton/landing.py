@@ -169,3 +169,44 @@ def exclusive(target_folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class FolderError(ValueError):
+    """A folder given as an increment that is not one: no single table in it, or images it names that are not there."""
+
+
+def pack_image_folder(folder: Path, into: Path) -> Path:
+    """A folder increment (one CSV, with a column of image file names relative to the folder, and the images) as one
+    Parquet file with the images' bytes in that column: what the flow versions, validates and trains on.
+
+    The column is the one whose values name image files (by suffix); every file it names must be there. The
+    Parquet is written to ``into`` under the folder's name, and the folder itself is left as it was.
+    """
+    import pandas as pd
+
+    tables = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+    if len(tables) != 1:
+        found = ", ".join(p.name for p in tables) if tables else "none"
+        raise FolderError(f"{folder} is a folder: an increment folder holds one CSV of file names and labels beside its images (CSV files found: {found})")
+    frame = pd.read_csv(tables[0])
+    named = [c for c in frame.columns if (pd.api.types.is_object_dtype(frame[c]) or pd.api.types.is_string_dtype(frame[c])) and len(frame[c].dropna())
+             and frame[c].dropna().astype(str).str.lower().str.endswith(IMAGE_SUFFIXES).mean() >= 0.95]
+    if not named:
+        raise FolderError(f"{tables[0].name} has no column of image file names (ending {', '.join(IMAGE_SUFFIXES)})")
+    root = folder.resolve()
+    for column in named:
+        paths = [None if pd.isna(v) else (folder / str(v)).resolve() for v in frame[column]]
+        outside = [str(v) for v, p in zip(frame[column], paths, strict=True) if p is not None and not p.is_relative_to(root)]
+        if outside:
+            raise FolderError(f"{tables[0].name}: column {column!r} names files outside {folder}: {', '.join(outside[:3])}")
+        absent = [str(v) for v, p in zip(frame[column], paths, strict=True) if p is not None and not p.is_file()]
+        if absent:
+            raise FolderError(f"{tables[0].name}: {len(absent)} image file(s) named in column {column!r} are not in {folder}: {', '.join(absent[:3])}")
+        frame[column] = pd.Series([None if p is None else p.read_bytes() for p in paths], dtype=object)
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / f"{safe_name(folder.name)}.parquet"
+    frame.to_parquet(target, index=False)
+    return target

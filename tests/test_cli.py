@@ -60,14 +60,15 @@ def test_bad_overrides_fail_readably(clean_dir, args, needle):
 
 
 def test_missing_file_and_missing_workspace(clean_dir, prefect_api):
-    """A file that is not there or a directory: exit 2 (a bad increment); a directory that is no workspace: exit 1."""
+    """A file that is not there or a folder that is no image increment: exit 2 (a bad increment); a directory that is no workspace: exit 1."""
     ws = make_workspace(clean_dir / "ws", "y", "m")
     result = run_cli(["run", str(clean_dir / "nope.csv"), "--workspace", str(ws.root)], api_url=prefect_api)
     assert result.returncode == 2
     assert "nope.csv does not exist" in result.stderr and "Traceback" not in result.stderr
     result = run_cli(["run", str(clean_dir), "--workspace", str(ws.root)], api_url=prefect_api)
     assert result.returncode == 2
-    assert "is a directory, not an increment file" in result.stderr and "Traceback" not in result.stderr
+    assert "is a folder: an increment folder holds one CSV of file names and labels beside its images (CSV files found: none)" in result.stderr
+    assert "Traceback" not in result.stderr
     result = run_cli(["status", "--workspace", str(clean_dir)], api_url=None)
     assert result.returncode == 1 and "not a Lepton workspace" in result.stderr
 

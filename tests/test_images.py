@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import numpy as np
@@ -171,3 +172,31 @@ def test_an_image_column_can_be_declared_and_one_that_decodes_nothing_is_ignored
     assert declared.kind("image") == "image" and declared.shapes == {"image": [8, 8, 1]}
     junk = DataSchema.infer(frame.assign(image=[b"\x89PNG\r\n\x1a\nno"] * 50), "digit", declared={"image": "image"})
     assert junk.kind("image") == "ignore" and junk.why["image"].endswith("no value decodes as an image")
+
+
+@pytest.mark.integration
+def test_a_folder_of_images_and_a_csv_is_one_increment(tmp_path, prefect_api):
+    """`lepton run FOLDER`: the CSV's file names become the images' bytes in one Parquet increment, trained and promoted;
+    a file it names that is not there is refused (exit 2) before anything is ingested, and the folder is left as it was."""
+    from tests.conftest import run_cli
+
+    ws = make_workspace(tmp_path / "ws", "digit", "folders", {"train": {"epochs": 3}, "gate": {"bootstrap_samples": 200}})
+    folder = tmp_path / "export-2026-12-01"
+    (folder / "images").mkdir(parents=True)
+    frame = digit_images(slice(0, 200))
+    names = []
+    for i, data in enumerate(frame["image"]):
+        (folder / "images" / f"{i:03d}.png").write_bytes(data)
+        names.append(f"images/{i:03d}.png")
+    pd.DataFrame({"file": names, "ink": frame["ink"], "digit": frame["digit"]}).to_csv(folder / "labels.csv", index=False)
+    done = run_cli(["run", str(folder), "--workspace", str(ws.root), "--json"], api_url=prefect_api)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "promoted" and "column 'file': image (encoded images, 8x8 with 1 channel(s))" in outcome["notes"]
+    kept = pd.read_parquet(ws.root / outcome["file"])
+    assert kept["file"].tolist() == frame["image"].tolist()  # the bytes themselves are versioned, not names
+
+    (folder / "images" / "007.png").unlink()
+    refused = run_cli(["run", str(folder), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert refused.returncode == 2 and "1 image file(s) named in column 'file' are not in" in refused.stderr and "images/007.png" in refused.stderr
+    assert (folder / "labels.csv").exists() and len(list((folder / "images").iterdir())) == 199

@@ -105,7 +105,7 @@ def _watched_run(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *,
 
 
 def run(
-    path: Annotated[Path, typer.Argument(help="Increment file, CSV or Parquet.")],
+    path: Annotated[Path, typer.Argument(help="Increment file, CSV or Parquet; or a folder of images with one CSV naming them.")],
     workspace: WorkspaceOption = Path("."),
     set_: SetOption = None,
     as_json: JsonOption = False,
@@ -115,8 +115,15 @@ def run(
     """Send one increment through the whole flow. Exit 0 processed, 2 rejected (or no such file), 1 failed."""
     overrides = list(set_ or [])
     ws = open_workspace(workspace, check="run", overrides=overrides)
+    if path.is_dir():  # images and a CSV naming them: packed into one Parquet file, the increment the flow sees
+        from lepton.landing import FolderError, pack_image_folder
+
+        try:
+            path = pack_image_folder(path, ws.scratch / "folders")
+        except (FolderError, OSError, ValueError) as error:
+            raise fail(str(error), code=2) from None
     if not path.is_file():  # a bad increment like any other: exit 2, and nothing to quarantine
-        what = "is a directory, not an increment file" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        what = "is not a regular file" if path.exists() else "does not exist"
         raise fail(f"{path} {what}", code=2)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     started = time.perf_counter()
