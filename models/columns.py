@@ -19,6 +19,8 @@ of input columns, so the network's input width never changes after the first inc
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import re
 import zlib
@@ -79,6 +81,11 @@ def decode_image(value: Any, channels: int | None = None) -> np.ndarray | None:
     given, else as the image is; None when the bytes do not decode (corrupt, not an image, or a decompression bomb)."""
     from PIL import Image  # Pillow: only where images are decoded
 
+    if isinstance(value, str):  # over HTTP, JSON carries bytes as base64 text
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            return None
     try:
         with Image.open(io.BytesIO(bytes(value))) as image:
             return _pixels(image, channels)

@@ -178,7 +178,10 @@ def consumer_signature(features: pd.DataFrame, predictions: Any) -> Any:
 
     signature = infer_signature(features, predictions, params={"probabilities": False})
     integers = {c for c in features.columns if pd.api.types.is_integer_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])}
-    signature.inputs = Schema([ColSpec(AnyType(), spec.name) if spec.name in integers else spec for spec in signature.inputs.inputs])
+    # Image bytes too: MLflow's scoring server base64-decodes a binary column and fails on a JSON null there;
+    # taken as they come, the model decodes base64 text itself and imputes a null image as a missing one.
+    images = {c for c in features.columns if features[c].map(lambda v: isinstance(v, (bytes, bytearray))).any()}
+    signature.inputs = Schema([ColSpec(AnyType(), spec.name) if spec.name in integers | images else spec for spec in signature.inputs.inputs])
     return signature
 
 

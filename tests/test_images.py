@@ -200,3 +200,48 @@ def test_a_folder_of_images_and_a_csv_is_one_increment(tmp_path, prefect_api):
     refused = run_cli(["run", str(folder), "--workspace", str(ws.root)], api_url=prefect_api)
     assert refused.returncode == 2 and "1 image file(s) named in column 'file' are not in" in refused.stderr and "images/007.png" in refused.stderr
     assert (folder / "labels.csv").exists() and len(list((folder / "images").iterdir())) == 199
+
+
+@pytest.mark.integration
+def test_lepton_serve_predicts_images_sent_as_base64_and_imputes_a_null_one(tmp_path, prefect_api):
+    """Over HTTP, JSON carries an image as base64 text: the champion decodes it; a null image is a missing one; a corrupt one is a 400."""
+    import base64
+    import os
+    import urllib.error
+    import urllib.request
+
+    from lepton.flows.continual import continual_training
+    from lepton.server import in_process_flows
+    from tests.conftest import LEPTON, free_port, start_process, stop_process, wait_for_http
+
+    ws = make_workspace(tmp_path / "ws", "digit", "served", {"train": {"epochs": 5}})
+    frame = digit_images(slice(0, 600))
+    frame.to_parquet(tmp_path / "first.parquet", index=False)
+    with in_process_flows():
+        assert continual_training(str(tmp_path / "first.parquet"), str(ws.root), []).status == "promoted"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    server = start_process([LEPTON, "serve", "--port", str(port), "--workspace", str(ws.root)], log=tmp_path / "serve.log", env=env)
+
+    def post(rows: list[list]) -> tuple[int, str]:
+        body = json.dumps({"dataframe_split": {"columns": ["image", "ink"], "data": rows}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log", timeout=180)
+        test = digit_images(slice(1400, 1440))
+        status, text = post([[base64.b64encode(image).decode(), float(ink)] for image, ink in zip(test["image"], test["ink"], strict=True)])
+        assert status == 200, text
+        assert np.mean(np.asarray(json.loads(text)["predictions"]) == test["digit"].to_numpy()) > 0.8
+        status, text = post([[None, 300.0]])
+        assert status == 200 and len(json.loads(text)["predictions"]) == 1, text
+        status, text = post([[base64.b64encode(b"not an image").decode(), 1.0]])
+        assert status == 400 and "column 'image', row 0: not a decodable image" in text
+    finally:
+        stop_process(server)
+        shutil.rmtree(tmp_path, ignore_errors=True)
