@@ -12,7 +12,7 @@ from lepton.faults import stop_on_sigterm
 from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
-from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register
+from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
@@ -33,6 +33,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides)
     config.train = workspace_networks(ws.root, config.train)
+    if config.train.transfer_from and not ws.read_manifest().accepted():
+        load_source(ws, config.train, config.registry)  # a first run: a source that is not there fails before anything is ingested
 
     landing = ingest(Path(path), ws)
     known = landing.duplicate_of
@@ -122,9 +124,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source,
         )
         if training.transfer is not None:
-            scores = training.transfer["scores"]
-            tried = f" (scored on {training.transfer['rows']} rows it did not train on: {', '.join(f'{w} {v:.3f}' for w, v in scores.items())})" if scores else ""
-            log.info("first network from %s: kept %s%s", training.transfer["source"], training.transfer["kept"], tried)
+            log.info("first network, train.transfer_from=%s", transfer_summary(training.transfer))
+        elif champion is None and config.train.network_weights:
+            log.info("first network's feature layers from %s (train.network_weights)", config.train.network_weights)
         log.info(
             "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s (%d thread(s)) in %.1fs, final loss %.4f",
             training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,

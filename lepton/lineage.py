@@ -27,6 +27,7 @@ class Lineage:
     gate_reasons: tuple[str, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)  # the gate's summary, rounded
     transferred_from: str = ""  # a first model started from another: models:/NAME/VERSION and how (frozen, partial, full)
+    transfer: str = ""  # a first model with train.transfer_from: what was tried and kept, scratch included
 
     def tags(self) -> dict[str, str]:
         """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
@@ -41,7 +42,7 @@ class Lineage:
             TAG + "gate_passed": str(self.gate_passed).lower(),
             TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
             TAG + "metrics": json.dumps(self.metrics),
-        } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {})
+        } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -59,6 +60,7 @@ class Lineage:
             gate_reasons=tuple(json.loads(tags.get(TAG + "gate_reasons", "[]"))),
             metrics=json.loads(tags.get(TAG + "metrics", "{}")),
             transferred_from=tags.get(TAG + "transferred_from", ""),
+            transfer=tags.get(TAG + "transfer", ""),
         )
 
     @property

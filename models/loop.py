@@ -44,6 +44,22 @@ def intra_op_threads(model: nn.Module, batch_size: int, configured: int | None =
     return 1 if work < THREAD_WORK else torch.get_num_threads()
 
 
+class _Drop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextmanager
+def quiet_epochs() -> Iterator[None]:
+    """The loop's per-epoch records held back for the block: trial trainings (a transfer's choice) are not the run's."""
+    drop = _Drop()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
+
+
 @contextmanager
 def threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to ``n`` for the block, then back as they were."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
-from lepton.models.loop import fit, intra_op_threads, keep_fixed, select_device, threads
+from lepton.models.loop import fit, intra_op_threads, keep_fixed, quiet_epochs, select_device, threads
 from lepton.models.network import MLP, NetworkError, SmallCNN, build
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
@@ -185,10 +185,15 @@ def transferred_preprocessor(source: Bundle, encoding: Encoding) -> Preprocessor
     or target yet: this workspace's labels get a head of their own. Refused when the columns differ."""
     theirs = {c: source.preprocessor.kinds.get(c, "numeric") for c in source.preprocessor.used}
     ours = {c: k for c, k in encoding.kinds.items() if k not in ("identifier", "ignore")}
-    if theirs != ours or any(source.preprocessor.shapes.get(c) != list(encoding.shapes.get(c, [])) for c in encoding.shapes):
+    differences = [f"{c} ({k}) missing here" for c, k in theirs.items() if c not in ours]
+    differences += [f"{c} ({k}) not in the source" for c, k in ours.items() if c not in theirs]
+    differences += [f"{c} is {ours[c]} here, {k} in the source" for c, k in theirs.items() if c in ours and ours[c] != k]
+    differences += [f"{c}'s images are {encoding.shapes.get(c)} here, {source.preprocessor.shapes.get(c)} in the source"
+                    for c in encoding.shapes if source.preprocessor.shapes.get(c) != list(encoding.shapes.get(c, []))]
+    if differences or list(theirs) != list(ours):
+        shown = differences[:6] + ([f"and {len(differences) - 6} more"] if len(differences) > 6 else [])
         raise NetworkError(
-            f"train.transfer_from: the source model reads {', '.join(f'{c} ({k})' for c, k in theirs.items())}; this table has "
-            f"{', '.join(f'{c} ({k})' for c, k in ours.items())}: its feature layers need the same columns, of the same kinds"
+            f"train.transfer_from: the source model's feature layers read other columns than this table's: {'; '.join(shown) or 'the same columns in another order'}"
         )
     return source.preprocessor._replace(classes=[], target=(0.0, 0.0, 0.0), task=encoding.task)
 
@@ -253,8 +258,9 @@ def choose_transfer(source: Bundle, frame: pd.DataFrame, *, label: str, train: T
             continue
         rows += int(held.sum())
         for way in order:
-            model, _ = fine_tune(None, frame[~held], label=label, train=train, strategy=strategy, encoding=encoding,
-                                 source=None if way == "scratch" else source, transfer="full" if way == "scratch" else way)
+            with quiet_epochs():
+                model, _ = fine_tune(None, frame[~held], label=label, train=train, strategy=strategy, encoding=encoding,
+                                     source=None if way == "scratch" else source, transfer="full" if way == "scratch" else way)
             scored = score(model, frame[held], label)
             hits[way].append(-scored.errors if scored.errors is not None else scored.correct.astype(float))
     if not rows:
@@ -268,12 +274,15 @@ def start_from(network: MLP, path: str) -> None:
     """Load a state_dict saved from feature layers of the same shape into a new network's features (``train.network_weights``)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise NetworkError(f"train.network_weights={path!r}: cannot read it as saved weights ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - unpickling raises many kinds; each means: not a state_dict saved with torch.save
+        raise NetworkError(f"train.network_weights={path!r}: not a state_dict saved with torch.save ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise NetworkError(f"train.network_weights={path!r}: holds a {type(state).__name__}, not a state_dict (save module.state_dict())")
     try:
         network.features.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise NetworkError(f"train.network_weights={path!r}: they do not fit train.network's feature layers ({str(err).splitlines()[0]})") from None
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:]) or str(err)
+        raise NetworkError(f"train.network_weights={path!r}: they do not fit train.network's feature layers: {detail}") from None
 
 
 def image_layout(preprocessor: Preprocessor) -> dict[str, Any]:

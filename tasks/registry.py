@@ -97,7 +97,12 @@ class Source:
     bundle: Bundle
 
 
-@task(name="load-source", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF)
+def _retry_unless_told(task: Any, run: Any, state: Any) -> bool:
+    """Retry what a registry that is away may cause, not a source that is not there (a NetworkError says why)."""
+    return not isinstance(state.result(raise_on_failure=False), NetworkError)
+
+
+@task(name="load-source", cache_policy=NO_CACHE, retries=len(BACKOFF), retry_delay_seconds=BACKOFF, retry_condition_fn=_retry_unless_told)
 def load_source(ws: Workspace, train: Any, config: RegistryConfig) -> Source:
     """``train.transfer_from`` from its registry (``train.transfer_registry``, else the workspace's), by version."""
     import mlflow
@@ -105,6 +110,9 @@ def load_source(ws: Workspace, train: Any, config: RegistryConfig) -> Source:
     from mlflow.exceptions import MlflowException
 
     uri = credentials_out_of_uri(train.transfer_registry or tracking_uri(ws, config), os.environ)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would make an empty registry there, and then not find the model in it.
+        raise NetworkError(f"train.transfer_registry={redact(uri)!r}: no registry there (no such file); point it at the other workspace's .lepton/mlflow.db")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name, _, rest = train.transfer_from.removeprefix("models:/").partition("/")
     name, _, alias = name.partition("@")
@@ -117,6 +125,15 @@ def load_source(ws: Workspace, train: Any, config: RegistryConfig) -> Source:
         local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=uri)
         bundle = Bundle.load(Path(local) / "artifacts" / "bundle")
     return Source(f"models:/{name}/{version}", bundle)
+
+
+def transfer_summary(transfer: dict) -> str:
+    """What a first network's start was, in one line: the source, the way, and what auto measured to choose it."""
+    scores = transfer.get("scores") or {}
+    if not scores:
+        return f"{transfer['source']}: {transfer['kept']} (train.transfer={transfer['kept']})"
+    tried = ", ".join(f"{way} {value:.3f}" for way, value in scores.items())
+    return f"{transfer['source']}: kept {transfer['kept']} (train.transfer=auto, scored on {transfer['rows']} rows each way did not train on: {tried})"
 
 
 def _requirements(bundle: Bundle) -> list[str]:
@@ -328,6 +345,7 @@ def lineage_of(
         gate_passed=decision.passed, gate_reasons=tuple(decision.reasons),
         metrics={k: round(v, 6) for k, v in summary.items() if v is not None},
         transferred_from=f"{transfer['source']} ({transfer['kept']})" if transfer and transfer["kept"] != "scratch" else "",
+        transfer=transfer_summary(transfer) if transfer else "",
     )
 
 

@@ -119,8 +119,11 @@ def test_a_new_network_starts_from_weights_in_a_local_file(nets, tmp_path):
     assert torch.equal(Bundle.load(tmp_path / "bundle").network.features[0].weight, trained.network.features[0].weight)
 
     torch.save(nn.Sequential(nn.Linear(6, 4)).state_dict(), tmp_path / "small.pt")
-    with pytest.raises(NetworkError, match=r"train.network_weights='.*small.pt': they do not fit train.network's feature layers"):
+    with pytest.raises(NetworkError, match=r"train.network_weights='.*small.pt': they do not fit train.network's feature layers: size mismatch for 0.weight"):
         fine_tune(None, frame(), label="y", train=TrainConfig(epochs=1, hidden=[8], network_weights=str(tmp_path / "small.pt")), strategy=StrategyConfig(name="naive"))
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(NetworkError, match=r"train.network_weights='.*garbage.pt': not a state_dict saved with torch.save \(UnpicklingError\)"):
+        fine_tune(None, frame(), label="y", train=TrainConfig(epochs=1, hidden=[8], network_weights=str(tmp_path / "garbage.pt")), strategy=StrategyConfig(name="naive"))
 
 
 def test_fine_tune_builds_the_configured_network_and_a_warm_start_keeps_the_champions(nets, tmp_path):

@@ -55,7 +55,7 @@ def test_the_new_network_takes_the_sources_feature_layers_under_a_fresh_head(sou
 
 def test_a_source_that_reads_other_columns_is_refused_by_name(source):
     table = pd.DataFrame({"a": np.arange(40.0), LABEL: [0, 1] * 20})
-    with pytest.raises(NetworkError, match=r"train.transfer_from: the source model reads pixel_0 \(numeric\).*this table has a \(numeric\)"):
+    with pytest.raises(NetworkError, match=r"other columns than this table's: pixel_0 \(numeric\) missing here; .*; and \d+ more"):
         fine_tune(None, table, label=LABEL, train=QUICK, strategy=StrategyConfig(name="naive"), source=source,
                   encoding=Encoding.infer(table, LABEL))
 
@@ -89,7 +89,7 @@ def test_init_from_another_workspaces_champion_through_the_flow(tmp_path, prefec
     assert made.returncode == 0, made.stderr
     refused = run_cli(["init", str(tmp_path / "c"), "--label", LABEL, "--from", "a@champion"], api_url=prefect_api)
     assert refused.returncode == 1 and "is not a registered model: give models:/NAME@ALIAS" in refused.stdout + refused.stderr
-    assert not (tmp_path / "c" / "lepton.yaml").exists()
+    assert not (tmp_path / "c").exists()
 
     digits(range(5, 10), per_class=20).to_parquet(tmp_path / "b.parquet", index=False)
     with in_process_flows():
@@ -98,7 +98,7 @@ def test_init_from_another_workspaces_champion_through_the_flow(tmp_path, prefec
     assert full.status == "promoted", full.message
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'b' / '.lepton' / 'mlflow.db'}")
     tags = client.get_model_version("b", "1").tags
-    assert tags["lepton.transferred_from"] == "models:/a/1 (full)"
+    assert tags["lepton.transferred_from"] == "models:/a/1 (full)" and tags["lepton.transfer"] == "models:/a/1: full (train.transfer=full)"
     assert json.loads(tags["lepton.config"])["train"]["transfer_from"] == "models:/a@champion"
 
     c = make_workspace(tmp_path / "c2", LABEL, "c", {"train": {"transfer_from": "models:/a/1", "transfer_registry": f"sqlite:///{a.mlflow_db}"}})
@@ -113,8 +113,15 @@ def test_init_from_another_workspaces_champion_through_the_flow(tmp_path, prefec
     assert told["scores"][told["kept"]] == max(told["scores"].values())
     kept = mlflow.MlflowClient(f"sqlite:///{c.mlflow_db}").get_model_version("c", "1").tags.get("lepton.transferred_from", "")
     assert kept == ("" if told["kept"] == "scratch" else f"models:/a/1 ({told['kept']})")
+    summary = mlflow.MlflowClient(f"sqlite:///{c.mlflow_db}").get_model_version("c", "1").tags["lepton.transfer"]
+    assert summary.startswith(f"models:/a/1: kept {told['kept']} (train.transfer=auto, scored on ")  # scratch kept is said too
 
+    # A source that is not there, or a registry path that is not, fails a first run before anything is ingested (and makes no database).
+    d = make_workspace(tmp_path / "d", LABEL, "d", {"train": {"transfer_from": "models:/nothing@champion", "transfer_registry": f"sqlite:///{a.mlflow_db}"}})
     with in_process_flows(), pytest.raises(Exception, match=r"train.transfer_from='models:/nothing@champion': not found"):
-        d = make_workspace(tmp_path / "d", LABEL, "d", {"train": {"transfer_from": "models:/nothing@champion", "transfer_registry": f"sqlite:///{a.mlflow_db}"}})
         continual_training(str(tmp_path / "b.parquet"), str(d.root), quick)
+    assert d.read_manifest().increments == []
+    with in_process_flows(), pytest.raises(Exception, match=r"train.transfer_registry='sqlite:///.*nowhere/mlflow.db': no registry there"):
+        continual_training(str(tmp_path / "b.parquet"), str(d.root), [*quick, f"train.transfer_registry=sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"])
+    assert not (tmp_path / "nowhere").exists() and d.read_manifest().increments == []
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -62,12 +62,12 @@ def init(
     from_registry: Annotated[str | None, typer.Option(help="Tracking URI of the registry holding --from, e.g. sqlite:////path/other/.lepton/mlflow.db (train.transfer_registry).")] = None,
 ) -> None:
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
-    ws = open_workspace(directory, must_exist=False, quiet=True)
     if from_registry and not from_:
         raise fail("--from-registry names where --from is: give --from models:/NAME@champion too")
-    settings = {"train": {"transfer_from": from_, **({"transfer_registry": from_registry} if from_registry else {})}} if from_ else None
     if from_ and not re.fullmatch(MODEL_URI, from_):
         raise fail(f"--from {from_!r} is not a registered model: give models:/NAME@ALIAS (models:/churn@champion) or models:/NAME/VERSION")
+    settings = {"train": {"transfer_from": from_, **({"transfer_registry": from_registry} if from_registry else {})}} if from_ else None
+    ws = open_workspace(directory, must_exist=False, quiet=True)
     if not _initialise(ws, label, name, settings):
         console.print(f"{ws.root / 'lepton.yaml'} already exists; left as it is")
     console.print(f"workspace ready at {ws.root} (label column {label!r}, model {name!r})")
