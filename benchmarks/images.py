@@ -128,7 +128,7 @@ def markdown(records: list[dict[str, Any]], cost: dict[str, float] | None = None
         f"Class-incremental digits (classes two by two, the split of `lepton bench continual`), each 8x8 digit as PNG bytes in one image "
         f"column. Default strategy `{DEFAULT}`, {records[0]['epochs']} epochs per increment, seeds {seeds}; final accuracy on all 450 "
         "test images after the fifth increment, mean ± std over seeds. The MLP reads the decoded pixels as 64 inputs; the CNN "
-        "(`train.network: cnn`, two 3x3 convolutions of 32 and 64 channels, max pooling, a hidden layer of 256) reads them as an image.",
+        "(`train.network: cnn`, two 3x3 convolutions of 32 and 64 channels, each with batch normalisation and max pooling, a hidden layer of 256) reads them as an image.",
         "",
         "| network | memory | final accuracy | forgetting | train seconds (5 increments) |",
         "| --- | --- | --- | --- | --- |",
