@@ -118,6 +118,19 @@ def start_process(cmd: list[str], *, log: Path, env: dict[str, str] | None = Non
         handle.close()
 
 
+def invoke(port: int, body: bytes) -> tuple[int, str]:
+    """POST a JSON body to a scoring server's /invocations on 127.0.0.1: (HTTP status, response text), errors included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     """Poll ``url`` until it answers 200; fail with the server's log if it exits or the time runs out."""
     import time

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from lepton.config import DataConfig
 from lepton.models.schema import DataSchema
 from lepton.tasks.ingest import read_increment
 from lepton.tasks.validate import validate_frame
-from tests.conftest import FAST, LEPTON, free_port, make_workspace, run_cli, start_process, stop_process, wait_for_http
+from tests.conftest import FAST, LEPTON, free_port, invoke, make_workspace, run_cli, start_process, stop_process, wait_for_http
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -159,13 +157,7 @@ def served(tmp_path_factory, prefect_api):
     server = start_process([LEPTON, "serve", "--port", str(port), "--workspace", str(ws.root)], log=log, env=env)
 
     def post(body: bytes | dict) -> tuple[int, str]:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+        return invoke(port, body if isinstance(body, bytes) else json.dumps(body).encode())
 
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, timeout=180)

@@ -207,12 +207,10 @@ def test_lepton_serve_predicts_images_sent_as_base64_and_imputes_a_null_one(tmp_
     """Over HTTP, JSON carries an image as base64 text: the champion decodes it; a null image is a missing one; a corrupt one is a 400."""
     import base64
     import os
-    import urllib.error
-    import urllib.request
 
     from lepton.flows.continual import continual_training
     from lepton.server import in_process_flows
-    from tests.conftest import LEPTON, free_port, start_process, stop_process, wait_for_http
+    from tests.conftest import LEPTON, free_port, invoke, start_process, stop_process, wait_for_http
 
     ws = make_workspace(tmp_path / "ws", "digit", "served", {"train": {"epochs": 5}})
     frame = digit_images(slice(0, 600))
@@ -224,13 +222,7 @@ def test_lepton_serve_predicts_images_sent_as_base64_and_imputes_a_null_one(tmp_
     server = start_process([LEPTON, "serve", "--port", str(port), "--workspace", str(ws.root)], log=tmp_path / "serve.log", env=env)
 
     def post(rows: list[list]) -> tuple[int, str]:
-        body = json.dumps({"dataframe_split": {"columns": ["image", "ink"], "data": rows}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+        return invoke(port, json.dumps({"dataframe_split": {"columns": ["image", "ink"], "data": rows}}).encode())
 
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log", timeout=180)
