@@ -226,10 +226,6 @@ class TransferChoice:
     scores: dict[str, float]
     validation_rows: int
 
-    def describe(self, source: str) -> str:
-        tried = ", ".join(f"{way} {score:.3f}" for way, score in self.scores.items())
-        return f"transfer from {source}: scored on {self.validation_rows} rows each was not trained on, {tried}; kept {self.chosen}"
-
 
 def _folds(frame: pd.DataFrame) -> np.ndarray:
     """A fold number per row, from a hash of its values (the same rows fall alike in every run)."""
