@@ -50,10 +50,6 @@ def _initialise(ws: Workspace, label: str, name: str, settings: dict[str, Any] |
     return done.created
 
 
-# What train.transfer_from takes, checked before the workspace is made.
-MODEL_URI = r"models:/[A-Za-z0-9][A-Za-z0-9_.\-]*(@[A-Za-z0-9_\-]+|/\d+)"
-
-
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make a workspace (created if needed).")],
     label: Annotated[str, typer.Option(help="Name of the label column.")],
@@ -64,6 +60,8 @@ def init(
     """Make DIR a workspace: git, DVC with a local remote, lepton.yaml, and data/ tracked by data.dvc."""
     if from_registry and not from_:
         raise fail("--from-registry names where --from is: give --from models:/NAME@champion too")
+    from lepton.models.settings import MODEL_URI  # what train.transfer_from takes, checked before the workspace is made
+
     if from_ and not re.fullmatch(MODEL_URI, from_):
         raise fail(f"--from {from_!r} is not a registered model: give models:/NAME@ALIAS (models:/churn@champion) or models:/NAME/VERSION")
     settings = {"train": {"transfer_from": from_, **({"transfer_registry": from_registry} if from_registry else {})}} if from_ else None
