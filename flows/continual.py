@@ -33,8 +33,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     ws = Workspace.at(workspace)
     config = lepton_config.load(ws.root, overrides)
     config.train = workspace_networks(ws.root, config.train)
-    if config.train.transfer_from and not ws.read_manifest().accepted():
-        load_source(ws, config.train, config.registry)  # a first run: a source that is not there fails before anything is ingested
+    # A first run loads the source before anything is ingested: one that is not there fails first.
+    source = load_source(ws, config.train, config.registry) if config.train.transfer_from and not ws.read_manifest().accepted() else None
 
     landing = ingest(Path(path), ws)
     known = landing.duplicate_of
@@ -118,10 +118,11 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         changed = change_at is not None and change_at == landing.id
         if changed:
             log.warning("concept change: the champion does much worse on this increment than on earlier ones; a new network learns it, and forgetting is judged from here on")
-        source = load_source(ws, config.train, config.registry) if champion is None and config.train.transfer_from else None
+        if champion is None and config.train.transfer_from and source is None:
+            source = load_source(ws, config.train, config.registry)  # no champion after earlier increments (kept out, or failed)
         candidate, training = train(
             champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
-            plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source,
+            plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source if champion is None else None,
         )
         if training.transfer is not None:
             log.info("first network, train.transfer_from=%s", transfer_summary(training.transfer))
