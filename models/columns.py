@@ -41,9 +41,13 @@ _DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
 
 
+_BYTES = (bytes, bytearray, memoryview)
+UNDECODABLE = "not a decodable image"  # what ``image_problem`` says of bytes that are no image
+
+
 def is_image_bytes(value: Any) -> bool:
     """Bytes that start as an encoded image does."""
-    return isinstance(value, (bytes, bytearray, memoryview)) and bytes(value[:8]).startswith(_IMAGE_MAGIC)
+    return isinstance(value, _BYTES) and bytes(value[:8]).startswith(_IMAGE_MAGIC)
 
 
 def looks_like_images(values: pd.Series) -> bool:
@@ -57,7 +61,7 @@ _GREY = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 def is_missing(value: Any) -> bool:
     """None, NaN or pandas' NA: a missing value, not bytes to decode."""
-    return value is None or (not isinstance(value, (bytes, bytearray, memoryview)) and bool(pd.isna(value)))
+    return value is None or (not isinstance(value, _BYTES) and bool(pd.isna(value)))
 
 
 def _pixels(image: Any, channels: int | None) -> np.ndarray:
@@ -116,7 +120,7 @@ def image_problem(value: Any, shape: list[int]) -> str | None:
 def _read(value: Any, shape: list[int]) -> tuple[np.ndarray | None, str | None]:
     pixels = decode_image(value, channels=shape[2])
     if pixels is None:
-        return None, "not a decodable image"
+        return None, UNDECODABLE
     if list(pixels.shape[:2]) != list(shape[:2]):
         return None, f"{pixels.shape[0]}x{pixels.shape[1]}, not {shape[0]}x{shape[1]}"
     return pixels, None
@@ -166,7 +170,7 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
             return "image", f"encoded images, {shape[0]}x{shape[1]} with {shape[2]} channel(s)"
     if not is_text_series(series):
         return "categorical", f"values of type {series.dtype}"
-    if isinstance(present.iloc[0], (bytes, bytearray, memoryview)):
+    if isinstance(present.iloc[0], _BYTES):
         return "ignore", "bytes that are not images"
     strings = present.astype(str)
     numbers = pd.to_numeric(strings.str.strip(), errors="coerce")

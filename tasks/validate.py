@@ -356,8 +356,8 @@ def _image_problems(values: pd.Series, shape: list[int], first: bool) -> list[st
     found = [(i, p) for i, p in ((i, kinds_of.image_problem(v, shape)) for i, v in zip(values.index, values.tolist(), strict=True)) if p is not None]
     if not found:
         return []
-    undecodable = [i for i, p in found if p == "not a decodable image"]
-    resized = [(i, p) for i, p in found if p != "not a decodable image"]
+    undecodable = [i for i, p in found if p == kinds_of.UNDECODABLE]
+    resized = [(i, p) for i, p in found if p != kinds_of.UNDECODABLE]
     out = []
     if undecodable:
         out.append(f"column {values.name!r}: {len(undecodable)} of {values.notna().sum()} value(s) are not decodable images (e.g. row(s) {', '.join(map(str, undecodable[:3]))})")
