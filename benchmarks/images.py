@@ -24,7 +24,7 @@ from benchmarks.scenarios import LABEL, Scenario, class_incremental
 from lepton.config import StrategyConfig, TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4, 5)  # six: one seed's final accuracy varies by about a point
 NETWORKS = ("mlp", "cnn")
 MEMORY = (0.05, 0.10)
 CNN_AT_10 = 0.965  # the target for the CNN at 10% memory (the MLP on columns: 95.3%)
@@ -90,7 +90,7 @@ def loop_cost(*, epochs: int = 30, seed: int = 0) -> dict[str, float]:
     x = torch.from_numpy(model.preprocessor.transform(model.preprocessor.raw_matrix(frame)))
     y = torch.from_numpy(model.preprocessor.encode(frame[LABEL]))
     torch.manual_seed(seed)
-    network = nn.Sequential(SmallCNN(x.shape[1], **model.network.arch["factory_args"]), nn.Linear(256, 10))
+    network = nn.Sequential(SmallCNN(x.shape[1], **model.network.arch["factory_args"]), nn.Linear(model.network.features.width, 10))
     optimiser = torch.optim.Adam(network.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -128,7 +128,7 @@ def markdown(records: list[dict[str, Any]], cost: dict[str, float] | None = None
         f"Class-incremental digits (classes two by two, the split of `lepton bench continual`), each 8x8 digit as PNG bytes in one image "
         f"column. Default strategy `{DEFAULT}`, {records[0]['epochs']} epochs per increment, seeds {seeds}; final accuracy on all 450 "
         "test images after the fifth increment, mean ± std over seeds. The MLP reads the decoded pixels as 64 inputs; the CNN "
-        "(`train.network: cnn`, two 3x3 convolutions of 32 and 64 channels, each with batch normalisation and max pooling, a hidden layer of 256) reads them as an image.",
+        "(`train.network: cnn`, two 3x3 convolutions of 32 and 64 channels, each with batch normalisation and max pooling, a hidden layer of 128) reads them as an image.",
         "",
         "| network | memory | final accuracy | forgetting | train seconds (5 increments) |",
         "| --- | --- | --- | --- | --- |",

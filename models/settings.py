@@ -44,7 +44,7 @@ class TrainConfig(Section):
     network: str = Field(
         "mlp",
         pattern=r"^(mlp|cnn|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
-        description="Feature layers of a new network: mlp (train.hidden wide); cnn (convolutions over the image column, the other inputs beside them; train.network_args may set channels, e.g. [32, 64], and hidden, e.g. 256); or 'module:function', your factory importable from the workspace, called with n_features and train.network_args, returning an nn.Module from (batch, n_features) to (batch, width); Lepton adds the head. A warm start keeps the champion's.",
+        description="Feature layers of a new network: mlp (train.hidden wide); cnn (convolutions over the image column, the other inputs beside them; train.network_args may set channels, default [32, 64], and hidden, default 128); or 'module:function', your factory importable from the workspace, called with n_features and train.network_args, returning an nn.Module from (batch, n_features) to (batch, width); Lepton adds the head. A warm start keeps the champion's.",
     )
     network_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the train.network factory (JSON values); stored with the model version.")
     network_weights: str | None = Field(

@@ -14,7 +14,7 @@ from torch import nn
 from lepton.models import strategies
 from lepton.models.bundle import Bundle
 from lepton.models.loop import fit, intra_op_threads, keep_fixed, quiet_epochs, select_device, threads
-from lepton.models.network import MLP, NetworkError, SmallCNN, build
+from lepton.models.network import CNN_DEFAULTS, MLP, NetworkError, SmallCNN, build
 from lepton.models.preprocessing import Encoding, Preprocessor
 from lepton.models.settings import StrategyConfig, TrainConfig
 from lepton.models.splits import holdout_mask
@@ -90,7 +90,7 @@ def fine_tune(
         elif champion is None:
             factory, args = (None, None) if train.network == "mlp" else (train.network, train.network_args)
             if train.network == "cnn":
-                args = {**image_layout(preprocessor), **train.network_args}
+                args = {**CNN_DEFAULTS, **image_layout(preprocessor), **train.network_args}
             arch = {"hidden": train.widths(regression=regression), "factory": factory, "factory_args": args}
         else:
             arch = champion.network.arch

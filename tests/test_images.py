@@ -73,7 +73,9 @@ def test_the_cnn_learns_digits_from_their_images_and_rebuilds_from_its_arch(tmp_
     frame = digit_images()
     train, test = frame.iloc[:1200], frame.iloc[1200:1500]
     model, report = fine_tune(None, train, label="digit", train=TrainConfig(epochs=8, network="cnn"), strategy=StrategyConfig(name="replay"))
-    assert model.network.name == "cnn" and model.network.arch["factory_args"] == {"image_start": 0, "image_shape": [8, 8, 1]}
+    # The defaults are written into the version, so a later change of them cannot rebuild it differently.
+    assert model.network.name == "cnn" and model.network.arch["factory_args"] == {"channels": [32, 64], "hidden": 128, "image_start": 0, "image_shape": [8, 8, 1]}
+    assert model.network.features.width == 128
     assert score(model, test, "digit").accuracy > 0.85
     model.save(tmp_path / "bundle")
     again = Bundle.load(tmp_path / "bundle")
@@ -81,6 +83,14 @@ def test_the_cnn_learns_digits_from_their_images_and_rebuilds_from_its_arch(tmp_
     # A warm start keeps the CNN and learns on.
     tuned, report = fine_tune(model, frame.iloc[1500:], label="digit", train=TrainConfig(epochs=2, network="cnn"), strategy=StrategyConfig(name="replay"))
     assert report.warm_start and tuned.network.name == "cnn"
+
+
+def test_a_cnn_version_stored_without_its_widths_rebuilds_as_it_was_built():
+    from lepton.models.network import build
+
+    # Versions from before the defaults were written down hold only the image layout; they were built 256 wide.
+    network = build({"n_features": 64, "n_classes": 10, "hidden": [], "factory": "cnn", "factory_args": {"image_start": 0, "image_shape": [8, 8, 1]}})
+    assert network.features.width == 256 and network.head.in_features == 256
 
 
 def test_the_cnn_needs_an_image_column():
