@@ -100,6 +100,10 @@ def test_init_from_another_workspaces_champion_through_the_flow(tmp_path, prefec
     tags = client.get_model_version("b", "1").tags
     assert tags["lepton.transferred_from"] == "models:/a/1 (full)" and tags["lepton.transfer"] == "models:/a/1: full (train.transfer=full)"
     assert json.loads(tags["lepton.config"])["train"]["transfer_from"] == "models:/a@champion"
+    listed = run_cli(["versions", "--workspace", str(tmp_path / "b"), "--json"], api_url=prefect_api)
+    assert listed.returncode == 0 and json.loads(listed.stdout)[0]["transferred_from"] == "models:/a/1 (full)"
+    shown = run_cli(["versions", "--workspace", str(tmp_path / "b")], api_url=prefect_api)
+    assert "from models:/a/1 (full)" in " ".join(shown.stdout.split())
 
     c = make_workspace(tmp_path / "c2", LABEL, "c", {"train": {"transfer_from": "models:/a/1", "transfer_registry": f"sqlite:///{a.mlflow_db}"}})
     with in_process_flows():

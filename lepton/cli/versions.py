@@ -226,6 +226,7 @@ def _version_record(version: Any, current: int | None, moves: list[Any]) -> dict
         "increment_id": tags.get(TAG + "increment_id"),
         "increment_file": tags.get(TAG + "increment_file"),
         "parent_version": lineage.parent_version,
+        "transferred_from": lineage.transferred_from or None,  # a first model started from another's feature layers
         "gate_passed": lineage.gate_passed if TAG + "gate_passed" in tags else None,
         "gate_reasons": list(lineage.gate_reasons),
         "champion": "current" if number == current else "former" if was_champion(moves, current, number) else "never",
@@ -261,6 +262,13 @@ def _versions(ws: Workspace) -> tuple[str, list[dict[str, Any]], Any]:
     return name, sorted((_version_record(v, current, moves) for v in found), key=lambda r: r["version"]), client
 
 
+def _parent(record: dict[str, Any]) -> str:
+    """The version it was trained from, or the other model's a first version started from (lepton init --from)."""
+    if record["parent_version"] is not None:
+        return f"v{record['parent_version']}"
+    return f"from {record['transferred_from']}" if record.get("transferred_from") else "-"
+
+
 def _score(metrics: dict[str, float], which: str) -> str:
     """``candidate_new``, say, as accuracy in percent or as MAE, whichever the version was judged by."""
     if f"{which}_mae" in metrics:
@@ -293,7 +301,7 @@ def versions(
     for r in records:
         table.add_row(
             f"v{r['version']}" + (" (archived)" if r["archived"] else ""), r["increment_id"] or "-",
-            "-" if r["parent_version"] is None else f"v{r['parent_version']}", gate[r["gate_passed"]],
+            _parent(r), gate[r["gate_passed"]],
             _score(r["metrics"], "candidate_new"), _score(r["metrics"], "candidate_old"), champion[r["champion"]], r["registered_at"][:19].replace("T", " "),
         )
     console.print(table)
