@@ -220,7 +220,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Medians of {result['repeats']} for the floor, --help, the read-only commands and the duplicate with the server up; one run each otherwise. "
         f"status and history run right after a run (which keeps their answers for the registry it leaves), once reading the registry "
         f"(their cache cleared, as after a change made outside Lepton), then repeated, answered from the cache while the registry is unchanged. "
-        f"A duplicate is content whose run finished: told from the workspace's records, without a flow.",
+        f"A duplicate is content whose run finished: told from the workspace's records, without a flow. "
+        f"server start: Prefect's server and the warm worker, which imports the pipeline once; with it up, a run is a fork of the worker.",
         "",
         "| command | seconds | x floor |",
         "| --- | --- | --- |",

@@ -144,6 +144,18 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     return value
 
 
+def is_kept(ws: Workspace, config: RegistryConfig, what: str) -> bool:
+    """Whether ``read_through`` would answer ``what`` from ``.lepton/cache/`` without asking the registry."""
+    stamp = _registry_stamp(ws, config)
+    if stamp is None:
+        return False
+    try:
+        kept = json.loads((ws.state / "cache" / f"{what}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(kept, dict) and kept.get("key") == {"stamp": stamp, "model": config.model_name}
+
+
 def _moves(ws: Workspace, config: RegistryConfig) -> list[dict[str, Any]]:
     client, _ = connect(ws, config)
     return [move.model_dump(mode="json") for move in champion_history(client, config.model_name)]

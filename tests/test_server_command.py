@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from lepton import worker
 from lepton.server import running, use_if_running
 from tests.conftest import make_workspace, run_cli
 
@@ -50,6 +51,7 @@ def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_p
         info = json.loads(started.stdout)
         pid = info["pid"]
         assert info["running"] and info["started_now"] and info["url"].startswith("http://127.0.0.1:")
+        worker_pid = info["worker"]["pid"]
         with urllib.request.urlopen(f"{info['api_url']}/health", timeout=10) as response:  # noqa: S310
             assert response.status == 200
         assert (ws.state / "server.json").exists() and running(ws).pid == pid
@@ -75,7 +77,8 @@ def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_p
         assert up.returncode == 0 and info["url"] in up.stdout
 
         stopped = run_cli(["server", "stop", "-w", str(ws.root), "--json"], api_url=None)
-        assert json.loads(stopped.stdout) == {"stopped": True, "pid": pid}
+        assert json.loads(stopped.stdout) == {"stopped": True, "pid": pid, "worker_stopped": True}
+        assert _gone(worker_pid)
         assert _gone(pid)
         pid = None
         assert not (ws.state / "server.json").exists() and running(ws) is None
@@ -87,6 +90,7 @@ def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_p
         assert "Error logging to API" not in again.stderr and "connection attempts failed" not in again.stderr, again.stderr[-2000:]
     finally:
         if pid is not None:
+            worker.stop(ws)
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -96,7 +100,7 @@ def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_p
 @pytest.mark.integration
 def test_a_server_that_died_is_not_used_and_status_says_so(clean_dir):
     ws = make_workspace(clean_dir / "ws", "digit", "server-gone")
-    started = run_cli(["server", "start", "-w", str(ws.root), "--json"], api_url=None, timeout=180)
+    started = run_cli(["server", "start", "-w", str(ws.root), "--json", "--no-worker"], api_url=None, timeout=180)
     pid = json.loads(started.stdout)["pid"]
     try:
         os.killpg(pid, signal.SIGKILL)

@@ -60,16 +60,22 @@ app.command(cls=Command)(serving.report)
 
 
 def main() -> None:
-    """The ``lepton`` console script: the app, then an exit that skips tearing the interpreter down.
+    """The ``lepton`` console script: the app, then an exit that skips tearing the interpreter down."""
+    import os
+
+    os._exit(finished_command())
+
+
+def finished_command() -> int:
+    """Run the command ``sys.argv`` names to its end; its exit status (what the warm worker's runs report too).
 
     A run leaves torch, MLflow, Prefect and GX loaded, and Python's teardown of them (modules,
     garbage, native thread pools) took 2.4 s after a run's last line. Threads' exit hooks and the
     exit handlers still run, in Python's order (Prefect drains its log and event workers while its
-    API is up, logging flushes its files), and the streams are flushed; then the process ends with
-    the command's exit status.
+    API is up, logging flushes its files), and the streams are flushed; then ``main`` ends the
+    process with the command's exit status.
     """
     import atexit
-    import os
     import threading
 
     try:
@@ -90,7 +96,7 @@ def main() -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`| head`): nothing left to say
             pass
-    os._exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

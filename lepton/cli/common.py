@@ -147,6 +147,16 @@ def open_workspace(
     return ws
 
 
+def in_warm_worker(ws: Workspace) -> None:
+    """Hand this command to the workspace's warm worker (`lepton server start`) when it is up, and exit with its
+    status: the pipeline is imported there already. Otherwise (or when it says why not) return, to run here."""
+    from lepton.worker import hand_off
+
+    code = hand_off(ws, note=lambda line: err.print(f"[yellow]note:[/yellow] {line}", soft_wrap=True))
+    if code is not None:
+        raise typer.Exit(code)
+
+
 def shown(ws: Workspace, path: str | Path | None) -> str:
     """A path the workspace records (relative to it) as the user can use it from where they stand: relative to the
     current directory when inside it, else absolute. JSON output keeps the workspace's form."""

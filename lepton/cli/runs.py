@@ -26,6 +26,7 @@ from lepton.cli.common import (
     err,
     fail,
     flag,
+    in_warm_worker,
     no_tracebacks,
     open_workspace,
     percent,
@@ -170,6 +171,7 @@ def retry(
 
 def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> None:
     """Run the flow on ``path`` with the progress display, print its outcome and exit with its code."""
+    in_warm_worker(ws)
     try:
         outcome, seconds = _watched_run(ws, path, overrides, mode, dry_run=dry_run)
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
@@ -366,6 +368,7 @@ def run_pending(
     ws = open_workspace(workspace)
     overrides = typed_overrides(ws, set_)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
+    in_warm_worker(ws)
     started = time.perf_counter()
     with _watching(ws, mode) as watched:
         from lepton.flows.deployments import run_pending as pending_flow
@@ -390,6 +393,7 @@ def backfill(
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     from lepton.landing import trusting
 
+    in_warm_worker(ws)
     started = time.perf_counter()
     with _watching(ws, mode) as watched, trusting(folder):
         from lepton.flows.deployments import backfill as backfill_flow

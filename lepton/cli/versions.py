@@ -18,6 +18,7 @@ from lepton.cli.common import (
     console,
     fail,
     flag,
+    in_warm_worker,
     no_tracebacks,
     open_workspace,
     percent,
@@ -54,6 +55,7 @@ def status(
 ) -> None:
     """The registered model, the champion with its lineage and metrics, and the increments seen."""
     ws = open_workspace(workspace, check="config", quiet=True)
+    _unless_kept(ws, "describe")
     try:
         info = redacted(gather_status(ws))
     except Exception as error:  # a tracking server that is down, a locked database, a full disk
@@ -168,6 +170,16 @@ def promote(
     console.print(f"champion moved from {was} to version {result.to_version} by hand ({result.reason})", soft_wrap=True)
 
 
+def _unless_kept(ws: Workspace, what: str) -> None:
+    """An answer to read from the registry, not from the workspace's cache, is read in the warm worker when it is up:
+    MLflow is imported there already."""
+    from lepton.config import load
+    from lepton.tasks.tracking import is_kept
+
+    if not is_kept(ws, load(ws.root).registry, what):
+        in_warm_worker(ws)
+
+
 def history(
     workspace: WorkspaceOption = Path("."),
     as_json: JsonOption = False,
@@ -178,6 +190,7 @@ def history(
     from lepton.tasks.tracking import history as champion_moves
 
     config = load(ws.root)
+    _unless_kept(ws, "history")
     try:
         moves = champion_moves(ws, config.registry)
     except Exception as error:  # a tracking server that is down, say
@@ -283,6 +296,7 @@ def versions(
 ) -> None:
     """Every model version: its gate verdict, key metrics, increment, parent, and whether it is or was champion."""
     ws = open_workspace(workspace, check="config")
+    in_warm_worker(ws)  # it reads the registry each time: MLflow is imported there already
     try:
         name, records, _ = _versions(ws)
     except Exception as error:  # a tracking server that is down, a locked database
@@ -393,6 +407,7 @@ def compare(
 ) -> None:
     """Two model versions side by side: metrics per holdout, configuration differences, and lineage."""
     ws = open_workspace(workspace, check="config")
+    in_warm_worker(ws)
     try:
         name, records, client = _versions(ws)
         by_number = {r["version"]: r for r in records}
