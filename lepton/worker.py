@@ -34,8 +34,14 @@ from typing import Any
 from lepton.workspace import Workspace
 
 # Variables the libraries read once, at import: a caller whose values differ runs in its own process.
-IMPORT_TIME_PREFIXES = ("PREFECT_", "MLFLOW_", "GX_", "GE_", "DVC_", "LEPTON_", "OMP_", "MKL_", "TORCH", "PYTORCH_", "CUDA_")
-IMPORT_TIME_NAMES = ("HOME", "PYTHONPATH", "DO_NOT_TRACK", "TQDM_DISABLE")
+IMPORT_TIME_PREFIXES = (
+    "PREFECT_", "MLFLOW_", "GX_", "GE_", "DVC_", "LEPTON_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "TORCH", "PYTORCH_", "CUDA_", "PYTHON",
+)
+IMPORT_TIME_NAMES = ("HOME", "DO_NOT_TRACK", "TQDM_DISABLE")
+# How long the worker gives a caller to send its request, and a caller the worker to take it.
+REQUEST_SECONDS = 5.0
+# Signals a caller passes on to its run (Ctrl-C, a kill, a hangup, Ctrl-\).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 STARTUP_SECONDS = 120.0
 # Set in a child the worker forked: its command must run there, not be handed off again (the variable
 # too, for anything the child starts).
@@ -52,10 +58,24 @@ def log_path(ws: Workspace) -> Path:
 
 
 def socket_path(ws: Workspace) -> Path:
-    """Where the worker listens: a private folder of this user's under the temporary directory (a Unix
-    socket's path is limited to about 100 characters, which a workspace's own folder may exceed)."""
+    """Where the worker listens: a private folder of this user's, in ``$XDG_RUNTIME_DIR`` or the temporary directory
+    (a Unix socket's path is limited to about 100 characters, which a workspace's own folder may exceed)."""
     digest = hashlib.sha256(str(ws.root.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"lepton-{os.getuid()}" / f"worker-{digest}.sock"
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"lepton-{os.getuid()}" / f"worker-{digest}.sock"
+
+
+def _private_folder(folder: Path) -> None:
+    """Make ``folder`` this user's alone, refusing one that is a link or someone else's (the socket's callers send it secrets)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = os.lstat(folder)
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"{folder} is not a folder of this user's (a link, or another user's): the warm worker's socket cannot be private there")
+    os.chmod(folder, 0o700)
 
 
 def code_fingerprint() -> str:
@@ -93,11 +113,15 @@ def recorded(ws: Workspace) -> dict[str, Any] | None:
 
 
 def _alive(pid: int) -> bool:
+    """The process exists and has not exited (an exited one its parent has not reaped yet is not alive)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def running(ws: Workspace) -> dict[str, Any] | None:
@@ -108,7 +132,10 @@ def running(ws: Workspace) -> dict[str, Any] | None:
     return state
 
 
-# ---- the protocol: a length-prefixed JSON request with three file descriptors, JSON lines back ----
+# ---- the protocol: a length-prefixed JSON request with three file descriptors; JSON lines back ----
+# The caller sends {argv, cwd, env, fingerprint, umask} with its stdin, stdout and stderr. The worker answers
+# {"refused": why} (the caller runs the command itself) or {"pid": the run's}, then, when the run's process
+# has ended, {"exit": its wait status}: the status itself, or minus the signal that ended it.
 
 
 def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -116,17 +143,44 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
 
 
 def _receive_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The request and the descriptors it came with; the descriptors are closed here when the request is unusable."""
     header, fds, _, _ = socket.recv_fds(conn, 4, 3)
-    if len(header) != 4:
-        raise ConnectionError("no request")
-    (size,) = struct.unpack("!I", header)
-    body = b""
-    while len(body) < size:
-        chunk = conn.recv(size - len(body))
-        if not chunk:
-            raise ConnectionError("request cut short")
-        body += chunk
-    return json.loads(body), list(fds)
+    fds = list(fds)
+    try:
+        if len(header) != 4:
+            raise ConnectionError("no request")
+        (size,) = struct.unpack("!I", header)
+        body = b""
+        while len(body) < size:
+            chunk = conn.recv(size - len(body))
+            if not chunk:
+                raise ConnectionError("request cut short")
+            body += chunk
+        return json.loads(body), fds
+    except BaseException:
+        _close(fds)
+        raise
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    import select
+
+    if not select.select([conn], [], [], 0)[0]:
+        return False
+    try:
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
 
 
 def hand_off(ws: Workspace, note: Any = None) -> int | None:
@@ -139,50 +193,48 @@ def hand_off(ws: Workspace, note: Any = None) -> int | None:
     state = running(ws)
     if state is None:
         return None
-    request = {
-        "argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "fingerprint": code_fingerprint(),
-        "umask": _umask(),
-    }
+    request = {"argv": sys.argv, "cwd": os.getcwd(), "env": dict(os.environ), "fingerprint": code_fingerprint(), "umask": _umask()}
     body = json.dumps(request).encode()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(5.0)
+        conn.settimeout(REQUEST_SECONDS)
         conn.connect(str(state["socket"]))
+        if _peer_uid(conn) != os.getuid():  # what listens there is not ours: it gets neither the environment nor the terminal
+            conn.close()
+            return None
         socket.send_fds(conn, [struct.pack("!I", len(body))], [0, 1, 2])
         conn.sendall(body)
-        conn.settimeout(None)
         replies = conn.makefile("r", encoding="utf-8")
         first = json.loads(replies.readline() or "{}")
-    except (OSError, ValueError):
-        return None
-    if "refused" in first:
+    except (OSError, ValueError):  # not up after all, busy past the wait, or gone: the command runs here
         conn.close()
-        if note is not None:
+        return None
+    if "pid" not in first:
+        conn.close()
+        if note is not None and "refused" in first:
             note(f"the warm worker did not take this run ({first['refused']}); running it here")
         return None
-    child = int(first.get("pid", 0))
-    forwarded = {sig: signal.signal(sig, lambda signum, _frame: _forward(child, signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    child = int(first["pid"])
+    forwarded = {sig: signal.signal(sig, lambda signum, _frame: _forward(child, signum)) for sig in FORWARDED}
     try:
-        while True:
-            try:
-                line = replies.readline()
-                break
-            except InterruptedError:  # a signal we forwarded interrupted the wait
-                continue
-        done = json.loads(line) if line else {}
+        conn.settimeout(None)
+        line = replies.readline()
     finally:
         for sig, handler in forwarded.items():
             signal.signal(sig, handler)
         conn.close()
-    if "exit" not in done:
-        print(f"error: the warm worker's run (pid {child}) ended without an exit status; see {log_path(ws)}", file=sys.stderr)
+    try:
+        status = int(json.loads(line)["exit"])
+    except (ValueError, KeyError, TypeError):
+        print(f"error: the warm worker stopped before run {child} ended; see {log_path(ws)}", file=sys.stderr)
         return 1
-    return int(done["exit"])
+    return 128 - status if status < 0 else status  # a signal ends it as a shell reports it: 130 for Ctrl-C
 
 
 def _forward(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signum)
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 def _umask() -> int:
@@ -199,15 +251,12 @@ def start(ws: Workspace, api_url: str, *, wait: float = STARTUP_SECONDS) -> dict
     import subprocess
 
     current = running(ws)
-    if current is not None and current.get("fingerprint") == code_fingerprint():
+    if current is not None and current.get("fingerprint") == code_fingerprint() and current.get("api_url") == api_url:
         return current
-    if current is not None:  # it imported code that has changed since: a new one imports what is installed now
+    if current is not None:  # it imported code that has changed since, or points at another server: replaced
         stop(ws)
     path = socket_path(ws)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.parent.stat().st_uid != os.getuid():  # someone else made the folder our socket would sit in
-        raise RuntimeError(f"{path.parent} belongs to another user: the warm worker's socket cannot be private there")
-    os.chmod(path.parent, 0o700)
+    _private_folder(path.parent)
     path.unlink(missing_ok=True)
     log = log_path(ws)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +266,7 @@ def start(ws: Workspace, api_url: str, *, wait: float = STARTUP_SECONDS) -> dict
             [sys.executable, "-m", "lepton.worker", str(ws.root), str(path)],
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True, cwd=ws.root,
         )
-    state = {"pid": process.pid, "socket": str(path), "started": time.time(), "log": str(log), "fingerprint": code_fingerprint()}
+    state = {"pid": process.pid, "socket": str(path), "started": time.time(), "log": str(log), "fingerprint": code_fingerprint(), "api_url": api_url}
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -226,27 +275,30 @@ def start(ws: Workspace, api_url: str, *, wait: float = STARTUP_SECONDS) -> dict
             ws.write_atomically(state_path(ws), json.dumps(state) + "\n")
             return state
         time.sleep(0.1)
-    stop_process(process.pid)
+    stop_process(process.pid, grace=5.0)
     raise RuntimeError(f"the warm worker did not listen within {wait:.0f} s; see {log}")
 
 
-def stop(ws: Workspace) -> dict[str, Any] | None:
-    """Stop the recorded worker (and any run it is serving) by its PID; None when none was running."""
+# How long stopping waits for the runs in flight: the worker takes no new one, and lets these finish.
+STOP_SECONDS = 3600.0
+
+
+def stop(ws: Workspace, *, grace: float = STOP_SECONDS) -> dict[str, Any] | None:
+    """Stop the recorded worker by its PID once its runs in flight have finished; None when none was running."""
     state = recorded(ws)
     state_path(ws).unlink(missing_ok=True)
-    if state is None:
+    if state is None or not _alive(int(state["pid"])):
         return None
     Path(state["socket"]).unlink(missing_ok=True)
-    if not _alive(int(state["pid"])):
-        return None
-    stop_process(int(state["pid"]))
+    stop_process(int(state["pid"]), grace=grace)
     return state
 
 
-def stop_process(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM to the worker's process group (its runs too), SIGKILL after ``grace`` seconds."""
+def stop_process(pid: int, *, grace: float) -> None:
+    """SIGTERM to the worker (it stops taking runs and exits when those in flight end), SIGKILL to its runs and it after ``grace`` seconds."""
+    runs = _children(pid)
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
@@ -258,16 +310,34 @@ def stop_process(pid: int, grace: float = 10.0) -> None:
             if not _alive(pid):
                 return
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    for group in (*runs, pid):  # each run is a process group of its own
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def in_flight(ws: Workspace) -> int:
+    """How many runs the workspace's worker serves now (its children's processes)."""
+    state = running(ws)
+    return len(_children(int(state["pid"]))) if state else 0
 
 
 def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {message}", flush=True)
 
 
+# The CLI makes its consoles at import, for the terminal it finds: each run imports it on its caller's.
+NOT_WARMED = ("lepton.cli", "lepton.worker")
+
+
 def warm() -> None:
-    """Import what a run imports, without running anything (no thread may exist when the worker forks)."""
+    """Import what a run imports, without running anything: the CLI excepted (see NOT_WARMED)."""
     import importlib
     import pkgutil
 
@@ -280,112 +350,169 @@ def warm() -> None:
                  "rich.console", "rich.progress", "rich.table"):
         with contextlib.suppress(ImportError):  # an optional one missing costs its run the import, nothing else
             importlib.import_module(name)
-    for layer in ("lepton", "lepton.models", "lepton.tasks", "lepton.flows"):  # the layers live in folders of their own
-        package = importlib.import_module(layer)
-        for module in pkgutil.walk_packages(package.__path__, f"{layer}."):
-            # The CLI makes its consoles at import, for the terminal it finds: each run imports it on its caller's.
-            if not module.name.startswith(("lepton.cli", "lepton.worker")) and not module.name.endswith("__main__"):
-                importlib.import_module(module.name)
 
-
-def serve(root: str, path: str) -> None:
-    """Import the pipeline, then fork a child per command handed over on the socket at ``path``."""
-    ours = import_time_settings(os.environ)
-    fingerprint = code_fingerprint()
-    started = time.perf_counter()
-    warm()
-    _log(f"pipeline imported in {time.perf_counter() - started:.1f} s; listening on {path} (pid {os.getpid()})")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staging = f"{path}.{os.getpid()}"
-    listener.bind(staging)
-    os.chmod(staging, 0o600)
-    os.rename(staging, path)  # the socket appears once it accepts: `start` waits for the path
-    listener.listen(16)
-    listener.settimeout(1.0)
-    try:
-        while True:
-            _reap()
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+    def walk(package: str) -> None:
+        # iter_modules, not walk_packages: walking imports every package on the way, the CLI's too.
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__, f"{package}."):
+            if module.name.startswith(NOT_WARMED) or module.name.endswith("__main__"):
                 continue
-            conn.settimeout(None)
-            try:
-                _serve_one(conn, listener, ours, fingerprint)
-            except Exception as error:  # noqa: BLE001 - one bad request must not stop the worker
-                _log(f"request dropped: {type(error).__name__}: {error}")
-                conn.close()
-    finally:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == os.fstat(listener.fileno()).st_ino:
-                os.unlink(path)
+            importlib.import_module(module.name)
+            if module.ispkg:
+                walk(module.name)
+
+    for layer in ("lepton", "lepton.models", "lepton.tasks", "lepton.flows"):  # the layers live in folders of their own
+        walk(layer)
 
 
-def _reap() -> None:
-    while True:
+class _Worker:
+    """The serving loop: a listener, and per run in flight the caller's connection, to report its exit status on."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.ours = import_time_settings(os.environ)
+        self.fingerprint = code_fingerprint()
+        self.runs: dict[int, socket.socket] = {}
+        self.stopping = False
+
+    def serve(self) -> None:
+        import select
+
+        started = time.perf_counter()
+        warm()
+        _log(f"pipeline imported in {time.perf_counter() - started:.1f} s; listening on {self.path} (pid {os.getpid()})")
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)  # a child's exit or a stop wakes the loop at once
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._stop)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = f"{self.path}.{os.getpid()}"
+        listener.bind(staging)
+        os.chmod(staging, 0o600)
+        os.rename(staging, self.path)  # the socket appears once it accepts: `start` waits for the path
+        listener.listen(16)
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _log(f"run {pid} exited {os.waitstatus_to_exitcode(status)}")
+            while not (self.stopping and not self.runs):
+                if self.stopping and listener.fileno() >= 0:
+                    self._unlink(listener)
+                    listener.close()
+                    _log(f"stopping: {len(self.runs)} run(s) in flight finish first")
+                ready, _, _ = select.select([wake_r] + ([listener] if listener.fileno() >= 0 else []), [], [], 5.0)
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                self._reap()
+                if listener.fileno() >= 0 and listener in ready:
+                    conn, _ = listener.accept()
+                    try:
+                        self._serve_one(conn, listener)
+                    except Exception as error:  # noqa: BLE001 - one bad request must not stop the worker
+                        _log(f"request dropped: {type(error).__name__}: {error}")
+                        conn.close()
+        finally:
+            if listener.fileno() >= 0:
+                self._unlink(listener)
+            _log("stopped")
 
+    def _stop(self, *_: object) -> None:
+        self.stopping = True
 
-def _serve_one(conn: socket.socket, listener: socket.socket, ours: dict[str, str], fingerprint: str) -> None:
-    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
-    request, fds = _receive_request(conn)
-    refused = None
-    if request.get("env", {}).get(CHILD_VARIABLE):
-        refused = "a command of one of its own runs"
-    elif uid != os.getuid():
-        refused = "another user's command"
-    elif len(fds) != 3:
-        refused = "no terminal passed"
-    elif request.get("fingerprint") != fingerprint:
-        refused = "Lepton's code changed since it started: `lepton server stop` and `start` bring it up to date"
-    else:
-        key = differing_setting(ours, import_time_settings(request.get("env", {})))
+    def _unlink(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == os.fstat(listener.fileno()).st_ino:
+                os.unlink(self.path)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            _log(f"run {pid} exited {code}")
+            conn = self.runs.pop(pid, None)
+            if conn is not None:
+                with contextlib.suppress(OSError):  # a caller that has gone
+                    _send(conn, {"exit": code})
+                conn.close()
+
+    def _serve_one(self, conn: socket.socket, listener: socket.socket) -> None:
+        conn.settimeout(REQUEST_SECONDS)  # a caller that connects and says nothing holds no one up for long
+        request, fds = _receive_request(conn)
+        try:
+            refused = self._refusal(request, conn, fds)
+            if refused is not None:
+                _log(f"refused {' '.join(request.get('argv', [])[1:3])}: {refused}")
+                with contextlib.suppress(OSError):
+                    _send(conn, {"refused": refused})
+                conn.close()
+                return
+            conn.settimeout(None)
+            if _hung_up(conn):  # the caller gave up waiting and runs the command itself
+                conn.close()
+                return
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                for other in self.runs.values():
+                    other.close()
+                _child(conn, fds, request)  # never returns
+            self.runs[pid] = conn
+            _log(f"run {pid}: {' '.join(request['argv'][1:])} (in {request['cwd']})")
+            try:
+                _send(conn, {"pid": pid})
+            except OSError:  # the caller left before its run began: the run goes with it (see _child)
+                pass
+        finally:
+            _close(fds)
+
+    def _refusal(self, request: dict[str, Any], conn: socket.socket, fds: list[int]) -> str | None:
+        if request.get("env", {}).get(CHILD_VARIABLE):
+            return "a command of one of its own runs"
+        if _peer_uid(conn) != os.getuid():
+            return "another user's command"
+        if len(fds) != 3:
+            return "no terminal passed"
+        if request.get("fingerprint") != self.fingerprint:
+            return "Lepton's code changed since it started: `lepton server start` brings it up to date"
+        key = differing_setting(self.ours, import_time_settings(request.get("env", {})))
         if key is not None:
-            refused = f"{key} differs from the worker's, which Prefect, MLflow or torch read when the worker started"
-    if refused is not None:
-        _log(f"refused {' '.join(request.get('argv', [])[1:3])}: {refused}")
-        _send(conn, {"refused": refused})
-        for fd in fds:
-            os.close(fd)
-        conn.close()
-        return
-    pid = os.fork()
-    if pid == 0:
-        listener.close()
-        _child(conn, fds, request)  # never returns
-    _log(f"run {pid}: {' '.join(request['argv'][1:])} (in {request['cwd']})")
-    for fd in fds:
-        os.close(fd)
-    conn.close()
+            return f"{key} differs from the worker's, which Prefect, MLflow or torch read when the worker started"
+        return None
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
-    """Become the caller's command: its terminal, environment, directory and arguments; report its exit status."""
+    """Become the caller's command: its terminal, environment, directory and arguments; end with its exit status.
+
+    It runs in a process group of its own (stopping the worker lets it finish), and ends as if
+    interrupted when its caller goes away (a killed caller, a closed terminal): a run nobody waits
+    for must not go on to register and promote unseen.
+    """
     global IN_WORKER
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
-            os.close(fd)
+        _close(fds)
         for stream in (sys.stdout, sys.stderr):
             stream.reconfigure(line_buffering=stream.isatty())
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[CHILD_VARIABLE] = "1"
+        time.tzset()
         os.chdir(request["cwd"])
         os.umask(int(request["umask"]))
         sys.argv = list(request["argv"])
+        _fresh_randomness()
         IN_WORKER = True
-        _send(conn, {"pid": os.getpid()})
+        _watch_caller(conn)
         from lepton.cli import finished_command
 
         code = finished_command()
@@ -393,9 +520,35 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
         with contextlib.suppress(Exception):
             print(f"error: the warm worker's run failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
     finally:
-        with contextlib.suppress(Exception):
-            _send(conn, {"exit": code})
         os._exit(code)
+
+
+def _fresh_randomness() -> None:
+    """Seed the global generators from the system, as a new process would: each run its own stream, not the worker's."""
+    import random
+
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+
+
+def _watch_caller(conn: socket.socket) -> None:
+    """Interrupt this run when the caller's end of the connection closes (it sends nothing else)."""
+    import threading
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(1):
+                pass
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="lepton-caller-watch", daemon=True).start()
+
+
+def serve(root: str, path: str) -> None:
+    """Import the pipeline, then fork a child per command handed over on the socket at ``path``."""
+    del root  # the children take their caller's directory; the worker's own is the workspace (see ``start``)
+    _Worker(path).serve()
 
 
 if __name__ == "__main__":  # python -m lepton.worker WORKSPACE SOCKET (what `start` runs)

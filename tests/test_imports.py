@@ -8,6 +8,7 @@ version ships imports nothing of Lepton at all but itself, relatively.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ def imported_roots(path: Path, *, module_level_only: bool = False) -> set[str]:
     return roots
 
 
-SHELL = {"lepton.cli"}  # the commands, their progress display and `lepton bench`
+SHELL = {"lepton.cli", "lepton.worker"}  # the commands, their progress display, `lepton bench`, and the warm worker that runs them
+# The warm worker sits beside the CLI, not in it: importing lepton.cli makes its consoles, for the terminal of the
+# process that imports it, and the worker must not have them before it forks a run for a caller's terminal.
+SHELL_BESIDE_CLI = ["worker"]
 KERNEL = ["config", "workspace", "history", "lineage", "faults", "secrets", "landing", "runtime", "serving", "server", "demo", "report/__init__", "report/data",
           "report/plots", "report/page", "report/store", "report/screenshot"]
 RUNTIME = ["models/columns.py", "models/preprocessing.py", "models/network.py", "models/bundle.py", "lepton/serving.py"]
@@ -131,4 +135,13 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
 def test_every_kernel_module_is_checked() -> None:
     """A module added to lepton/ outside the CLI is held to the kernel's rule too."""
     found = {str(p.relative_to(ROOT / "lepton").with_suffix("")) for p in (ROOT / "lepton").rglob("*.py") if "cli" not in p.parts}
-    assert found - {"__init__"} == set(KERNEL)
+    assert found - {"__init__"} - set(SHELL_BESIDE_CLI) == set(KERNEL)
+
+
+def test_the_warm_worker_imports_the_cli_only_inside_its_runs() -> None:
+    """At module level it needs the standard library and the workspace only: the CLI checks for it before any import."""
+    path = ROOT / "lepton" / "worker.py"
+    assert imported_roots(path, module_level_only=True) - set(sys.stdlib_module_names) <= {"__future__", "lepton"}
+    tree = ast.parse(path.read_text())
+    module_level = {f"{n.module}" for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert module_level & {"lepton.cli"} == set() and "lepton.workspace" in module_level

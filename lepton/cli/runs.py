@@ -115,6 +115,7 @@ def run(
     overrides = list(set_ or [])
     ws = open_workspace(workspace, check="run", overrides=overrides)
     if path.is_dir():  # images and a CSV naming them: packed into one Parquet file, the increment the flow sees
+        in_warm_worker(ws)  # where it runs, it packs them once
         from lepton.landing import FolderError, pack_image_folder
 
         try:

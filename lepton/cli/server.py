@@ -14,7 +14,7 @@ from lepton.cli.common import Group, JsonOption, WorkspaceOption, console, fail,
 from lepton.server import DEFAULT_PORT, Server, ServerError, recorded, running, start, stop
 
 server_app = typer.Typer(
-    help="Prefect's server in the background for this workspace: every command uses it while it runs, instead of starting a temporary one.",
+    help="Prefect's server in the background for this workspace, and the warm worker: every command uses them while they run, instead of starting a temporary server and importing the pipeline.",
     no_args_is_help=True,
     cls=Group,
 )
@@ -44,6 +44,9 @@ def server_start(
     if warm:
         if not as_json:
             console.print("starting the warm worker (it imports the pipeline once, a few seconds) ...")
+        busy = worker.in_flight(ws)
+        if busy and not as_json:
+            console.print(f"the warm worker is out of date; it is replaced once its {busy} run(s) in flight finish ...")
         try:
             helper = worker.start(ws, server.api_url)
         except RuntimeError as error:  # the server is up and used; runs just import the pipeline themselves
@@ -65,6 +68,9 @@ def _worker_record(state: dict | None) -> dict | None:
 def server_stop(workspace: WorkspaceOption = Path("."), as_json: JsonOption = False) -> None:
     """Stop this workspace's background server; commands go back to a temporary one each."""
     ws = open_workspace(workspace)
+    busy = worker.in_flight(ws)
+    if busy and not as_json:
+        console.print(f"the warm worker takes no new run; waiting for the {busy} in flight to finish ...")
     helper = worker.stop(ws)
     server = stop(ws)
     if as_json:
