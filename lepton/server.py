@@ -58,14 +58,32 @@ def log_path(ws: Workspace) -> Path:
     return ws.state / "logs" / "prefect-server.log"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (an exited one its parent has not reaped yet is not alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process took the number
         return False
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def exited(pid: int, grace: float) -> bool:
+    """Wait up to ``grace`` seconds for ``pid`` to end (reaped when it is our child); whether it did."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child: poll its existence instead
+            if not alive(pid):
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def _listening(port: int, timeout: float = 0.2) -> bool:
@@ -97,7 +115,7 @@ def recorded(ws: Workspace) -> Server | None:
 def running(ws: Workspace) -> Server | None:
     """The workspace's background server if its process lives and its port answers (a millisecond; no HTTP)."""
     server = recorded(ws)
-    if server is None or not _alive(server.pid) or not _listening(server.port):
+    if server is None or not alive(server.pid) or not _listening(server.port):
         return None
     return server
 
@@ -158,15 +176,8 @@ def _terminate(pid: int, grace: float = 10.0) -> None:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            reaped, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child: poll its existence instead
-            reaped = pid if not _alive(pid) else 0
-        if reaped == pid:
-            return
-        time.sleep(0.1)
+    if exited(pid, grace):
+        return
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -177,7 +188,7 @@ def stop(ws: Workspace) -> Server | None:
     """Stop the recorded server (by its PID) and forget it; None when none was recorded or it had already gone."""
     server = recorded(ws)
     state_path(ws).unlink(missing_ok=True)
-    if server is None or not _alive(server.pid):
+    if server is None or not alive(server.pid):
         return None
     _terminate(server.pid)
     return server

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lepton.server import alive, exited
 from lepton.workspace import Workspace
 
 # Variables the libraries read once, at import: a caller whose values differ runs in its own process.
@@ -112,22 +113,10 @@ def recorded(ws: Workspace) -> dict[str, Any] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and has not exited (an exited one its parent has not reaped yet is not alive)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def running(ws: Workspace) -> dict[str, Any] | None:
     """The worker's record while its process lives and its socket is there."""
     state = recorded(ws)
-    if state is None or not _alive(int(state["pid"])) or not Path(state["socket"]).exists():
+    if state is None or not alive(int(state["pid"])) or not Path(state["socket"]).exists():
         return None
     return state
 
@@ -287,7 +276,7 @@ def stop(ws: Workspace, *, grace: float = STOP_SECONDS) -> dict[str, Any] | None
     """Stop the recorded worker by its PID once its runs in flight have finished; None when none was running."""
     state = recorded(ws)
     state_path(ws).unlink(missing_ok=True)
-    if state is None or not _alive(int(state["pid"])):
+    if state is None or not alive(int(state["pid"])):
         return None
     Path(state["socket"]).unlink(missing_ok=True)
     stop_process(int(state["pid"]), grace=grace)
@@ -301,15 +290,8 @@ def stop_process(pid: int, *, grace: float) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            if not _alive(pid):
-                return
-        time.sleep(0.1)
+    if exited(pid, grace):
+        return
     for group in (*runs, pid):  # each run is a process group of its own
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal.SIGKILL)

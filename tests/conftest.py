@@ -87,6 +87,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def gone(pid: int, within: float = 15.0) -> bool:
+    """Whether process ``pid`` ends within ``within`` seconds (reaped when this test process started it)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop_process(proc: subprocess.Popen, sig: int | None = None, timeout: float = 30) -> None:
     """Stop a server started by ``start_process``: signal its process group (led by its PID), then kill what is left."""
     import signal

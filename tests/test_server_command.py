@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 
 import pytest
 
 from lepton import worker
 from lepton.server import running, use_if_running
-from tests.conftest import make_workspace, run_cli
+from tests.conftest import gone, make_workspace, run_cli
 
 QUICK = ["--set", "train.epochs=3", "--set", "train.hidden=[32]", "--set", "gate.bootstrap_samples=200"]
 
@@ -21,17 +20,6 @@ def _flow_runs(api_url: str) -> list[dict]:
     request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=json.dumps({"limit": 50}).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the test's own loopback server
         return json.loads(response.read())
-
-
-def _gone(pid: int, within: float = 15.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.integration
@@ -78,8 +66,8 @@ def test_server_start_is_used_by_every_command_and_stops_by_pid(clean_dir, tmp_p
 
         stopped = run_cli(["server", "stop", "-w", str(ws.root), "--json"], api_url=None)
         assert json.loads(stopped.stdout) == {"stopped": True, "pid": pid, "worker_stopped": True}
-        assert _gone(worker_pid)
-        assert _gone(pid)
+        assert gone(worker_pid)
+        assert gone(pid)
         pid = None
         assert not (ws.state / "server.json").exists() and running(ws) is None
         assert run_cli(["server", "status", "-w", str(ws.root)], api_url=None).returncode == 3
@@ -104,7 +92,7 @@ def test_a_server_that_died_is_not_used_and_status_says_so(clean_dir):
     pid = json.loads(started.stdout)["pid"]
     try:
         os.killpg(pid, signal.SIGKILL)
-        assert _gone(pid)
+        assert gone(pid)
         environ: dict[str, str] = {}
         assert use_if_running(ws, environ) is None and "PREFECT_API_URL" not in environ
         status = run_cli(["server", "status", "-w", str(ws.root)], api_url=None)

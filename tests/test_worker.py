@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lepton import worker
-from tests.conftest import LEPTON, make_workspace, run_cli
+from tests.conftest import LEPTON, gone, make_workspace, run_cli
 
 QUICK = ["--set", "train.epochs=5", "--set", "gate.bootstrap_samples=200"]
 
@@ -32,21 +32,6 @@ def _runs(ws) -> list[tuple[int, str]]:
 
 def _served(ws) -> list[str]:
     return [command for _, command in _runs(ws)]
-
-
-def _gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # a worker this test started itself is its child: reap it
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -112,14 +97,14 @@ def test_runs_go_to_the_warm_worker_with_the_callers_output_directory_and_exit_s
         assert worker.hand_off(ws, note=notes.append) is None
         assert "Lepton's code changed since it started" in notes[0]
         replaced = worker.start(ws, info["api_url"])
-    assert replaced["pid"] != info["worker"]["pid"] and _gone(info["worker"]["pid"])
+    assert replaced["pid"] != info["worker"]["pid"] and gone(info["worker"]["pid"], within=30)
     info["worker"] = replaced
 
     status = run_cli(["server", "status", "-w", str(ws.root), "--json"], api_url=None)
     assert json.loads(status.stdout)["worker"]["pid"] == info["worker"]["pid"]
     stopped = run_cli(["server", "stop", "-w", str(ws.root), "--json"], api_url=None)
     assert json.loads(stopped.stdout)["worker_stopped"] is True
-    assert _gone(info["worker"]["pid"]) and not Path(info["worker"]["socket"]).exists() and worker.running(ws) is None
+    assert gone(info["worker"]["pid"], within=30) and not Path(info["worker"]["socket"]).exists() and worker.running(ws) is None
 
 
 @pytest.mark.integration
@@ -146,7 +131,7 @@ def test_ctrl_c_reaches_the_run_in_the_worker_and_the_worker_serves_on(served_wo
             caller.kill()
     # The interrupt reached the forked run, which ended as one interrupted (130, as a shell says it), and the worker takes the next command.
     assert caller.returncode == 130, stderr[-2000:]
-    assert _gone(child) and f"run {child} exited 130" in worker.log_path(ws).read_text()
+    assert gone(child, within=30) and f"run {child} exited 130" in worker.log_path(ws).read_text()
     assert worker.running(ws) is not None
     ready = tmp_path / "short.parquet"
     digits.iloc[:300].to_parquet(ready, index=False)
@@ -165,7 +150,7 @@ def test_ctrl_c_reaches_the_run_in_the_worker_and_the_worker_serves_on(served_wo
     time.sleep(5)
     caller.kill()
     caller.wait(timeout=30)
-    assert _gone(child, timeout=60)
+    assert gone(child, within=60)
     assert json.loads(run_cli(["versions", "-w", str(ws.root), "--json"], api_url=None).stdout) == versions_before
 
 
