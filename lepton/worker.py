@@ -527,14 +527,13 @@ def _watch_caller(conn: socket.socket) -> None:
     threading.Thread(target=watch, name="lepton-caller-watch", daemon=True).start()
 
 
-def serve(root: str, path: str) -> None:
+def serve(path: str) -> None:
     """Import the pipeline, then fork a child per command handed over on the socket at ``path``."""
-    del root  # the children take their caller's directory; the worker's own is the workspace (see ``start``)
     _Worker(path).serve()
 
 
-if __name__ == "__main__":  # python -m lepton.worker WORKSPACE SOCKET (what `start` runs)
+if __name__ == "__main__":  # python -m lepton.worker WORKSPACE SOCKET (what `start` runs; the workspace names it in `ps`)
     # Through the imported module, not this __main__ copy of it: the children's CLI must see their IN_WORKER.
     from lepton import worker
 
-    worker.serve(sys.argv[1], sys.argv[2])
+    worker.serve(sys.argv[2])
