@@ -10,6 +10,7 @@ only at import: the check runs before any command imports Prefect.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,6 +203,92 @@ def use_if_running(ws: Workspace, environ: dict[str, str] | os._Environ[str]) ->
     if server is not None:
         environ["PREFECT_API_URL"] = server.api_url
     return server
+
+
+@dataclass
+class Temporary:
+    """Prefect's temporary server for one command, as Prefect itself would run it, on a socket Lepton bound."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.port}/api"
+
+    def wait(self, timeout: float) -> None:
+        """Return once it answers ``/api/health``; ServerError (naming its log) when it exits or ``timeout`` passes first."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.process.poll() is not None:
+                raise ServerError(f"Prefect's temporary server exited with code {self.process.returncode} before answering; see {self.log}")
+            try:
+                # The socket listens already: the request waits in its queue while the server starts.
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=min(left, 10.0)) as response:  # noqa: S310 - loopback only
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise ServerError(f"Prefect's temporary server did not answer within {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_temporary: Temporary | None = None
+
+
+def temporary(ws: Workspace, environ: MutableMapping[str, str] = os.environ) -> Temporary | None:
+    """Start Prefect's temporary server for this command now, in the background, and point ``PREFECT_API_URL`` at it.
+
+    Without a configured server, Prefect starts the same one (``uvicorn``, its UI off, marked
+    ephemeral) at the flow's first call and waits for it: seconds of importing its server, and
+    more when it creates the workspace's database. Started before the pipeline's imports, its
+    start overlaps theirs. The listening socket is bound here and handed over, so the address is
+    known at once and no other program can take it meanwhile. One per process, stopped at exit
+    (and, on Linux, when this process dies). None when a server is configured or running, or
+    when Prefect is already imported (it has read its settings, and starts its own).
+    """
+    global _temporary
+    if _temporary is not None:
+        return _temporary
+    if environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
+    log = log_path(ws)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    with socket.socket() as listener, log.open("ab") as sink:
+        listener.bind((HOST, 0))
+        listener.listen(128)
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_ends_with_parent(),
+        )
+        _temporary = Temporary(process, listener.getsockname()[1], log)
+    atexit.register(_temporary.stop)
+    environ["PREFECT_API_URL"] = _temporary.api_url
+    return _temporary
+
+
+def _ends_with_parent() -> Callable[[], None] | None:
+    """On Linux, a child's preparation that has the kernel send it SIGTERM when this process dies (a killed run leaves no server)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child must not import between fork and exec
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # Set by the operator, Prefect's flow heartbeats are left as they are configured.

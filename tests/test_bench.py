@@ -121,13 +121,15 @@ def test_tables_targets_compare_with_the_peers_and_name_what_was_rejected():
 
 def test_commands_targets_hold_each_command_to_the_floor(tmp_path):
     """bench commands: run within 3x the floor, read-only commands and duplicates within half, --help under 1 s, consumers within 1.5x scikit-learn."""
-    from benchmarks.commands import consumer_targets, markdown, targets
+    from benchmarks.commands import FIRST_OF_DAY, NEW_WORKSPACE, consumer_targets, markdown, targets
 
-    seconds = {"floor": 3.0, "--help": 0.2, "run (temporary server)": 18.0, "duplicate (temporary server)": 9.0, "server start": 2.5,
+    seconds = {"floor": 3.0, "--help": 0.2, NEW_WORKSPACE: 25.0, "duplicate (temporary server)": 9.0, "server start": 2.5,
                "run (lepton server)": 8.9, "duplicate (lepton server)": 1.5, "status after a run": 0.2, "history after a run": 1.7,
-               "status, reading the registry": 1.6, "history, reading the registry": 1.4, "status": 1.4, "history": 1.6, "report": 0.2}
+               "status, reading the registry": 1.6, "history, reading the registry": 1.4, "status": 1.4, "history": 1.6, "report": 0.2,
+               FIRST_OF_DAY: 18.0}
     got = {text: ok for text, ok, _ in targets(seconds)}
-    assert got == {"run (temporary server) <= 3x the floor": False, "run (lepton server) <= 3x the floor": True,
+    # The first run in a new workspace creates the databases, once: in the table, not held to the floor.
+    assert got == {f"{FIRST_OF_DAY} <= 3x the floor": False, "run (lepton server) <= 3x the floor": True,
                    "status after a run <= 0.5x the floor": True, "history after a run <= 0.5x the floor": False,
                    "status, reading the registry <= 0.5x the floor": False, "history, reading the registry <= 0.5x the floor": True, "status <= 0.5x the floor": True,
                    "history <= 0.5x the floor": False, "report <= 0.5x the floor": True, "duplicate (lepton server) <= 0.5x the floor": True,
@@ -137,7 +139,7 @@ def test_commands_targets_hold_each_command_to_the_floor(tmp_path):
               "rows_per_second_at_10000": {"lepton": 100000, "sklearn": 142857}}
     assert [ok for _, ok, _ in consumer_targets(served)] == [False, True]
     text = markdown({"rows": 1000, "epochs": 30, "repeats": 3, "seconds": seconds, "consumers": served, "targets": targets(seconds) + consumer_targets(served)})
-    assert "| run (lepton server) | 8.90 | 2.97 |" in text and "| one row, p50 | 4.00 ms | 2.50 ms |" in text
+    assert "| run (lepton server) | 8.90 | 2.97 |" in text and f"| {NEW_WORKSPACE} | 25.00 | 8.33 |" in text and "| one row, p50 | 4.00 ms | 2.50 ms |" in text
     assert "| consumer: one-row p50 <= 1.5x an MLflow-logged scikit-learn pipeline | **no** | 4.00 ms against 2.50 ms = 1.60x |" in text
 
 

@@ -120,3 +120,62 @@ def test_flows_run_in_process_without_heartbeats_unless_the_operator_sets_them(m
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with in_process_flows():
         assert get_current_settings().flows.heartbeat_frequency == configured
+
+
+# A command that will run a flow and finds no server starts Prefect's temporary one itself, before importing the
+# pipeline, so the two starts overlap; run in a child process, as the command would, before Prefect is imported.
+TEMPORARY = """
+import json, os, sys, time
+from lepton.server import temporary
+from lepton.workspace import Workspace
+server = temporary(Workspace.at(sys.argv[1]))
+print(json.dumps({"pid": server.process.pid, "api_url": server.api_url, "env": os.environ["PREFECT_API_URL"],
+                  "again": temporary(Workspace.at(sys.argv[1])) is server, "prefect_imported": "prefect" in sys.modules}), flush=True)
+server.wait(90)
+print("healthy", flush=True)
+if sys.argv[2] == "hang":
+    time.sleep(600)
+"""
+
+
+def _temporary(ws_root, how: str, **env):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", TEMPORARY, str(ws_root), how], stdout=subprocess.PIPE, text=True,
+                            env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+
+
+@pytest.mark.integration
+def test_a_commands_temporary_server_answers_at_its_address_and_ends_with_the_command(clean_dir):
+    ws = make_workspace(clean_dir / "ws", "digit", "temporary")
+    child = _temporary(ws.root, "exit", PREFECT_API_URL=None)
+    started = json.loads(child.stdout.readline())
+    assert started["env"] == started["api_url"] and started["again"] and not started["prefect_imported"]
+    assert child.stdout.readline().strip() == "healthy"
+    child.wait(timeout=60)
+    assert child.returncode == 0 and gone(started["pid"]), "the server outlived its command"
+    assert (ws.state / "logs" / "prefect-server.log").exists()
+
+    # Killed outright (a cron timeout, SIGKILL): the kernel ends its server too.
+    child = _temporary(ws.root, "hang", PREFECT_API_URL=None)
+    started = json.loads(child.stdout.readline())
+    assert child.stdout.readline().strip() == "healthy"
+    with urllib.request.urlopen(f"{started['api_url']}/health", timeout=10) as response:  # noqa: S310 - loopback
+        assert response.status == 200
+    child.kill()
+    child.wait(timeout=30)
+    assert gone(started["pid"]), "a killed command left its temporary server running"
+
+
+def test_no_temporary_server_where_one_is_configured_or_prefect_has_read_its_settings(clean_dir):
+    from lepton.server import temporary
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(clean_dir)
+    environ = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    assert temporary(ws, environ) is None and environ == {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    import prefect  # noqa: F401 - this test process has it: a server started now would not be the one Prefect uses
+
+    environ = {}
+    assert temporary(ws, environ) is None and environ == {}

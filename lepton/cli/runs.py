@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -37,7 +38,7 @@ from lepton.cli.common import (
 )
 from lepton.cli.progress import Mode, mode_for, watch
 from lepton.secrets import mask_logging
-from lepton.server import in_process_flows
+from lepton.server import in_process_flows, temporary
 from lepton.workspace import Workspace
 
 
@@ -194,6 +195,7 @@ def _show(ws: Workspace, outcome: Any, mode: Mode, seconds: dict[str, Any], *, d
 @contextmanager
 def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
     """The progress display for flow runs run in this process; Prefect's console lines go to .lepton/logs/lepton.log."""
+    server = temporary(ws)  # without a server up, Prefect's temporary one starts while the pipeline imports
     quiet_libraries()
     no_tracebacks()
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
@@ -201,6 +203,8 @@ def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
 
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
+        if server is not None:  # shown as Prefect's start, which it is
+            server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
         yield watched
 
 
