@@ -205,35 +205,48 @@ def use_if_running(ws: Workspace, environ: dict[str, str] | os._Environ[str]) ->
     return server
 
 
-@dataclass
 class Temporary:
-    """Prefect's temporary server for one command, as Prefect itself would run it, on a socket Lepton bound."""
+    """Prefect's temporary server for one command, as Prefect itself would run it, on a socket Lepton bound.
 
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+    A thread asks for ``/api/health`` from the start (the request waits in the socket's queue
+    while the server starts, costing no CPU), so ``answering`` tells without a request of its own.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        import threading
+        import urllib.request
+
+        self.process, self.port, self.log = process, port, log
+        self._answered = threading.Event()
+        self._urlopen = urllib.request.urlopen
+        threading.Thread(target=self._ask, name="lepton-temporary-server-health", daemon=True).start()
 
     @property
     def api_url(self) -> str:
         return f"http://{HOST}:{self.port}/api"
 
-    def wait(self, timeout: float) -> None:
-        """Return once it answers ``/api/health``; ServerError (naming its log) when it exits or ``timeout`` passes first."""
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if self.process.poll() is not None:
-                raise ServerError(f"Prefect's temporary server exited with code {self.process.returncode} before answering; see {self.log}")
+    def _ask(self) -> None:
+        while self.process.poll() is None:
             try:
-                # The socket listens already: the request waits in its queue while the server starts.
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=min(left, 10.0)) as response:  # noqa: S310 - loopback only
+                with self._urlopen(f"{self.api_url}/health", timeout=10.0) as response:  # noqa: S310 - loopback only
                     if response.status == 200:
+                        self._answered.set()
                         return
             except OSError:
                 pass
             time.sleep(0.05)
-        raise ServerError(f"Prefect's temporary server did not answer within {timeout:.0f} s; see {self.log}")
+
+    def answering(self) -> bool:
+        return self._answered.is_set()
+
+    def wait(self, timeout: float) -> None:
+        """Return once it answers ``/api/health``; ServerError (naming its log) when it exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while not self._answered.wait(0.05):
+            if self.process.poll() is not None:
+                raise ServerError(f"Prefect's temporary server exited with code {self.process.returncode} before answering; see {self.log}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"Prefect's temporary server did not answer within {timeout:.0f} s; see {self.log}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -28,6 +28,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -318,20 +319,34 @@ def _log(message: str) -> None:
 NOT_WARMED = ("lepton.cli", "lepton.worker")
 
 
+# What a run imports on its way, in the order its steps need them (measured: the modules a run added to a worker
+# that had imported only Lepton's layers).
+RUN_IMPORTS = (
+    "prefect.flow_engine", "prefect.task_engine", "prefect.runtime", "pyarrow.parquet", "filelock", "dvc.repo", "dvc_data.hashfile.tree",
+    "great_expectations", "great_expectations.expectations", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "alembic.runtime.migration", "mlflow.models", "mlflow.pyfunc", "mlflow.tracing",
+    "sklearn.metrics", "PIL.Image", "matplotlib.pyplot", "jinja2", "graphviz", "pygments.lexers", "typer", "rich.console", "rich.progress", "rich.table",
+)
+
+
+def import_ahead(until: Callable[[], bool] = lambda: False) -> None:
+    """Import ``RUN_IMPORTS`` now, in order, stopping as soon as ``until()`` says so; a run imports the rest when it needs them."""
+    import importlib
+
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the report draws with Agg; no display is looked for
+    for name in RUN_IMPORTS:
+        if until():
+            return
+        with contextlib.suppress(ImportError):  # an optional one missing costs its run the import, nothing else
+            importlib.import_module(name)
+
+
 def warm() -> None:
     """Import what a run imports, without running anything: the CLI excepted (see NOT_WARMED)."""
     import importlib
     import pkgutil
 
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    # What a run imports on its way (measured: the modules a run added to a worker that had imported only Lepton's).
-    for name in ("great_expectations", "great_expectations.expectations", "mlflow", "mlflow.models", "mlflow.pyfunc", "mlflow.tracing",
-                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "alembic.runtime.migration",
-                 "dvc.repo", "dvc_data.hashfile.tree", "filelock", "graphviz", "pygments.lexers", "matplotlib.pyplot", "jinja2", "PIL.Image",
-                 "pyarrow.parquet", "prefect.runtime", "prefect.flow_engine", "prefect.task_engine", "sklearn.metrics", "typer",
-                 "rich.console", "rich.progress", "rich.table"):
-        with contextlib.suppress(ImportError):  # an optional one missing costs its run the import, nothing else
-            importlib.import_module(name)
+    import_ahead()
 
     def walk(package: str) -> None:
         # iter_modules, not walk_packages: walking imports every package on the way, the CLI's too.

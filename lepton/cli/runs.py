@@ -201,6 +201,12 @@ def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
     import lepton.flows.continual  # noqa: F401
 
+    if server is not None:
+        # Seconds of its start may be left (more on a new workspace, which creates its database): this core would
+        # wait idle, so it imports meanwhile what the steps import anyway, and stops once the server answers.
+        from lepton.worker import import_ahead
+
+        import_ahead(until=server.answering)
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
         if server is not None:  # shown as Prefect's start, which it is
