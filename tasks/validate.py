@@ -118,14 +118,15 @@ def build_suite(
             # Declared bounds are hard limits, for every row (they exclude infinities too).
             suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=declared[0], max_value=declared[1]))
             continue
-        # Infinities pass a null check and poison the scaler's running statistics.
-        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
         values = frame[column].to_numpy(dtype=np.float64) if frame is not None else np.zeros(0)
         bounds = magnitude_bounds(column, values, implied, first, config.magnitude_limit)
         if bounds is not None:
             # Orders of magnitude beyond what the column holds: a unit error or corruption, even in one row.
-            # (Growth within that, a year or a counter, is only reported.)
+            # (Growth within that, a year or a counter, is only reported.) Finite bounds: infinities fail it too.
             suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=bounds[0], max_value=bounds[1], meta={"magnitude": config.magnitude_limit}))
+        else:
+            # Infinities pass a null check and poison the scaler's running statistics.
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
     if label in present:
         # Most rows need their label; a few without one are dropped and counted.
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=label, mostly=round(1.0 - config.max_missing_labels, 6), meta={"label": True}))
@@ -133,6 +134,13 @@ def build_suite(
             # Only known classes, unless the config allows new ones.
             suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=list(schema.classes)))
     return suite
+
+
+def _infinite(value: Any) -> bool:
+    try:
+        return bool(np.isinf(float(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _describe(result: Any) -> str:
@@ -174,6 +182,16 @@ def _describe(result: Any) -> str:
     if kind == "expect_column_values_to_be_between" and kwargs.get("max_value") == FINITE:
         return f"column {column!r} has {count} infinite value(s)"
     if kind == "expect_column_values_to_be_between" and meta.get("magnitude"):
+        # The bounds are finite, so infinities fail here too: they are named as what they are.
+        infinite = sum(int(c.get("count", 0)) for c in res.get("partial_unexpected_counts") or [] if _infinite(c.get("value")))
+        if infinite and infinite == count:
+            return f"column {column!r} has {count} infinite value(s)"
+        if infinite:
+            return (
+                f"column {column!r} has {infinite} infinite value(s), and {count - infinite} value(s) orders of magnitude beyond its range (limit "
+                f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
+                "If such values are real, raise data.magnitude_limit or declare data.bounds"
+            )
         return (
             f"column {column!r} has {count} value(s) orders of magnitude beyond its range (e.g. {examples}; limit "
             f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
@@ -211,20 +229,7 @@ def run_suite(frame: pd.DataFrame, suite: list[Any]) -> tuple[list[str], Any]:
         # passing increments (nearly all of them) validate in half the time.
         results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     failed = [r for r in results.results if not r.success]
-    return [_describe(r) for r in failed if not _consequence(r, failed)], results
-
-
-def _consequence(result: Any, failed: list[Any]) -> bool:
-    """A failure that only follows from another on the same column: the magnitude check of an infinite column."""
-    config = result.expectation_config
-    if config.type != "expect_column_values_to_be_between" or config.kwargs.get("max_value") == FINITE:
-        return False
-    column = config.kwargs.get("column")
-    causes = [
-        r for r in failed if r is not result and r.expectation_config.kwargs.get("column") == column
-        and r.expectation_config.kwargs.get("max_value") == FINITE
-    ]
-    return bool(causes)
+    return [_describe(r) for r in failed], results
 
 
 def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:

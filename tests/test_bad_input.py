@@ -30,6 +30,8 @@ SCHEMA = DataSchema.infer(good(200, seed=1), "y")
         ("missing jump", good().assign(a=[np.nan] * 20 + [0.0] * 20), "column 'a' has 20 empty value(s) (50.0%), more than the share seen so far plus data.missing_jump"),
         ("infinity", good().assign(a=[np.inf] + [0.0] * 39), "column 'a' has 1 infinite value(s)"),
         ("orders of magnitude", good().assign(b=[1e6] + [1.0] * 39), "column 'b' has 1 value(s) orders of magnitude beyond its range"),
+        ("infinity and magnitude", good().assign(a=[np.inf, -np.inf, 1e9] + [0.0] * 37),
+         "column 'a' has 2 infinite value(s), and 1 value(s) orders of magnitude beyond its range"),
         ("missing labels", good().assign(y=[None] * 10 + [1] * 30), "label column 'y' is empty in 10 row(s) (25.0%), more than data.max_missing_labels=0.1"),
         ("label type", good().assign(y="yes"), "column 'y' does not hold integer labels, as before"),
         ("too few rows", good(5), "5 rows, fewer than the 10 required"),
@@ -175,3 +177,15 @@ def test_a_column_of_lists_is_rejected_with_its_name():
     frame = good().assign(tags=[[1, 2]] * 40)
     report = validate_frame(frame, None, CONFIG)
     assert not report.passed and report.problems == ["column(s) 'tags' hold lists or maps, not values: flatten them in the export (one value per cell)"]
+
+
+def test_each_numeric_column_has_one_range_expectation():
+    """The magnitude bounds are finite, so they also stop infinities: one expectation per column, not two (GX's cost is per expectation)."""
+    from tasks.validate import build_suite
+
+    for schema, frame in ((SCHEMA, good()), (None, good(200, seed=1))):
+        suite = build_suite(list(frame.columns), schema, CONFIG, frame)
+        ranges = [e.column for e in suite if type(e).__name__ == "ExpectColumnValuesToBeBetween"]
+        assert sorted(ranges) == ["a", "b"], ranges
+    first = validate_frame(good().assign(a=[np.inf] + [0.0] * 39), None, CONFIG)
+    assert not first.passed and "column 'a' has 1 infinite value(s)" in first.problems, first.problems
