@@ -287,6 +287,7 @@ def temporary(ws: Workspace, environ: MutableMapping[str, str] = os.environ) -> 
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
              "--log-level", "error", "--lifespan", "on"],
             env=env, pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_ends_with_parent(),
+            start_new_session=True,  # a Ctrl-C at the terminal is for the command, which still needs the server to record it
         )
         _temporary = Temporary(process, listener.getsockname()[1], log)
     atexit.register(_temporary.stop)

@@ -179,3 +179,54 @@ def test_no_temporary_server_where_one_is_configured_or_prefect_has_read_its_set
 
     environ = {}
     assert temporary(ws, environ) is None and environ == {}
+
+
+def _temporary_servers(prefect_home) -> list[int]:
+    """PIDs of temporary servers (uvicorn on a handed-over socket) running with this Prefect home."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect.server.api.server:create_app" in cmdline and b"--fd" in cmdline and f"PREFECT_HOME={prefect_home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_a_run_on_the_temporary_server_at_once_and_leaves_no_server(clean_dir, increments):
+    """The terminal's Ctrl-C reaches the command, not its temporary server: the flow is recorded as interrupted and
+    the command exits 130 at once (a server that died with it left the command retrying its events for minutes)."""
+    import subprocess
+    import time
+
+    from tests.conftest import LEPTON
+
+    ws = make_workspace(clean_dir / "ws", "digit", "interrupted")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(ws.prefect_home)}
+    child = subprocess.Popen([LEPTON, "run", str(increments[0]), "-w", str(ws.root), "--set", "train.epochs=5000"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    try:
+        for line in child.stdout:
+            if "validate" in line:  # the flow is under way against the server
+                break
+        assert _temporary_servers(ws.prefect_home), "no temporary server of this workspace was found"
+        os.killpg(child.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
+        interrupted = time.monotonic()
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 130, (child.returncode, err[-2000:])
+        assert time.monotonic() - interrupted < 30
+        assert "Error logging to API" not in err and "Connection refused" not in err, err[-2000:]
+        deadline = time.monotonic() + 15
+        while _temporary_servers(ws.prefect_home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _temporary_servers(ws.prefect_home), "the temporary server outlived its command"
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
