@@ -79,6 +79,7 @@ def commands(*, repeats: int = 3, out: Path = RESULTS, progress: Callable[[str],
     env = _environment()
     lepton = _lepton()
     seconds: dict[str, float] = {}
+    steps: dict[str, dict[str, float]] = {}  # each run's own account of its steps (its --json seconds)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lepton-commands-") as tmp:
         root = Path(tmp)
@@ -95,6 +96,8 @@ def commands(*, repeats: int = 3, out: Path = RESULTS, progress: Callable[[str],
                 took, done = _timed(args, root if name == "floor" else ws, env)
                 check(name, done, codes)
                 spent.append(took)
+                if "--json" in args and done.stdout.strip():  # a run says where its time went
+                    steps[name] = json.loads(done.stdout).get("seconds", {}).get("steps", {})
             seconds[name] = round(statistics.median(spent), 3)
             progress(f"{name:<34} {seconds[name]:6.2f} s" + (f"  (median of {times})" if times > 1 else ""))
 
@@ -102,7 +105,7 @@ def commands(*, repeats: int = 3, out: Path = RESULTS, progress: Callable[[str],
         _, done = _timed([lepton, "init", str(ws), "--label", LABEL, "--name", "bench-commands"], root, env)
         check("init", done)
         record("--help", [lepton, "--help"], times=repeats)
-        run = [lepton, "run", "--quiet", "--set", f"train.epochs={EPOCHS}"]
+        run = [lepton, "run", "--json", "--set", f"train.epochs={EPOCHS}"]
         record(NEW_WORKSPACE, [*run, str(first)])
         record("duplicate (temporary server)", [*run, str(first)])
         record("server start", [lepton, "server", "start"])
@@ -131,7 +134,7 @@ def commands(*, repeats: int = 3, out: Path = RESULTS, progress: Callable[[str],
         progress(f"{'consumer: one row p50':<34} {served['one_row_p50_ms']['lepton']:6.2f} ms (scikit-learn pipeline {served['one_row_p50_ms']['sklearn']:.2f} ms)")
         series = backfill(root, env, progress)
     result = {"rows": ROWS, "epochs": EPOCHS, "repeats": repeats, "seconds": seconds, "consumers": served, "backfill": series,
-              "targets": targets(seconds) + consumer_targets(served) + backfill_targets(series)}
+              "steps": steps, "targets": targets(seconds) + consumer_targets(served) + backfill_targets(series)}
     (out / "commands.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "commands.md").write_text(markdown(result))
     return result
@@ -240,6 +243,13 @@ def markdown(result: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| {name} | {value:.2f} | {value / seconds['floor']:.2f} |" for name, value in seconds.items()]
+    runs = {name: spent for name, spent in result.get("steps", {}).items() if spent and name.startswith("run")}
+    if runs:
+        names = list(runs)
+        order = list(dict.fromkeys(step for spent in runs.values() for step in spent))
+        lines += ["", "Where each run's time went, by its own account (`--json` seconds; the rest of the wall time is the process starting and exiting):", "",
+                  "| step | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+        lines += [f"| {step} | " + " | ".join(f"{runs[n].get(step, 0.0):.2f}" for n in names) + " |" for step in order]
     served = result["consumers"]
     load = served["load_seconds"]
     lines += ["", "Consumers, in one process: the champion and an MLflow-logged scikit-learn pipeline (StandardScaler and an MLP of "
