@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -217,8 +217,9 @@ class Temporary:
         import urllib.request
 
         self.process, self.port, self.log = process, port, log
+        self.log_offset = 0  # where this server's lines begin in its log
         self._answered = threading.Event()
-        self._urlopen = urllib.request.urlopen
+        self._open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # loopback: never through a proxy
         threading.Thread(target=self._ask, name="lepton-temporary-server-health", daemon=True).start()
 
     @property
@@ -228,27 +229,47 @@ class Temporary:
     def _ask(self) -> None:
         while self.process.poll() is None:
             try:
-                with self._urlopen(f"{self.api_url}/health", timeout=10.0) as response:  # noqa: S310 - loopback only
+                with self._open(f"{self.api_url}/health", timeout=10.0) as response:
                     if response.status == 200:
                         self._answered.set()
                         return
-            except OSError:
+            except Exception:  # noqa: BLE001 - not yet up, or a garbled answer: ask again while it runs
                 pass
             time.sleep(0.05)
 
     def answering(self) -> bool:
         return self._answered.is_set()
 
+    def settled(self) -> bool:
+        """It answers, or it has exited: nothing more to wait for."""
+        return self._answered.is_set() or self.process.poll() is not None
+
     def wait(self, timeout: float) -> None:
-        """Return once it answers ``/api/health``; ServerError (naming its log) when it exits or ``timeout`` passes first."""
+        """Return once it answers ``/api/health``; ServerError (with its log's last lines) when it exits or ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while not self._answered.wait(0.05):
             if self.process.poll() is not None:
-                raise ServerError(f"Prefect's temporary server exited with code {self.process.returncode} before answering; see {self.log}")
+                raise ServerError(f"Prefect's temporary server exited with code {self.process.returncode} before answering{self._said()}; its log: {self.log}")
             if time.monotonic() > deadline:
-                raise ServerError(f"Prefect's temporary server did not answer within {timeout:.0f} s; see {self.log}")
+                raise ServerError(f"Prefect's temporary server did not answer within {timeout:.0f} s{self._said()}; its log: {self.log}")
+
+    def _said(self) -> str:
+        """The server's own last word in its log, since it started: a traceback's last line, else its last error."""
+        import re
+
+        try:
+            with self.log.open("rb") as log:
+                log.seek(self.log_offset)
+                lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)\b", line)]
+        chosen = raised or [line for line in lines if "ERROR" in line] or lines
+        return f" ({chosen[-1][:300]})" if chosen else ""
 
     def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -260,6 +281,19 @@ class Temporary:
 
 _temporary: Temporary | None = None
 
+# Runs uvicorn as ``python -m uvicorn`` would, and ends it when the command that started it has gone, however
+# it went (killed, its terminal closed): the command holds the other end of its stdin, so that reads EOF.
+_LAUNCHER = """\
+import os, runpy, signal, sys, threading
+def _watch():
+    while os.read(0, 4096):  # the file descriptor, not sys.stdin: its lock would be held at interpreter shutdown
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=_watch, daemon=True).start()
+sys.argv = ["uvicorn", *sys.argv[1:]]
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
 
 def temporary(ws: Workspace, environ: MutableMapping[str, str] = os.environ) -> Temporary | None:
     """Start Prefect's temporary server for this command now, in the background, and point ``PREFECT_API_URL`` at it.
@@ -268,41 +302,57 @@ def temporary(ws: Workspace, environ: MutableMapping[str, str] = os.environ) -> 
     ephemeral) at the flow's first call and waits for it: seconds of importing its server, and
     more when it creates the workspace's database. Started before the pipeline's imports, its
     start overlaps theirs. The listening socket is bound here and handed over, so the address is
-    known at once and no other program can take it meanwhile. One per process, stopped at exit
-    (and, on Linux, when this process dies). None when a server is configured or running, or
-    when Prefect is already imported (it has read its settings, and starts its own).
+    known at once and no other program can take it meanwhile. It runs in a session of its own, so
+    a Ctrl-C at the terminal reaches the command, which still needs it to record the interruption.
+    One per process, stopped at exit, and it ends itself when the command dies. None when a server
+    is configured (in the environment, a profile or a Prefect settings file: Prefect decides, as
+    it would), or when Prefect is already imported (it has read its settings, and starts its own).
     """
     global _temporary
     if _temporary is not None:
         return _temporary
-    if environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+    if environ.get("PREFECT_API_URL") or "prefect" in sys.modules or _configured_elsewhere(environ):
         return None
     log = log_path(ws)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = {**environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}  # its own log file, not the terminal: why it failed must be there
+    offset = log.stat().st_size if log.exists() else 0
     with socket.socket() as listener, log.open("ab") as sink:
+        # Nagle's algorithm would hold each small reply ~40 ms; accepted sockets inherit the option.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listener.bind((HOST, 0))
         listener.listen(128)
         process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
+            # -P: the current directory does not come first on sys.path (a user's module must not shadow a library).
+            [sys.executable, "-P", "-c", _LAUNCHER, "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
              "--log-level", "error", "--lifespan", "on"],
-            env=env, pass_fds=(listener.fileno(),), stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_ends_with_parent(),
-            start_new_session=True,  # a Ctrl-C at the terminal is for the command, which still needs the server to record it
+            env=env, pass_fds=(listener.fileno(),), stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
         _temporary = Temporary(process, listener.getsockname()[1], log)
+        _temporary.log_offset = offset
     atexit.register(_temporary.stop)
     environ["PREFECT_API_URL"] = _temporary.api_url
     return _temporary
 
 
-def _ends_with_parent() -> Callable[[], None] | None:
-    """On Linux, a child's preparation that has the kernel send it SIGTERM when this process dies (a killed run leaves no server)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child must not import between fork and exec
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _configured_elsewhere(environ: MutableMapping[str, str]) -> bool:
+    """Whether Prefect may take its API, or a ban on temporary servers, from somewhere other than the environment:
+    a profile or a settings file in the current directory mentioning them. Read as text, without importing Prefect."""
+    if any(environ.get(name, "").strip().lower() in ("false", "0", "no") for name in ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")):
+        return True
+    home = Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    profiles = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    mentions = {profiles: ("API_URL", "EPHEMERAL"), Path("prefect.toml"): ("url", "ephemeral"), Path(".env"): ("PREFECT_API_URL", "EPHEMERAL"),
+                Path("pyproject.toml"): ("tool.prefect",)}
+    for path, words in mentions.items():
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if any(word in text for word in words):
+            return True
+    return False
 
 
 # Set by the operator, Prefect's flow heartbeats are left as they are configured.

@@ -189,3 +189,15 @@ def test_each_numeric_column_has_one_range_expectation():
         assert sorted(ranges) == ["a", "b"], ranges
     first = validate_frame(good().assign(a=[np.inf] + [0.0] * 39), None, CONFIG)
     assert not first.passed and "column 'a' has 1 infinite value(s)" in first.problems, first.problems
+
+
+def test_infinities_are_counted_in_full_and_stopped_under_any_magnitude_limit():
+    """GX samples 20 of the values that fail a check: the count of infinities comes from the column. A huge
+    data.magnitude_limit (the rejection's own advice is to raise it) must not let infinities through."""
+    many = good(60).assign(a=[np.inf] * 25 + [0.0] * 35)
+    report = validate_frame(many, SCHEMA, CONFIG)
+    assert "column 'a' has 25 infinite value(s)" in report.problems, report.problems
+    lenient = CONFIG.model_copy(update={"magnitude_limit": 1e308})
+    for schema in (SCHEMA, None):
+        report = validate_frame(good().assign(a=[np.inf] + [0.0] * 39), schema, lenient)
+        assert not report.passed and "column 'a' has 1 infinite value(s)" in report.problems, report.problems

@@ -169,12 +169,19 @@ def test_a_commands_temporary_server_answers_at_its_address_and_ends_with_the_co
 
 
 def test_no_temporary_server_where_one_is_configured_or_prefect_has_read_its_settings(clean_dir):
-    from lepton.server import temporary
+    from lepton.server import _configured_elsewhere, temporary
     from lepton.workspace import Workspace
 
     ws = Workspace.at(clean_dir)
     environ = {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
     assert temporary(ws, environ) is None and environ == {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    # A profile or a settings file may name the API (`prefect cloud login` writes a profile): Prefect decides, as it would.
+    profiles = clean_dir / "profiles.toml"
+    profiles.write_text('active = "cloud"\n[profiles.cloud]\nPREFECT_API_URL = "https://api.prefect.cloud/api/accounts/a/workspaces/w"\n')
+    assert _configured_elsewhere({"PREFECT_PROFILES_PATH": str(profiles)})
+    assert _configured_elsewhere({"PREFECT_HOME": str(clean_dir)})
+    assert _configured_elsewhere({"PREFECT_HOME": str(clean_dir / "none"), "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false"})
+    assert not _configured_elsewhere({"PREFECT_HOME": str(clean_dir / "none")})
     import prefect  # noqa: F401 - this test process has it: a server started now would not be the one Prefect uses
 
     environ = {}
@@ -230,3 +237,18 @@ def test_ctrl_c_stops_a_run_on_the_temporary_server_at_once_and_leaves_no_server
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+
+
+@pytest.mark.integration
+def test_a_temporary_server_that_cannot_start_says_why(clean_dir):
+    """A database it cannot open: the command is told at once, with the server's own words, not after 90 s."""
+    import subprocess
+    import sys
+
+    ws = make_workspace(clean_dir / "ws", "digit", "unstartable")
+    bad = {"PREFECT_API_URL": None, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{clean_dir / 'missing' / 'dir' / 'prefect.db'}"}
+    child = subprocess.run([sys.executable, "-c", TEMPORARY, str(ws.root), "exit"], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in {**os.environ, **bad}.items() if v is not None})
+    assert child.returncode != 0
+    assert "Prefect's temporary server exited with code" in child.stderr and "unable to open database file" in child.stderr, child.stderr[-2000:]
+    assert (ws.state / "logs" / "prefect-server.log").read_text().strip(), "the server's log says nothing"

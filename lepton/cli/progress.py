@@ -175,6 +175,7 @@ class watch:  # noqa: N801 - used as a context manager, like open()
     def __init__(self, console: Console, mode: Mode, log_file: Path) -> None:
         self.console, self.mode, self.log_file = console, mode, log_file
         self._undo: list = []
+        self.imported = time.perf_counter()  # when the command had imported what it runs (its caller may say earlier)
 
     def __enter__(self) -> watch:
         root = logging.getLogger()

@@ -38,7 +38,7 @@ from lepton.cli.common import (
 )
 from lepton.cli.progress import Mode, mode_for, watch
 from lepton.secrets import mask_logging
-from lepton.server import in_process_flows, temporary
+from lepton.server import ServerError, in_process_flows, temporary
 from lepton.workspace import Workspace
 
 
@@ -98,9 +98,8 @@ def _watched_run(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *,
     (the total, and each step's, importing the pipeline first)."""
     started = time.perf_counter()
     with _watching(ws, mode) as watched:
-        shown_at = time.perf_counter()
         outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
-    steps = {"import the pipeline": round(shown_at - started, 3)} | watched.seconds(flow_run_id)
+    steps = {"import the pipeline": round(watched.imported - started, 3)} | watched.seconds(flow_run_id)
     return outcome, {"total": round(time.perf_counter() - started, 3), "steps": steps}
 
 
@@ -161,6 +160,8 @@ def retry(
     overrides = list(set_ or [])
     ws = open_workspace(workspace, check="run", overrides=overrides, quiet=True)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
+    in_warm_worker(ws)
+    temporary(ws)  # before the import below, which imports Prefect
     from lepton.tasks.ingest import IncrementError, quarantined
 
     try:
@@ -176,6 +177,8 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
     in_warm_worker(ws)
     try:
         outcome, seconds = _watched_run(ws, path, overrides, mode, dry_run=dry_run)
+    except typer.Exit:  # said already
+        raise
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
         raise fail(f"run failed: {error}") from None
     _show(ws, outcome, mode, seconds, dry_run=dry_run)
@@ -203,14 +206,19 @@ def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
 
     if server is not None:
         # Seconds of its start may be left (more on a new workspace, which creates its database): this core would
-        # wait idle, so it imports meanwhile what the steps import anyway, and stops once the server answers.
+        # wait idle, so it imports meanwhile what the steps import anyway, and stops once the server answers (or fails).
         from lepton.worker import import_ahead
 
-        import_ahead(until=server.answering)
+        import_ahead(until=server.settled)
+    imported = time.perf_counter()
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
-        if server is not None:  # shown as Prefect's start, which it is
-            server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+        watched.imported = imported  # the import ends here; waiting for the server is Prefect's start, shown as such
+        if server is not None:
+            try:
+                server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+            except ServerError as error:
+                raise fail(str(error)) from None
         yield watched
 
 
@@ -281,6 +289,8 @@ def demo(
             console.print(f"[bold]increment {n}/{len(files)}[/bold]: {path.name}")
         try:
             outcome, seconds = _watched_run(ws, path, overrides, mode)
+        except typer.Exit:  # said already
+            raise
         except Exception as error:
             raise fail(f"demo failed on {path.name}: {error}") from None
         if talk:
