@@ -209,15 +209,15 @@ class Temporary:
     """Prefect's temporary server for one command, as Prefect itself would run it, on a socket Lepton bound.
 
     A thread asks for ``/api/health`` from the start (the request waits in the socket's queue
-    while the server starts, costing no CPU), so ``answering`` tells without a request of its own.
+    while the server starts, costing no CPU), so ``settled`` tells without a request of its own.
+    ``log_offset``: where this server's lines begin in its log.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path, log_offset: int = 0) -> None:
         import threading
         import urllib.request
 
-        self.process, self.port, self.log = process, port, log
-        self.log_offset = 0  # where this server's lines begin in its log
+        self.process, self.port, self.log, self.log_offset = process, port, log, log_offset
         self._answered = threading.Event()
         self._open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # loopback: never through a proxy
         threading.Thread(target=self._ask, name="lepton-temporary-server-health", daemon=True).start()
@@ -236,9 +236,6 @@ class Temporary:
             except Exception:  # noqa: BLE001 - not yet up, or a garbled answer: ask again while it runs
                 pass
             time.sleep(0.05)
-
-    def answering(self) -> bool:
-        return self._answered.is_set()
 
     def settled(self) -> bool:
         """It answers, or it has exited: nothing more to wait for."""
@@ -271,12 +268,7 @@ class Temporary:
         if self.process.stdin is not None:
             self.process.stdin.close()
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            _terminate(self.process.pid, grace=5.0)  # its own session: the group is its own
 
 
 _temporary: Temporary | None = None
@@ -329,8 +321,7 @@ def temporary(ws: Workspace, environ: MutableMapping[str, str] = os.environ) -> 
              "--log-level", "error", "--lifespan", "on"],
             env=env, pass_fds=(listener.fileno(),), stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        _temporary = Temporary(process, listener.getsockname()[1], log)
-        _temporary.log_offset = offset
+        _temporary = Temporary(process, listener.getsockname()[1], log, offset)
     atexit.register(_temporary.stop)
     environ["PREFECT_API_URL"] = _temporary.api_url
     return _temporary

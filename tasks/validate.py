@@ -181,14 +181,10 @@ def _describe(result: Any, frame: pd.DataFrame | None = None) -> str:
         infinite = int(np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan)).sum())
         if infinite and infinite >= (count or 0):
             return f"column {column!r} has {count} infinite value(s)"
-        if infinite:
-            return (
-                f"column {column!r} has {infinite} infinite value(s), and {count - infinite} value(s) orders of magnitude beyond its range (limit "
-                f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
-                "If such values are real, raise data.magnitude_limit or declare data.bounds"
-            )
+        beyond = f"{infinite} infinite value(s), and {count - infinite} value(s)" if infinite else f"{count} value(s)"
+        examples_part = "" if infinite else f"e.g. {examples}; "
         return (
-            f"column {column!r} has {count} value(s) orders of magnitude beyond its range (e.g. {examples}; limit "
+            f"column {column!r} has {beyond} orders of magnitude beyond its range ({examples_part}limit "
             f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
             "If such values are real, raise data.magnitude_limit or declare data.bounds"
         )
