@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from prefect import task
@@ -36,8 +40,50 @@ class History:
 
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
-    """Every accepted increment, each file read once."""
-    return History({r.id: read_increment(ws.root / r.file) for r in ws.read_manifest().accepted()})
+    """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
+    return History({r.id: stored_rows(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()})
+
+
+def _rows_path(ws: Workspace, increment_id: str) -> Path:
+    return ws.state / "cache" / "rows" / f"{increment_id}.pickle"
+
+
+def _file_key(file: Path) -> tuple[int, int]:
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
+    """An accepted increment's rows as ``read_increment`` reads its stored file, from the workspace's cache.
+
+    Every run needs every accepted increment (holdouts, replay, drift's reference), and parsing
+    them again cost each run a few ms per Parquet file and tens of ms per CSV, growing with the
+    history. The cache holds each frame beside its file's size and mtime; a file that differs
+    (restored by ``lepton data checkout``, say) is read again and kept again. Deleting
+    ``.lepton/cache/rows/`` is always safe.
+    """
+    key = _file_key(file)
+    with contextlib.suppress(Exception):  # absent, from another version, or damaged: the file is the truth
+        with _rows_path(ws, increment_id).open("rb") as handle:
+            kept_key, frame = pickle.load(handle)
+        if tuple(kept_key) == key and isinstance(frame, pd.DataFrame):
+            return frame
+    frame = read_increment(file)
+    keep_rows(ws, increment_id, file, frame)
+    return frame
+
+
+def keep_rows(ws: Workspace, increment_id: str, file: Path, frame: pd.DataFrame) -> None:
+    """Cache ``frame``, read from ``file``, as that increment's rows; a workspace that cannot be written loses only the speed."""
+    path = _rows_path(ws, increment_id)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as handle:
+            pickle.dump((_file_key(file), frame), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, path)  # whole or not at all: a concurrent run reads the old entry or the new one
+    except OSError:
+        partial.unlink(missing_ok=True)
 
 
 def with_accepted(history: History, increment_id: str, frame: pd.DataFrame) -> History:

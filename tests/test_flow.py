@@ -259,8 +259,9 @@ def test_an_interrupted_run_resumes_at_training(clean_dir, prefect_api, incremen
     assert len(ws.read_manifest().increments) == 1
 
 
-def test_a_run_reads_each_accepted_increment_once(tmp_path, prefect_api, monkeypatch):
-    """Drift, the split and the training plan share one read of the history: each stored file is read once per run."""
+def test_a_run_parses_only_the_new_increment(tmp_path, prefect_api, monkeypatch):
+    """Drift, the split and the training plan share one read of the history, and the earlier increments come from the
+    workspace's rows cache: only the new file is parsed, once; the history is the same frames as the files hold."""
     from collections import Counter
 
     from lepton.flows.continual import continual_training
@@ -281,4 +282,9 @@ def test_a_run_reads_each_accepted_increment_once(tmp_path, prefect_api, monkeyp
     monkeypatch.setattr(splits, "read_increment", counted)
     assert continual_training(str(files[2]), str(ws.root), quick).status in ("promoted", "kept_out")
     stored = [r.file for r in ws.read_manifest().accepted()]
-    assert len(stored) == 3 and {f: reads[f] for f in stored} == dict.fromkeys(stored, 1)
+    assert len(stored) == 3 and {f: reads[f] for f in stored} == {stored[0]: 0, stored[1]: 0, stored[2]: 1}
+    monkeypatch.setattr(splits, "read_increment", real)
+    history = splits.read_history.fn(ws)
+    assert list(history.frames) == [r.id for r in ws.read_manifest().accepted()]
+    for record in ws.read_manifest().accepted():
+        pd.testing.assert_frame_equal(history.frames[record.id], real(ws.root / record.file))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,3 +66,42 @@ def test_invalid_fraction_raises(fraction: float) -> None:
     """A fraction outside the open interval (0, 1) is refused."""
     with pytest.raises(ValueError, match="holdout fraction must be in"):
         holdout_mask(rows(10), fraction)
+
+
+def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkeypatch) -> None:
+    """An accepted increment's rows are parsed once and kept; a file whose size or mtime differs, or a damaged entry,
+    is read again from the file (the truth) and kept again."""
+    import os
+
+    from lepton.tasks import splits
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    file = tmp_path / "ws" / "data" / "increments" / "a.csv"
+    file.parent.mkdir(parents=True)
+    rows(50).to_csv(file, index=False)
+    parsed: list[Path] = []
+    real = splits.read_increment
+
+    def counted(path):
+        parsed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(splits, "read_increment", counted)
+    first = splits.stored_rows(ws, "a", file)
+    again = splits.stored_rows(ws, "a", file)
+    assert len(parsed) == 1 and (ws.state / "cache" / "rows" / "a.pickle").is_file()
+    pd.testing.assert_frame_equal(again, first)
+    assert again.attrs["header"] == ["id", "x", "pixel", "label"]  # the CSV header as written travels with the rows
+
+    changed = rows(60, seed=1)
+    changed.to_csv(file, index=False)
+    os.utime(file, ns=(1, 1))
+    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file), real(file))
+    assert len(parsed) == 2
+
+    (ws.state / "cache" / "rows" / "a.pickle").write_bytes(b"not a pickle")
+    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file), real(file))
+    assert len(parsed) == 3
+    splits.stored_rows(ws, "a", file)
+    assert len(parsed) == 3  # kept again after the damaged entry
