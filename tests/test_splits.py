@@ -68,6 +68,20 @@ def test_invalid_fraction_raises(fraction: float) -> None:
         holdout_mask(rows(10), fraction)
 
 
+def test_copies_of_a_repeated_row_are_split_one_by_one() -> None:
+    """A row repeated 200 times (a table of counts or codes) puts about the holdout's share of its copies in the
+    holdout, not all of them on one side; a table without repeats is split exactly as by the row hash alone."""
+    unique = rows(300)
+    common = pd.DataFrame([{"id": -1, "x": 0.0, "pixel": 0, "label": 0}] * 200)
+    frame = pd.concat([unique, common], ignore_index=True)
+    mask = holdout_mask(frame, 0.2)
+    assert 20 <= mask[300:].sum() <= 60  # about 40; all or none before
+    hashes = pd.util.hash_pandas_object(unique, index=False).to_numpy()
+    np.testing.assert_array_equal(holdout_mask(unique, 0.2), (hashes % 10_000) < 2_000)
+    np.testing.assert_array_equal(mask[:300], holdout_mask(unique, 0.2))  # the first copy of every row keeps its side
+    np.testing.assert_array_equal(holdout_mask(frame.iloc[::-1].reset_index(drop=True), 0.2).sum(), mask.sum())
+
+
 def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkeypatch) -> None:
     """An accepted increment's rows are parsed once and kept; a file whose size or mtime differs, or a damaged entry,
     is read again from the file (the truth) and kept again."""
