@@ -82,6 +82,18 @@ def seattle_weather(n: int = 6) -> Table:
                  "time-ordered (date)", notes=["datetime date; text label"])
 
 
+def solar_flare(n: int = 4) -> Table:
+    import importlib.resources
+
+    import river.datasets
+
+    # river's copy of the UCI table: three text columns of codes, counts, half its rows repeats of another.
+    with (importlib.resources.files(river.datasets) / "solar-flare.csv.zip").open("rb") as handle:
+        frame = pd.read_csv(handle, compression="zip")
+    return Table("solar_flare", "c-class-flares", "classification", _cut(frame, n), "river 0.26.1 solar-flare",
+                 "shuffled (seed 0)", notes=["text columns zurich-class, largest-spot-size, spot-distribution; half the rows repeated; 83% of labels 0"])
+
+
 def _sklearn(loader: Callable[..., Any], name: str, label: str, task: Task, n: int) -> Table:
     frame = loader(as_frame=True).frame.rename(columns={"target": label})
     return Table(name, label, task, _cut(frame, n), f"scikit-learn {loader.__name__}", "shuffled (seed 0)")
@@ -151,7 +163,7 @@ def concept_change(n: int = 8, rows: int = 300, seed: int = 30) -> Table:
 
 
 TABLES: dict[str, Callable[..., Table]] = {
-    "penguins": penguins, "cars": cars, "seattle_weather": seattle_weather, "wine": wine, "breast_cancer": breast_cancer,
+    "penguins": penguins, "cars": cars, "seattle_weather": seattle_weather, "solar_flare": solar_flare, "wine": wine, "breast_cancer": breast_cancer,
     "diabetes": diabetes, "stationary": stationary, "gradual_drift": gradual_drift, "concept_change": concept_change,
 }
 
