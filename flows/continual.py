@@ -14,7 +14,7 @@ from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, re
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
-from lepton.tasks.splits import keep_rows, read, read_history, split_increments, with_accepted
+from lepton.tasks.splits import file_key, keep_rows, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
 from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
@@ -66,6 +66,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         else:
             log.info("ingested %s as increment %s", landing.source, landing.id)
 
+        stamp = file_key(landing.path)  # before the read: the rows cache keeps the frame under it once accepted
         frame, read_error = read(landing.path)
         report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
         history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
@@ -97,7 +98,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if route == "retry":
             landing = release(landing, ws)  # out of quarantine, back with the accepted increments
         accept(landing, ws, frame, config.data)
-        keep_rows(ws, landing.id, landing.path, frame)  # the runs after this one need not parse its file again
+        keep_rows(ws, landing.id, stamp, frame)  # the runs after this one need not parse its file again
         history = with_accepted(history, landing.id, frame)  # as read from its stored copy: not read again
     data_hash = version_data(ws, config.dvc)
     relative = str(landing.path.relative_to(ws.root))

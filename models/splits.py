@@ -11,8 +11,8 @@ _BUCKETS = 10_000
 _COPY_MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads copy numbers over the 64 bits before they are hashed with the row
 
 
-def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
-    """True for rows in the holdout.
+def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0) -> np.ndarray:
+    """True for rows in the holdout (``salt``: another split of the same rows, independent of this one).
 
     Decided by a hash of each row's values (not its position or a RNG), so a re-run,
     a re-ordered file or another machine puts every row on the same side. The copies of
@@ -30,6 +30,8 @@ def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
     if later.any():
         hashes = hashes.copy()
         hashes[later] = pd.util.hash_array(hashes[later] ^ (copy[later].astype(np.uint64) * _COPY_MIX))
+    if salt:
+        hashes = pd.util.hash_array(hashes ^ (np.uint64(salt) * _COPY_MIX))
     return (hashes % _BUCKETS) < int(round(fraction * _BUCKETS))
 
 
@@ -45,3 +47,8 @@ def usable(frame: pd.DataFrame, label: str, *, drop_duplicates: bool = False) ->
     if drop_duplicates:
         kept = kept.drop_duplicates()
     return kept.reset_index(drop=True) if len(kept) != len(frame) else frame
+
+
+def holdout_split(frame: pd.DataFrame, label: str, fraction: float, *, drop_duplicates: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) of an increment's usable rows: the one split every step uses (training, replay, validation's check)."""
+    return split(usable(frame, label, drop_duplicates=drop_duplicates), fraction)

@@ -111,7 +111,8 @@ def fine_tune(
     validation = None
     x_fit, y_fit = x_new, y_new
     if "interpolate" in strategy.names and strategy.validation_fraction > 0 and champion is not None:
-        held = holdout_mask(frame, strategy.validation_fraction)
+        # Salted: unsalted, the validation buckets are holdout buckets, which the training rows never hold.
+        held = holdout_mask(frame, strategy.validation_fraction, salt=VALIDATION_SALT)
         x_fit, y_fit = x_new[~held], y_new[~held]
         memory_x, memory_y = plan.memory_samples(width, preprocessor.encode if regression else None)
         validation = (np.concatenate([x_new[held], memory_x]), np.concatenate([y_new[held], memory_y]))
@@ -215,6 +216,7 @@ def transfer_fixed(network: MLP, transfer: str) -> set[str]:
 # Folds a first increment's training rows are cut into to judge the transfers against a network from scratch:
 # each way trains on all folds but one and is scored on that one, for every fold while the rows are few.
 TRANSFER_FOLDS = 4
+VALIDATION_SALT = 1  # interpolate's validation split of the training rows, independent of the holdout split
 FOLD_ROWS = 2_000  # beyond this many rows one fold judges: its scores are steady enough, and training costs more
 
 

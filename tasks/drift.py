@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
 from lepton.lineage import TAG
 from lepton.models.drift import DriftReport, TrainingPlan, measure, respond
-from lepton.models.splits import split
+from lepton.models.splits import holdout_split
 from lepton.tasks.splits import History
 from lepton.tasks.tracking import connect
 from lepton.tasks.validate import ValidationReport
@@ -48,7 +48,8 @@ def plan_training(history: History, drift: DriftReport | None, new_id: str, trai
     action = drift.action if drift is not None else None
     earlier = None
     if action in ("replay", "joint"):
-        parts = [split(f, config.data.holdout_fraction)[0] for f in history.before(new_id)]
+        data = config.data
+        parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in history.before(new_id)]
         earlier = pd.concat(parts, ignore_index=True) if parts else None
     return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed)
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
-from lepton.models.splits import split, usable
+from lepton.models.splits import holdout_split
 from lepton.tasks.ingest import read_increment
 from lepton.workspace import Workspace
 
@@ -44,13 +46,22 @@ def read_history(ws: Workspace) -> History:
     return History({r.id: stored_rows(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()})
 
 
+# Increments up to this many cells (rows x columns) are cached: a run of a 1,000,000-row increment spends
+# far longer training than parsing it, and its cache entry would be about its size in memory again.
+CACHED_CELLS = 5_000_000
+_ROWS_FORMAT = 1  # bumped when what a cache entry holds, or how read_increment reads, changes
+
+
 def _rows_path(ws: Workspace, increment_id: str) -> Path:
     return ws.state / "cache" / "rows" / f"{increment_id}.pickle"
 
 
-def _file_key(file: Path) -> tuple[int, int]:
+def file_key(file: Path) -> tuple[Any, ...]:
+    """What a cache entry must match to stand for ``file`` as read now: its size and mtime, and the reader's versions."""
+    import pyarrow
+
     stat = file.stat()
-    return stat.st_size, stat.st_mtime_ns
+    return _ROWS_FORMAT, pd.__version__, pyarrow.__version__, stat.st_size, stat.st_mtime_ns
 
 
 def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
@@ -58,32 +69,41 @@ def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
 
     Every run needs every accepted increment (holdouts, replay, drift's reference), and parsing
     them again cost each run a few ms per Parquet file and tens of ms per CSV, growing with the
-    history. The cache holds each frame beside its file's size and mtime; a file that differs
-    (restored by ``lepton data checkout``, say) is read again and kept again. Deleting
+    history. An entry holds the frame beside its file's size and mtime and the reader's versions
+    (Lepton's format, pandas, pyarrow); anything that differs (a file ``lepton data checkout``
+    restored, an upgrade) is read again and kept again. Entries are pickles the workspace wrote,
+    trusted as its own files are (``lepton.yaml`` names code to import); deleting
     ``.lepton/cache/rows/`` is always safe.
     """
-    key = _file_key(file)
+    key = file_key(file)  # before the read: a file changed meanwhile is not kept under its new key
     with contextlib.suppress(Exception):  # absent, from another version, or damaged: the file is the truth
         with _rows_path(ws, increment_id).open("rb") as handle:
             kept_key, frame = pickle.load(handle)
         if tuple(kept_key) == key and isinstance(frame, pd.DataFrame):
             return frame
     frame = read_increment(file)
-    keep_rows(ws, increment_id, file, frame)
+    keep_rows(ws, increment_id, key, frame)
     return frame
 
 
-def keep_rows(ws: Workspace, increment_id: str, file: Path, frame: pd.DataFrame) -> None:
-    """Cache ``frame``, read from ``file``, as that increment's rows; a workspace that cannot be written loses only the speed."""
+def keep_rows(ws: Workspace, increment_id: str, key: tuple[Any, ...], frame: pd.DataFrame) -> None:
+    """Cache ``frame`` as that increment's rows, read from a file whose ``file_key`` was ``key`` before the read.
+
+    Best effort: a workspace that cannot be written, or a frame that does not pickle, loses only the speed.
+    """
+    if frame.size > CACHED_CELLS:
+        return
     path = _rows_path(ws, increment_id)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as handle:
-            pickle.dump((_file_key(file), frame), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((key, frame), handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(partial, path)  # whole or not at all: a concurrent run reads the old entry or the new one
-    except OSError:
-        partial.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001, S110 - the cache is an optimisation; the file stays the truth
+        pass
+    finally:
+        partial.unlink(missing_ok=True)  # gone already once replaced; an interrupted write leaves nothing
 
 
 def with_accepted(history: History, increment_id: str, frame: pd.DataFrame) -> History:
@@ -100,7 +120,7 @@ def split_increments(history: History, new_id: str, data: DataConfig, *, everyth
     network while no model has passed the gate yet learns all the data that got in, not the last file).
     """
     drop = data.duplicates == "drop"
-    parts = {key: split(usable(frame, data.label, drop_duplicates=drop), data.holdout_fraction) for key, frame in history.frames.items()}
+    parts = {key: holdout_split(frame, data.label, data.holdout_fraction, drop_duplicates=drop) for key, frame in history.frames.items()}
     if new_id not in parts:
         raise RuntimeError(f"increment {new_id} is not among the accepted increments")
     train, new_holdout = parts.pop(new_id)

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig
 from lepton.models import columns as kinds_of
 from lepton.models.schema import SEEN_VALUES, DataSchema, label_kind_of
-from lepton.models.splits import holdout_mask
+from lepton.models.splits import holdout_split
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
 FINITE = float(np.finfo(np.float64).max)
@@ -448,11 +448,12 @@ def validate_frame(
         problems += [p for p in more if p not in problems]
     if not problems:
         # Both sides of the split must hold rows, or the increment can neither train nor be measured.
-        held = int(holdout_mask(frame, config.holdout_fraction).sum())
+        # The rows the steps split: labelled ones, each once when data.duplicates=drop.
+        kept, held = (len(part) for part in holdout_split(frame, config.label, config.holdout_fraction, drop_duplicates=config.duplicates == "drop"))
         split = f"(data.holdout_fraction={config.holdout_fraction}); send a larger increment"
         if held == 0:
             problems.append(f"{len(frame)} rows leave no rows for the holdout {split}")
-        elif held == len(frame):
+        elif kept == 0:
             problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
     # The page is rendered where someone will look: a rejection (data.data_docs=rejected), or every run when asked.
     wanted = config.data_docs == "always" or (config.data_docs == "rejected" and bool(problems))

@@ -125,6 +125,22 @@ def test_holdout_must_not_be_empty():
     assert not report.passed and "holdout_fraction=0.01" in report.problems[0]
 
 
+def test_the_holdout_check_counts_the_rows_the_split_keeps():
+    """With data.duplicates=drop, 4 distinct rows sent 50 times each are 4 rows to split: validation judges the
+    holdout the steps will have, not the 200 rows as sent (whose later copies fill a holdout of their own)."""
+    from lepton.models.splits import holdout_mask, holdout_split
+
+    rows = good(200, seed=1).drop_duplicates().reset_index(drop=True)
+    # Four rows whose first copies all fall outside the holdout: deduplicated, nothing is left to score.
+    distinct = rows[~holdout_mask(rows, 0.2)].head(4)
+    frame = pd.concat([distinct] * 50, ignore_index=True)
+    drop = DataConfig(label="y", duplicates="drop")
+    assert holdout_mask(frame, 0.2).any() and len(holdout_split(frame, "y", 0.2, drop_duplicates=True)[1]) == 0
+    report = validate_frame(frame, SCHEMA, drop)
+    assert not report.passed and any("leave no rows for the holdout" in p for p in report.problems), report.problems
+    assert validate_frame(frame, SCHEMA, CONFIG).passed  # kept, the copies are split one by one: both sides hold rows
+
+
 def test_a_good_increment_passes():
     """The same shape of data as the schema passes every expectation."""
     report = validate_frame(good(), SCHEMA, CONFIG)

@@ -427,3 +427,25 @@ def test_drift_settings_reach_overrides_and_deployment_parameters():
         ConfigOverrides.from_list(["drift.action=retrain"])
     schema = json.dumps(parameter_schema(run_increment).model_dump())
     assert "DriftOverrides" in schema and "replay_share" in schema
+
+
+def test_joint_replays_exactly_the_training_rows_the_split_keeps():
+    """drift.action=joint retrains on the earlier increments' training rows as split_increments splits them: with
+    data.duplicates=drop, no copy of an earlier holdout row is trained on (the forgetting check would be inflated)."""
+    from lepton.config import LeptonConfig
+    from lepton.models.drift import DriftReport
+    from lepton.tasks.drift import plan_training
+    from lepton.tasks.splits import History, split_increments
+
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame({"a": rng.integers(0, 6, 300), "b": rng.integers(0, 6, 300), "y": rng.integers(0, 2, 300)})
+    earlier = pd.concat([base, base.sample(200, random_state=1)], ignore_index=True)  # repeats
+    new = pd.DataFrame({"a": rng.integers(0, 6, 100), "b": rng.integers(0, 6, 100), "y": rng.integers(0, 2, 100)})
+    config = LeptonConfig(data={"label": "y", "duplicates": "drop"}, drift={"action": "joint"})
+    history = History({"old": earlier, "new": new})
+    train, holdouts = split_increments.fn(history, "new", config.data)
+    drift = DriftReport([], None, True, "joint", 0, 0)
+    plan = plan_training.fn(history, drift, "new", train, config)
+    held = set(map(tuple, holdouts["old"].to_numpy().tolist()))
+    trained = set(map(tuple, plan.frame.to_numpy().tolist()))
+    assert len(plan.frame) > len(train) and not held & trained

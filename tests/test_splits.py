@@ -108,9 +108,11 @@ def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkey
     pd.testing.assert_frame_equal(again, first)
     assert again.attrs["header"] == ["id", "x", "pixel", "label"]  # the CSV header as written travels with the rows
 
-    changed = rows(60, seed=1)
+    changed = rows(50, seed=1)  # the same size on disk is not enough: the mtime differs
     changed.to_csv(file, index=False)
+    size = file.stat().st_size
     os.utime(file, ns=(1, 1))
+    assert splits.file_key(file)[-2] == size
     pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file), real(file))
     assert len(parsed) == 2
 
@@ -119,3 +121,25 @@ def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkey
     assert len(parsed) == 3
     splits.stored_rows(ws, "a", file)
     assert len(parsed) == 3  # kept again after the damaged entry
+
+
+def test_a_large_increment_is_not_cached(tmp_path, monkeypatch) -> None:
+    """Past data.CACHED_CELLS an increment is parsed each run: its cache entry would be its size in memory again."""
+    from lepton.tasks import splits
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    file = tmp_path / "a.csv"
+    rows(50).to_csv(file, index=False)
+    monkeypatch.setattr(splits, "CACHED_CELLS", 199)  # 50 rows x 4 columns = 200 cells
+    splits.stored_rows(ws, "a", file)
+    assert not (ws.state / "cache" / "rows").exists() or not list((ws.state / "cache" / "rows").iterdir())
+
+
+def test_a_salted_split_is_independent_of_the_holdout() -> None:
+    """interpolate's validation split of the training rows (salted) holds rows; unsalted, its buckets lie inside the holdout's."""
+    frame = rows(2000)
+    train = frame[~holdout_mask(frame, 0.2)]
+    assert not holdout_mask(train, 0.1).any()  # why the salt: the same hash, a smaller share of it
+    held = holdout_mask(train, 0.1, salt=1)
+    assert 0.05 < held.mean() < 0.15

@@ -625,3 +625,26 @@ def test_default_strategy_remembers_what_naive_forgets(digits: list[tuple[pd.Dat
     # Both learned the newest classes: the difference is forgetting, not failing to train.
     assert score(kept, last, LABEL).accuracy > 0.85
     assert score(forgot, last, LABEL).accuracy > 0.85
+
+
+def test_interpolation_validates_on_rows_of_the_new_increment(monkeypatch) -> None:
+    """interpolate chooses its mixing weight on held-out rows of the new increment and the memory. The training rows
+    it draws them from are what the holdout split left, so its split must be salted: unsalted, its buckets lie inside
+    the holdout's and the new increment gave it no row at all."""
+    from lepton.models import training
+    from lepton.models.training import fine_tune
+
+    held: list[int] = []
+    mask = training.holdout_mask
+
+    def recorded(frame, fraction, **kwargs):
+        out = mask(frame, fraction, **kwargs)
+        held.append(int(out.sum()))
+        return out
+
+    monkeypatch.setattr(training, "holdout_mask", recorded)
+    first, second = (split(part, 0.2)[0] for part in class_incremental()[:2])  # the training parts, as the flow passes them
+    config = StrategyConfig(name="replay+interpolate")
+    champion, _ = fine_tune(None, first, label=LABEL, train=TrainConfig(epochs=2), strategy=config)
+    fine_tune(champion, second, label=LABEL, train=TrainConfig(epochs=2), strategy=config)
+    assert held and 0.05 * len(second) < held[-1] < 0.15 * len(second), (held, len(second))
