@@ -98,8 +98,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if route == "retry":
             landing = release(landing, ws)  # out of quarantine, back with the accepted increments
         accept(landing, ws, frame, config.data)
-        keep_rows(ws, landing.id, stamp, frame)  # the runs after this one need not parse its file again
-        history = with_accepted(history, landing.id, frame)  # as read from its stored copy: not read again
+        hashes = keep_rows(ws, landing.id, stamp, frame)  # the runs after this one need not parse its file again
+        history = with_accepted(history, landing.id, frame, hashes)  # as read from its stored copy: not read again
     data_hash = version_data(ws, config.dvc)
     relative = str(landing.path.relative_to(ws.root))
 

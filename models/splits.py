@@ -11,8 +11,14 @@ _BUCKETS = 10_000
 _COPY_MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads copy numbers over the 64 bits before they are hashed with the row
 
 
-def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0) -> np.ndarray:
-    """True for rows in the holdout (``salt``: another split of the same rows, independent of this one).
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's hash of its values, what its side of the split is decided by (the rows cache keeps it)."""
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0, hashes: np.ndarray | None = None) -> np.ndarray:
+    """True for rows in the holdout (``salt``: another split of the same rows, independent of this one;
+    ``hashes``: ``row_hashes(frame)`` when known already).
 
     Decided by a hash of each row's values (not its position or a RNG), so a re-run,
     a re-ordered file or another machine puts every row on the same side. The copies of
@@ -24,7 +30,10 @@ def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0) -> np.n
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"holdout fraction must be in (0, 1), got {fraction}")
-    hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    if hashes is None:
+        hashes = row_hashes(frame)
+    elif len(hashes) != len(frame):
+        raise ValueError(f"{len(hashes)} row hashes for {len(frame)} rows")
     copy = pd.Series(hashes).groupby(hashes, sort=False).cumcount().to_numpy()  # equal hashes: equal rows
     later = copy > 0
     if later.any():
@@ -35,9 +44,9 @@ def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0) -> np.n
     return (hashes % _BUCKETS) < int(round(fraction * _BUCKETS))
 
 
-def split(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout) frames of an increment."""
-    mask = holdout_mask(frame, fraction)
+def split(frame: pd.DataFrame, fraction: float, *, hashes: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) frames of an increment (``hashes``: ``row_hashes(frame)`` when known already)."""
+    mask = holdout_mask(frame, fraction, hashes=hashes)
     return frame.loc[~mask].reset_index(drop=True), frame.loc[mask].reset_index(drop=True)
 
 
@@ -49,6 +58,10 @@ def usable(frame: pd.DataFrame, label: str, *, drop_duplicates: bool = False) ->
     return kept.reset_index(drop=True) if len(kept) != len(frame) else frame
 
 
-def holdout_split(frame: pd.DataFrame, label: str, fraction: float, *, drop_duplicates: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout) of an increment's usable rows: the one split every step uses (training, replay, validation's check)."""
-    return split(usable(frame, label, drop_duplicates=drop_duplicates), fraction)
+def holdout_split(
+    frame: pd.DataFrame, label: str, fraction: float, *, drop_duplicates: bool = False, hashes: np.ndarray | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) of an increment's usable rows: the one split every step uses (training, replay, validation's check).
+    ``hashes``: ``row_hashes(frame)`` when known already, used when every row is usable."""
+    rows = usable(frame, label, drop_duplicates=drop_duplicates)
+    return split(rows, fraction, hashes=hashes if rows is frame else None)

@@ -6,16 +6,17 @@ import contextlib
 import os
 import pickle
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
-from lepton.models.splits import holdout_split
+from lepton.models.splits import holdout_split, row_hashes
 from lepton.tasks.ingest import read_increment
 from lepton.workspace import Workspace
 
@@ -31,9 +32,11 @@ def read(landing_path) -> tuple[pd.DataFrame | None, str | None]:
 
 @dataclass(frozen=True)
 class History:
-    """Every accepted increment's rows as stored, in arrival order: read once per run, passed to the steps that need them."""
+    """Every accepted increment's rows as stored, in arrival order: read once per run, passed to the steps that need them;
+    ``hashes``: their row hashes, for those the rows cache kept them for (the split's hashing cost every run, per increment)."""
 
     frames: dict[str, pd.DataFrame]
+    hashes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def before(self, increment_id: str | None = None) -> list[pd.DataFrame]:
         """The increments other than ``increment_id``, in arrival order."""
@@ -43,13 +46,14 @@ class History:
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
     """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
-    return History({r.id: stored_rows(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()})
+    entries = {r.id: _stored(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()}
+    return History({k: frame for k, (frame, _) in entries.items()}, {k: hashes for k, (_, hashes) in entries.items() if hashes is not None})
 
 
 # Increments up to this many cells (rows x columns) are cached: a run of a 1,000,000-row increment spends
 # far longer training than parsing it, and its cache entry would be about its size in memory again.
 CACHED_CELLS = 5_000_000
-_ROWS_FORMAT = 1  # bumped when what a cache entry holds, or how read_increment reads, changes
+_ROWS_FORMAT = 2  # bumped when what a cache entry holds, or how read_increment reads, changes
 
 
 def _rows_path(ws: Workspace, increment_id: str) -> Path:
@@ -75,40 +79,50 @@ def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
     trusted as its own files are (``lepton.yaml`` names code to import); deleting
     ``.lepton/cache/rows/`` is always safe.
     """
+    return _stored(ws, increment_id, file)[0]
+
+
+def _stored(ws: Workspace, increment_id: str, file: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``stored_rows``, with the rows' hashes when the cache holds them."""
     key = file_key(file)  # before the read: a file changed meanwhile is not kept under its new key
     with contextlib.suppress(Exception):  # absent, from another version, or damaged: the file is the truth
         with _rows_path(ws, increment_id).open("rb") as handle:
-            kept_key, frame = pickle.load(handle)
-        if tuple(kept_key) == key and isinstance(frame, pd.DataFrame):
-            return frame
+            kept_key, frame, hashes = pickle.load(handle)
+        if tuple(kept_key) == key and isinstance(frame, pd.DataFrame) and isinstance(hashes, np.ndarray) and len(hashes) == len(frame):
+            return frame, hashes
     frame = read_increment(file)
-    keep_rows(ws, increment_id, key, frame)
-    return frame
+    return frame, keep_rows(ws, increment_id, key, frame)
 
 
-def keep_rows(ws: Workspace, increment_id: str, key: tuple[Any, ...], frame: pd.DataFrame) -> None:
-    """Cache ``frame`` as that increment's rows, read from a file whose ``file_key`` was ``key`` before the read.
+def keep_rows(ws: Workspace, increment_id: str, key: tuple[Any, ...], frame: pd.DataFrame) -> np.ndarray | None:
+    """Cache ``frame`` as that increment's rows, with their hashes, read from a file whose ``file_key`` was ``key``
+    before the read; returns the hashes (None when it is too large to cache).
 
     Best effort: a workspace that cannot be written, or a frame that does not pickle, loses only the speed.
     """
     if frame.size > CACHED_CELLS:
-        return
+        return None
+    hashes = row_hashes(frame)
     path = _rows_path(ws, increment_id)
     partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("wb") as handle:
-            pickle.dump((key, frame), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((key, frame, hashes), handle, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(partial, path)  # whole or not at all: a concurrent run reads the old entry or the new one
     except Exception:  # noqa: BLE001, S110 - the cache is an optimisation; the file stays the truth
         pass
     finally:
         partial.unlink(missing_ok=True)  # gone already once replaced; an interrupted write leaves nothing
+    return hashes
 
 
-def with_accepted(history: History, increment_id: str, frame: pd.DataFrame) -> History:
-    """The history once ``increment_id`` is accepted too, last; ``frame`` is its rows as read from its stored file."""
-    return History({**{k: f for k, f in history.frames.items() if k != increment_id}, increment_id: frame})
+def with_accepted(history: History, increment_id: str, frame: pd.DataFrame, hashes: np.ndarray | None = None) -> History:
+    """The history once ``increment_id`` is accepted too, last; ``frame`` is its rows as read from its stored file
+    (``hashes``: their row hashes, when known)."""
+    others = {k: f for k, f in history.frames.items() if k != increment_id}
+    kept = {k: h for k, h in history.hashes.items() if k in others}
+    return History({**others, increment_id: frame}, kept | ({increment_id: hashes} if hashes is not None else {}))
 
 
 @task(name="split", cache_policy=NO_CACHE)
@@ -120,7 +134,10 @@ def split_increments(history: History, new_id: str, data: DataConfig, *, everyth
     network while no model has passed the gate yet learns all the data that got in, not the last file).
     """
     drop = data.duplicates == "drop"
-    parts = {key: holdout_split(frame, data.label, data.holdout_fraction, drop_duplicates=drop) for key, frame in history.frames.items()}
+    parts = {
+        key: holdout_split(frame, data.label, data.holdout_fraction, drop_duplicates=drop, hashes=history.hashes.get(key))
+        for key, frame in history.frames.items()
+    }
     if new_id not in parts:
         raise RuntimeError(f"increment {new_id} is not among the accepted increments")
     train, new_holdout = parts.pop(new_id)

@@ -143,3 +143,30 @@ def test_a_salted_split_is_independent_of_the_holdout() -> None:
     assert not holdout_mask(train, 0.1).any()  # why the salt: the same hash, a smaller share of it
     held = holdout_mask(train, 0.1, salt=1)
     assert 0.05 < held.mean() < 0.15
+
+
+def test_the_split_is_the_same_from_cached_hashes(tmp_path) -> None:
+    """The rows cache keeps each increment's row hashes; split from them, every increment's training part and holdout
+    are exactly those split from the rows (repeats and unlabelled rows included), and hashes of other rows are refused."""
+    from lepton.config import DataConfig
+    from lepton.tasks import splits
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    frames = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        frame = pd.concat([rows(80, seed=seed), rows(80, seed=seed).head(20)], ignore_index=True)
+        file = tmp_path / f"{name}.csv"
+        frame.to_csv(file, index=False)
+        frames[name] = splits.stored_rows(ws, name, file)  # parsed, and kept with its hashes
+    frames["b"].loc[3, "label"] = np.nan  # an unlabelled row: the split falls back to hashing the rows it keeps
+    cached = splits.History(dict(frames), {k: splits._stored(ws, k, tmp_path / f"{k}.csv")[1] for k in frames})
+    assert set(cached.hashes) == {"a", "b"}
+    for data in (DataConfig(label="label"), DataConfig(label="label", duplicates="drop")):
+        with_hashes = splits.split_increments.fn(cached, "b", data)
+        without = splits.split_increments.fn(splits.History(dict(frames)), "b", data)
+        pd.testing.assert_frame_equal(with_hashes[0], without[0])
+        for key in frames:
+            pd.testing.assert_frame_equal(with_hashes[1][key], without[1][key])
+    with pytest.raises(ValueError, match="row hashes"):
+        holdout_mask(frames["a"], 0.2, hashes=cached.hashes["a"][:-1])
