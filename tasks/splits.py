@@ -46,7 +46,7 @@ class History:
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
     """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
-    entries = {r.id: _stored(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()}
+    entries = {r.id: stored_rows(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()}
     return History({k: frame for k, (frame, _) in entries.items()}, {k: hashes for k, (_, hashes) in entries.items() if hashes is not None})
 
 
@@ -68,8 +68,9 @@ def file_key(file: Path) -> tuple[Any, ...]:
     return _ROWS_FORMAT, pd.__version__, pyarrow.__version__, stat.st_size, stat.st_mtime_ns
 
 
-def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
-    """An accepted increment's rows as ``read_increment`` reads its stored file, from the workspace's cache.
+def stored_rows(ws: Workspace, increment_id: str, file: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """An accepted increment's rows as ``read_increment`` reads its stored file, from the workspace's cache, and
+    their row hashes (None for an increment too large to cache).
 
     Every run needs every accepted increment (holdouts, replay, drift's reference), and parsing
     them again cost each run a few ms per Parquet file and tens of ms per CSV, growing with the
@@ -79,11 +80,6 @@ def stored_rows(ws: Workspace, increment_id: str, file: Path) -> pd.DataFrame:
     trusted as its own files are (``lepton.yaml`` names code to import); deleting
     ``.lepton/cache/rows/`` is always safe.
     """
-    return _stored(ws, increment_id, file)[0]
-
-
-def _stored(ws: Workspace, increment_id: str, file: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """``stored_rows``, with the rows' hashes when the cache holds them."""
     key = file_key(file)  # before the read: a file changed meanwhile is not kept under its new key
     with contextlib.suppress(Exception):  # absent, from another version, or damaged: the file is the truth
         with _rows_path(ws, increment_id).open("rb") as handle:

@@ -102,8 +102,8 @@ def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkey
         return real(path)
 
     monkeypatch.setattr(splits, "read_increment", counted)
-    first = splits.stored_rows(ws, "a", file)
-    again = splits.stored_rows(ws, "a", file)
+    first = splits.stored_rows(ws, "a", file)[0]
+    again = splits.stored_rows(ws, "a", file)[0]
     assert len(parsed) == 1 and (ws.state / "cache" / "rows" / "a.pickle").is_file()
     pd.testing.assert_frame_equal(again, first)
     assert again.attrs["header"] == ["id", "x", "pixel", "label"]  # the CSV header as written travels with the rows
@@ -113,13 +113,13 @@ def test_stored_rows_come_from_the_cache_until_the_file_changes(tmp_path, monkey
     size = file.stat().st_size
     os.utime(file, ns=(1, 1))
     assert splits.file_key(file)[-2] == size
-    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file), real(file))
+    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file)[0], real(file))
     assert len(parsed) == 2
 
     (ws.state / "cache" / "rows" / "a.pickle").write_bytes(b"not a pickle")
-    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file), real(file))
+    pd.testing.assert_frame_equal(splits.stored_rows(ws, "a", file)[0], real(file))
     assert len(parsed) == 3
-    splits.stored_rows(ws, "a", file)
+    splits.stored_rows(ws, "a", file)[0]
     assert len(parsed) == 3  # kept again after the damaged entry
 
 
@@ -132,7 +132,7 @@ def test_a_large_increment_is_not_cached(tmp_path, monkeypatch) -> None:
     file = tmp_path / "a.csv"
     rows(50).to_csv(file, index=False)
     monkeypatch.setattr(splits, "CACHED_CELLS", 199)  # 50 rows x 4 columns = 200 cells
-    splits.stored_rows(ws, "a", file)
+    splits.stored_rows(ws, "a", file)[0]
     assert not (ws.state / "cache" / "rows").exists() or not list((ws.state / "cache" / "rows").iterdir())
 
 
@@ -158,9 +158,9 @@ def test_the_split_is_the_same_from_cached_hashes(tmp_path) -> None:
         frame = pd.concat([rows(80, seed=seed), rows(80, seed=seed).head(20)], ignore_index=True)
         file = tmp_path / f"{name}.csv"
         frame.to_csv(file, index=False)
-        frames[name] = splits.stored_rows(ws, name, file)  # parsed, and kept with its hashes
+        frames[name] = splits.stored_rows(ws, name, file)[0]  # parsed, and kept with its hashes
     frames["b"].loc[3, "label"] = np.nan  # an unlabelled row: the split falls back to hashing the rows it keeps
-    cached = splits.History(dict(frames), {k: splits._stored(ws, k, tmp_path / f"{k}.csv")[1] for k in frames})
+    cached = splits.History(dict(frames), {k: splits.stored_rows(ws, k, tmp_path / f"{k}.csv")[1] for k in frames})
     assert set(cached.hashes) == {"a", "b"}
     for data in (DataConfig(label="label"), DataConfig(label="label", duplicates="drop")):
         with_hashes = splits.split_increments.fn(cached, "b", data)
