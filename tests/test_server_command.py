@@ -239,6 +239,47 @@ def test_ctrl_c_stops_a_run_on_the_temporary_server_at_once_and_leaves_no_server
             child.wait()
 
 
+def test_a_ctrl_c_while_prefect_creates_a_task_run_still_ends_the_command_as_an_interrupt(prefect_api, monkeypatch):
+    """Prefect's crash handler fails on an interrupt that lands before the task run exists, and the flow fails with
+    "Task run is not set": the command must still exit as interrupted (130), not as a failed run (1)."""
+    import prefect.task_engine as engine
+    from prefect import flow, task
+
+    from lepton.cli.runs import _ctrl_c_ends_it
+
+    create = engine._create_task_run_locally
+
+    def creating(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the terminal's Ctrl-C, landing as Prefect creates the task run
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_create_task_run_locally", creating)
+
+    @task
+    def step() -> int:
+        return 1
+
+    @flow
+    def pipeline() -> int:
+        return step()
+
+    def run() -> None:  # as lepton's run does: a failed flow is raised with its message
+        state = pipeline(return_state=True)
+        if state.is_failed():
+            raise RuntimeError(str(state.result(raise_on_failure=False)))
+
+    try:
+        with pytest.raises(RuntimeError, match="Task run is not set"):
+            run()
+    except KeyboardInterrupt:  # Prefect let it through: the guard below is no longer needed for this
+        pytest.fail("the interrupt reached the caller as it is: Prefect no longer loses it")
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_it():
+        run()
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_it():  # backfill's flow returns the failed state
+        assert pipeline(return_state=True).is_failed()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.integration
 def test_a_temporary_server_that_cannot_start_says_why(clean_dir):
     """A database it cannot open: the command is told at once, with the server's own words, not after 90 s."""

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,11 +95,45 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
     return result, state.state_details.flow_run_id
 
 
+@contextmanager
+def _ctrl_c_ends_it() -> Iterator[None]:
+    """A Ctrl-C during a flow ends the command as an interrupt (exit 130), whatever Prefect made of it.
+
+    An interrupt that lands while Prefect creates a task run reaches its crash handler before the run
+    exists, and the flow fails with that handler's own error ("Task run is not set") instead.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:  # signals reach the main thread only
+        yield
+        return
+    seen = False
+
+    def noted(signum: int, frame: Any) -> None:
+        nonlocal seen
+        seen = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, noted)
+    try:
+        yield
+    except Exception:
+        if seen:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if seen:  # a series flow records the failure in its state and returns it
+        raise KeyboardInterrupt
+
+
 def _watched_run(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *, dry_run: bool = False) -> tuple[Any, dict[str, Any]]:
     """One flow run under the progress display: its outcome, and the ``seconds`` of its --json outcome
     (the total, and each step's, importing the pipeline first)."""
     started = time.perf_counter()
-    with _watching(ws, mode) as watched:
+    with _watching(ws, mode) as watched, _ctrl_c_ends_it():
         outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
     steps = {"import the pipeline": round(watched.imported - started, 3)} | watched.seconds(flow_run_id)
     return outcome, {"total": round(time.perf_counter() - started, 3), "steps": steps}
@@ -391,7 +427,7 @@ def run_pending(
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     in_warm_worker(ws)
     started = time.perf_counter()
-    with _watching(ws, mode) as watched:
+    with _watching(ws, mode) as watched, _ctrl_c_ends_it():
         from lepton.flows.deployments import run_pending as pending_flow
 
         state = pending_flow(str(ws.root), overrides, return_state=True)
@@ -416,7 +452,7 @@ def backfill(
 
     in_warm_worker(ws)
     started = time.perf_counter()
-    with _watching(ws, mode) as watched, trusting(folder):
+    with _watching(ws, mode) as watched, trusting(folder), _ctrl_c_ends_it():
         from lepton.flows.deployments import backfill as backfill_flow
 
         state = backfill_flow(str(folder.resolve()), str(ws.root), overrides, pattern, return_state=True)
