@@ -116,10 +116,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         plan = plan_training(history, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
         if plan.note:
             log.warning(plan.note)
-        change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate)
+        change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
         changed = change_at is not None and change_at == landing.id
         if changed:
-            log.warning("concept change: the champion does much worse on this increment than on earlier ones; a new network learns it, and forgetting is judged from here on")
+            log.warning("concept change at this increment: a new network learns it, and forgetting is judged from here on")
         if champion is None and config.train.transfer_from and source is None:
             source = load_source(ws, config.train, config.registry)  # no champion after earlier increments (kept out, or failed)
         candidate, training = train(

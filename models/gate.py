@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 
 from lepton.models.settings import GateConfig
 
@@ -223,3 +224,40 @@ def concept_changed(ahead: np.ndarray, before: np.ndarray, *, regression: bool, 
     # Significantly worse, and by a margin no holdout's noise gives: 15 accuracy points, or errors twice as large.
     material = (b.mean() - a.mean()) > (abs(b.mean()) if regression else 0.15)
     return upper < 0 and bool(material)
+
+
+# A relabelling, told from class-incremental data: the rows of a class the champion does not know look, to it, like
+# one class it knows, that class all but left the increment, and the increment still holds the champion's other classes.
+RELABEL_ROWS = 10  # least rows of the unseen class
+RELABEL_AGREEMENT = 0.5  # least share of them the champion gives to one known class
+RELABEL_VANISHED = 0.25  # that class's share of the increment's rows, at most this part of its share before
+RELABEL_PRESENT = 0.1  # ... where it held at least this share
+RELABEL_OTHERS = 0.25  # least share of the increment's rows in the champion's other classes
+
+
+def relabelled(before: np.ndarray, now: np.ndarray, predicted: np.ndarray, known: list) -> tuple[object, object] | None:
+    """``(old, new)`` when the new increment's labels look like the champion's class ``old`` relabelled ``new``.
+
+    ``before``: labels of the recent earlier holdouts; ``now``: the new increment's labels; ``predicted``: the
+    champion's class, before training, for each row of ``now`` whose label it does not know (in order); ``known``:
+    its classes. A class it does not know is by itself no change of rule (class-incremental data brings new classes
+    and leaves the old ones out): a relabelling shows all three signs at once.
+    """
+    if not len(before) or not len(now):
+        return None
+    unknown = ~pd.Series(now).isin(known).to_numpy()
+    labels = now[unknown]
+    for new in dict.fromkeys(labels.tolist()):
+        rows = labels == new
+        if rows.sum() < RELABEL_ROWS:
+            continue
+        classes, counts = np.unique(predicted[rows], return_counts=True)
+        old = classes[counts.argmax()]
+        if counts.max() / rows.sum() < RELABEL_AGREEMENT:
+            continue
+        share_before, share_now = float(np.mean(before == old)), float(np.mean(now == old))
+        vanished = share_before >= RELABEL_PRESENT and share_now <= RELABEL_VANISHED * share_before
+        others = float(np.mean(~unknown & (now != old)))
+        if vanished and others >= RELABEL_OTHERS:
+            return old, new
+    return None

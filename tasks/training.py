@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig, GateConfig, StrategyConfig, TrainConfig
 from lepton.faults import checkpoint
 from lepton.models.bundle import Bundle
 from lepton.models.evaluation import Evaluation, compare
-from lepton.models.gate import GateDecision, concept_changed, decide
+from lepton.models.gate import RELABEL_ROWS, GateDecision, concept_changed, decide, relabelled
 from lepton.models.network import NetworkError, import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
@@ -149,21 +149,39 @@ CHANGE_WINDOW = 5
 
 
 @task(name="detect-change", cache_policy=NO_CACHE)
-def detect_change(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, config: GateConfig) -> str | None:
+def detect_change(
+    champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, config: GateConfig, arrived: pd.DataFrame | None = None,
+) -> str | None:
     """The increment where the concept last changed: this one when the champion, before training, does significantly
-    worse on its holdout than on the recent earlier ones; else the champion's own record (None: never)."""
+    worse on its holdout than on the recent earlier ones, or when ``arrived`` (the increment's rows) relabels one of
+    its classes; else the champion's own record (None: never)."""
     if champion is None:
         return None
     before = [k for k in holdouts if k != new_id][-CHANGE_WINDOW:]
     new = holdouts[new_id]
     if not champion.regression:
+        if before and arrived is not None:
+            rows = arrived[arrived[label].notna()]
+            unknown = ~rows[label].isin(champion.preprocessor.classes)
+            change = None
+            if unknown.sum() >= RELABEL_ROWS:  # the champion predicts only when a relabelling can be told
+                earlier = pd.concat([holdouts[k][label] for k in before]).dropna().to_numpy()
+                change = relabelled(earlier, rows[label].to_numpy(), champion.predict(rows[unknown]), list(champion.preprocessor.classes))
+            if change is not None:
+                get_run_logger().warning(
+                    "concept change: the rows labelled %r look to the champion like %r, and %r all but left the increment: "
+                    "read as %r relabelled %r", change[1], change[0], change[0], change[0], change[1],
+                )
+                return new_id
         # New classes are class-incremental data, not a changed rule: only rows of classes the champion knows count.
         new = new[new[label].isin(champion.preprocessor.classes)]
     if before and len(new):
         scored = compare(champion, None, {**{k: holdouts[k] for k in before}, new_id: new}, new_id=new_id, label=label)
-        if concept_changed(
-            scored.pooled("candidate", [new_id]), scored.pooled("candidate", before),
-            regression=scored.regression, confidence=config.confidence, samples=config.bootstrap_samples,
-        ):
+        ahead, earlier = scored.pooled("candidate", [new_id]), scored.pooled("candidate", before)
+        if concept_changed(ahead, earlier, regression=scored.regression, confidence=config.confidence, samples=config.bootstrap_samples):
+            metric = "MAE" if scored.regression else "accuracy"
+            get_run_logger().warning(
+                "concept change: the champion's %s on this increment is %.3g, against %.3g on the recent earlier holdouts", metric, ahead.mean(), earlier.mean(),
+            )
             return new_id
     return champion.meta.get("concept_change_at")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lepton.config import GateConfig
-from lepton.models.gate import GateDecision, concept_changed, decide, paired_bootstrap_lower
+from lepton.models.gate import GateDecision, concept_changed, decide, paired_bootstrap_lower, relabelled
 
 CONFIG = GateConfig()  # non-inferiority within 0.02, floor 0.5, max forgetting 0.1, 95% bootstrap
 SUPERIOR = GateConfig(policy="superior")  # the candidate must gain more than min_improvement (0)
@@ -204,6 +204,29 @@ def test_concept_change_needs_a_large_significant_drop() -> None:
     # Errors more than twice as large on a numeric target are a change too; 50% larger is not.
     assert concept_changed(np.full(50, 2.5), np.ones(200), regression=True, confidence=0.95, samples=500)
     assert not concept_changed(np.full(50, 1.5), np.ones(200), regression=True, confidence=0.95, samples=500)
+
+
+def labels(**counts: int) -> np.ndarray:
+    return np.asarray([name for name, n in counts.items() for _ in range(n)], dtype=object)
+
+
+def test_a_relabelling_is_told_from_class_incremental_data() -> None:
+    """seattle-weather from May 2013: rainy days come labelled fog, a class the first champion never learnt. The rows
+    of the unseen class look to the champion like one class it knows, that class all but left, and the others stayed."""
+    before = labels(rain=50, sun=35, drizzle=10, snow=5)
+    now = labels(sun=170, fog=70, rain=3)
+    as_rain = np.asarray(["rain"] * 60 + ["drizzle"] * 10, dtype=object)  # the champion's classes for the 70 fog rows
+    known = ["drizzle", "rain", "snow", "sun"]
+    assert relabelled(before, now, as_rain, known) == ("rain", "fog")
+    # Class-incremental: the increment brings new classes only; the old ones are simply not in it.
+    assert relabelled(labels(a=50, b=50), labels(c=50, d=50), np.asarray(["a"] * 40 + ["b"] * 60, dtype=object), ["a", "b"]) is None
+    # A new class the champion spreads over what it knows is a new class, not a renamed one.
+    spread = np.asarray(["rain"] * 30 + ["sun"] * 20 + ["drizzle"] * 20, dtype=object)
+    assert relabelled(before, now, spread, known) is None
+    # The class it looks like is still there in its share: a new class beside it.
+    assert relabelled(before, labels(sun=100, fog=70, rain=90), as_rain, known) is None
+    # Too few rows of the unseen class to say.
+    assert relabelled(before, labels(sun=170, fog=9, rain=3), as_rain[:9], known) is None
 
 
 def test_large_holdouts_use_the_normal_bounds_the_bootstrap_converges_to():

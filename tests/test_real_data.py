@@ -363,6 +363,34 @@ def test_after_a_change_the_champion_is_as_good_as_a_model_of_the_new_rule_alone
     assert accuracy(champion_model(change["ws"]), fresh) >= reference - 0.03
 
 
+def band_rows(n: int, seed: int, top: str = "high") -> pd.DataFrame:
+    """Two features; y is the band x1 falls in: low, mid, or ``top`` (a relabelling names the top band anew)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    frame = pd.DataFrame(x, columns=["x1", "x2"])
+    frame["y"] = np.where(x[:, 0] < -0.5, "low", np.where(x[:, 0] < 0.5, "mid", top))
+    return frame
+
+
+def test_a_relabelled_class_is_a_concept_change_the_champion_follows(tmp_path, prefect_api):
+    """From the third increment the top band is labelled peak: to the champion a class it does not know, which the
+    prequential check leaves out (class-incremental data brings new classes). Its rows look to the champion like
+    `high`, which left: a concept change, followed, and the champion predicts peak for them."""
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "ws", "y", "relabel")
+    outcomes = []
+    for i, top in enumerate(["high", "high", "peak", "peak"], start=1):
+        path = tmp_path / f"day{i}.parquet"
+        band_rows(300, 200 + i, top).to_parquet(path, index=False)
+        outcomes.append(continual_training(str(path), str(ws.root), FAST))
+    assert [o.concept_change for o in outcomes] == [False, False, True, False], [o.message for o in outcomes]
+    assert "concept change at this increment: forgetting not judged on the 2 earlier holdout(s) (gate.old_holdouts=since_change)" in outcomes[2].reasons
+    assert outcomes[2].status == "promoted" or outcomes[3].status == "promoted", [o.message for o in outcomes]
+    fresh = band_rows(400, 999, "peak")
+    assert accuracy(champion_model(ws), fresh) > 0.9
+
+
 def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_increment(tmp_path, prefect_api):
     """A first model kept out by a floor leaves its data in: the next network learns both increments, not only the last file."""
     from lepton.config import load
