@@ -135,3 +135,34 @@ def test_a_date_later_than_any_seen_reads_as_the_latest_seen():
     del old["latest"]
     legacy = Preprocessor.from_dict(old)
     assert legacy.transform(legacy.raw_matrix(later))[1, 0] > z[1, 0]  # no limit: as it read before
+
+
+def test_a_skewed_amount_spanning_orders_of_magnitude_reads_on_a_log_scale():
+    """A rainfall (many dry days, drizzles, a few storms) is read as log(1 + x / unit), the unit its positive values'
+    10th percentile, chosen on the first increment and kept by every later version and its saved state; a bounded
+    count (pixel intensities 0-16) and a symmetric column read as they are."""
+    from lepton.models.preprocessing import Encoding, Preprocessor, signed_log
+
+    rng = np.random.default_rng(3)
+    n = 400
+    rain = np.where(rng.random(n) < 0.5, 0.0, rng.lognormal(mean=0.5, sigma=1.5, size=n))
+    frame = pd.DataFrame({"rain": rain, "pixel": rng.choice([0, 0, 0, 0, 1, 4, 16], size=n), "wind": rng.normal(3, 1, size=n), "y": rng.integers(0, 2, n)})
+    kinds = {"rain": "numeric", "pixel": "numeric", "wind": "numeric"}
+    pre = Preprocessor.create(Encoding(label="y", kinds=kinds)).updated(frame, frame["y"])
+    unit = float(np.percentile(rain[rain > 0], 10))
+    assert pre.logged == {"rain": pytest.approx(unit)}
+    x = pre.raw_matrix(frame)
+    np.testing.assert_allclose(x[:, 0], np.log1p(rain / unit))
+    np.testing.assert_array_equal(x[:, 2], frame["pixel"].to_numpy(dtype=float))
+    # Later increments keep the scale chosen first, even where they would choose another (or none).
+    storms = frame.assign(rain=rain * 100)
+    later = pre.updated(storms, storms["y"])
+    assert later.logged == pre.logged
+    restored = Preprocessor.from_dict(json.loads(json.dumps(later.to_dict())))
+    np.testing.assert_array_equal(restored.transform(restored.raw_matrix(storms)), later.transform(later.raw_matrix(storms)))
+    # A negative value, never seen when the scale was chosen, mirrors; a missing one stays missing.
+    np.testing.assert_allclose(signed_log(np.array([-unit, np.nan]), unit), [-np.log(2), np.nan])
+    # A model saved before log scales reads every column as it is.
+    old = later.to_dict()
+    del old["logged"]
+    assert Preprocessor.from_dict(old).raw_matrix(storms)[0, 0] == storms["rain"].iloc[0]
