@@ -9,14 +9,15 @@ from prefect.states import Completed, State
 
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
+from lepton.lineage import TAG
 from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
-from lepton.tasks.splits import file_key, keep_rows, read, read_history, split_increments, with_accepted
+from lepton.tasks.splits import file_key, keep_rows, not_learnt, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
-from lepton.tasks.training import detect_change, evaluate, gate, run_metrics, train, workspace_networks
+from lepton.tasks.training import detect_change, evaluate, gate, learnable, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -109,17 +110,24 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     for _ in range(ATTEMPTS):
         champion = load_champion(ws, config.registry)
         parent = champion.version if champion else None
-        # No champion yet (none, or every model so far was kept out): the new network learns all that got in.
-        train_frame, holdouts = split_increments(history, landing.id, config.data, everything=champion is None)
-        if champion is None and len(holdouts) > 1:
-            log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(holdouts), len(train_frame))
-        plan = plan_training(history, drift, landing.id, train_frame, config)  # on drift, replay or joint trains on more of the past
-        if plan.note:
-            log.warning(plan.note)
+        # What the champion has not learnt is learnt with the increment: everything that got in while no model has
+        # passed the gate, and the increments the gate kept out since the champion was trained.
+        also = not_learnt(history, landing.id, (champion.tags.get(f"{TAG}increment_id", landing.id)) if champion else None)
+        train_frame, holdouts = split_increments(history, landing.id, config.data)
         change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
         changed = change_at is not None and change_at == landing.id
         if changed:
             log.warning("concept change at this increment: a new network learns it, and forgetting is judged from here on")
+        also = [] if changed else learnable(champion.bundle if champion else None, holdouts, also, config.data.label, config.gate)  # at a change, theirs is the old rule
+        if also:
+            train_frame, _ = split_increments(history, landing.id, config.data, also=also)
+        if champion is None and also:
+            log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(also) + 1, len(train_frame))
+        elif also:
+            log.info("the candidate learns the %d increment(s) the gate kept out since the champion was trained with this one (%d training rows)", len(also), len(train_frame))
+        plan = plan_training(history, drift, landing.id, train_frame, config, also)  # on drift, replay or joint trains on more of the past
+        if plan.note:
+            log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
             source = load_source(ws, config.train, config.registry)  # no champion after earlier increments (kept out, or failed)
         candidate, training = train(

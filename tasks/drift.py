@@ -43,13 +43,17 @@ def with_drift(report: ValidationReport, drift: DriftReport | None) -> Validatio
 
 
 @task(name="plan-training", cache_policy=NO_CACHE)
-def plan_training(history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig) -> TrainingPlan:
-    """What the candidate trains on: the increment, or (drift.action replay or joint, on drift) more of the past."""
+def plan_training(
+    history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
+) -> TrainingPlan:
+    """What the candidate trains on: the increment, or (drift.action replay or joint, on drift) more of the past.
+    ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``)."""
     action = drift.action if drift is not None else None
     earlier = None
     if action in ("replay", "joint"):
         data = config.data
-        parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in history.before(new_id)]
+        before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
+        parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
         earlier = pd.concat(parts, ignore_index=True) if parts else None
     return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed)
 

@@ -121,13 +121,26 @@ def with_accepted(history: History, increment_id: str, frame: pd.DataFrame, hash
     return History({**others, increment_id: frame}, kept | ({increment_id: hashes} if hashes is not None else {}))
 
 
+def not_learnt(history: History, new_id: str, learnt_from: str | None) -> list[str]:
+    """The accepted increments before ``new_id`` that the champion has not trained on, in arrival order.
+
+    ``learnt_from``: the increment the champion was trained on (None: no champion, so every one). A version
+    trains on its increment and every one its parent had not learnt, so those after it are the ones the gate
+    kept out since: none when it is the last, and none when it is not among them (a model from elsewhere).
+    """
+    earlier = [key for key in history.frames if key != new_id]
+    if learnt_from is None:
+        return earlier
+    return earlier[earlier.index(learnt_from) + 1:] if learnt_from in earlier else []
+
+
 @task(name="split", cache_policy=NO_CACHE)
-def split_increments(history: History, new_id: str, data: DataConfig, *, everything: bool = False) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def split_increments(history: History, new_id: str, data: DataConfig, *, also: list[str] | tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last).
 
     Rows without a label, and repeated rows when ``data.duplicates=drop``, take part in neither.
-    ``everything``: the training parts of every accepted increment, the new one last (a first
-    network while no model has passed the gate yet learns all the data that got in, not the last file).
+    ``also``: earlier increments whose training parts are learnt too, before the new one's (what the champion
+    has not learnt: every accepted increment while no model has passed the gate, those the gate kept out since).
     """
     drop = data.duplicates == "drop"
     parts = {
@@ -137,8 +150,8 @@ def split_increments(history: History, new_id: str, data: DataConfig, *, everyth
     if new_id not in parts:
         raise RuntimeError(f"increment {new_id} is not among the accepted increments")
     train, new_holdout = parts.pop(new_id)
-    if everything and parts:
-        train = pd.concat([*(t for t, _ in parts.values()), train], ignore_index=True)
+    if also:
+        train = pd.concat([*(parts[k][0] for k in also), train], ignore_index=True)
     holdouts = {k: holdout for k, (_, holdout) in parts.items()}
     holdouts[new_id] = new_holdout
     return train, holdouts

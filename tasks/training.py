@@ -148,6 +148,32 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
 CHANGE_WINDOW = 5
 
 
+@task(name="choose-kept-out", cache_policy=NO_CACHE)
+def learnable(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], kept_out: list[str], label: str, config: GateConfig) -> list[str]:
+    """Of the increments the gate kept out since the champion was trained, those whose labels follow what it knows:
+    it does not do significantly and materially worse on their holdouts (rows of its classes) than on the ones it
+    learnt. A kept-out increment of noisy labels, learnt with every later one, would keep every later candidate out."""
+    if champion is None or not kept_out:
+        return kept_out
+    learnt = [k for k in list(holdouts)[:-1] if k not in kept_out][-CHANGE_WINDOW:]
+    if not learnt:
+        return kept_out
+    rows = {k: holdouts[k] if champion.regression else holdouts[k][holdouts[k][label].isin(champion.preprocessor.classes)] for k in (*learnt, *kept_out)}
+    scored = compare(champion, None, rows, new_id=kept_out[-1], label=label)
+    before = scored.pooled("candidate", learnt)
+    chosen, left = [], []
+    for k in kept_out:
+        ahead = scored.pooled("candidate", [k])
+        changed = concept_changed(ahead, before, regression=scored.regression, confidence=config.confidence, samples=config.bootstrap_samples)
+        (left if changed else chosen).append(k)
+    if left:
+        get_run_logger().warning(
+            "not learnt with this increment: %d kept-out increment(s) whose holdouts the champion does much worse on than on those it learnt "
+            "(noisy labels, or a change it did not follow): %s", len(left), ", ".join(left),
+        )
+    return chosen
+
+
 @task(name="detect-change", cache_policy=NO_CACHE)
 def detect_change(
     champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, config: GateConfig, arrived: pd.DataFrame | None = None,

@@ -449,3 +449,23 @@ def test_joint_replays_exactly_the_training_rows_the_split_keeps():
     held = set(map(tuple, holdouts["old"].to_numpy().tolist()))
     trained = set(map(tuple, plan.frame.to_numpy().tolist()))
     assert len(plan.frame) > len(train) and not held & trained
+
+
+def test_joint_retrains_once_on_increments_the_candidate_learns_already():
+    """Increments the gate kept out are learnt with the new one (split_increments' ``also``): joint training on
+    drift adds the other earlier increments, not those a second time."""
+    from lepton.config import LeptonConfig
+    from lepton.models.drift import DriftReport
+    from lepton.tasks.drift import plan_training
+    from lepton.tasks.splits import History, split_increments
+
+    rng = np.random.default_rng(1)
+    frames = {k: pd.DataFrame({"a": rng.normal(size=100), "y": rng.integers(0, 2, 100)}) for k in ("first", "kept-out", "new")}
+    config = LeptonConfig(data={"label": "y"}, drift={"action": "joint"})
+    history = History(frames)
+    train, _ = split_increments.fn(history, "new", config.data, also=["kept-out"])
+    plan = plan_training.fn(history, DriftReport([], None, True, "joint", 0, 0), "new", train, config, ["kept-out"])
+    from lepton.models.splits import split
+
+    assert len(plan.frame) == sum(len(split(f, 0.2)[0]) for f in frames.values())  # each training part once
+    assert not plan.frame.duplicated().any()

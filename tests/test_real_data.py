@@ -288,6 +288,20 @@ def test_a_wrecked_candidate_is_kept_out(stationary):
     assert all(f.startswith("the new holdout alone is significantly worse: gain -") for f in worse.failures[1:]), worse.failures
 
 
+def test_a_kept_out_increment_of_noisy_labels_is_not_learnt_with_the_next_one(stationary, tmp_path):
+    """The scrambled increment was kept out; the next candidate learns only its own increment: the champion does much
+    worse on the scrambled holdout than on those it learnt, and learnt with every later one it would keep them all out."""
+    from lepton.config import load
+    from lepton.models.splits import split
+    from lepton.tasks.registry import download_bundle
+
+    ws, outcomes = stationary["ws"], stationary["outcomes"]
+    name = load(ws.root).registry.model_name
+    registry(ws)
+    champion, after = (download_bundle(name, outcomes[i].version, tmp_path / str(i)).preprocessor.count for i in (3, 5))
+    assert after == champion + len(split(rule_rows(300, 6), 0.2)[0])
+
+
 def test_duplicates_are_kept_with_a_warning_or_rejected_when_asked(stationary, prefect_api):
     """Repeated rows: processed and reported by default; data.duplicates=reject refuses them (exit 2) and names the setting."""
     from lepton.flows.continual import continual_training
@@ -389,6 +403,28 @@ def test_a_relabelled_class_is_a_concept_change_the_champion_follows(tmp_path, p
     assert outcomes[2].status == "promoted" or outcomes[3].status == "promoted", [o.message for o in outcomes]
     fresh = band_rows(400, 999, "peak")
     assert accuracy(champion_model(ws), fresh) > 0.9
+
+
+def test_an_increment_the_gate_kept_out_is_learnt_with_the_next_one(tmp_path, prefect_api):
+    """Kept out, an increment's training rows are not lost: the next candidate learns them with its own (the champion
+    had not), and its holdout stays a holdout."""
+    from lepton.config import load
+    from lepton.flows.continual import continual_training
+    from lepton.models.splits import split
+    from lepton.tasks.registry import download_bundle
+
+    ws = make_workspace(tmp_path / "ws", "y", "kept-out")
+    frames, outcomes = [rule_rows(200, 300 + i) for i in range(3)], []
+    for i, (frame, extra) in enumerate(zip(frames, [[], ["gate.policy=superior", "gate.min_improvement=0.5"], []], strict=True), start=1):
+        path = tmp_path / f"day{i}.parquet"
+        frame.to_parquet(path, index=False)
+        outcomes.append(continual_training(str(path), str(ws.root), [*FAST, *extra]))
+    assert [o.status for o in outcomes] == ["promoted", "kept_out", "promoted"], [o.message for o in outcomes]
+    name = load(ws.root).registry.model_name
+    registry(ws)  # points MLflow at the workspace's registry
+    learnt = [download_bundle(name, o.version, tmp_path / f"v{o.version}").preprocessor.count for o in outcomes]
+    rows = [len(split(f, 0.2)[0]) for f in frames]
+    assert learnt == [rows[0], rows[0] + rows[1], rows[0] + rows[1] + rows[2]]
 
 
 def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_increment(tmp_path, prefect_api):

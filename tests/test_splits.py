@@ -170,3 +170,25 @@ def test_the_split_is_the_same_from_cached_hashes(tmp_path) -> None:
             pd.testing.assert_frame_equal(with_hashes[1][key], without[1][key])
     with pytest.raises(ValueError, match="row hashes"):
         holdout_mask(frames["a"], 0.2, hashes=cached.hashes["a"][:-1])
+
+
+def test_the_candidate_learns_what_the_champion_has_not() -> None:
+    """Every accepted increment while there is no champion; those after the champion's own increment (kept out by the
+    gate since) when there is one; none when it is the last, or a model from elsewhere. Their training rows come
+    before the new one's, and every holdout stays where it was."""
+    from lepton.config import DataConfig
+    from lepton.tasks.splits import History, not_learnt, split_increments
+
+    rng = np.random.default_rng(0)
+    history = History({k: pd.DataFrame({"a": rng.normal(size=50), "y": rng.integers(0, 2, 50)}) for k in ("a", "b", "c", "new")})
+    assert not_learnt(history, "new", None) == ["a", "b", "c"]
+    assert not_learnt(history, "new", "a") == ["b", "c"]
+    assert not_learnt(history, "new", "c") == []
+    assert not_learnt(history, "new", "elsewhere") == []
+    data = DataConfig(label="y")
+    alone, holdouts = split_increments.fn(history, "new", data)
+    both, same = split_increments.fn(history, "new", data, also=["b", "c"])
+    trained_b, _ = split(history.frames["b"], 0.2)
+    assert len(both) == len(alone) + len(trained_b) + len(split(history.frames["c"], 0.2)[0])
+    pd.testing.assert_frame_equal(both.head(len(trained_b)), trained_b.reset_index(drop=True))
+    assert list(same) == list(holdouts) and all(same[k].equals(holdouts[k]) for k in holdouts)
