@@ -187,12 +187,12 @@ def detect_change(
     new = holdouts[new_id]
     if not champion.regression:
         if before and arrived is not None:
-            rows = arrived[arrived[label].notna()]
-            unknown = ~rows[label].isin(champion.preprocessor.classes)
+            labels = arrived[label]
+            unknown = labels.notna() & ~labels.isin(champion.preprocessor.classes)
             change = None
-            if unknown.sum() >= RELABEL_ROWS:  # the champion predicts only when a relabelling can be told
+            if unknown.sum() >= RELABEL_ROWS:  # the champion predicts only when a relabelling can be told (no copy of the rows else)
                 earlier = pd.concat([holdouts[k][label] for k in before]).dropna().to_numpy()
-                change = relabelled(earlier, rows[label].to_numpy(), champion.predict(rows[unknown]), list(champion.preprocessor.classes))
+                change = relabelled(earlier, labels.dropna().to_numpy(), champion.predict(arrived[unknown]), list(champion.preprocessor.classes))
             if change is not None:
                 get_run_logger().warning(
                     "concept change: the rows labelled %r look to the champion like %r, and %r all but left the increment: "
