@@ -112,7 +112,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         parent = champion.version if champion else None
         # What the champion has not learnt is learnt with the increment: everything that got in while no model has
         # passed the gate, and the increments the gate kept out since the champion was trained.
-        also = not_learnt(history, landing.id, (champion.tags.get(f"{TAG}increment_id", landing.id)) if champion else None)
+        also = not_learnt(history, landing.id, champion.tags.get(f"{TAG}increment_id", landing.id) if champion else None)
         train_frame, holdouts = split_increments(history, landing.id, config.data)
         change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
         changed = change_at is not None and change_at == landing.id

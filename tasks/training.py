@@ -148,6 +148,12 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
 CHANGE_WINDOW = 5
 
 
+def _known_rows(champion: Bundle, frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The rows the champion's accuracy is compared on to tell a changed rule: new classes are class-incremental
+    data, not a changed rule, so only rows of classes it knows count (every row for a numeric target)."""
+    return frame if champion.regression else frame[frame[label].isin(champion.preprocessor.classes)]
+
+
 @task(name="choose-kept-out", cache_policy=NO_CACHE)
 def learnable(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], kept_out: list[str], label: str, config: GateConfig) -> list[str]:
     """Of the increments the gate kept out since the champion was trained, those whose labels follow what it knows:
@@ -158,7 +164,7 @@ def learnable(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], kept_o
     learnt = [k for k in list(holdouts)[:-1] if k not in kept_out][-CHANGE_WINDOW:]
     if not learnt:
         return kept_out
-    rows = {k: holdouts[k] if champion.regression else holdouts[k][holdouts[k][label].isin(champion.preprocessor.classes)] for k in (*learnt, *kept_out)}
+    rows = {k: _known_rows(champion, holdouts[k], label) for k in (*learnt, *kept_out)}
     scored = compare(champion, None, rows, new_id=kept_out[-1], label=label)
     before = scored.pooled("candidate", learnt)
     chosen, left = [], []
@@ -199,8 +205,7 @@ def detect_change(
                     "read as %r relabelled %r", change[1], change[0], change[0], change[0], change[1],
                 )
                 return new_id
-        # New classes are class-incremental data, not a changed rule: only rows of classes the champion knows count.
-        new = new[new[label].isin(champion.preprocessor.classes)]
+    new = _known_rows(champion, new, label)
     if before and len(new):
         scored = compare(champion, None, {**{k: holdouts[k] for k in before}, new_id: new}, new_id=new_id, label=label)
         ahead, earlier = scored.pooled("candidate", [new_id]), scored.pooled("candidate", before)

@@ -456,6 +456,7 @@ def test_joint_retrains_once_on_increments_the_candidate_learns_already():
     drift adds the other earlier increments, not those a second time."""
     from lepton.config import LeptonConfig
     from lepton.models.drift import DriftReport
+    from lepton.models.splits import split
     from lepton.tasks.drift import plan_training
     from lepton.tasks.splits import History, split_increments
 
@@ -465,7 +466,5 @@ def test_joint_retrains_once_on_increments_the_candidate_learns_already():
     history = History(frames)
     train, _ = split_increments.fn(history, "new", config.data, also=["kept-out"])
     plan = plan_training.fn(history, DriftReport([], None, True, "joint", 0, 0), "new", train, config, ["kept-out"])
-    from lepton.models.splits import split
-
     assert len(plan.frame) == sum(len(split(f, 0.2)[0]) for f in frames.values())  # each training part once
     assert not plan.frame.duplicated().any()
