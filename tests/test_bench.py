@@ -63,7 +63,7 @@ def test_markdown_marks_the_default_and_rows_run_with_other_settings():
 def test_bench_tables_scores_every_model_prequentially(tmp_path):
     """`lepton bench tables` on a 3-increment stationary stream: increment 1 unscored, the others scored by all three models."""
     result = subprocess.run(
-        [LEPTON, "bench", "tables", "--table", "stationary", "--increments", "3", "--epochs", "5", "--out", str(tmp_path)],
+        [LEPTON, "bench", "tables", "--table", "stationary", "--increments", "3", "--epochs", "5", "--streams", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, check=False, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,8 +87,13 @@ def test_bench_tables_scores_every_model_prequentially(tmp_path):
     # A linear 3-class rule with 5% noise: 300 rows put HGB far above chance (1/3) and below the 96.7% ceiling.
     assert 0.6 < record["prequential"]["hgb"] < 0.97
     assert record["accepted_share"] == sum(s["status"] in ("promoted", "kept_out") for s in steps) / 3
-    assert "### Targets" in (tmp_path / "tables.md").read_text()
-    assert "stationary stream: champion replaced" in result.stdout
+    # The replacement share counts a second stationary stream (the next seed), through Lepton alone.
+    assert [s["seed"] for s in record["streams"]] == [10, 11]
+    assert record["streams"][0]["statuses"] == [s["status"] for s in steps]
+    assert len(record["streams"][1]["statuses"]) == 3 and record["streams"][1]["statuses"][0] == "promoted"
+    text = (tmp_path / "tables.md").read_text()
+    assert "### Targets" in text and "more stationary streams (seed 11: P " in text
+    assert "stationary stream:" in result.stdout  # the targets board (its cells wrap at 80 columns)
 
 
 def _record(table, metric, lepton, hgb, river, *, kind="table", statuses=("promoted", "promoted", "promoted"), scored=2, network=None):
@@ -117,6 +122,14 @@ def test_tables_targets_compare_with_the_peers_and_name_what_was_rejected():
     assert got["diabetes: MAE within 10% of HGB"] == (True, "46.00 vs HGB 42.00, river 50.00 (network retrained -)")
     assert got["stationary stream: champion replaced on >= 80% of increments"] == (False, "50% of 2")
     assert got["concept change: 2 increments on, within 3 points of the new concept alone"] == (False, "85.0% vs 89.0% (increment 3, change at 2)")
+    # Over several streams the increments after the first are pooled: 1 + 2 + 2 replaced of 6 meets 80%, 1 + 2 + 1 misses it.
+    more = [{"seed": 11, "statuses": ["promoted", "promoted", "promoted"]}, {"seed": 12, "statuses": ["promoted", "promoted", "promoted"]}]
+    records[-1]["streams"] = [{"seed": 10, "statuses": ["promoted", "kept_out", "promoted"]}, *more]
+    got = {text: (ok, measured) for text, ok, measured in targets(records)}
+    assert got["stationary stream: champion replaced on >= 80% of increments"] == (True, "83% of 6 over 3 streams (seeds 10-12; each: 1/2, 2/2, 2/2)")
+    more[1]["statuses"][2] = "kept_out"
+    got = {text: (ok, measured) for text, ok, measured in targets(records)}
+    assert got["stationary stream: champion replaced on >= 80% of increments"] == (False, "67% of 6 over 3 streams (seeds 10-12; each: 1/2, 2/2, 1/2)")
 
 
 def test_commands_targets_hold_each_command_to_the_floor(tmp_path):

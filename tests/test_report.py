@@ -34,7 +34,7 @@ def _data(**changes) -> pages.ReportData:
 
 
 def test_the_accuracy_heatmap_draws_the_most_recent_cells_only(tmp_path):
-    """After many increments the heatmap shows the last models and holdouts, at the size of a full 12 x 12 one; the JSON keeps all."""
+    """After many increments the heatmap shows the last models and holdouts, at the size of a full HEATMAP_CELLS-square one; the JSON keeps all."""
     from PIL import Image
 
     from lepton.report.plots import HEATMAP_CELLS, heatmap
@@ -322,10 +322,10 @@ def test_cli_says_when_there_is_no_report_yet(clean_dir):
 
 
 def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):
-    """Beyond HEATMAP_CELLS holdouts the bars show the last ones: 28 old holdouts at 90% and 12 recent at 10% draw no tall bar."""
+    """Beyond HOLDOUT_BARS holdouts the bars show the last ones: 28 old holdouts at 90% and 12 recent at 10% draw no tall bar."""
     from PIL import Image
 
-    from lepton.report.plots import HEATMAP_CELLS, holdout_bars
+    from lepton.report.plots import HOLDOUT_BARS, holdout_bars
 
     def rows(accuracies):
         return [pages.HoldoutRow(increment_id=f"{i:016d}", rows=20, new=i == len(accuracies) - 1, candidate_accuracy=a) for i, a in enumerate(accuracies)]
@@ -334,8 +334,8 @@ def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):
         pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
         return int((abs(pixels - np.array([0x25, 0x63, 0xEB])).sum(axis=2) < 40).sum())
 
-    low = blue(holdout_bars(rows([0.1] * HEATMAP_CELLS), tmp_path / "low.png"))
-    tall = blue(holdout_bars(rows([0.9] * HEATMAP_CELLS), tmp_path / "tall.png"))
-    mixed = blue(holdout_bars(rows([0.9] * 28 + [0.1] * HEATMAP_CELLS), tmp_path / "mixed.png"))
+    low = blue(holdout_bars(rows([0.1] * HOLDOUT_BARS), tmp_path / "low.png"))
+    tall = blue(holdout_bars(rows([0.9] * HOLDOUT_BARS), tmp_path / "tall.png"))
+    mixed = blue(holdout_bars(rows([0.9] * 28 + [0.1] * HOLDOUT_BARS), tmp_path / "mixed.png"))
     assert tall > 3 * low  # a 90% bar is far taller than a 10% one
     assert abs(mixed - low) < 0.05 * low  # the 28 older, taller bars are not drawn

@@ -208,6 +208,7 @@ def tables(
     increments: Annotated[int | None, typer.Option(help="Cut every table into this many increments (default: each table's own, 4-8).")] = None,
     epochs: Annotated[int, typer.Option(help="Lepton's training epochs per increment (its default is 30).")] = 30,
     out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
+    streams: Annotated[int, typer.Option(min=1, help="Stationary streams the replacement share is counted on (the table's own, then Lepton alone on the next seeds).")] = 5,
 ) -> None:
     """Prequential accuracy (or MAE) on public tables and generated streams: Lepton's default beside retrained HGB and river's ARF."""
     for key, value in {
@@ -253,8 +254,9 @@ def tables(
 
     warm_up()
     folder = out or RESULTS
-    with _progress("increments", sum(len(t.increments) for t in chosen)) as step:
-        records = run(chosen, epochs=epochs, out=folder, skipped=skipped, progress=step)
+    extra = sum(len(t.increments) for t in chosen if t.name == "stationary") * (streams - 1)
+    with _progress("increments", sum(len(t.increments) for t in chosen) + extra) as step:
+        records = run(chosen, epochs=epochs, out=folder, skipped=skipped, progress=step, streams=streams)
     console.print(f"wrote {folder / 'tables.json'} and tables.md ({len(records)} tables)")
     from rich.table import Table
 
