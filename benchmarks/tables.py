@@ -35,8 +35,9 @@ ACCURACY_MARGIN = 0.02  # prequential accuracy within 2 points of the retrained 
 MAE_MARGIN = 0.10  # prequential MAE within 10% of the retrained HGB's
 REPLACED_SHARE = 0.80  # stationary stream: champion replaced on >= 80% of increments
 # The replacement share is a count over 7 increments on one stream, in steps of 14 points: the gate's verdict on
-# a candidate as good as the champion is close to a coin with p ~ 0.85, and one stream alone reads 71% as often
-# as 100%. It is measured on this many stationary streams (seeds from the table's own, Lepton alone on the others).
+# a candidate as good as the champion is close to a coin with p ~ 0.85, and one stream alone then reads 71% or
+# less about one time in four. It is measured on this many stationary streams (seeds from the table's own,
+# Lepton alone on the others).
 STATIONARY_STREAMS = 5
 CONCEPT_MARGIN = 0.03  # two increments after a concept change: within 3 points of the new concept alone
 
