@@ -361,7 +361,7 @@ class Lepton:
 
     name = "lepton"
 
-    def __init__(self, root: Path, table: Table, epochs: int):
+    def __init__(self, root: Path, table: Table, epochs: int, overrides: list[str] | None = None):
         from lepton.config import load as load_config
         from lepton.tasks.initialise import initialise
         from lepton.workspace import Workspace
@@ -371,7 +371,7 @@ class Lepton:
         self.inbox.mkdir(parents=True, exist_ok=True)
         initialise(self.ws, table.label, table.name.replace("_", "-"))
         self.config = load_config(self.ws.root)
-        self.overrides = [f"train.epochs={epochs}"]
+        self.overrides = [f"train.epochs={epochs}", *(overrides or [])]
         self.label = table.label
         self.version: int | None = None
         self.bundle: Any = None
@@ -449,10 +449,10 @@ def concept_reference(table: Table, epochs: int) -> float:
                                np.asarray(model.predict(test.drop(columns=[table.label])), dtype=object)).mean())
 
 
-def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
+def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print, overrides: list[str] | None = None) -> dict[str, Any]:
     """Every increment scored by each model before it learns from it; one record with the per-increment trail."""
     kinds = peer_kinds(table.increments[0], table.label)
-    models: list[Any] = [Lepton(root, table, epochs), Retrained(table.task, table.label, kinds), NetworkRetrained(table.label, epochs)]
+    models: list[Any] = [Lepton(root, table, epochs, overrides), Retrained(table.task, table.label, kinds), NetworkRetrained(table.label, epochs)]
     try:
         models.append(Online(table.task, table.label, kinds))
     except ImportError:
@@ -486,6 +486,7 @@ def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str]
     record: dict[str, Any] = {
         "table": table.name, "kind": table.kind, "task": table.task, "metric": "accuracy" if table.task == "classification" else "mae",
         "label": table.label, "source": table.source, "order": table.order, "notes": table.notes, "epochs": epochs,
+        "overrides": overrides or [],
         "rows": sum(len(f) for f in table.increments), "increments": len(table.increments), "columns": kinds,
         "steps": steps,
         "scored_increments": {m.name: len(errors[m.name]) for m in models},
@@ -505,9 +506,9 @@ def run_table(table: Table, *, epochs: int, root: Path, progress: Callable[[str]
     return record
 
 
-def statuses_on(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print) -> list[str]:
+def statuses_on(table: Table, *, epochs: int, root: Path, progress: Callable[[str], None] = print, overrides: list[str] | None = None) -> list[str]:
     """What Lepton's flow did with each increment of ``table``, nothing scored: the gate's verdicts alone."""
-    lepton = Lepton(root, table, epochs)
+    lepton = Lepton(root, table, epochs, overrides)
     statuses = []
     for k, frame in enumerate(table.increments):
         statuses.append(lepton.learn(frame)["status"])
@@ -516,27 +517,28 @@ def statuses_on(table: Table, *, epochs: int, root: Path, progress: Callable[[st
 
 
 def tables(tables: list[Table], *, epochs: int = 30, out: Path = RESULTS, skipped: list[str] | None = None,
-           progress: Callable[[str], None] = print, streams: int = STATIONARY_STREAMS) -> list[dict[str, Any]]:
+           progress: Callable[[str], None] = print, streams: int = STATIONARY_STREAMS, overrides: list[str] | None = None) -> list[dict[str, Any]]:
     """Every table through Lepton and the peers (the Prefect API already up); writes tables.json and tables.md.
 
     The stationary table's replacement share is counted on ``streams`` stationary streams: its own, and
-    ``streams - 1`` more (next seeds, same length) through Lepton alone.
+    ``streams - 1`` more (next seeds, same length) through Lepton alone. ``overrides`` are Lepton's settings
+    (``--set`` lines) on top of the defaults, recorded with the results.
     """
     out.mkdir(parents=True, exist_ok=True)
     records = []
     with tempfile.TemporaryDirectory(prefix="lepton-bench-tables-") as tmp:
         for table in tables:
             started = time.perf_counter()
-            record = run_table(table, epochs=epochs, root=Path(tmp) / table.name, progress=progress)
+            record = run_table(table, epochs=epochs, root=Path(tmp) / table.name, progress=progress, overrides=overrides)
             if table.name == "stationary":
                 record["streams"] = [{"seed": STATIONARY_SEED, "statuses": [s["status"] for s in record["steps"]]}]
                 for seed in range(STATIONARY_SEED + 1, STATIONARY_SEED + streams):
                     other = stationary(n=len(table.increments), seed=seed)
-                    seen = statuses_on(other, epochs=epochs, root=Path(tmp) / f"stationary-{seed}", progress=progress)
+                    seen = statuses_on(other, epochs=epochs, root=Path(tmp) / f"stationary-{seed}", progress=progress, overrides=overrides)
                     record["streams"].append({"seed": seed, "statuses": seen})
             record["wall_seconds"] = round(time.perf_counter() - started, 1)
             records.append(record)
-    (out / "tables.json").write_text(json.dumps({"epochs": epochs, "skipped": skipped or [], "tables": records}, indent=1, default=str) + "\n")
+    (out / "tables.json").write_text(json.dumps({"epochs": epochs, "overrides": overrides or [], "skipped": skipped or [], "tables": records}, indent=1, default=str) + "\n")
     (out / "tables.md").write_text(markdown(records, skipped or []))
     return records
 
@@ -610,9 +612,11 @@ def _trail(record: dict[str, Any]) -> str:
 
 def markdown(records: list[dict[str, Any]], skipped: list[str]) -> str:
     epochs = records[0]["epochs"] if records else 30
+    settings = records[0].get("overrides") if records else None
     lines = [
         f"Prequential: each increment is scored by every model before it learns from it (increment 1 is not scored); "
         f"accuracy for classification, MAE for regression (lower is better). Lepton: the flow with the workspace defaults "
+        + (f"and {', '.join(f'`{o}`' for o in settings)} " if settings else "") +
         f"and {epochs} epochs, scored with the champion before each run. HGB: HistGradientBoosting retrained on every row seen. "
         f"river: ARF learning each row once. Network retrained: Lepton's network and preprocessing trained from scratch on every row seen, "
         f"without fine-tuning, strategy or gate (what the continual machinery costs, and what the network family does on the table). Trail: P promoted, K kept out, R rejected, E error. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -17,7 +18,7 @@ from lepton.tasks.registry import config_params, finish_increment, keep_answers,
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import file_key, keep_rows, not_learnt, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
-from lepton.tasks.training import detect_change, evaluate, gate, learnable, run_metrics, train, workspace_networks
+from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -143,7 +144,17 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
             config.train.epochs, training.lr, training.device, training.threads, training.seconds, training.losses[-1],
         )
+        if training.best_epoch is not None:
+            log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
+        if plan.rival is not None and champion is not None:  # drift.action=compete
+            rival, rival_training = train(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
+            rival_evaluation = evaluate(rival, champion.bundle, holdouts, landing.id, config.data.label)
+            won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at)
+            log.info("drift.action=compete: %s", why)
+            plan = replace(plan, note=f"{plan.note}: {why}")
+            if won:
+                candidate, training, evaluation = rival, rival_training, rival_evaluation
         decision = gate(evaluation, config.gate, change_at)
         log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
 

@@ -34,7 +34,7 @@ from lepton.models import columns as kinds_of
 from lepton.models.settings import DriftConfig
 
 Test = Literal["ks", "chi2", "psi"]
-Action = Literal["warn", "block", "replay", "joint"]
+Action = Literal["warn", "block", "replay", "joint", "compete"]
 
 # Categories rarer than this (both sides together) share one bucket: the chi-square
 # approximation needs expected counts of about five or more per cell.
@@ -309,6 +309,7 @@ class TrainingPlan:
     rehearse: pd.DataFrame | None = None  # earlier rows trained on as well, but not remembered again
     warm_start: bool = True  # False: a new network, trained on everything accepted
     note: str | None = None  # the change, for the log and the tracking run
+    rival: pd.DataFrame | None = None  # compete: every accepted training row, for a new network that competes with the fine-tuned one
 
 
 def respond(action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0) -> TrainingPlan:
@@ -316,11 +317,16 @@ def respond(action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | No
 
     - replay: a uniform, seeded sample of ``replay_share`` earlier rows per new row is trained
       on with the increment, so the shifted data cannot pull the model away from the rest;
-    - joint: the model is retrained from scratch on every accepted training row.
+    - joint: the model is retrained from scratch on every accepted training row;
+    - compete: the increment is learnt as usual, and a new network trained on every accepted
+      training row is its ``rival``: whichever does better on the holdouts goes to the gate.
     Anything else (no drift, warn, block) keeps the plan as it is.
     """
-    if action not in ("replay", "joint") or earlier is None or earlier.empty:
+    if action not in ("replay", "joint", "compete") or earlier is None or earlier.empty:
         return TrainingPlan(new)
+    if action == "compete":
+        everything = pd.concat([earlier, new], ignore_index=True)
+        return TrainingPlan(new, rival=everything, note=f"drift.action=compete: a new network trained on all {len(everything)} accepted training rows competes with the fine-tuned candidate")
     if action == "joint":
         everything = pd.concat([earlier, new], ignore_index=True)
         return TrainingPlan(everything, warm_start=False, note=f"drift.action=joint: retraining from scratch on all {len(everything)} accepted training rows ({len(new)} new)")

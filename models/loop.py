@@ -142,6 +142,19 @@ def step(
 class FitResult:
     losses: list[float]  # mean loss of each epoch
     samples: int  # samples through forward and backward passes, memory batches included
+    best_epoch: int | None = None  # with a validation set: the epoch whose weights were kept
+
+
+def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
+    """The task loss on held-out rows, in evaluation mode (no gradient); the model's mode is left as it was."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            total += float(strategies.task_loss(model(x[start : start + batch_size]), y[start : start + batch_size])) * len(y[start : start + batch_size])
+    model.train(was_training)
+    return total / max(len(y), 1)
 
 
 def fit(
@@ -155,8 +168,13 @@ def fit(
     device: torch.device,
     generator: torch.Generator,
     strategy: strategies.Strategy | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches, add penalties and keep parameters fixed."""
+    """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches, add penalties and keep parameters fixed.
+
+    ``validation``: held-out rows (transformed, encoded); the weights of the epoch with the lowest loss on
+    them are kept (early stopping without stopping: every epoch still runs, so the cost is known).
+    """
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     if device.type == "cuda":
         xt, yt = xt.pin_memory(), yt.pin_memory()
@@ -168,6 +186,9 @@ def fit(
         optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         autocast, scaler = _autocast(device)
         losses, samples = [], 0
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        if validation is not None:
+            xv, yv = (torch.from_numpy(a).to(device) for a in validation)
         for epoch in range(1, epochs + 1):
             order = torch.randperm(len(xt), generator=generator).to(device)
             total, count = 0.0, 0
@@ -180,5 +201,11 @@ def fit(
             losses.append(total / max(count, 1))
             # For whoever watches (the CLI's progress display): structured, and free when nobody does.
             log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
+            if validation is not None:
+                held = validation_loss(model, xv, yv)
+                if best is None or held < best[0]:
+                    best = (held, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if best is not None:
+            model.load_state_dict(best[2])
     model.eval()
-    return FitResult(losses, samples)
+    return FitResult(losses, samples, best[1] if best is not None else None)

@@ -61,6 +61,10 @@ class TrainConfig(Section):
         "auto",
         description="How the transferred feature layers train on the first increment: frozen, partial (only their last layer), full; auto trains these and a network from scratch on 75% of the training rows, keeps the best on the other 25%, and trains it on all of them.",
     )
+    early_stopping: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of a new network's training rows held out to pick its best epoch (the weights with the lowest loss on them are kept); 0: the last epoch's. Single-process training only.",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     threads: int | None = Field(
         None,
@@ -171,9 +175,9 @@ class DriftConfig(Section):
     """How an increment is compared with the accepted history before it is accepted, and what drift does."""
 
     enabled: bool = Field(True, description="Measure drift of every increment after the first.")
-    action: Literal["warn", "block", "replay", "joint"] = Field(
-        "warn",
-        description="On drift: warn (report and carry on), block (reject and quarantine, exit 2), replay (rehearse earlier rows with this increment) or joint (retrain on all accepted data).",
+    action: Literal["warn", "block", "replay", "joint", "compete"] = Field(
+        "compete",
+        description="On drift: compete (the fine-tuned candidate and a new network trained on all accepted data; the better on the holdouts the gate judges goes to the gate), warn (report and carry on), block (reject and quarantine, exit 2), replay (rehearse earlier rows with this increment) or joint (retrain on all accepted data).",
     )
     p_value: float = Field(0.01, gt=0, lt=1, description="Family-wise significance: a test flags drift when its p-value passes Holm's correction over all of the increment's tests at this level.")
     psi_threshold: float = Field(0.25, gt=0, description="Population stability index at or above which a categorical feature or the label drifts (categorical_test=psi).")

@@ -40,7 +40,9 @@ def holdout_mask(frame: pd.DataFrame, fraction: float, *, salt: int = 0, hashes:
         hashes = hashes.copy()
         hashes[later] = pd.util.hash_array(hashes[later] ^ (copy[later].astype(np.uint64) * _COPY_MIX))
     if salt:
-        hashes = pd.util.hash_array(hashes ^ (np.uint64(salt) * _COPY_MIX))
+        with np.errstate(over="ignore"):  # the product wraps around 64 bits, as meant
+            mix = np.uint64(salt) * _COPY_MIX
+        hashes = pd.util.hash_array(hashes ^ mix)
     return (hashes % _BUCKETS) < int(round(fraction * _BUCKETS))
 
 

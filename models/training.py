@@ -36,6 +36,7 @@ class TrainReport:
     lr: float = 0.0  # the learning rate it trained at
     threads: int = 0  # intra-op CPU threads of each training process
     transfer: dict | None = None  # a first network from another model's: the source, the way kept, each way's score
+    best_epoch: int | None = None  # train.early_stopping: the epoch whose weights were kept
 
 
 def fine_tune(
@@ -117,6 +118,14 @@ def fine_tune(
         memory_x, memory_y = plan.memory_samples(width, preprocessor.encode if regression else None)
         validation = (np.concatenate([x_new[held], memory_x]), np.concatenate([y_new[held], memory_y]))
 
+    early = None
+    if retrain and validation is None and train.early_stopping > 0 and train.nproc == 1 and train.launcher == "spawn":
+        # A new network on a few hundred noisy rows fits their noise within its epochs: the epoch that
+        # predicts held-out rows best is kept. Salted apart from the holdout split and interpolate's.
+        held = holdout_mask(frame, train.early_stopping, salt=EARLY_STOPPING_SALT)
+        if held.any() and (~held).sum() >= train.batch_size:
+            early = (x_new[held], y_new[held])
+            x_fit, y_fit = x_new[~held], y_new[~held]
     device = select_device(train.device)
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
@@ -154,7 +163,8 @@ def fine_tune(
         else:
             cpu_threads = intra_op_threads(network, train.batch_size, train.threads) if device.type == "cpu" else torch.get_num_threads()
             with threads(cpu_threads):
-                result = fit(network, preprocessor.transform(x_raw), y, **loop)
+                held_out = None if early is None else (preprocessor.transform(early[0]), early[1])
+                result = fit(network, preprocessor.transform(x_raw), y, validation=held_out, **loop)
         plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
@@ -174,6 +184,7 @@ def fine_tune(
         classes=list(preprocessor.classes),
         lr=lr,
         threads=cpu_threads,
+        best_epoch=result.best_epoch,
     )
     return candidate, report
 
@@ -217,6 +228,7 @@ def transfer_fixed(network: MLP, transfer: str) -> set[str]:
 # each way trains on all folds but one and is scored on that one, for every fold while the rows are few.
 TRANSFER_FOLDS = 4
 VALIDATION_SALT = 1  # interpolate's validation split of the training rows, independent of the holdout split
+EARLY_STOPPING_SALT = 2  # a new network's early-stopping rows, independent of both
 FOLD_ROWS = 2_000  # beyond this many rows one fold judges: its scores are steady enough, and training costs more
 
 

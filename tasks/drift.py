@@ -46,11 +46,11 @@ def with_drift(report: ValidationReport, drift: DriftReport | None) -> Validatio
 def plan_training(
     history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
 ) -> TrainingPlan:
-    """What the candidate trains on: the increment, or (drift.action replay or joint, on drift) more of the past.
+    """What the candidate trains on: the increment, or (drift.action replay, joint or compete, on drift) more of the past.
     ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``)."""
     action = drift.action if drift is not None else None
     earlier = None
-    if action in ("replay", "joint"):
+    if action in ("replay", "joint", "compete"):
         data = config.data
         before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
         parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]

@@ -97,6 +97,26 @@ def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | Non
     return old_ids, "earlier holdouts"
 
 
+def holdout_score(evaluation: Evaluation, config: GateConfig, change_at: str | None) -> float:
+    """The candidate on the holdouts the gate judges (the new one and the earlier ones it counts), pooled row by
+    row: accuracy, or minus the mean absolute error for a numeric target (higher is better either way)."""
+    old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
+    values = evaluation.pooled("candidate", [evaluation.new_id, *old_ids])
+    mean = float(values.mean()) if len(values) else 0.0
+    return -mean if evaluation.regression else mean
+
+
+def rival_wins(fine_tuned: Evaluation, rival: Evaluation, config: GateConfig, change_at: str | None) -> tuple[bool, str]:
+    """drift.action=compete: whether the new network retrained on everything goes to the gate instead of the
+    fine-tuned candidate (strictly better on the holdouts the gate judges; a tie keeps the fine-tuned one), and why."""
+    ours, theirs = holdout_score(fine_tuned, config, change_at), holdout_score(rival, config, change_at)
+    measure = "MAE" if fine_tuned.regression else "accuracy"
+    shown = (lambda v: f"{-v:.4g}") if fine_tuned.regression else (lambda v: f"{v:.1%}")
+    won = theirs > ours
+    return won, (f"the new network retrained on all accepted rows goes to the gate ({measure} {shown(theirs)} against the fine-tuned {shown(ours)})" if won
+                 else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)})")
+
+
 def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:
     """The tracking run's metrics: the evaluation's, and what the training cost."""
     return {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}

@@ -1,4 +1,4 @@
-"""Drift against the accepted history: the statistics on generated data, and the flow's warn/block/replay/joint."""
+"""Drift against the accepted history: the statistics on generated data, and the flow's warn/block/replay/joint/compete."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_mean_shift_flags_exactly_the_shifted_features(seed):
     shifted = {"f3": 0.5, "f17": -0.5, "f40": 0.5}
     report = measure(gaussian(2000, seed), gaussian(300, 100 + seed, shifted), label="y", config=DEFAULT)
     assert set(report.drifted_features) == set(shifted)
-    assert report.drifted and report.action == "warn"
+    assert report.drifted and report.action == "compete"  # the default
     assert all(f.test == "ks" for f in report.features) and len(report.features) == 64
     assert report.share == pytest.approx(3 / 64)
 
@@ -248,6 +248,33 @@ def test_respond_plans_replay_and_joint():
     assert len(respond("replay", new, earlier.head(20), replay_share=1.0).rehearse) == 20
     joint = respond("joint", new, earlier, replay_share=1.0)
     assert len(joint.frame) == 1100 and not joint.warm_start and joint.rehearse is None and "1100" in joint.note
+    compete = respond("compete", new, earlier, replay_share=1.0)
+    assert compete.frame is new and compete.warm_start and compete.rehearse is None
+    assert len(compete.rival) == 1100 and "1100" in compete.note
+    assert respond("compete", new, None, replay_share=1.0).rival is None  # nothing earlier: nothing to compete with
+
+
+def _scores(correct: dict[str, list[int]]):
+    from lepton.models.evaluation import Score
+
+    return {k: Score(correct=np.array(v, dtype=bool), accuracy=float(np.mean(v)), macro_f1=None) for k, v in correct.items()}
+
+
+def test_the_retrained_rival_wins_only_when_strictly_better_on_the_judged_holdouts():
+    """compete pools the holdouts the gate judges row by row; a tie keeps the fine-tuned candidate; after a concept
+    change at this increment only the new holdout counts."""
+    from lepton.config import GateConfig
+    from lepton.models.evaluation import Evaluation
+    from lepton.tasks.training import rival_wins
+
+    gate = GateConfig()
+    fine_tuned = Evaluation("new", _scores({"old": [1] * 10, "new": [1] * 6 + [0] * 4}), None)
+    rival = Evaluation("new", _scores({"old": [1] * 6 + [0] * 4, "new": [1] * 9 + [0]}), None)
+    won, why = rival_wins(fine_tuned, rival, gate, None)
+    assert not won and why == "the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0%)"
+    won, why = rival_wins(fine_tuned, rival, gate, "new")
+    assert won and why == "the new network retrained on all accepted rows goes to the gate (accuracy 90.0% against the fine-tuned 60.0%)"
+    assert not rival_wins(fine_tuned, fine_tuned, gate, None)[0]
 
 
 # -- the flow ----------------------------------------------------------------------------
@@ -258,7 +285,7 @@ DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
 
 @pytest.fixture(scope="module")
 def drift_runs(tmp_path_factory, prefect_api):
-    """A digits workspace: a first increment, a clean one, then shifted ones under block (CLI), warn, joint and replay."""
+    """A digits workspace: a first increment, a clean one, then shifted ones under block (CLI), warn, joint, replay and compete."""
     from lepton.flows.continual import continual_training
     from tests.conftest import make_workspace, run_cli
 
@@ -266,7 +293,7 @@ def drift_runs(tmp_path_factory, prefect_api):
     ws = make_workspace(root, "digit", "drifting", DIGITS)
     landing = tmp_path_factory.mktemp("drift-landing")
     shuffled = digits_frame().sample(frac=1.0, random_state=0).reset_index(drop=True)
-    cuts = {"first": (0, 720), "clean": (720, 1080), "block": (1080, 1260), "warn": (1260, 1440), "joint": (1440, 1620), "replay": (1620, 1797)}
+    cuts = {"first": (0, 720), "clean": (720, 1080), "block": (1080, 1260), "warn": (1260, 1440), "joint": (1440, 1560), "replay": (1560, 1680), "compete": (1680, 1797)}
     files = {}
     for name, (lo, hi) in cuts.items():
         frame = shuffled.iloc[lo:hi].reset_index(drop=True)
@@ -281,7 +308,7 @@ def drift_runs(tmp_path_factory, prefect_api):
     champions["block"] = registry(ws)[2]
     blocked = run_cli(["run", str(files["block"]), "--workspace", str(ws.root), "--json", *sum((["--set", o] for o in [*QUICK, "drift.action=block"]), [])], api_url=prefect_api)
     champions["after_block"] = registry(ws)[2]
-    for name in ("warn", "joint", "replay"):
+    for name in ("warn", "joint", "replay", "compete"):
         outcomes[name] = continual_training(str(files[name]), str(ws.root), [*QUICK, f"drift.action={name}"])
     yield {"ws": ws, "files": files, "outcomes": outcomes, "blocked": blocked, "champions": champions}
     shutil.rmtree(root, ignore_errors=True)
@@ -364,6 +391,35 @@ def test_joint_and_replay_train_on_more(drift_runs):
     # Replay: as many earlier rows as new ones (replay_share=1), so about twice the warn run's samples (same increment size).
     assert samples["replay"] > 1.8 * samples["warn"] * len(pd.read_parquet(drift_runs["files"]["replay"])) / len(pd.read_parquet(drift_runs["files"]["warn"]))
     assert "rehearsed" in run_of("replay").data.tags["lepton.drift_training"]
+
+
+@pytest.mark.integration
+def test_compete_registers_the_network_it_says_went_to_the_gate(drift_runs):
+    """compete trains the fine-tuned candidate and a new network on every accepted training row; the tag names the one
+    that went to the gate with both scores, and the registered version is that one (its samples say which)."""
+    import re
+
+    from lepton.models.splits import split
+    from tests.test_flow import registry
+
+    outcome, ws = drift_runs["outcomes"]["compete"], drift_runs["ws"]
+    assert outcome.drift_action == "compete" and outcome.status in ("promoted", "kept_out")
+    client, name, _ = registry(ws)
+    run = client.get_run(client.get_model_version(name, str(outcome.version)).run_id)
+    note = run.data.tags["lepton.drift_training"]
+    print(note)
+    assert "competes with the fine-tuned candidate" in note
+    accepted = [pd.read_parquet(drift_runs["files"][k]) for k in ("first", "clean", "warn", "joint", "replay", "compete")]
+    everything = sum(len(split(f, 0.2)[0]) for f in accepted)
+    samples = run.data.metrics["train_samples"]
+    shown = re.search(r"accuracy ([\d.]+)% against the (?:fine-tuned|retrained network's) ([\d.]+)%", note)
+    assert shown is not None, note
+    if "the new network retrained on all accepted rows goes to the gate" in note:
+        assert float(shown[1]) > float(shown[2])
+        assert samples >= 5 * everything  # a new network, every accepted training row, every epoch
+    else:
+        assert "the fine-tuned candidate goes to the gate" in note and float(shown[1]) >= float(shown[2])
+        assert samples < 5 * everything
 
 
 def test_rehearsed_rows_are_trained_on_but_not_remembered():

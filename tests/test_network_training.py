@@ -112,6 +112,51 @@ def test_fit_is_deterministic_for_a_seed() -> None:
     assert first != other
 
 
+def test_fit_keeps_the_epoch_best_on_held_out_rows() -> None:
+    """With held-out rows, fit keeps the weights of the epoch with the lowest loss on them: on labels that are
+    noise the network memorises its rows, that epoch is an early one, and it is exactly the model the same
+    training stopped there would have given."""
+    from lepton.models.loop import validation_loss
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 4)).astype(np.float32)
+    y = rng.integers(0, 2, size=160).astype(np.int64)  # no rule to learn: only noise to fit
+    train, held = slice(0, 120), slice(120, 160)
+
+    def trained(epochs: int, validation=None):
+        torch.manual_seed(0)
+        model = MLP(n_features=4, n_classes=2, hidden=(64, 64))
+        result = fit(model, x[train], y[train], epochs=epochs, batch_size=16, lr=1e-2, device=CPU,
+                     generator=torch.Generator().manual_seed(0), validation=validation)
+        return model, result
+
+    kept, result = trained(30, validation=(x[held], y[held]))
+    last, plain = trained(30)
+    assert plain.best_epoch is None and len(result.losses) == 30 and result.samples == plain.samples  # every epoch still runs
+    assert result.best_epoch is not None and result.best_epoch < 10
+    xv, yv = torch.from_numpy(x[held]), torch.from_numpy(y[held])
+    assert validation_loss(kept, xv, yv) < validation_loss(last, xv, yv) - 0.1
+    stopped, _ = trained(result.best_epoch)
+    for name, tensor in kept.state_dict().items():
+        assert torch.equal(tensor, stopped.state_dict()[name]), name
+    assert not kept.training
+
+
+def test_early_stopping_holds_out_rows_of_a_new_network_only() -> None:
+    """train.early_stopping trains a new network on the rest of its rows and says which epoch it kept; a warm start
+    trains on every row, as before."""
+    frame = pd.DataFrame(np.random.default_rng(1).normal(size=(400, 3)), columns=["a", "b", "c"])
+    frame["y"] = np.where(frame["a"] + 0.3 * np.random.default_rng(2).normal(size=400) > 0, "up", "down")
+    config = TrainConfig(epochs=8, early_stopping=0.2)
+    first, report = fine_tune(None, frame, label="y", train=config, strategy=StrategyConfig(name="naive"))
+    assert report.best_epoch is not None and 1 <= report.best_epoch <= 8
+    assert 280 <= report.new_samples <= 360  # about 80% of 400 rows trained on
+    _, warm = fine_tune(first, frame, label="y", train=config, strategy=StrategyConfig(name="naive"))
+    assert warm.best_epoch is None and warm.new_samples == 400
+    _, plain = fine_tune(None, frame, label="y", train=TrainConfig(epochs=8), strategy=StrategyConfig(name="naive"))
+    assert plain.best_epoch is None and plain.new_samples == 400
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_select_device_without_cuda() -> None:
     """Without CUDA, auto and cpu pick the CPU and an explicit cuda request raises RuntimeError."""

@@ -209,6 +209,7 @@ def tables(
     epochs: Annotated[int, typer.Option(help="Lepton's training epochs per increment (its default is 30).")] = 30,
     out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
     streams: Annotated[int, typer.Option(min=1, help="Stationary streams the replacement share is counted on (the table's own, then Lepton alone on the next seeds).")] = 5,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Lepton's setting KEY=VALUE on top of the defaults, as `lepton run --set` takes it (repeatable): to compare settings on the same tables.")] = None,
 ) -> None:
     """Prequential accuracy (or MAE) on public tables and generated streams: Lepton's default beside retrained HGB and river's ARF."""
     for key, value in {
@@ -256,7 +257,7 @@ def tables(
     folder = out or RESULTS
     extra = sum(len(t.increments) for t in chosen if t.name == "stationary") * (streams - 1)
     with _progress("increments", sum(len(t.increments) for t in chosen) + extra) as step:
-        records = run(chosen, epochs=epochs, out=folder, skipped=skipped, progress=step, streams=streams)
+        records = run(chosen, epochs=epochs, out=folder, skipped=skipped, progress=step, streams=streams, overrides=set_)
     console.print(f"wrote {folder / 'tables.json'} and tables.md ({len(records)} tables)")
     from rich.table import Table
 
