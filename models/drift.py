@@ -312,20 +312,28 @@ class TrainingPlan:
     rival: pd.DataFrame | None = None  # compete: every accepted training row, for a new network that competes with the fine-tuned one
 
 
-def respond(action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0) -> TrainingPlan:
+def respond(
+    action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0, compete_rows: int | None = None,
+) -> TrainingPlan:
     """The training plan for a drifted increment (``earlier``: the training rows of the accepted increments before it).
 
     - replay: a uniform, seeded sample of ``replay_share`` earlier rows per new row is trained
       on with the increment, so the shifted data cannot pull the model away from the rest;
     - joint: the model is retrained from scratch on every accepted training row;
     - compete: the increment is learnt as usual, and a new network trained on every accepted
-      training row is its ``rival``: whichever does better on the holdouts goes to the gate.
+      training row (the most recent ``compete_rows`` of them) is its ``rival``: whichever does
+      better on the holdouts goes to the gate.
     Anything else (no drift, warn, block) keeps the plan as it is.
     """
     if action not in ("replay", "joint", "compete") or earlier is None or earlier.empty:
         return TrainingPlan(new)
     if action == "compete":
         everything = pd.concat([earlier, new], ignore_index=True)
+        if compete_rows is not None and len(everything) > compete_rows:
+            recent = everything.tail(compete_rows).reset_index(drop=True)  # arrival order: the latest rows
+            return TrainingPlan(new, rival=recent, note=(
+                f"drift.action=compete: a new network trained on the {len(recent)} most recent of {len(everything)} accepted training rows "
+                f"(drift.compete_rows={compete_rows}) competes with the fine-tuned candidate"))
         return TrainingPlan(new, rival=everything, note=f"drift.action=compete: a new network trained on all {len(everything)} accepted training rows competes with the fine-tuned candidate")
     if action == "joint":
         everything = pd.concat([earlier, new], ignore_index=True)

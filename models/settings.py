@@ -187,3 +187,7 @@ class DriftConfig(Section):
     min_rows: int = Field(20, ge=2, description="Fewest rows each side of a comparison needs; fewer and the increment is not tested.")
     reference_cap: int = Field(5000, ge=10, description="Most history rows compared (a deterministic sample matching the increment's class mix); also caps the increment's rows.")
     replay_share: float = Field(1.0, gt=0, description="action=replay: earlier training rows rehearsed with this increment, per new training row.")
+    compete_rows: int | None = Field(
+        100_000, ge=1,
+        description="action=compete: the most recent accepted training rows the competing new network learns, so that its cost stops growing with the history; null: all of them.",
+    )

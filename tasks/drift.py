@@ -55,7 +55,7 @@ def plan_training(
         before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
         parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
         earlier = pd.concat(parts, ignore_index=True) if parts else None
-    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed)
+    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, compete_rows=config.drift.compete_rows)
 
 
 def metric_key(name: str) -> str:

@@ -252,6 +252,9 @@ def test_respond_plans_replay_and_joint():
     assert compete.frame is new and compete.warm_start and compete.rehearse is None
     assert len(compete.rival) == 1100 and "1100" in compete.note
     assert respond("compete", new, None, replay_share=1.0).rival is None  # nothing earlier: nothing to compete with
+    capped = respond("compete", new, earlier, replay_share=1.0, compete_rows=300)
+    assert capped.rival.equals(pd.concat([earlier, new], ignore_index=True).tail(300).reset_index(drop=True))  # the latest rows
+    assert "300 most recent of 1100" in capped.note and "drift.compete_rows=300" in capped.note
 
 
 def _scores(correct: dict[str, list[int]]):
