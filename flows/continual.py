@@ -148,8 +148,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
         if plan.rival is not None and champion is not None:  # drift.action=compete
-            rival, rival_training = train(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
-            rival_evaluation = evaluate(rival, champion.bundle, holdouts, landing.id, config.data.label)
+            rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
+            rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at)
             log.info("drift.action=compete: %s", why)
             plan = replace(plan, note=f"{plan.note}: {why}")
@@ -181,7 +181,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log_drift(ws, config.registry, registration.run_id, drift, plan)
     outcome = RunOutcome.gated(
         landing.id, relative, decision, version=registration.version, parent=parent, data_hash=data_hash,
-        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed,
+        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed, drift_training=plan.note,
     )
     log.info(outcome.message)
     outcome.report = write_report(

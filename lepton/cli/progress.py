@@ -36,6 +36,8 @@ STEPS = {
     "split": "split holdouts",
     "train": "fine-tune",
     "evaluate": "evaluate on every holdout",
+    "retrain": "retrain on everything (drift.action=compete)",
+    "evaluate-retrained": "evaluate the retrained network",
     "gate": "gate",
     "measure-drift": "measure drift",
     "plan-training": "plan training",
