@@ -78,6 +78,10 @@ def test_drift_section_shows_each_feature_or_says_it_was_not_measured(tmp_path):
     assert "41.5000" in section and "1.234e-05" in section and "0.8123" in section
     none = pages.render_html(_data(), {})
     assert "Drift was not measured for this run." in none
+    note = "drift.action=compete: a new network trained on all 588 accepted training rows competes with the fine-tuned candidate: the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0%)"
+    competed = pages.render_html(_data(drift=[pages.DriftRow.model_validate(d) for d in drift], drift_action="compete", drift_training=note), {})
+    section = competed[competed.index("<h2>Drift</h2>") : competed.index("<h2>Lineage</h2>")]
+    assert "action: <strong>compete</strong>" in section and note in html.unescape(section)
 
 
 def test_find_latest_and_by_version(tmp_path):
