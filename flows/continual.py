@@ -11,7 +11,7 @@ from prefect.states import Completed, State
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
 from lepton.lineage import TAG
-from lepton.tasks.drift import log_drift, measure_drift, plan_training, with_drift
+from lepton.tasks.drift import log_drift, measure_drift, plan_retraining, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
@@ -126,7 +126,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(also) + 1, len(train_frame))
         elif also:
             log.info("the candidate learns the %d increment(s) the gate kept out since the champion was trained with this one (%d training rows)", len(also), len(train_frame))
-        plan = plan_training(history, drift, landing.id, train_frame, config, also)  # on drift, replay or joint trains on more of the past
+        plan = plan_training(history, drift, landing.id, train_frame, config, also)  # on drift, replay, joint or compete trains on more of the past
         if plan.note:
             log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
@@ -147,15 +147,22 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if training.best_epoch is not None:
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
-        if plan.rival is not None and champion is not None:  # drift.action=compete
+        decision = gate(evaluation, config.gate, change_at)
+        # Not after a concept change (its own rule), nor when the candidate already is a new network on everything (joint).
+        retrained = not plan.warm_start or "joint" in config.strategy.names
+        if plan.rival is None and not retrained and champion is not None and not decision.passed and not changed and config.gate.fallback == "retrain":
+            log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
+            plan = plan_retraining(plan, history, landing.id, config, also)
+            log.warning(plan.note)
+        if plan.rival is not None and champion is not None:  # drift.action=compete, or the gate's fallback
             rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at)
-            log.info("drift.action=compete: %s", why)
             plan = replace(plan, note=f"{plan.note}: {why}")
+            log.info(plan.note)
             if won:
                 candidate, training, evaluation = rival, rival_training, rival_evaluation
-        decision = gate(evaluation, config.gate, change_at)
+                decision = gate(evaluation, config.gate, change_at)
         log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
 
         lineage = lineage_of(
@@ -181,7 +188,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log_drift(ws, config.registry, registration.run_id, drift, plan)
     outcome = RunOutcome.gated(
         landing.id, relative, decision, version=registration.version, parent=parent, data_hash=data_hash,
-        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed, drift_training=plan.note,
+        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed, training_note=plan.note,
     )
     log.info(outcome.message)
     outcome.report = write_report(

@@ -23,7 +23,7 @@ What counts as drift, and why:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -312,8 +312,22 @@ class TrainingPlan:
     rival: pd.DataFrame | None = None  # compete: every accepted training row, for a new network that competes with the fine-tuned one
 
 
+def with_rival(plan: TrainingPlan, earlier: pd.DataFrame | None, *, retrain_rows: int | None, why: str) -> TrainingPlan:
+    """``plan`` with a rival: a new network to train on ``earlier`` and the plan's rows (the most recent
+    ``retrain_rows`` of them, in arrival order), which competes with the fine-tuned candidate."""
+    everything = plan.frame if earlier is None else pd.concat([earlier, plan.frame], ignore_index=True)
+    rival = everything
+    if retrain_rows is not None and len(everything) > retrain_rows:
+        rival = everything.tail(retrain_rows).reset_index(drop=True)
+        note = (f"{why}: a new network trained on the {len(rival)} most recent of {len(everything)} accepted training rows "
+                f"(train.retrain_rows={retrain_rows}) competes with the fine-tuned candidate")
+    else:
+        note = f"{why}: a new network trained on all {len(everything)} accepted training rows competes with the fine-tuned candidate"
+    return replace(plan, rival=rival, note=note if plan.note is None else f"{plan.note}; {note}")
+
+
 def respond(
-    action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0, compete_rows: int | None = None,
+    action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0, retrain_rows: int | None = None,
 ) -> TrainingPlan:
     """The training plan for a drifted increment (``earlier``: the training rows of the accepted increments before it).
 
@@ -321,20 +335,14 @@ def respond(
       on with the increment, so the shifted data cannot pull the model away from the rest;
     - joint: the model is retrained from scratch on every accepted training row;
     - compete: the increment is learnt as usual, and a new network trained on every accepted
-      training row (the most recent ``compete_rows`` of them) is its ``rival``: whichever does
+      training row (the most recent ``retrain_rows`` of them) is its ``rival``: whichever does
       better on the holdouts goes to the gate.
     Anything else (no drift, warn, block) keeps the plan as it is.
     """
     if action not in ("replay", "joint", "compete") or earlier is None or earlier.empty:
         return TrainingPlan(new)
     if action == "compete":
-        everything = pd.concat([earlier, new], ignore_index=True)
-        if compete_rows is not None and len(everything) > compete_rows:
-            recent = everything.tail(compete_rows).reset_index(drop=True)  # arrival order: the latest rows
-            return TrainingPlan(new, rival=recent, note=(
-                f"drift.action=compete: a new network trained on the {len(recent)} most recent of {len(everything)} accepted training rows "
-                f"(drift.compete_rows={compete_rows}) competes with the fine-tuned candidate"))
-        return TrainingPlan(new, rival=everything, note=f"drift.action=compete: a new network trained on all {len(everything)} accepted training rows competes with the fine-tuned candidate")
+        return with_rival(TrainingPlan(new), earlier, retrain_rows=retrain_rows, why="drift.action=compete")
     if action == "joint":
         everything = pd.concat([earlier, new], ignore_index=True)
         return TrainingPlan(everything, warm_start=False, note=f"drift.action=joint: retraining from scratch on all {len(everything)} accepted training rows ({len(new)} new)")

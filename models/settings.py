@@ -65,6 +65,10 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1,
         description="Share of a new network's training rows held out to pick its best epoch (the weights with the lowest loss on them are kept); 0: the last epoch's. Single-process training only.",
     )
+    retrain_rows: int | None = Field(
+        100_000, ge=1,
+        description="The most recent accepted training rows a network retrained from scratch learns (drift.action=compete, gate.fallback=retrain), so that its cost stops growing with the history; null: all of them.",
+    )
     seed: int = Field(0, description="Seed for initialisation, shuffling and memory sampling.")
     threads: int | None = Field(
         None,
@@ -164,6 +168,10 @@ class GateConfig(Section):
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the paired bootstrap on the new holdout.")
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the paired bootstrap.")
     min_holdout_rows: int = Field(30, ge=1, description="Fewer rows in the new holdout and the bootstrap says nothing: the point estimate decides, and the reasons say so.")
+    fallback: Literal["retrain", "none"] = Field(
+        "retrain",
+        description="When the fine-tuned candidate fails the gate (and drift brought no retrained rival already): retrain trains a new network on every accepted training row (the most recent train.retrain_rows) and gates it instead when it does better on the holdouts the gate judges; none leaves the champion as it is.",
+    )
     old_holdouts: str = Field(
         "since_change",
         pattern=r"^(all|since_change|recent \d+)$",
@@ -187,7 +195,4 @@ class DriftConfig(Section):
     min_rows: int = Field(20, ge=2, description="Fewest rows each side of a comparison needs; fewer and the increment is not tested.")
     reference_cap: int = Field(5000, ge=10, description="Most history rows compared (a deterministic sample matching the increment's class mix); also caps the increment's rows.")
     replay_share: float = Field(1.0, gt=0, description="action=replay: earlier training rows rehearsed with this increment, per new training row.")
-    compete_rows: int | None = Field(
-        100_000, ge=1,
-        description="action=compete: the most recent accepted training rows the competing new network learns, so that its cost stops growing with the history; null: all of them.",
-    )
+

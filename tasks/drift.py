@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig, DriftConfig, LeptonConfig, RegistryConfig
 from lepton.lineage import TAG
-from lepton.models.drift import DriftReport, TrainingPlan, measure, respond
+from lepton.models.drift import DriftReport, TrainingPlan, measure, respond, with_rival
 from lepton.models.splits import holdout_split
 from lepton.tasks.splits import History
 from lepton.tasks.tracking import connect
@@ -49,13 +49,24 @@ def plan_training(
     """What the candidate trains on: the increment, or (drift.action replay, joint or compete, on drift) more of the past.
     ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``)."""
     action = drift.action if drift is not None else None
-    earlier = None
-    if action in ("replay", "joint", "compete"):
-        data = config.data
-        before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
-        parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
-        earlier = pd.concat(parts, ignore_index=True) if parts else None
-    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, compete_rows=config.drift.compete_rows)
+    earlier = _earlier_rows(history, new_id, config, learnt) if action in ("replay", "joint", "compete") else None
+    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, retrain_rows=config.train.retrain_rows)
+
+
+@task(name="plan-retraining", cache_policy=NO_CACHE)
+def plan_retraining(
+    plan: TrainingPlan, history: History, new_id: str, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
+) -> TrainingPlan:
+    """gate.fallback=retrain: ``plan`` with a rival, a new network on every accepted training row, for a fine-tuned candidate that failed the gate."""
+    return with_rival(plan, _earlier_rows(history, new_id, config, learnt), retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain")
+
+
+def _earlier_rows(history: History, new_id: str, config: LeptonConfig, learnt: list[str] | tuple[str, ...]) -> pd.DataFrame | None:
+    """The training rows of the accepted increments before ``new_id`` that the plan's rows do not hold already, in arrival order."""
+    data = config.data
+    before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
+    parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
+    return pd.concat(parts, ignore_index=True) if parts else None
 
 
 def metric_key(name: str) -> str:

@@ -49,7 +49,7 @@ class RunOutcome(BaseModel):
     report: str | None = None  # the run's report page, relative to the workspace
     drift: list[dict] | None = None  # per test: feature, test, statistic, p_value, drifted; None when not compared
     drift_action: str | None = None  # drift.action, when the increment drifted
-    drift_training: str | None = None  # what the drift changed in training (replay, joint, compete and its choice)
+    training_note: str | None = None  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
 
     @property
     def exit_code(self) -> int:
@@ -96,7 +96,7 @@ class RunOutcome(BaseModel):
     def gated(
         cls, increment_id: str, file: str, decision: GateDecision, *, version: int, parent: int | None, data_hash: str | None,
         metrics: dict[str, float | None], validation: ValidationReport | None, drift: DriftReport | None, concept_change: bool,
-        drift_training: str | None = None,
+        training_note: str | None = None,
     ) -> RunOutcome:
         """A candidate was registered as ``version``: promoted if the gate passed, kept out otherwise."""
         if decision.passed:
@@ -111,5 +111,5 @@ class RunOutcome(BaseModel):
             version=version, champion_version=champion, parent_version=parent, data_hash=data_hash, metrics=metrics,
             drift=_drift_rows(drift), drift_action=drift.action if drift else None,
             warnings=validation.warnings if validation else [], notes=validation.notes if validation else [], concept_change=concept_change,
-            drift_training=drift_training,
+            training_note=training_note,
         )

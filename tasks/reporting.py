@@ -83,7 +83,7 @@ def gather(
         ),
         drift=None if outcome.drift is None else [pages.DriftRow.model_validate(row) for row in outcome.drift],
         drift_action=outcome.drift_action,
-        drift_training=getattr(outcome, "drift_training", None),
+        training_note=getattr(outcome, "training_note", None),
         training=None if training is None else pages.TrainingSummary(
             losses=training.losses, seconds=training.seconds, device=training.device, strategy=training.strategy,
             new_samples=training.new_samples, memory_samples=training.memory_samples, warm_start=training.warm_start,

@@ -252,9 +252,15 @@ def test_respond_plans_replay_and_joint():
     assert compete.frame is new and compete.warm_start and compete.rehearse is None
     assert len(compete.rival) == 1100 and "1100" in compete.note
     assert respond("compete", new, None, replay_share=1.0).rival is None  # nothing earlier: nothing to compete with
-    capped = respond("compete", new, earlier, replay_share=1.0, compete_rows=300)
+    capped = respond("compete", new, earlier, replay_share=1.0, retrain_rows=300)
     assert capped.rival.equals(pd.concat([earlier, new], ignore_index=True).tail(300).reset_index(drop=True))  # the latest rows
-    assert "300 most recent of 1100" in capped.note and "drift.compete_rows=300" in capped.note
+    assert "300 most recent of 1100" in capped.note and "train.retrain_rows=300" in capped.note
+    # The gate's fallback after a replay plan: the rival is added, the replay and its note kept.
+    from lepton.models.drift import with_rival
+
+    fallback = with_rival(replay, earlier, retrain_rows=None, why="gate.fallback=retrain")
+    assert fallback.rehearse is replay.rehearse and fallback.frame is new and len(fallback.rival) == 1100
+    assert fallback.note == f"{replay.note}; gate.fallback=retrain: a new network trained on all 1100 accepted training rows competes with the fine-tuned candidate"
 
 
 def _scores(correct: dict[str, list[int]]):

@@ -286,6 +286,31 @@ def test_a_wrecked_candidate_is_kept_out(stationary):
     assert worse.failures[0].startswith("gain on the new and earlier holdouts -"), worse.failures
     assert worse.failures[0].endswith("< -0.020 (non-inferiority: gate.margin=0.02)")
     assert all(f.startswith("the new holdout alone is significantly worse: gain -") for f in worse.failures[1:]), worse.failures
+    # The gate's fallback tried a new network on every accepted row: trained at the same wrecking rate, it did no better.
+    assert worse.training_note is not None and worse.training_note.startswith("gate.fallback=retrain: a new network trained on all "), worse.training_note
+
+
+def test_a_failed_fine_tune_falls_back_to_a_network_retrained_on_everything(tmp_path, prefect_api):
+    """The fine-tuned candidate fails the gate (its fine-tuning rate wrecks it); gate.fallback=retrain trains a new network
+    on every accepted row at train.lr, which goes to the gate and is promoted; with gate.fallback=none the champion stays."""
+    from lepton.flows.continual import continual_training
+
+    outcomes = {}
+    for fallback in ("retrain", "none"):
+        ws = make_workspace(tmp_path / fallback, "y", f"fallback-{fallback}")
+        for i in range(1, 4):
+            path = tmp_path / f"{fallback}-day{i}.parquet"
+            rule_rows(300, 40 + i).to_parquet(path, index=False)
+            wreck = ["train.finetune_lr=5", "strategy.name=naive"] if i == 3 else []
+            outcomes[fallback, i] = continual_training(str(path), str(ws.root), [*FAST, *wreck, f"gate.fallback={fallback}"])
+    assert [outcomes["retrain", i].status for i in (1, 2)] == ["promoted", "promoted"]
+    rescued, kept = outcomes["retrain", 3], outcomes["none", 3]
+    assert kept.status == "kept_out" and kept.training_note is None, kept.message
+    assert rescued.status == "promoted", (rescued.message, rescued.training_note)
+    note = rescued.training_note
+    assert note.startswith("gate.fallback=retrain: a new network trained on all ") and "the new network retrained on all accepted rows goes to the gate" in note, note
+    # Measured: 0.984 on the new holdout, where the wrecked fine-tune scored 0.714.
+    assert rescued.metrics["candidate_new_accuracy"] > 0.9 > kept.metrics["candidate_new_accuracy"]
 
 
 def test_a_kept_out_increment_of_noisy_labels_is_not_learnt_with_the_next_one(stationary, tmp_path):

@@ -78,10 +78,16 @@ def test_drift_section_shows_each_feature_or_says_it_was_not_measured(tmp_path):
     assert "41.5000" in section and "1.234e-05" in section and "0.8123" in section
     none = pages.render_html(_data(), {})
     assert "Drift was not measured for this run." in none
+
+
+def test_training_section_says_which_network_went_to_the_gate(tmp_path):
+    """drift.action=compete and gate.fallback=retrain: the Training section names the network the gate judged, with both scores."""
     note = "drift.action=compete: a new network trained on all 588 accepted training rows competes with the fine-tuned candidate: the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0%)"
-    competed = pages.render_html(_data(drift=[pages.DriftRow.model_validate(d) for d in drift], drift_action="compete", drift_training=note), {})
-    section = competed[competed.index("<h2>Drift</h2>") : competed.index("<h2>Lineage</h2>")]
-    assert "action: <strong>compete</strong>" in section and note in html.unescape(section)
+    training = pages.TrainingSummary(losses=[1.0, 0.5], seconds=1.0, device="cpu", strategy="der+nme", new_samples=10, memory_samples=2, warm_start=True)
+    text = pages.render_html(_data(training=training, training_note=note), {})
+    section = text[text.index("<h2>Training</h2>") : text.index("<h2>Validation</h2>")]
+    assert note in html.unescape(section)
+    assert "which network" not in pages.render_html(_data(training=training), {})
 
 
 def test_find_latest_and_by_version(tmp_path):

@@ -289,8 +289,8 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     if drift is not None:
         drifted = [row["feature"] for row in drift if row["drifted"]]
         table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none in {len(drift)} test(s)")
-    if getattr(outcome, "drift_training", None):
-        table.add_row("training", outcome.drift_training.split(": ", 1)[-1])
+    if getattr(outcome, "training_note", None):
+        table.add_row("training", outcome.training_note)
     if outcome.data_hash:
         table.add_row("data version", outcome.data_hash)
     report = getattr(outcome, "report", None)
