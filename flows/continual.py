@@ -18,7 +18,7 @@ from lepton.tasks.registry import config_params, finish_increment, keep_answers,
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import file_key, keep_rows, not_learnt, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
-from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, workspace_networks
+from lepton.tasks.training import detect_change, drift_hurts, evaluate, gate, learnable, rival_wins, run_metrics, train, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -154,6 +154,11 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
             plan = plan_retraining(plan, history, landing.id, config, also)
             log.warning(plan.note)
+        if plan.rival is not None and champion is not None and decision.passed:
+            hurt, how = drift_hurts(evaluation, config.gate, change_at)
+            if not hurt:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
+                plan = replace(plan, rival=None, note=f"drift.action=compete: no new network trained: the champion copes with this drift ({how}) and the fine-tuned candidate passed the gate")
+                log.info(plan.note)
         if plan.rival is not None and champion is not None:  # drift.action=compete, or the gate's fallback
             rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)

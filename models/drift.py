@@ -309,7 +309,7 @@ class TrainingPlan:
     rehearse: pd.DataFrame | None = None  # earlier rows trained on as well, but not remembered again
     warm_start: bool = True  # False: a new network, trained on everything accepted
     note: str | None = None  # the change, for the log and the tracking run
-    rival: pd.DataFrame | None = None  # compete: every accepted training row, for a new network that competes with the fine-tuned one
+    rival: pd.DataFrame | None = None  # compete or the gate's fallback: the rows a new network learns, to compete with the fine-tuned candidate
 
 
 def with_rival(plan: TrainingPlan, earlier: pd.DataFrame | None, *, retrain_rows: int | None, why: str) -> TrainingPlan:

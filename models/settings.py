@@ -185,7 +185,7 @@ class DriftConfig(Section):
     enabled: bool = Field(True, description="Measure drift of every increment after the first.")
     action: Literal["warn", "block", "replay", "joint", "compete"] = Field(
         "compete",
-        description="On drift: compete (the fine-tuned candidate and a new network trained on all accepted data; the better on the holdouts the gate judges goes to the gate), warn (report and carry on), block (reject and quarantine, exit 2), replay (rehearse earlier rows with this increment) or joint (retrain on all accepted data).",
+        description="On drift: compete (when the drift hurts the champion or the fine-tuned candidate fails the gate, a new network trained on all accepted data competes with it; the better on the holdouts the gate judges goes to the gate), warn (report and carry on), block (reject and quarantine, exit 2), replay (rehearse earlier rows with this increment) or joint (retrain on all accepted data).",
     )
     p_value: float = Field(0.01, gt=0, lt=1, description="Family-wise significance: a test flags drift when its p-value passes Holm's correction over all of the increment's tests at this level.")
     psi_threshold: float = Field(0.25, gt=0, description="Population stability index at or above which a categorical feature or the label drifts (categorical_test=psi).")
@@ -195,4 +195,3 @@ class DriftConfig(Section):
     min_rows: int = Field(20, ge=2, description="Fewest rows each side of a comparison needs; fewer and the increment is not tested.")
     reference_cap: int = Field(5000, ge=10, description="Most history rows compared (a deterministic sample matching the increment's class mix); also caps the increment's rows.")
     replay_share: float = Field(1.0, gt=0, description="action=replay: earlier training rows rehearsed with this increment, per new training row.")
-

@@ -117,6 +117,21 @@ def rival_wins(fine_tuned: Evaluation, rival: Evaluation, config: GateConfig, ch
                  else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)})")
 
 
+def drift_hurts(evaluation: Evaluation, config: GateConfig, change_at: str | None) -> tuple[bool, str]:
+    """Whether the champion, before training, does worse on the new holdout than on the earlier holdouts the gate
+    judges by more than the gate's margin (accuracy points, or a share of its MAE): drift it does not cope with;
+    and the two scores, in words."""
+    old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
+    new, old = evaluation.pooled("champion", [evaluation.new_id]), evaluation.pooled("champion", old_ids)
+    if not len(new) or not len(old):
+        return True, "no earlier holdout to compare the champion's score with"
+    if evaluation.regression:
+        hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
+        return hurt, f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
+    hurt = float(new.mean()) < float(old.mean()) - config.margin
+    return hurt, f"its accuracy {new.mean():.1%} on this increment, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
+
+
 def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:
     """The tracking run's metrics: the evaluation's, and what the training cost."""
     return {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}

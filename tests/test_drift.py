@@ -36,6 +36,7 @@ def digits_parts(seed: int, parts: int = 5) -> list[pd.DataFrame]:
 
 
 SHIFTED = ["pixel_20", "pixel_28", "pixel_36", "pixel_44"]
+HEAVY = [f"pixel_{8 * row + column}" for row in range(2, 6) for column in range(2, 6)]  # the middle 4 x 4 pixels
 
 
 def shift_pixels(frame: pd.DataFrame, columns: list[str] = SHIFTED, by: int = 4) -> pd.DataFrame:
@@ -286,6 +287,27 @@ def test_the_retrained_rival_wins_only_when_strictly_better_on_the_judged_holdou
     assert not rival_wins(fine_tuned, fine_tuned, gate, None)[0]
 
 
+def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_margin_allows():
+    """compete trains its rival only for drift the champion does not cope with (or a fine-tuned candidate that failed):
+    the champion's score on the new holdout, before training, against the earlier holdouts the gate judges."""
+    from lepton.config import GateConfig
+    from lepton.models.evaluation import Evaluation
+    from lepton.tasks.training import drift_hurts
+
+    gate = GateConfig()  # margin 0.02
+    candidate = _scores({"old": [1] * 10, "new": [1] * 10})
+
+    def champion(old: list[int], new: list[int]) -> Evaluation:
+        return Evaluation("new", candidate, _scores({"old": old, "new": new}))
+
+    hurt, how = drift_hurts(champion([1] * 9 + [0], [1] * 8 + [0] * 2), gate, None)
+    assert hurt and how == "its accuracy 80.0% on this increment, 90.0% on the earlier holdouts; gate.margin=0.02"
+    assert not drift_hurts(champion([1] * 9 + [0], [1] * 9 + [0]), gate, None)[0]  # as good as before
+    assert not drift_hurts(champion([1] * 9 + [0], [1] * 8 + [0] * 2), GateConfig(margin=0.15), None)[0]  # within a wider margin
+    # After a concept change at this increment no earlier holdout is judged: nothing to compare, so it may hurt.
+    assert drift_hurts(champion([1] * 10, [1] * 10), gate, "new") == (True, "no earlier holdout to compare the champion's score with")
+
+
 # -- the flow ----------------------------------------------------------------------------
 
 QUICK = ["train.epochs=5", "gate.bootstrap_samples=200"]
@@ -307,7 +329,12 @@ def drift_runs(tmp_path_factory, prefect_api):
     for name, (lo, hi) in cuts.items():
         frame = shuffled.iloc[lo:hi].reset_index(drop=True)
         files[name] = landing / f"{name}.parquet"
-        (frame if name in ("first", "clean") else shift_pixels(frame)).to_parquet(files[name], index=False)
+        # compete's increment is shifted hard enough that the champion does worse on it (drift it does not cope with).
+        shifted = shift_pixels(frame, HEAVY, by=10) if name == "compete" else shift_pixels(frame)
+        (frame if name in ("first", "clean") else shifted).to_parquet(files[name], index=False)
+    # Rows the champion learnt, a few pixels brighter: drift it copes with.
+    files["compete-mild"] = landing / "compete-mild.parquet"
+    shift_pixels(shuffled.iloc[:240].reset_index(drop=True)).to_parquet(files["compete-mild"], index=False)
 
     from tests.test_flow import registry
 
@@ -317,8 +344,8 @@ def drift_runs(tmp_path_factory, prefect_api):
     champions["block"] = registry(ws)[2]
     blocked = run_cli(["run", str(files["block"]), "--workspace", str(ws.root), "--json", *sum((["--set", o] for o in [*QUICK, "drift.action=block"]), [])], api_url=prefect_api)
     champions["after_block"] = registry(ws)[2]
-    for name in ("warn", "joint", "replay", "compete"):
-        outcomes[name] = continual_training(str(files[name]), str(ws.root), [*QUICK, f"drift.action={name}"])
+    for name in ("warn", "joint", "replay", "compete", "compete-mild"):
+        outcomes[name] = continual_training(str(files[name]), str(ws.root), [*QUICK, f"drift.action={name.split('-')[0]}"])
     yield {"ws": ws, "files": files, "outcomes": outcomes, "blocked": blocked, "champions": champions}
     shutil.rmtree(root, ignore_errors=True)
 
@@ -404,8 +431,9 @@ def test_joint_and_replay_train_on_more(drift_runs):
 
 @pytest.mark.integration
 def test_compete_registers_the_network_it_says_went_to_the_gate(drift_runs):
-    """compete trains the fine-tuned candidate and a new network on every accepted training row; the tag names the one
-    that went to the gate with both scores, and the registered version is that one (its samples say which)."""
+    """Drift the champion does not cope with: compete trains the fine-tuned candidate and a new network on every accepted
+    training row; the note names the one that went to the gate with both scores, and the registered version is that one
+    (its samples say which)."""
     import re
 
     from lepton.models.splits import split
@@ -417,6 +445,7 @@ def test_compete_registers_the_network_it_says_went_to_the_gate(drift_runs):
     run = client.get_run(client.get_model_version(name, str(outcome.version)).run_id)
     note = run.data.tags["lepton.drift_training"]
     print(note)
+    assert note == outcome.training_note
     assert "competes with the fine-tuned candidate" in note
     accepted = [pd.read_parquet(drift_runs["files"][k]) for k in ("first", "clean", "warn", "joint", "replay", "compete")]
     everything = sum(len(split(f, 0.2)[0]) for f in accepted)
@@ -429,6 +458,16 @@ def test_compete_registers_the_network_it_says_went_to_the_gate(drift_runs):
     else:
         assert "the fine-tuned candidate goes to the gate" in note and float(shown[1]) >= float(shown[2])
         assert samples < 5 * everything
+
+
+@pytest.mark.integration
+def test_compete_trains_no_rival_for_drift_the_champion_copes_with(drift_runs):
+    """Rows the champion learnt, a few pixels brighter: drift, but the champion scores on them as on the earlier
+    holdouts and the fine-tuned candidate passes, so no new network is trained; the note says why, with the scores."""
+    outcome = drift_runs["outcomes"]["compete-mild"]
+    assert outcome.drift_action == "compete" and outcome.status == "promoted", outcome.message
+    assert outcome.training_note.startswith("drift.action=compete: no new network trained: the champion copes with this drift (its accuracy "), outcome.training_note
+    assert outcome.training_note.endswith("gate.margin=0.02) and the fine-tuned candidate passed the gate")
 
 
 def test_rehearsed_rows_are_trained_on_but_not_remembered():

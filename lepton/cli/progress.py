@@ -41,6 +41,7 @@ STEPS = {
     "gate": "gate",
     "measure-drift": "measure drift",
     "plan-training": "plan training",
+    "plan-retraining": "plan retraining (gate.fallback)",
     "register": "register and promote (MLflow)",
     "finish-increment": "finish an interrupted run",
     "log-drift": "log drift",
