@@ -72,7 +72,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         frame, read_error = read(landing.path)
         report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
         history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
-        drift = measure_drift(history, frame, config.data, config.drift) if history is not None else None
+        drift = measure_drift(history, frame, config.data, config.drift, ws.read_schema()) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:
             where = str(quarantine(landing, ws, report.problems).relative_to(ws.root))
@@ -148,9 +148,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
         decision = gate(evaluation, config.gate, change_at)
-        # Not after a concept change (its own rule), nor when the candidate already is a new network on everything (joint).
+        # Not when the candidate already is a new network on everything (joint). After a concept change the gate follows
+        # the change only for a candidate that learnt the new rule: a rival on everything is judged on all holdouts else.
         retrained = not plan.warm_start or "joint" in config.strategy.names
-        if plan.rival is None and not retrained and champion is not None and not decision.passed and not changed and config.gate.fallback == "retrain":
+        if plan.rival is None and not retrained and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
             plan = plan_retraining(plan, history, landing.id, config, also)
             log.warning(plan.note)

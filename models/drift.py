@@ -62,7 +62,7 @@ class DriftReport:
     """The increment's drift: every test, and the decision."""
 
     features: list[FeatureDrift]  # the tested features, in column order
-    label: FeatureDrift | None  # the mix of known classes; None when it could not be tested
+    label: FeatureDrift | None  # the mix of known classes, or a numeric target's distribution; None when it could not be tested
     drifted: bool
     action: Action | None  # what the config says to do, when drifted
     reference_rows: int  # history rows compared (after sampling)
@@ -98,7 +98,8 @@ class DriftReport:
         if self.drifted_features:
             parts.append(f"{len(self.drifted_features)} of {len(self.features)} features drifted ({self.share:.0%}): {_names(self.drifted_features)}")
         if self.label_drifted:
-            parts.append(f"the mix of known classes in {self.label.feature!r} drifted ({self.label.test} {self.label.statistic:.3g})")  # type: ignore[union-attr]
+            what = "the target" if self.label.test == "ks" else "the mix of known classes in"  # type: ignore[union-attr]
+            parts.append(f"{what} {self.label.feature!r} drifted ({self.label.test} {self.label.statistic:.3g})")  # type: ignore[union-attr]
         return "; ".join(parts)
 
     def message(self) -> str:
@@ -214,31 +215,45 @@ def measure(
     label: str,
     config: DriftConfig,
     fixed_classes: bool = False,
+    regression: bool = False,
     seed: int = 0,
 ) -> DriftReport:
     """Compare ``increment`` with ``history`` (both with the label column).
 
     ``fixed_classes`` is true when the label set may not grow (``data.allow_new_classes``
     false): then a known class missing from the increment is label drift too.
+    ``regression``: the label is a number to predict, not classes: every labelled row is
+    compared, the features against a uniform sample of the history, and the target's own
+    distribution with a KS test (matching classes of a float would keep a row or two).
     """
     features = [c for c in increment.columns if c != label]
     missing = [c for c in [*features, label] if c not in history.columns]
     if missing:
         raise ValueError(f"the history has no column(s) {', '.join(map(repr, missing))} to compare with")
     rng = np.random.default_rng(seed)
-    known = set(history[label].dropna().tolist())
-    new_classes = sorted(set(increment[label].dropna().tolist()) - known, key=str)
-    current = increment[increment[label].isin(known)]
+    if regression:
+        known, new_classes = set(), []
+        current = increment[pd.to_numeric(increment[label], errors="coerce").notna()]
+    else:
+        known = set(history[label].dropna().tolist())
+        new_classes = sorted(set(increment[label].dropna().tolist()) - known, key=str)
+        current = increment[increment[label].isin(known)]
     if len(current) < config.min_rows:
         if len(current) == 0:
             why = f"the increment holds only classes never seen before ({_names([str(c) for c in new_classes])}): nothing to compare"
         else:
-            why = f"the increment has {len(current)} rows of known classes, fewer than drift.min_rows={config.min_rows}"
+            why = f"the increment has {len(current)} {'labelled rows' if regression else 'rows of known classes'}, fewer than drift.min_rows={config.min_rows}"
         return DriftReport([], None, False, None, 0, len(current), new_classes, why)
 
-    label_test = _label_test(history[label], current[label], config, fixed_classes)
-    current = _sample(current, config.reference_cap, rng)
-    reference = matched_reference(history, current, label, config.reference_cap, rng)
+    if regression:
+        earlier = history[pd.to_numeric(history[label], errors="coerce").notna()]
+        label_test = _target_test(earlier[label], current[label], config)
+        current = _sample(current, config.reference_cap, rng)
+        reference = _sample(earlier, config.reference_cap, rng)
+    else:
+        label_test = _label_test(history[label], current[label], config, fixed_classes)
+        current = _sample(current, config.reference_cap, rng)
+        reference = matched_reference(history, current, label, config.reference_cap, rng)
     images = [c for c in features if kinds_of.looks_like_images(current[c])]
     if images:  # bytes compare as nothing: each image column is compared by its images' brightness and contrast
         current, reference = image_statistics(current, images), image_statistics(reference, images)
@@ -286,6 +301,15 @@ def _categorical(table: np.ndarray, config: DriftConfig) -> tuple[Test, float, f
     if config.categorical_test == "psi":
         return "psi", psi(table), None
     return "chi2", *chi2_test(table)
+
+
+def _target_test(history: pd.Series, current: pd.Series, config: DriftConfig) -> tuple[str, Test, float, float | None] | None:
+    """A numeric target's distribution: KS between the history's values (a sample as large as the increment's cap) and the increment's."""
+    if min(len(history), len(current)) < config.min_rows:
+        return None
+    reference = history.sample(n=min(len(history), config.reference_cap), random_state=0) if len(history) > config.reference_cap else history
+    d, p = ks_test(pd.to_numeric(reference).to_numpy(np.float64)[:, None], pd.to_numeric(current).to_numpy(np.float64)[:, None])
+    return (str(history.name), "ks", float(d[0]), float(p[0]))
 
 
 def _label_test(history: pd.Series, current: pd.Series, config: DriftConfig, fixed_classes: bool) -> tuple[str, Test, float, float | None] | None:

@@ -27,11 +27,15 @@ _BATCH = 1000
 
 
 @task(name="measure-drift", cache_policy=NO_CACHE)
-def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, config: DriftConfig) -> DriftReport | None:
-    """The increment against every accepted increment; None when drift is off or nothing was accepted yet."""
+def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, config: DriftConfig, schema: dict[str, Any] | None = None) -> DriftReport | None:
+    """The increment against every accepted increment; None when drift is off or nothing was accepted yet.
+    ``schema``: the workspace's (its task says whether the label is a number to predict)."""
     if not config.enabled or not history.frames:
         return None
-    return measure(pd.concat(history.before(), ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes)
+    regression = (schema or {}).get("task") == "regression"
+    return measure(
+        pd.concat(history.before(), ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes, regression=regression,
+    )
 
 
 def with_drift(report: ValidationReport, drift: DriftReport | None) -> ValidationReport:

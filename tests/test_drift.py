@@ -239,6 +239,27 @@ def test_64_features_against_a_large_history_is_fast():
     assert seconds < 3.0
 
 
+def test_a_numeric_target_compares_every_labelled_row_and_tests_the_target_itself():
+    """Regression: the features are compared on every labelled row (not on rows whose float label happens to equal one
+    seen before, a handful), and the target's own distribution is tested with KS."""
+
+    def table(n: int, seed: int, offset: float = 0.0) -> pd.DataFrame:
+        r = np.random.default_rng(seed)
+        frame = pd.DataFrame(r.normal(size=(n, 3)), columns=["a", "b", "c"])
+        frame["y"] = (frame["a"] * 2 + r.normal(size=n) * 0.1 + offset).round(3)
+        return frame
+
+    history, same, higher = table(600, 1), table(200, 2), table(200, 3, offset=3.0)
+    steady = measure(history, same, label="y", config=DEFAULT, regression=True)
+    assert steady.current_rows == 200 and steady.reference_rows == 600 and len(steady.features) == 3
+    assert steady.label is not None and steady.label.test == "ks" and not steady.drifted and steady.new_classes == []
+    moved = measure(history, higher, label="y", config=DEFAULT, regression=True)
+    assert moved.label_drifted and moved.drifted_features == [] and "the target 'y' drifted (ks " in moved.message()
+    # Read as classes, almost no float label of the increment was seen before: nothing is left to compare.
+    as_classes = measure(history, same, label="y", config=DEFAULT)
+    assert as_classes.current_rows < 20 and as_classes.skipped is not None
+
+
 def test_respond_plans_replay_and_joint():
     """replay adds replay_share earlier rows per new row (not remembered again); joint trains on everything from scratch."""
     new, earlier = gaussian(100, 0), gaussian(1000, 1)

@@ -36,7 +36,7 @@ STEPS = {
     "split": "split holdouts",
     "train": "fine-tune",
     "evaluate": "evaluate on every holdout",
-    "retrain": "retrain on everything (drift.action=compete)",
+    "retrain": "retrain on everything",
     "evaluate-retrained": "evaluate the retrained network",
     "gate": "gate",
     "measure-drift": "measure drift",
