@@ -156,7 +156,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             plan = plan_retraining(plan, history, landing.id, config, also)
             log.warning(plan.note)
         if plan.rival is not None and champion is not None and decision.passed:
-            hurt, how = drift_hurts(evaluation, config.gate, change_at)
+            hurt, how = drift_hurts(champion.bundle, holdouts, evaluation, config.data.label, config.gate, change_at)
             if not hurt:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
                 plan = replace(plan, rival=None, note=f"drift.action=compete: no new network trained: the champion copes with this drift ({how}) and the fine-tuned candidate passed the gate")
                 log.info(plan.note)

@@ -117,19 +117,26 @@ def rival_wins(fine_tuned: Evaluation, rival: Evaluation, config: GateConfig, ch
                  else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)})")
 
 
-def drift_hurts(evaluation: Evaluation, config: GateConfig, change_at: str | None) -> tuple[bool, str]:
-    """Whether the champion, before training, does worse on the new holdout than on the earlier holdouts the gate
-    judges by more than the gate's margin (accuracy points, or a share of its MAE): drift it does not cope with;
-    and the two scores, in words."""
+def drift_hurts(
+    champion: Bundle, holdouts: dict[str, pd.DataFrame], evaluation: Evaluation, label: str, config: GateConfig, change_at: str | None,
+) -> tuple[bool, str]:
+    """Whether the champion, before training, does worse on the new holdout's rows of classes it knows than on the
+    earlier holdouts the gate judges by more than the gate's margin (accuracy points, or a share of its MAE): drift it
+    does not cope with; and the two scores, in words. New classes alone are not such drift: fine-tuning grows the head
+    for them, and the gate's fallback retrains if that fails."""
     old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
-    new, old = evaluation.pooled("champion", [evaluation.new_id]), evaluation.pooled("champion", old_ids)
-    if not len(new) or not len(old):
+    old = evaluation.pooled("champion", old_ids)
+    known = _known_rows(champion, holdouts[evaluation.new_id], label)
+    new = compare(champion, None, {evaluation.new_id: known}, new_id=evaluation.new_id, label=label).pooled("candidate", [evaluation.new_id]) if len(known) else known
+    if not len(old):
         return True, "no earlier holdout to compare the champion's score with"
+    if not len(new):
+        return False, "the new holdout holds only classes the champion does not know"
     if evaluation.regression:
         hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
         return hurt, f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
     hurt = float(new.mean()) < float(old.mean()) - config.margin
-    return hurt, f"its accuracy {new.mean():.1%} on this increment, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
+    return hurt, f"its accuracy {new.mean():.1%} on this increment's rows of classes it knows, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
 
 
 def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:

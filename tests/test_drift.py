@@ -310,23 +310,36 @@ def test_the_retrained_rival_wins_only_when_strictly_better_on_the_judged_holdou
 
 def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_margin_allows():
     """compete trains its rival only for drift the champion does not cope with (or a fine-tuned candidate that failed):
-    the champion's score on the new holdout, before training, against the earlier holdouts the gate judges."""
-    from lepton.config import GateConfig
-    from lepton.models.evaluation import Evaluation
+    its score on the new holdout's rows of classes it knows, before training, against the earlier holdouts the gate
+    judges. New classes alone are not such drift."""
+    from lepton.config import GateConfig, StrategyConfig, TrainConfig
+    from lepton.models.evaluation import compare
+    from lepton.models.training import fine_tune
     from lepton.tasks.training import drift_hurts
 
+    def rows(n: int, seed: int, flip: float = 0.0) -> pd.DataFrame:
+        """y is 'a' where x > 0, else 'b'; a share ``flip`` of the labels swapped."""
+        r = np.random.default_rng(seed)
+        x = r.normal(size=n)
+        y = np.where(x > 0, "a", "b")
+        return pd.DataFrame({"x": x, "y": np.where(r.random(n) < flip, np.where(y == "a", "b", "a"), y)})
+
+    champion, _ = fine_tune(None, rows(400, 1), label="y", train=TrainConfig(epochs=20), strategy=StrategyConfig(name="naive"))
     gate = GateConfig()  # margin 0.02
-    candidate = _scores({"old": [1] * 10, "new": [1] * 10})
 
-    def champion(old: list[int], new: list[int]) -> Evaluation:
-        return Evaluation("new", candidate, _scores({"old": old, "new": new}))
+    def judged(new: pd.DataFrame, change_at: str | None = None) -> tuple[bool, str]:
+        holdouts = {"old": rows(100, 2), "new": new}
+        return drift_hurts(champion, holdouts, compare(champion, champion, holdouts, new_id="new", label="y"), "y", gate, change_at)
 
-    hurt, how = drift_hurts(champion([1] * 9 + [0], [1] * 8 + [0] * 2), gate, None)
-    assert hurt and how == "its accuracy 80.0% on this increment, 90.0% on the earlier holdouts; gate.margin=0.02"
-    assert not drift_hurts(champion([1] * 9 + [0], [1] * 9 + [0]), gate, None)[0]  # as good as before
-    assert not drift_hurts(champion([1] * 9 + [0], [1] * 8 + [0] * 2), GateConfig(margin=0.15), None)[0]  # within a wider margin
+    same = judged(rows(100, 3))
+    assert not same[0], same[1]
+    hurt, how = judged(rows(100, 4, flip=0.3))
+    assert hurt and how.startswith("its accuracy ") and how.endswith("on the earlier holdouts; gate.margin=0.02"), how
+    unknown = pd.DataFrame({"x": np.linspace(-1, 1, 20), "y": ["c"] * 20})
+    assert judged(unknown) == (False, "the new holdout holds only classes the champion does not know")
+    assert not judged(pd.concat([rows(100, 3), unknown], ignore_index=True))[0]  # the known rows decide
     # After a concept change at this increment no earlier holdout is judged: nothing to compare, so it may hurt.
-    assert drift_hurts(champion([1] * 10, [1] * 10), gate, "new") == (True, "no earlier holdout to compare the champion's score with")
+    assert judged(rows(100, 3), change_at="new") == (True, "no earlier holdout to compare the champion's score with")
 
 
 # -- the flow ----------------------------------------------------------------------------
