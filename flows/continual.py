@@ -160,6 +160,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             if not hurt:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
                 plan = replace(plan, rival=None, note=f"drift.action=compete: no new network trained: the champion copes with this drift ({how}) and the fine-tuned candidate passed the gate")
                 log.info(plan.note)
+            else:
+                plan = replace(plan, note=f"{plan.note}, as the drift hurts the champion ({how})")
+        elif plan.rival is not None and champion is not None:
+            plan = replace(plan, note=f"{plan.note}, as the fine-tuned candidate failed the gate")
         if plan.rival is not None and champion is not None:  # drift.action=compete, or the gate's fallback
             rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)

@@ -128,6 +128,8 @@ def drift_hurts(
     old = evaluation.pooled("champion", old_ids)
     known = _known_rows(champion, holdouts[evaluation.new_id], label)
     new = compare(champion, None, {evaluation.new_id: known}, new_id=evaluation.new_id, label=label).pooled("candidate", [evaluation.new_id]) if len(known) else known
+    if change_at is not None and change_at == evaluation.new_id:
+        return True, "the concept changed at this increment"
     if not len(old):
         return True, "no earlier holdout to compare the champion's score with"
     if not len(new):

@@ -338,8 +338,8 @@ def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_ma
     unknown = pd.DataFrame({"x": np.linspace(-1, 1, 20), "y": ["c"] * 20})
     assert judged(unknown) == (False, "the new holdout holds only classes the champion does not know")
     assert not judged(pd.concat([rows(100, 3), unknown], ignore_index=True))[0]  # the known rows decide
-    # After a concept change at this increment no earlier holdout is judged: nothing to compare, so it may hurt.
-    assert judged(rows(100, 3), change_at="new") == (True, "no earlier holdout to compare the champion's score with")
+    # A concept change at this increment: the champion's rule is the old one.
+    assert judged(rows(100, 3), change_at="new") == (True, "the concept changed at this increment")
 
 
 # -- the flow ----------------------------------------------------------------------------
