@@ -28,6 +28,7 @@ class Lineage:
     metrics: dict[str, float] = field(default_factory=dict)  # the gate's summary, rounded
     transferred_from: str = ""  # a first model started from another: models:/NAME/VERSION and how (frozen, partial, full)
     transfer: str = ""  # a first model with train.transfer_from: what was tried and kept, scratch included
+    training: str = ""  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
 
     def tags(self) -> dict[str, str]:
         """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
@@ -42,7 +43,8 @@ class Lineage:
             TAG + "gate_passed": str(self.gate_passed).lower(),
             TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
             TAG + "metrics": json.dumps(self.metrics),
-        } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {})
+        } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {}) | (
+            {TAG + "training": self.training} if self.training else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -61,6 +63,7 @@ class Lineage:
             metrics=json.loads(tags.get(TAG + "metrics", "{}")),
             transferred_from=tags.get(TAG + "transferred_from", ""),
             transfer=tags.get(TAG + "transfer", ""),
+            training=tags.get(TAG + "training", ""),
         )
 
     @property

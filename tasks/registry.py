@@ -337,6 +337,7 @@ def lineage_of(
     decision: Any,
     summary: dict[str, float | None],
     transfer: dict | None = None,
+    training: str | None = None,
 ) -> Lineage:
     """The lineage of a candidate: its data and code, its parent, the configuration (credentials masked) and the gate's verdict."""
     return Lineage(
@@ -346,6 +347,7 @@ def lineage_of(
         metrics={k: round(v, 6) for k, v in summary.items() if v is not None},
         transferred_from=f"{transfer['source']} ({transfer['kept']})" if transfer and transfer["kept"] != "scratch" else "",
         transfer=transfer_summary(transfer) if transfer else "",
+        training=training or "",
     )
 
 

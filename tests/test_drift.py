@@ -342,6 +342,17 @@ def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_ma
     assert judged(rows(100, 3), change_at="new") == (True, "the concept changed at this increment")
 
 
+def test_the_training_note_is_a_version_tag_and_reads_back():
+    """What changed in training (compete, the gate's fallback) is tagged on the version, and only when something did."""
+    from lepton.lineage import Lineage
+
+    note = "gate.fallback=retrain: a new network trained on all 900 accepted training rows competes with the fine-tuned candidate"
+    lineage = Lineage("i", "f", "h.dir", "c", 3, "der+nme", training=note)
+    assert lineage.tags()["lepton.training"] == note
+    assert Lineage.from_tags(lineage.tags()).training == note
+    assert "lepton.training" not in Lineage("i", "f", "h.dir", "c", 3, "der+nme").tags()
+
+
 # -- the flow ----------------------------------------------------------------------------
 
 QUICK = ["train.epochs=5", "gate.bootstrap_samples=200"]

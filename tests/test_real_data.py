@@ -295,9 +295,9 @@ def test_a_failed_fine_tune_falls_back_to_a_network_retrained_on_everything(tmp_
     on every accepted row at train.lr, which goes to the gate and is promoted; with gate.fallback=none the champion stays."""
     from lepton.flows.continual import continual_training
 
-    outcomes = {}
+    outcomes, workspaces = {}, {}
     for fallback in ("retrain", "none"):
-        ws = make_workspace(tmp_path / fallback, "y", f"fallback-{fallback}")
+        ws = workspaces[fallback] = make_workspace(tmp_path / fallback, "y", f"fallback-{fallback}")
         for i in range(1, 4):
             path = tmp_path / f"{fallback}-day{i}.parquet"
             rule_rows(300, 40 + i).to_parquet(path, index=False)
@@ -309,6 +309,8 @@ def test_a_failed_fine_tune_falls_back_to_a_network_retrained_on_everything(tmp_
     assert rescued.status == "promoted", (rescued.message, rescued.training_note)
     note = rescued.training_note
     assert note.startswith("gate.fallback=retrain: a new network trained on all ") and "the new network retrained on all accepted rows goes to the gate" in note, note
+    client, name, _ = registry(workspaces["retrain"])
+    assert client.get_model_version(name, str(rescued.version)).tags["lepton.training"] == note  # the version says how it was trained
     # Measured: 0.984 on the new holdout, where the wrecked fine-tune scored 0.714.
     assert rescued.metrics["candidate_new_accuracy"] > 0.9 > kept.metrics["candidate_new_accuracy"]
 
