@@ -119,14 +119,16 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         changed = change_at is not None and change_at == landing.id
         if changed:
             log.warning("concept change at this increment: a new network learns it, and forgetting is judged from here on")
+        kept_out = also
         also = [] if changed else learnable(champion.bundle if champion else None, holdouts, also, config.data.label, config.gate)  # at a change, theirs is the old rule
+        left_out = [k for k in kept_out if k not in also] if not changed else []  # noisy kept-out increments: no network learns them
         if also:
             train_frame, _ = split_increments(history, landing.id, config.data, also=also)
         if champion is None and also:
             log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(also) + 1, len(train_frame))
         elif also:
             log.info("the candidate learns the %d increment(s) the gate kept out since the champion was trained with this one (%d training rows)", len(also), len(train_frame))
-        plan = plan_training(history, drift, landing.id, train_frame, config, also)  # on drift, replay, joint or compete trains on more of the past
+        plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out)  # on drift, replay, joint or compete trains on more of the past
         if plan.note:
             log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
@@ -148,31 +150,32 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
         decision = gate(evaluation, config.gate, change_at)
-        # Not when the candidate already is a new network on everything (joint). After a concept change the gate follows
-        # the change only for a candidate that learnt the new rule: a rival on everything is judged on all holdouts else.
-        retrained = not plan.warm_start or "joint" in config.strategy.names
-        if plan.rival is None and not retrained and champion is not None and not decision.passed and config.gate.fallback == "retrain":
+        # No rival when the candidate already is a new network on everything (joint). After a concept change the gate
+        # follows the change only for a candidate that learnt the new rule: a rival is judged on all holdouts else.
+        if not plan.warm_start or "joint" in config.strategy.names:
+            plan = replace(plan, rival=None)
+        elif plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
-            plan = plan_retraining(plan, history, landing.id, config, also)
+            plan = plan_retraining(plan, history, landing.id, config, also, left_out)
             log.warning(plan.note)
-        if plan.rival is not None and champion is not None and decision.passed:
+        elif plan.rival is not None and champion is not None and decision.passed:
             hurt, how = drift_hurts(champion.bundle, holdouts, evaluation, config.data.label, config.gate, change_at)
-            if not hurt:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
-                plan = replace(plan, rival=None, note=f"drift.action=compete: no new network trained: the champion copes with this drift ({how}) and the fine-tuned candidate passed the gate")
+            if hurt:
+                plan = replace(plan, note=f"{plan.note}, as {how}")
+            else:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
+                plan = replace(plan, rival=None, note=f"drift.action=compete: no new network trained: {how}, and the fine-tuned candidate passed the gate")
                 log.info(plan.note)
-            else:
-                plan = replace(plan, note=f"{plan.note}, as the drift hurts the champion ({how})")
         elif plan.rival is not None and champion is not None:
             plan = replace(plan, note=f"{plan.note}, as the fine-tuned candidate failed the gate")
         if plan.rival is not None and champion is not None:  # drift.action=compete, or the gate's fallback
             rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)
-            won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at)
+            rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at)
+            won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)
             plan = replace(plan, note=f"{plan.note}: {why}")
             log.info(plan.note)
             if won:
-                candidate, training, evaluation = rival, rival_training, rival_evaluation
-                decision = gate(evaluation, config.gate, change_at)
+                candidate, training, evaluation, decision = rival, rival_training, rival_evaluation, rival_decision
         log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
 
         lineage = lineage_of(

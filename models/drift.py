@@ -337,8 +337,8 @@ class TrainingPlan:
 
 
 def with_rival(plan: TrainingPlan, earlier: pd.DataFrame | None, *, retrain_rows: int | None, why: str) -> TrainingPlan:
-    """``plan`` with a rival: a new network to train on ``earlier`` and the plan's rows (the most recent
-    ``retrain_rows`` of them, in arrival order), which competes with the fine-tuned candidate."""
+    """``plan`` with a rival: a new network to train on ``earlier`` and then the plan's rows (the last
+    ``retrain_rows`` of them: the plan's and the latest earlier ones), which competes with the fine-tuned candidate."""
     everything = plan.frame if earlier is None else pd.concat([earlier, plan.frame], ignore_index=True)
     rival = everything
     if retrain_rows is not None and len(everything) > retrain_rows:

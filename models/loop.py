@@ -203,7 +203,7 @@ def fit(
             log.debug("epoch %d/%d: loss %.4f", epoch, epochs, losses[-1], extra={"epoch": epoch, "epochs": epochs, "loss": losses[-1]})
             if validation is not None:
                 held = validation_loss(model, xv, yv)
-                if best is None or held < best[0]:
+                if np.isfinite(held) and (best is None or held < best[0]):
                     best = (held, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if best is not None:
             model.load_state_dict(best[2])

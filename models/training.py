@@ -123,7 +123,7 @@ def fine_tune(
         # A new network on a few hundred noisy rows fits their noise within its epochs: the epoch that
         # predicts held-out rows best is kept. Salted apart from the holdout split and interpolate's.
         held = holdout_mask(frame, train.early_stopping, salt=EARLY_STOPPING_SALT)
-        if held.any() and (~held).sum() >= train.batch_size:
+        if held.sum() >= EARLY_STOPPING_ROWS and (~held).sum() >= train.batch_size:  # fewer rows: the epoch chosen would be noise
             early = (x_new[held], y_new[held])
             x_fit, y_fit = x_new[~held], y_new[~held]
     device = select_device(train.device)
@@ -229,6 +229,7 @@ def transfer_fixed(network: MLP, transfer: str) -> set[str]:
 TRANSFER_FOLDS = 4
 VALIDATION_SALT = 1  # interpolate's validation split of the training rows, independent of the holdout split
 EARLY_STOPPING_SALT = 2  # a new network's early-stopping rows, independent of both
+EARLY_STOPPING_ROWS = 30  # fewest held-out rows that choose an epoch
 FOLD_ROWS = 2_000  # beyond this many rows one fold judges: its scores are steady enough, and training costs more
 
 

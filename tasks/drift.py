@@ -48,27 +48,32 @@ def with_drift(report: ValidationReport, drift: DriftReport | None) -> Validatio
 
 @task(name="plan-training", cache_policy=NO_CACHE)
 def plan_training(
-    history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
+    history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig,
+    learnt: list[str] | tuple[str, ...] = (), left_out: list[str] | tuple[str, ...] = (),
 ) -> TrainingPlan:
     """What the candidate trains on: the increment, or (drift.action replay, joint or compete, on drift) more of the past.
-    ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``)."""
+    ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``); ``left_out``: kept-out
+    increments no network should learn (their labels look like noise: see ``learnable``)."""
     action = drift.action if drift is not None else None
-    earlier = _earlier_rows(history, new_id, config, learnt) if action in ("replay", "joint", "compete") else None
+    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out]) if action in ("replay", "joint", "compete") else None
     return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, retrain_rows=config.train.retrain_rows)
 
 
 @task(name="plan-retraining", cache_policy=NO_CACHE)
 def plan_retraining(
     plan: TrainingPlan, history: History, new_id: str, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
+    left_out: list[str] | tuple[str, ...] = (),
 ) -> TrainingPlan:
     """gate.fallback=retrain: ``plan`` with a rival, a new network on every accepted training row, for a fine-tuned candidate that failed the gate."""
-    return with_rival(plan, _earlier_rows(history, new_id, config, learnt), retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain")
+    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out])
+    return with_rival(plan, earlier, retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain")
 
 
-def _earlier_rows(history: History, new_id: str, config: LeptonConfig, learnt: list[str] | tuple[str, ...]) -> pd.DataFrame | None:
-    """The training rows of the accepted increments before ``new_id`` that the plan's rows do not hold already, in arrival order."""
+def _earlier_rows(history: History, new_id: str, config: LeptonConfig, skip: list[str]) -> pd.DataFrame | None:
+    """The training rows of the accepted increments other than ``new_id`` and ``skip`` (those the plan's rows hold already,
+    and those no network should learn), in arrival order."""
     data = config.data
-    before = [f for k, f in history.frames.items() if k != new_id and k not in learnt]
+    before = [f for k, f in history.frames.items() if k != new_id and k not in skip]
     parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
     return pd.concat(parts, ignore_index=True) if parts else None
 

@@ -106,14 +106,21 @@ def holdout_score(evaluation: Evaluation, config: GateConfig, change_at: str | N
     return -mean if evaluation.regression else mean
 
 
-def rival_wins(fine_tuned: Evaluation, rival: Evaluation, config: GateConfig, change_at: str | None) -> tuple[bool, str]:
-    """drift.action=compete: whether the new network retrained on everything goes to the gate instead of the
-    fine-tuned candidate (strictly better on the holdouts the gate judges; a tie keeps the fine-tuned one), and why."""
+def rival_wins(
+    fine_tuned: Evaluation, rival: Evaluation, config: GateConfig, change_at: str | None, fine_tuned_passed: bool, rival_passed: bool,
+) -> tuple[bool, str]:
+    """drift.action=compete and gate.fallback=retrain: whether the new network retrained on everything goes to the gate
+    instead of the fine-tuned candidate, and why. The one the gate passes wins; when it passes both or neither, the
+    better on the holdouts the gate judges (a tie keeps the fine-tuned one)."""
     ours, theirs = holdout_score(fine_tuned, config, change_at), holdout_score(rival, config, change_at)
     measure = "MAE" if fine_tuned.regression else "accuracy"
     shown = (lambda v: f"{-v:.4g}") if fine_tuned.regression else (lambda v: f"{v:.1%}")
+    scores = f"{measure} {shown(theirs)} against the fine-tuned {shown(ours)}"
+    if rival_passed != fine_tuned_passed:
+        return rival_passed, (f"the retrained network goes to the gate: it passes and the fine-tuned candidate does not ({scores})" if rival_passed
+                              else f"the fine-tuned candidate goes to the gate: it passes and the retrained network does not ({scores})")
     won = theirs > ours
-    return won, (f"the new network retrained on all accepted rows goes to the gate ({measure} {shown(theirs)} against the fine-tuned {shown(ours)})" if won
+    return won, (f"the retrained network goes to the gate ({scores})" if won
                  else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)})")
 
 
@@ -122,23 +129,27 @@ def drift_hurts(
 ) -> tuple[bool, str]:
     """Whether the champion, before training, does worse on the new holdout's rows of classes it knows than on the
     earlier holdouts the gate judges by more than the gate's margin (accuracy points, or a share of its MAE): drift it
-    does not cope with; and the two scores, in words. New classes alone are not such drift: fine-tuning grows the head
-    for them, and the gate's fallback retrains if that fails."""
-    old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
-    old = evaluation.pooled("champion", old_ids)
-    known = _known_rows(champion, holdouts[evaluation.new_id], label)
-    new = compare(champion, None, {evaluation.new_id: known}, new_id=evaluation.new_id, label=label).pooled("candidate", [evaluation.new_id]) if len(known) else known
+    does not cope with; and why, as a clause. New classes alone are not such drift: fine-tuning grows the head for
+    them, and the gate's fallback retrains if that fails."""
     if change_at is not None and change_at == evaluation.new_id:
         return True, "the concept changed at this increment"
+    old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
+    old = evaluation.pooled("champion", old_ids)
     if not len(old):
-        return True, "no earlier holdout to compare the champion's score with"
-    if not len(new):
+        return True, "the drift's harm cannot be judged (no earlier holdout)"
+    if not len(holdouts[evaluation.new_id]):
+        return False, "the new holdout holds no rows to judge the drift's harm on"
+    known = _known_rows(champion, holdouts[evaluation.new_id], label)
+    if not len(known):
         return False, "the new holdout holds only classes the champion does not know"
+    new = compare(champion, None, {evaluation.new_id: known}, new_id=evaluation.new_id, label=label).pooled("candidate", [evaluation.new_id])
     if evaluation.regression:
         hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
-        return hurt, f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
-    hurt = float(new.mean()) < float(old.mean()) - config.margin
-    return hurt, f"its accuracy {new.mean():.1%} on this increment's rows of classes it knows, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
+        scores = f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
+    else:
+        hurt = float(new.mean()) < float(old.mean()) - config.margin
+        scores = f"its accuracy {new.mean():.1%} on this increment's rows of classes it knows, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
+    return hurt, (f"the drift hurts the champion ({scores})" if hurt else f"the champion copes with this drift ({scores})")
 
 
 def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:

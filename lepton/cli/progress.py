@@ -38,6 +38,7 @@ STEPS = {
     "evaluate": "evaluate on every holdout",
     "retrain": "retrain on everything",
     "evaluate-retrained": "evaluate the retrained network",
+    "gate-retrained": "gate the retrained network",
     "gate": "gate",
     "measure-drift": "measure drift",
     "plan-training": "plan training",
