@@ -70,9 +70,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
 
         stamp = file_key(landing.path)  # before the read: the rows cache keeps the frame under it once accepted
         frame, read_error = read(landing.path)
-        report = validate(frame, read_error, ws.read_schema(), config.data, data_docs=ws.state, run_name=landing.id)
+        schema = ws.read_schema()  # as the accepted increments left it; accepting this one may write it
+        report = validate(frame, read_error, schema, config.data, data_docs=ws.state, run_name=landing.id)
         history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
-        drift = measure_drift(history, frame, config.data, config.drift, ws.read_schema()) if history is not None else None
+        drift = measure_drift(history, frame, config.data, config.drift, schema) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:
             where = str(quarantine(landing, ws, report.problems).relative_to(ws.root))

@@ -232,7 +232,7 @@ def measure(
         raise ValueError(f"the history has no column(s) {', '.join(map(repr, missing))} to compare with")
     rng = np.random.default_rng(seed)
     if regression:
-        known, new_classes = set(), []
+        new_classes = []
         current = increment[pd.to_numeric(increment[label], errors="coerce").notna()]
     else:
         known = set(history[label].dropna().tolist())
@@ -246,10 +246,9 @@ def measure(
         return DriftReport([], None, False, None, 0, len(current), new_classes, why)
 
     if regression:
-        earlier = history[pd.to_numeric(history[label], errors="coerce").notna()]
-        label_test = _target_test(earlier[label], current[label], config)
+        reference = _sample(history[pd.to_numeric(history[label], errors="coerce").notna()], config.reference_cap, rng)
+        label_test = _target_test(reference[label], current[label], config)
         current = _sample(current, config.reference_cap, rng)
-        reference = _sample(earlier, config.reference_cap, rng)
     else:
         label_test = _label_test(history[label], current[label], config, fixed_classes)
         current = _sample(current, config.reference_cap, rng)
@@ -303,13 +302,12 @@ def _categorical(table: np.ndarray, config: DriftConfig) -> tuple[Test, float, f
     return "chi2", *chi2_test(table)
 
 
-def _target_test(history: pd.Series, current: pd.Series, config: DriftConfig) -> tuple[str, Test, float, float | None] | None:
-    """A numeric target's distribution: KS between the history's values (a sample as large as the increment's cap) and the increment's."""
-    if min(len(history), len(current)) < config.min_rows:
+def _target_test(reference: pd.Series, current: pd.Series, config: DriftConfig) -> tuple[str, Test, float, float | None] | None:
+    """A numeric target's distribution: KS between the history's values (the features' reference sample) and the increment's."""
+    if min(len(reference), len(current)) < config.min_rows:
         return None
-    reference = history.sample(n=min(len(history), config.reference_cap), random_state=0) if len(history) > config.reference_cap else history
     d, p = ks_test(pd.to_numeric(reference).to_numpy(np.float64)[:, None], pd.to_numeric(current).to_numpy(np.float64)[:, None])
-    return (str(history.name), "ks", float(d[0]), float(p[0]))
+    return (str(reference.name), "ks", float(d[0]), float(p[0]))
 
 
 def _label_test(history: pd.Series, current: pd.Series, config: DriftConfig, fixed_classes: bool) -> tuple[str, Test, float, float | None] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -137,12 +138,13 @@ def drift_hurts(
     old = evaluation.pooled("champion", old_ids)
     if not len(old):
         return True, "the drift's harm cannot be judged (no earlier holdout)"
-    if not len(holdouts[evaluation.new_id]):
+    frame = holdouts[evaluation.new_id]
+    if not len(frame):
         return False, "the new holdout holds no rows to judge the drift's harm on"
-    known = _known_rows(champion, holdouts[evaluation.new_id], label)
-    if not len(known):
+    # The evaluation scored the champion on every row of the new holdout, in order: those of classes it knows count.
+    new = evaluation.pooled("champion", [evaluation.new_id])[_known_mask(champion, frame, label)]
+    if not len(new):
         return False, "the new holdout holds only classes the champion does not know"
-    new = compare(champion, None, {evaluation.new_id: known}, new_id=evaluation.new_id, label=label).pooled("candidate", [evaluation.new_id])
     if evaluation.regression:
         hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
         scores = f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
@@ -203,10 +205,15 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
 CHANGE_WINDOW = 5
 
 
+def _known_mask(champion: Bundle, frame: pd.DataFrame, label: str) -> np.ndarray:
+    """Which rows the champion's accuracy is compared on to tell a changed rule or harmful drift: new classes are
+    class-incremental data, not a changed rule, so only rows of classes it knows count (every row for a numeric target)."""
+    return np.ones(len(frame), dtype=bool) if champion.regression else frame[label].isin(champion.preprocessor.classes).to_numpy()
+
+
 def _known_rows(champion: Bundle, frame: pd.DataFrame, label: str) -> pd.DataFrame:
-    """The rows the champion's accuracy is compared on to tell a changed rule: new classes are class-incremental
-    data, not a changed rule, so only rows of classes it knows count (every row for a numeric target)."""
-    return frame if champion.regression else frame[frame[label].isin(champion.preprocessor.classes)]
+    """The rows ``_known_mask`` keeps."""
+    return frame[_known_mask(champion, frame, label)]
 
 
 @task(name="choose-kept-out", cache_policy=NO_CACHE)
