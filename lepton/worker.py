@@ -325,7 +325,7 @@ RUN_IMPORTS = (
     "prefect.flow_engine", "prefect.task_engine", "prefect.runtime", "pyarrow.parquet", "filelock", "dvc.repo", "dvc_data.hashfile.tree",
     "great_expectations", "great_expectations.expectations", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "alembic.runtime.migration", "mlflow.models", "mlflow.pyfunc", "mlflow.tracing",
-    "sklearn.metrics", "PIL.Image", "matplotlib.pyplot", "jinja2", "graphviz", "pygments.lexers", "typer", "rich.console", "rich.progress", "rich.table",
+    "sklearn.metrics", "PIL.Image", "jinja2", "graphviz", "pygments.lexers", "typer", "rich.console", "rich.progress", "rich.table",
 )
 
 
@@ -333,7 +333,6 @@ def import_ahead(until: Callable[[], bool] = lambda: False) -> None:
     """Import ``RUN_IMPORTS`` now, in order, stopping as soon as ``until()`` says so; a run imports the rest when it needs them."""
     import importlib
 
-    os.environ.setdefault("MPLBACKEND", "Agg")  # the report draws with Agg; no display is looked for
     for name in RUN_IMPORTS:
         if until():
             return

@@ -127,7 +127,7 @@ def write_report(
         )
         folder = pages.reports_root(ws.state) / data.folder_name()
         page = pages.write(data, folder, ws.root)
-    except Exception as err:  # matplotlib, a full disk: the report is lost, the run is not
+    except Exception as err:  # a full disk, a read-only folder: the report is lost, the run is not
         log.error("could not write the report of increment %s: %s", outcome.increment_id, err)
         return None
     if run_id is not None:

@@ -115,7 +115,7 @@ def test_accuracy_matrix_is_tracked(digits):
     for key in ("lineage_average_accuracy", "lineage_forgetting", "lineage_bwt", "prequential_accuracy"):
         assert key in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(version.run_id, "report")}
-    assert {"report/accuracy_matrix.json", "report/accuracy_matrix.png"} <= artifacts
+    assert {"report/accuracy_matrix.json", "report/accuracy_matrix.svg"} <= artifacts
     local = client.download_artifacts(version.run_id, "report/accuracy_matrix.json")
     matrix = json.loads(Path(local).read_text())
     ids = [o.increment_id for o in digits["outcomes"][:3]]

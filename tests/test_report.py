@@ -22,6 +22,16 @@ from tests.conftest import FAST, make_workspace, run_cli
 DIGITS = {"data": {"bounds": {"*": [0, 16]}}}
 
 
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _svg(path: Path):
+    """A plot's SVG, parsed: it must be well-formed XML for a browser to draw it."""
+    import xml.etree.ElementTree as ET
+
+    return ET.parse(path).getroot()
+
+
 def _data(**changes) -> pages.ReportData:
     """A small report's data, as the task would gather it."""
     base = dict(
@@ -35,16 +45,20 @@ def _data(**changes) -> pages.ReportData:
 
 def test_the_accuracy_heatmap_draws_the_most_recent_cells_only(tmp_path):
     """After many increments the heatmap shows the last models and holdouts, at the size of a full HEATMAP_CELLS-square one; the JSON keeps all."""
-    from PIL import Image
-
     from lepton.report.plots import HEATMAP_CELLS, heatmap
 
     def matrix(n):
         return {"rows": np.full((n, n), 0.9).tolist(), "columns": [f"c{i:07d}" for i in range(n)], "trained": [f"t{i:07d}" for i in range(n)]}
 
-    full = Image.open(heatmap(matrix(HEATMAP_CELLS), tmp_path / "full.png")).size
-    assert Image.open(heatmap(matrix(30), tmp_path / "thirty.png")).size == full
-    assert Image.open(heatmap(matrix(3), tmp_path / "three.png")).size[0] < full[0]
+    def drawn(path):  # the image's size, and the cells it draws (each a rect with a value written on it)
+        svg = _svg(path)
+        return (svg.get("width"), svg.get("height")), len([t for t in svg.iter(f"{SVG}text") if re.fullmatch(r"\d\.\d\d", t.text or "")])
+
+    full, cells = drawn(heatmap(matrix(HEATMAP_CELLS), tmp_path / "full.svg"))
+    assert cells == HEATMAP_CELLS**2
+    assert drawn(heatmap(matrix(30), tmp_path / "thirty.svg")) == (full, HEATMAP_CELLS**2)
+    three, cells = drawn(heatmap(matrix(3), tmp_path / "three.svg"))
+    assert int(three[0]) < int(full[0]) and cells == 9
 
 
 def test_values_from_data_and_file_names_are_escaped(tmp_path):
@@ -183,9 +197,13 @@ def test_report_holds_the_numbers_the_registry_recorded(runs):
     assert losses[-1] == pytest.approx(metrics["final_train_loss"])
     # Plots are embedded (the page stands alone) and written beside it.
     folder = (ws.root / outcome.report).parent
-    assert text.count('src="data:image/png;base64,') == 3
-    for png in ("training_loss.png", "holdouts.png", "accuracy_matrix.png"):
-        assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert text.count('src="data:image/svg+xml;base64,') == 3
+    for plot in ("training_loss.svg", "holdouts.svg", "accuracy_matrix.svg"):
+        assert _svg(folder / plot).tag == f"{SVG}svg"
+    # The loss curve draws a point per epoch; the bars, the candidate's accuracy on each holdout.
+    assert len(list(_svg(folder / "training_loss.svg").iter(f"{SVG}circle"))) == 15
+    bars = [float(t.text) for r in _svg(folder / "holdouts.svg").iter(f"{SVG}rect") if r.get("class") == "candidate" for t in r]
+    assert bars == pytest.approx([metrics[f"holdout_{i}_candidate_accuracy"] for i in range(len(holdout_ids))], abs=5e-4)
 
 
 def test_report_is_logged_to_the_tracking_run(runs):
@@ -194,7 +212,7 @@ def test_report_is_logged_to_the_tracking_run(runs):
     client, name = _registry(ws)
     run_id = client.get_model_version(name, str(outcomes[2].version)).run_id
     logged = {a.path for a in client.list_artifacts(run_id, "report")}
-    assert {f"report/{f}" for f in ("report.html", "report.json", "training_loss.png", "holdouts.png", "accuracy_matrix.png", "accuracy_matrix.json")} <= logged
+    assert {f"report/{f}" for f in ("report.html", "report.json", "training_loss.svg", "holdouts.svg", "accuracy_matrix.svg", "accuracy_matrix.json")} <= logged
     page = Path(client.download_artifacts(run_id, "report/report.html"))
     assert page.read_text() == (ws.root / outcomes[2].report).read_text()
 
@@ -333,19 +351,17 @@ def test_cli_says_when_there_is_no_report_yet(clean_dir):
 
 def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):
     """Beyond HOLDOUT_BARS holdouts the bars show the last ones: 28 old holdouts at 90% and 12 recent at 10% draw no tall bar."""
-    from PIL import Image
-
     from lepton.report.plots import HOLDOUT_BARS, holdout_bars
 
     def rows(accuracies):
         return [pages.HoldoutRow(increment_id=f"{i:016d}", rows=20, new=i == len(accuracies) - 1, candidate_accuracy=a) for i, a in enumerate(accuracies)]
 
-    def blue(path):  # pixels of the candidate's bars (and its legend patch)
-        pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
-        return int((abs(pixels - np.array([0x25, 0x63, 0xEB])).sum(axis=2) < 40).sum())
+    def heights(path):  # the candidate's bars, left to right
+        return [float(r.get("height")) for r in _svg(path).iter(f"{SVG}rect") if r.get("class") == "candidate"]
 
-    low = blue(holdout_bars(rows([0.1] * HOLDOUT_BARS), tmp_path / "low.png"))
-    tall = blue(holdout_bars(rows([0.9] * HOLDOUT_BARS), tmp_path / "tall.png"))
-    mixed = blue(holdout_bars(rows([0.9] * 28 + [0.1] * HOLDOUT_BARS), tmp_path / "mixed.png"))
-    assert tall > 3 * low  # a 90% bar is far taller than a 10% one
-    assert abs(mixed - low) < 0.05 * low  # the 28 older, taller bars are not drawn
+    low = heights(holdout_bars(rows([0.1] * HOLDOUT_BARS), tmp_path / "low.svg"))
+    tall = heights(holdout_bars(rows([0.9] * HOLDOUT_BARS), tmp_path / "tall.svg"))
+    mixed = heights(holdout_bars(rows([0.9] * 28 + [0.1] * HOLDOUT_BARS), tmp_path / "mixed.svg"))
+    assert len(low) == len(tall) == HOLDOUT_BARS
+    assert tall[0] == pytest.approx(9 * low[0], rel=0.01)  # a bar's height is the accuracy
+    assert mixed == low  # the 28 older, taller bars are not drawn

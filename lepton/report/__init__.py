@@ -1,4 +1,4 @@
-"""The report of one run: a self-contained HTML page (plots embedded) with its PNG plots beside it.
+"""The report of one run: a self-contained HTML page (plots embedded) with its SVG plots beside it.
 
 Everything here works on plain data (``ReportData``, in ``data``): the task in
 ``tasks/reporting.py`` gathers it from the run; ``plots`` draws, ``page`` renders (the page is

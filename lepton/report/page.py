@@ -95,7 +95,7 @@ def _lineage(d: ReportData) -> list[tuple[str, str]]:
 
 
 def data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | None = None, workspace: Path | None = None) -> str:
@@ -131,7 +131,7 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
 
 
 def write(data: ReportData, folder: Path, workspace: Path | None = None) -> Path:
-    """Write ``report.html``, ``report.json`` and the PNG plots into ``folder``; returns the page."""
+    """Write ``report.html``, ``report.json`` and the SVG plots into ``folder``; returns the page."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = draw_plots(data, folder)
     if data.matrix is not None:
