@@ -18,7 +18,7 @@ from lepton.tasks.registry import config_params, finish_increment, keep_answers,
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import file_key, keep_rows, not_learnt, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
-from lepton.tasks.training import detect_change, drift_hurts, evaluate, gate, learnable, rival_wins, run_metrics, train, workspace_networks
+from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -134,6 +134,17 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
             source = load_source(ws, config.train, config.registry)  # no champion after earlier increments (kept out, or failed)
+        # No rival when the candidate already is a new network on everything (joint).
+        fine_tuned = plan.warm_start and "joint" not in config.strategy.names
+        if not fine_tuned:
+            plan = replace(plan, rival=None)
+        # drift.action=compete: whether the drift hurts the champion is known before the fine-tune; when it does, the
+        # rival trains from now on beside it, in a forked process on the core the fine-tune leaves idle.
+        champion_scores, harm, aside = None, None, None
+        if plan.rival is not None and champion is not None:
+            champion_scores, *harm = weigh_drift(champion.bundle, holdouts, landing.id, config.data.label, config.gate, change_at)
+            if harm[0]:
+                aside = train_aside(plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
         candidate, training = train(
             champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
             plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source if champion is None else None,
@@ -149,18 +160,16 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         )
         if training.best_epoch is not None:
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
-        evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label)
+        evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label, champion_scores)
         decision = gate(evaluation, config.gate, change_at)
-        # No rival when the candidate already is a new network on everything (joint). After a concept change the gate
-        # follows the change only for a candidate that learnt the new rule: a rival is judged on all holdouts else.
-        if not plan.warm_start or "joint" in config.strategy.names:
-            plan = replace(plan, rival=None)
-        elif plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
+        # After a concept change the gate follows the change only for a candidate that learnt the new rule: a rival
+        # is judged on all holdouts else.
+        if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
             plan = plan_retraining(plan, history, landing.id, config, also, left_out)
             log.warning(plan.note)
         elif plan.rival is not None and champion is not None and decision.passed:
-            hurt, how = drift_hurts(champion.bundle, holdouts, evaluation, config.data.label, config.gate, change_at)
+            hurt, how = harm
             if hurt:
                 plan = replace(plan, note=f"{plan.note}, as {how}")
             else:  # drift the champion copes with, and a fine-tuned candidate that passed: no rival needed
@@ -169,7 +178,11 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         elif plan.rival is not None and champion is not None:
             plan = replace(plan, note=f"{plan.note}, as the fine-tuned candidate failed the gate")
         if plan.rival is not None and champion is not None:  # drift.action=compete, or the gate's fallback
-            rival, rival_training = train.with_options(name="retrain")(None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
+            # Whatever the child takes beyond the fine-tune's own time (scaled by their rows) past a minute is not training.
+            limit = 60 + 10 * training.seconds * max(1.0, len(plan.rival) / max(len(plan.frame), 1))
+            rival, rival_training = train.with_options(name="retrain")(
+                None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy, aside=aside, limit=limit,
+            )
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)
             rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)

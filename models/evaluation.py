@@ -205,12 +205,17 @@ def _headline(score: Score) -> float | None:
     return _finite(score.mae if score.errors is not None else score.accuracy)
 
 
-def compare(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], *, new_id: str, label: str) -> Evaluation:
-    """Score both models on every holdout, and extend the lineage's accuracy matrix with the candidate's row."""
+def compare(
+    candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], *, new_id: str, label: str, champion_scores: dict[str, Score] | None = None,
+) -> Evaluation:
+    """Score both models on every holdout (the champion's scores may come already computed, on these very holdouts),
+    and extend the lineage's accuracy matrix with the candidate's row."""
+    if champion is not None and champion_scores is None:
+        champion_scores = score_holdouts(champion, holdouts, label, new_id=new_id)
     evaluation = Evaluation(
         new_id=new_id,
         candidate=score_holdouts(candidate, holdouts, label, new_id=new_id),
-        champion=None if champion is None else score_holdouts(champion, holdouts, label, new_id=new_id),
+        champion=None if champion is None else champion_scores,
     )
     columns = list(holdouts)
     evaluation.matrix = grow(

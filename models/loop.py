@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lepton.models import strategies
+from lepton.models.aside import note_training
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def fit(
     ``validation``: held-out rows (transformed, encoded); the weights of the epoch with the lowest loss on
     them are kept (early stopping without stopping: every epoch still runs, so the cost is known).
     """
+    note_training()  # no child forked from now on could train (see lepton.models.aside)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     if device.type == "cuda":
         xt, yt = xt.pin_memory(), yt.pin_memory()

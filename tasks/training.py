@@ -13,7 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig, GateConfig, StrategyConfig, TrainConfig
 from lepton.faults import checkpoint
 from lepton.models.bundle import Bundle
-from lepton.models.evaluation import Evaluation, compare
+from lepton.models import aside as forked
+from lepton.models.evaluation import Evaluation, Score, compare, score_holdouts
 from lepton.models.gate import RELABEL_ROWS, GateDecision, concept_changed, decide, relabelled
 from lepton.models.network import NetworkError, import_factory
 from lepton.models.preprocessing import Encoding
@@ -58,9 +59,21 @@ def train(
     concept_change: bool = False,
     steady: bool = False,
     source: Source | None = None,
+    aside: forked.Aside | None = None,
+    limit: float | None = None,
 ) -> tuple[Bundle, TrainReport]:
     """The candidate: the champion fine-tuned on the increment (a new network for the first one, started from
-    ``source``'s feature layers when that pays: see ``choose_transfer``), rehearsing ``rehearse`` too."""
+    ``source``'s feature layers when that pays: see ``choose_transfer``), rehearsing ``rehearse`` too.
+
+    ``aside``: this very training, started beside the run's other one by ``train_aside``: its result, once
+    it comes (within ``limit`` seconds); trained here instead when it fails."""
+    if aside is not None:
+        trained, why = aside.result(limit)
+        if trained is not None:
+            get_run_logger().info("trained in process %d beside the fine-tune, done %.1f s after it started", aside.pid, trained[1].seconds)
+            checkpoint("train")
+            return trained
+        get_run_logger().warning("the training beside the fine-tune failed (%s): training here", why)
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
     way, choice = "full", None
     if champion is None and source is not None:
@@ -80,10 +93,38 @@ def train(
     return candidate, report
 
 
+def train_aside(frame: pd.DataFrame, schema_state: dict, data: DataConfig, train: TrainConfig, strategy: StrategyConfig) -> forked.Aside | None:
+    """A new network on ``frame`` (a rival: no champion, no rehearsal), training in a forked process from now on while
+    this one fine-tunes; pass it to ``train`` as ``aside``. None where it cannot (see ``lepton.models.aside``): the
+    rival then trains after the fine-tune, as it would anyway."""
+    from lepton.models.loop import select_device
+
+    why = forked.why_not(select_device(train.device)) or (
+        "data-parallel training" if train.nproc > 1 or train.launcher != "spawn" else "train.threads asks for more than one" if (train.threads or 1) > 1 else None
+    )
+    if why is not None:
+        get_run_logger().info("the rival trains after the fine-tune: %s", why)
+        return None
+    encoding = encoding_of(DataSchema.from_dict(schema_state), data)
+    return forked.start(fine_tune, None, frame, label=data.label, train=train, strategy=strategy, encoding=encoding)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str) -> Evaluation:
-    """Candidate and champion on the new holdout and every earlier one, with the candidate's lineage's accuracy matrix."""
-    return compare(candidate, champion, holdouts, new_id=new_id, label=label)
+def evaluate(
+    candidate: Bundle, champion: Bundle | None, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, champion_scores: dict[str, Score] | None = None,
+) -> Evaluation:
+    """Candidate and champion on the new holdout and every earlier one, with the candidate's lineage's accuracy matrix;
+    ``champion_scores``: the champion's, scored before training (``weigh_drift``)."""
+    return compare(candidate, champion, holdouts, new_id=new_id, label=label, champion_scores=champion_scores)
+
+
+@task(name="weigh-drift", cache_policy=NO_CACHE)
+def weigh_drift(
+    champion: Bundle, holdouts: dict[str, pd.DataFrame], new_id: str, label: str, config: GateConfig, change_at: str | None,
+) -> tuple[dict[str, Score], bool, str]:
+    """Before training: the champion's scores on every holdout, and whether the drift hurts it (``drift_hurts``)."""
+    scores = score_holdouts(champion, holdouts, label, new_id=new_id)
+    return scores, *drift_hurts(champion, holdouts, scores, new_id, label, config, change_at)
 
 
 def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | None, new_id: str | None = None) -> tuple[list[str], str]:
@@ -126,26 +167,26 @@ def rival_wins(
 
 
 def drift_hurts(
-    champion: Bundle, holdouts: dict[str, pd.DataFrame], evaluation: Evaluation, label: str, config: GateConfig, change_at: str | None,
+    champion: Bundle, holdouts: dict[str, pd.DataFrame], scores: dict[str, Score], new_id: str, label: str, config: GateConfig, change_at: str | None,
 ) -> tuple[bool, str]:
     """Whether the champion, before training, does worse on the new holdout's rows of classes it knows than on the
     earlier holdouts the gate judges by more than the gate's margin (accuracy points, or a share of its MAE): drift it
     does not cope with; and why, as a clause. New classes alone are not such drift: fine-tuning grows the head for
     them, and the gate's fallback retrains if that fails."""
-    if change_at is not None and change_at == evaluation.new_id:
+    if change_at is not None and change_at == new_id:
         return True, "the concept changed at this increment"
-    old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
-    old = evaluation.pooled("champion", old_ids)
+    old_ids, _ = judged_holdouts([k for k in scores if k != new_id], config, change_at, new_id)
+    old = np.concatenate([scores[k].paired for k in old_ids]) if old_ids else np.zeros(0)
     if not len(old):
         return True, "the drift's harm cannot be judged (no earlier holdout)"
-    frame = holdouts[evaluation.new_id]
+    frame = holdouts[new_id]
     if not len(frame):
         return False, "the new holdout holds no rows to judge the drift's harm on"
-    # The evaluation scored the champion on every row of the new holdout, in order: those of classes it knows count.
-    new = evaluation.pooled("champion", [evaluation.new_id])[_known_mask(champion, frame, label)]
+    # The champion was scored on every row of the new holdout, in order: those of classes it knows count.
+    new = scores[new_id].paired[_known_mask(champion, frame, label)]
     if not len(new):
         return False, "the new holdout holds only classes the champion does not know"
-    if evaluation.regression:
+    if scores[new_id].errors is not None:  # a numeric target
         hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
         scores = f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
     else:

@@ -318,7 +318,7 @@ def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_ma
     its score on the new holdout's rows of classes it knows, before training, against the earlier holdouts the gate
     judges. New classes alone are not such drift."""
     from lepton.config import GateConfig, StrategyConfig, TrainConfig
-    from lepton.models.evaluation import compare
+    from lepton.models.evaluation import score_holdouts
     from lepton.models.training import fine_tune
     from lepton.tasks.training import drift_hurts
 
@@ -334,7 +334,7 @@ def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_ma
 
     def judged(new: pd.DataFrame, change_at: str | None = None) -> tuple[bool, str]:
         holdouts = {"old": rows(100, 2), "new": new}
-        return drift_hurts(champion, holdouts, compare(champion, champion, holdouts, new_id="new", label="y"), "y", gate, change_at)
+        return drift_hurts(champion, holdouts, score_holdouts(champion, holdouts, "y", new_id="new"), "new", "y", gate, change_at)
 
     same = judged(rows(100, 3))
     assert not same[0] and same[1].startswith("the champion copes with this drift (its accuracy "), same[1]

@@ -326,3 +326,42 @@ def test_holdouts_scored_in_one_pass_score_as_each_alone(digits: list[tuple], re
         alone = score(regressor, parts[key], "y")
         assert np.allclose(scored.errors, alone.errors)
         assert scored.r2 == pytest.approx(alone.r2)
+
+
+ASIDE_SCRIPT = r"""
+import sys, time
+import numpy as np, pandas as pd, torch
+from lepton.config import StrategyConfig, TrainConfig
+from lepton.models import aside
+from lepton.models.training import fine_tune
+
+frame = pd.DataFrame(np.random.default_rng(1).normal(size=(600, 4)), columns=list("abcd"))
+frame["y"] = np.where(frame["a"] - frame["b"] > 0, "up", "down")
+config, strategy = TrainConfig(epochs=6), StrategyConfig(name="naive")
+assert aside.why_not(torch.device("cpu")) is None, aside.why_not(torch.device("cpu"))
+child = aside.start(fine_tune, None, frame, label="y", train=config, strategy=strategy)
+# The parent trains meanwhile (as the run fine-tunes): from now on it may fork no training child.
+here, _ = fine_tune(None, frame.iloc[::-1].reset_index(drop=True), label="y", train=config, strategy=strategy)
+assert "has trained already" in aside.why_not(torch.device("cpu"))
+(bundle, report), why = child.result(60)
+assert why is None, why
+again, again_report = fine_tune(None, frame, label="y", train=config, strategy=strategy)
+same = all(torch.equal(a, b) for a, b in zip(bundle.network.state_dict().values(), again.network.state_dict().values(), strict=True))
+print("same", same, report.losses == again_report.losses, bundle.predict(frame.head(5)).tolist())
+failing = aside.start(lambda: 1 / 0)
+print("failed", failing.result(60))
+"""
+
+
+def test_a_training_aside_in_a_forked_process_gives_what_training_here_gives(tmp_path) -> None:
+    """drift.action=compete trains its rival in a forked process beside the fine-tune. In a process that has not
+    trained yet (a fresh one, as `lepton run`), the child's network is the one this process would have trained, weight
+    for weight; a failure in the child comes back as a reason; once this process has trained, it forks no more."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ASIDE_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("same True True ["), lines
+    assert lines[1] == "failed (None, 'ZeroDivisionError: division by zero')", lines
