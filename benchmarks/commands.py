@@ -46,7 +46,8 @@ def _lepton() -> str:
 
 def _environment() -> dict[str, str]:
     """A user's shell: nothing points at a server, and Prefect's home is the workspace's own."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    # LEPTON_WORKER_CHILD marks a command the warm worker forked: set here, no command would use the worker.
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LEPTON_WORKER_CHILD")}
     return env | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
 

@@ -72,6 +72,13 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def adam(parameters: list[nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel, one call a step for every parameter: on the CPU the default network's steps took
+    0.56 ms against 0.80 ms with the loop over parameters (PyTorch's default off CUDA), the same maths."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, fused=fused or None)
+
+
 def _autocast(device: torch.device):
     """Mixed precision on CUDA (bf16 where supported, else fp16); full precision on the CPU."""
     if device.type != "cuda":
@@ -185,7 +192,7 @@ def fit(
     model.to(device).train()
     # What the strategy keeps fixed takes no gradient, so Adam never steps it.
     with keep_fixed(model, frozen(model, strategy)):
-        optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        optimiser = adam([p for p in model.parameters() if p.requires_grad], lr)
         autocast, scaler = _autocast(device)
         losses, samples = [], 0
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
