@@ -14,6 +14,8 @@ failure in the child, leaves the caller to train in its own process, as it would
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import pickle
@@ -56,10 +58,25 @@ class Aside:
 
     def __init__(self, pid: int, pipe: int, started: float) -> None:
         self.pid, self.pipe, self.started = pid, pipe, started
+        self.collected = False
+        # A run that fails before it asks for the result leaves no training behind it.
+        atexit.register(self.abandon)
+
+    def abandon(self) -> None:
+        """Kill and reap the child, unless its result was collected."""
+        if self.collected:
+            return
+        self.collected = True
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.close(self.pipe)
+            os.waitpid(self.pid, 0)
 
     def result(self, timeout: float | None = None) -> tuple[Any, str | None]:
         """``(value, None)`` once the child has sent it, or ``(None, why)`` when it failed, died or ran past ``timeout``
         seconds from now (then it is killed). Call it once."""
+        self.collected = True
+        atexit.unregister(self.abandon)
         deadline = None if timeout is None else time.monotonic() + timeout
         chunks: list[bytes] = []
         why = None

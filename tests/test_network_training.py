@@ -329,7 +329,7 @@ def test_holdouts_scored_in_one_pass_score_as_each_alone(digits: list[tuple], re
 
 
 ASIDE_SCRIPT = r"""
-import sys, time
+import os, sys, time
 import numpy as np, pandas as pd, torch
 from lepton.config import StrategyConfig, TrainConfig
 from lepton.models import aside
@@ -350,13 +350,21 @@ same = all(torch.equal(a, b) for a, b in zip(bundle.network.state_dict().values(
 print("same", same, report.losses == again_report.losses, bundle.predict(frame.head(5)).tolist())
 failing = aside.start(lambda: 1 / 0)
 print("failed", failing.result(60))
+slow = aside.start(time.sleep, 120)  # a run that fails before it asks for the result: gone at exit
+slow.abandon()
+try:
+    os.kill(slow.pid, 0)
+    print("left running")
+except ProcessLookupError:
+    print("abandoned")
 """
 
 
 def test_a_training_aside_in_a_forked_process_gives_what_training_here_gives(tmp_path) -> None:
     """drift.action=compete trains its rival in a forked process beside the fine-tune. In a process that has not
     trained yet (a fresh one, as `lepton run`), the child's network is the one this process would have trained, weight
-    for weight; a failure in the child comes back as a reason; once this process has trained, it forks no more."""
+    for weight; a failure in the child comes back as a reason; a child whose result is never asked for is killed;
+    once this process has trained, it forks no more."""
     import subprocess
     import sys
 
@@ -365,3 +373,4 @@ def test_a_training_aside_in_a_forked_process_gives_what_training_here_gives(tmp
     lines = done.stdout.splitlines()
     assert lines[0].startswith("same True True ["), lines
     assert lines[1] == "failed (None, 'ZeroDivisionError: division by zero')", lines
+    assert lines[2] == "abandoned", lines
