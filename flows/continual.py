@@ -144,7 +144,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if plan.rival is not None and champion is not None:
             champion_scores, *harm = weigh_drift(champion.bundle, holdouts, landing.id, config.data.label, config.gate, change_at)
             if harm[0]:
-                aside = train_aside(plan.rival, ws.read_schema(), config.data, config.train, config.strategy)
+                aside = train_aside(plan.rival, ws.read_schema(), config.data, config.train, config.strategy, champion.bundle)
         candidate, training = train(
             champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
             plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source if champion is None else None,
@@ -183,7 +183,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             rival, rival_training = train.with_options(name="retrain")(
                 None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy, aside=aside, limit=limit,
             )
-            rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label)
+            rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label, evaluation.champion)
             rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)
             plan = replace(plan, note=f"{plan.note}: {why}")

@@ -14,7 +14,6 @@ failure in the child, leaves the caller to train in its own process, as it would
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -23,6 +22,7 @@ import select
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +48,7 @@ def why_not(device: torch.device) -> str | None:
         return "this process has trained already (autograd's threads do not survive a fork)"
     if device.type != "cpu" or torch.cuda.is_initialized():
         return "it trains on CUDA"
-    if (os.cpu_count() or 1) < 2:
+    if len(os.sched_getaffinity(0)) < 2:
         return "one CPU core: nothing would run beside it"
     return None
 
@@ -56,43 +56,40 @@ def why_not(device: torch.device) -> str | None:
 class Aside:
     """A training running in a forked child; ``result`` waits for it."""
 
-    def __init__(self, pid: int, pipe: int, started: float) -> None:
-        self.pid, self.pipe, self.started = pid, pipe, started
-        self.collected = False
-        # A run that fails before it asks for the result leaves no training behind it.
-        atexit.register(self.abandon)
+    def __init__(self, pid: int, pipe: int) -> None:
+        self.pid, self.pipe = pid, pipe
+        # A run that fails before it asks for the result leaves no training behind it: the child is killed when this
+        # object goes, or at exit (and by the kernel when this process dies: see _die_with).
+        self._reaper = weakref.finalize(self, _reap, pid, pipe)
 
     def abandon(self) -> None:
         """Kill and reap the child, unless its result was collected."""
-        if self.collected:
-            return
-        self.collected = True
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
-            os.close(self.pipe)
-            os.waitpid(self.pid, 0)
+        self._reaper()
 
     def result(self, timeout: float | None = None) -> tuple[Any, str | None]:
         """``(value, None)`` once the child has sent it, or ``(None, why)`` when it failed, died or ran past ``timeout``
         seconds from now (then it is killed). Call it once."""
-        self.collected = True
-        atexit.unregister(self.abandon)
+        self._reaper.detach()
         deadline = None if timeout is None else time.monotonic() + timeout
         chunks: list[bytes] = []
-        why = None
+        why, ended = None, False
+        poller = select.poll()
+        poller.register(self.pipe, select.POLLIN | select.POLLHUP)
         try:
             while True:
-                wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-                ready, _, _ = select.select([self.pipe], [], [], wait)
-                if not ready:
+                wait = None if deadline is None else max(deadline - time.monotonic(), 0.0) * 1000
+                if not poller.poll(wait):
                     why = f"it ran past {timeout:.0f} s"
-                    os.kill(self.pid, signal.SIGKILL)
                     break
                 chunk = os.read(self.pipe, 1 << 20)
                 if not chunk:
+                    ended = True
                     break
                 chunks.append(chunk)
-        finally:
+        finally:  # past the time limit, or this process interrupted while it waited: the child goes too
+            if not ended:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
             os.close(self.pipe)
             _, status = os.waitpid(self.pid, 0)
         if why is not None:
@@ -104,16 +101,31 @@ class Aside:
         return (value, None) if kind == "ok" else (None, value)
 
 
+def _reap(pid: int, pipe: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.close(pipe)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
+
+
 def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
     """Fork a child that runs ``fn(*args, **kwargs)`` on one intra-op thread, logging nothing, and sends back its value.
     Check ``why_not`` first."""
     read, write = os.pipe()
-    started = time.perf_counter()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: compute, send, and leave without running the parent's exit handlers
         code = 0
         try:
             os.close(read)
+            _die_with(parent)
+            # The parent's signal handlers and wakeup descriptor (Prefect's, Lepton's SIGTERM guard) are not this
+            # process's: a signal ends it, and the parent, which sees the pipe close, trains instead.
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, signal.SIG_DFL)
             logging.disable(logging.CRITICAL)  # the parent's handlers (its terminal, Prefect's API) are not this process's
             torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; one thread never asks for them
             try:
@@ -130,4 +142,16 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
             os._exit(code)
     os.close(write)
     log.debug("training aside in process %d", pid)
-    return Aside(pid, read, started)
+    return Aside(pid, read)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (killed, or ended by ``os._exit`` without asking for the
+    result): a training nobody waits for must not hold the caller's terminal or pipes."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(3)

@@ -70,7 +70,7 @@ def train(
     if aside is not None:
         trained, why = aside.result(limit)
         if trained is not None:
-            get_run_logger().info("trained in process %d beside the fine-tune, done %.1f s after it started", aside.pid, trained[1].seconds)
+            get_run_logger().info("trained in process %d beside the fine-tune (%.1f s of training)", aside.pid, trained[1].seconds)
             checkpoint("train")
             return trained
         get_run_logger().warning("the training beside the fine-tune failed (%s): training here", why)
@@ -93,15 +93,21 @@ def train(
     return candidate, report
 
 
-def train_aside(frame: pd.DataFrame, schema_state: dict, data: DataConfig, train: TrainConfig, strategy: StrategyConfig) -> forked.Aside | None:
+def train_aside(
+    frame: pd.DataFrame, schema_state: dict, data: DataConfig, train: TrainConfig, strategy: StrategyConfig, champion: Bundle,
+) -> forked.Aside | None:
     """A new network on ``frame`` (a rival: no champion, no rehearsal), training in a forked process from now on while
-    this one fine-tunes; pass it to ``train`` as ``aside``. None where it cannot (see ``lepton.models.aside``): the
-    rival then trains after the fine-tune, as it would anyway."""
-    from lepton.models.loop import select_device
+    this one fine-tunes ``champion``; pass it to ``train`` as ``aside``. None where it cannot (see
+    ``lepton.models.aside``): the rival then trains after the fine-tune, as it would anyway. Only a network that trains
+    on one intra-op thread goes aside (the champion's size tells): a bigger one uses every core in either process."""
+    from lepton.models.loop import intra_op_threads, select_device
 
-    why = forked.why_not(select_device(train.device)) or (
-        "data-parallel training" if train.nproc > 1 or train.launcher != "spawn" else "train.threads asks for more than one" if (train.threads or 1) > 1 else None
-    )
+    if train.nproc > 1 or train.launcher != "spawn":
+        why = "data-parallel training"
+    elif intra_op_threads(champion.network, train.batch_size, train.threads) > 1:
+        why = "it trains on several intra-op threads (train.threads, or a step of this size)"
+    else:
+        why = forked.why_not(select_device(train.device))
     if why is not None:
         get_run_logger().info("the rival trains after the fine-tune: %s", why)
         return None
@@ -188,11 +194,11 @@ def drift_hurts(
         return False, "the new holdout holds only classes the champion does not know"
     if scores[new_id].errors is not None:  # a numeric target
         hurt = float(new.mean()) > float(old.mean()) * (1 + config.mae_margin)
-        scores = f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
+        said = f"its MAE {new.mean():.4g} on this increment, {old.mean():.4g} on the earlier holdouts; gate.mae_margin={config.mae_margin:g}"
     else:
         hurt = float(new.mean()) < float(old.mean()) - config.margin
-        scores = f"its accuracy {new.mean():.1%} on this increment's rows of classes it knows, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
-    return hurt, (f"the drift hurts the champion ({scores})" if hurt else f"the champion copes with this drift ({scores})")
+        said = f"its accuracy {new.mean():.1%} on this increment's rows of classes it knows, {old.mean():.1%} on the earlier holdouts; gate.margin={config.margin:g}"
+    return hurt, (f"the drift hurts the champion ({said})" if hurt else f"the champion copes with this drift ({said})")
 
 
 def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, float]:

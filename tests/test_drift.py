@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -624,3 +625,25 @@ def test_joint_retrains_once_on_increments_the_candidate_learns_already():
     plan = plan_training.fn(history, DriftReport([], None, True, "joint", 0, 0), "new", train, config, ["kept-out"])
     assert len(plan.frame) == sum(len(split(f, 0.2)[0]) for f in frames.values())  # each training part once
     assert not plan.frame.duplicated().any()
+
+
+def test_a_rival_for_harmful_drift_trains_beside_the_fine_tune_in_a_fresh_process(clean_dir, prefect_api):
+    """`lepton run` has trained nothing when it reaches an increment whose drift hurts the champion (pixel noise on
+    digits that were constant, as the commands benchmark's first run of the day): the rival trains in a forked
+    process while the fine-tune runs, and the run goes on with it as with one trained after."""
+    from benchmarks.commands import increments
+    from tests.conftest import make_workspace, run_cli
+
+    ws = make_workspace(clean_dir / "ws", "digit", "aside")
+    first, _, noisy = increments(clean_dir)
+    outcomes = []
+    for path in (first, noisy):
+        done = run_cli(["run", str(path), "--workspace", str(ws.root), "--json", "--set", "train.epochs=10"], api_url=prefect_api)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outcomes.append(json.loads(done.stdout))
+    note = outcomes[1]["training_note"]
+    assert "competes with the fine-tuned candidate, as the concept changed at this increment" in note, note
+    log = (ws.state / "logs" / "lepton.log").read_text()
+    assert re.search(r"retrain.* - trained in process \d+ beside the fine-tune \(\d+\.\d s of training\)", log), log[-3000:]
+    assert "the training beside the fine-tune failed" not in log
+    assert outcomes[1]["status"] == "promoted"
