@@ -293,14 +293,15 @@ print("handler restored:", signal.getsignal(signal.SIGINT) is signal.default_int
 
 def test_a_ctrl_c_while_prefect_creates_a_task_run_still_ends_the_command_as_an_interrupt(prefect_api):
     """Prefect's crash handler fails on an interrupt that lands before the task run exists, and the flow fails with
-    "Task run is not set": the command must still exit as interrupted (130), not as a failed run (1). In a fresh
-    process, as `lepton run` is: a long test session's process state (its threads, its signal set-up) let the
-    interrupt land elsewhere."""
+    "Task run is not set": the command must still exit as interrupted (130), not as a failed run (1). In a process of
+    its own that a Ctrl-C reaches, as a terminal starts `lepton run`: a suite started in the background (`make test &`)
+    inherits SIGINT ignored, and the interrupt then never arrives."""
     import subprocess
     import sys
 
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT], capture_output=True, text=True, env=env, timeout=300, check=False)
+    done = subprocess.run([sys.executable, "-c", CTRL_C_SCRIPT], capture_output=True, text=True, env=env, timeout=300, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert done.returncode == 0, done.stderr[-3000:]
     said = done.stdout.splitlines()
     assert said[0] != "interrupted as it is", "the interrupt reached the caller as it is: Prefect no longer loses it"
