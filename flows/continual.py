@@ -111,6 +111,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     # is gone, and the increment trains again from the new one.
     for _ in range(ATTEMPTS):
         champion = load_champion(ws, config.registry)
+        schema = ws.read_schema()  # with this increment accepted (and any another run accepted meanwhile): every network of this attempt reads it
         parent = champion.version if champion else None
         # What the champion has not learnt is learnt with the increment: everything that got in while no model has
         # passed the gate, and the increments the gate kept out since the champion was trained.
@@ -144,9 +145,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if plan.rival is not None and champion is not None:
             champion_scores, *harm = weigh_drift(champion.bundle, holdouts, landing.id, config.data.label, config.gate, change_at)
             if harm[0]:
-                aside = train_aside(plan.rival, ws.read_schema(), config.data, config.train, config.strategy, champion.bundle)
+                aside = train_aside(plan.rival, schema, config.data, config.train, config.strategy, champion.bundle)
         candidate, training = train(
-            champion.bundle if champion and plan.warm_start else None, plan.frame, ws.read_schema(), config.data, config.train, config.strategy,
+            champion.bundle if champion and plan.warm_start else None, plan.frame, schema, config.data, config.train, config.strategy,
             plan.rehearse, concept_change=changed, steady=drift is not None and drift.steady, source=source if champion is None else None,
         )
         if training.transfer is not None:
@@ -181,7 +182,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             # Whatever the child takes beyond the fine-tune's own time (scaled by their rows) past a minute is not training.
             limit = 60 + 10 * training.seconds * max(1.0, len(plan.rival) / max(len(plan.frame), 1))
             rival, rival_training = train.with_options(name="retrain")(
-                None, plan.rival, ws.read_schema(), config.data, config.train, config.strategy, aside=aside, limit=limit,
+                None, plan.rival, schema, config.data, config.train, config.strategy, aside=aside, limit=limit,
             )
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label, evaluation.champion)
             rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at)

@@ -62,10 +62,6 @@ class Aside:
         # object goes, or at exit (and by the kernel when this process dies: see _die_with).
         self._reaper = weakref.finalize(self, _reap, pid, pipe)
 
-    def abandon(self) -> None:
-        """Kill and reap the child, unless its result was collected."""
-        self._reaper()
-
     def result(self, timeout: float | None = None) -> tuple[Any, str | None]:
         """``(value, None)`` once the child has sent it, or ``(None, why)`` when it failed, died or ran past ``timeout``
         seconds from now (then it is killed). Call it once."""
