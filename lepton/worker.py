@@ -325,15 +325,19 @@ RUN_IMPORTS = (
     "prefect.flow_engine", "prefect.task_engine", "prefect.runtime", "pyarrow.parquet", "filelock", "dvc.repo", "dvc_data.hashfile.tree",
     "great_expectations", "great_expectations.expectations", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "alembic.runtime.migration", "mlflow.models", "mlflow.pyfunc", "mlflow.tracing",
+    "torch._dynamo",  # torch's optimiser imports it at its first step (a second of it)
     "sklearn.metrics", "PIL.Image", "jinja2", "graphviz", "pygments.lexers", "typer", "rich.console", "rich.progress", "rich.table",
 )
 
 
-def import_ahead(until: Callable[[], bool] = lambda: False) -> None:
-    """Import ``RUN_IMPORTS`` now, in order, stopping as soon as ``until()`` says so; a run imports the rest when it needs them."""
+def import_ahead(until: Callable[[], bool] = lambda: False, skip: tuple[str, ...] = ()) -> None:
+    """Import ``RUN_IMPORTS`` now, in order, stopping as soon as ``until()`` says so; a run imports the rest when it needs them.
+    ``skip``: packages another process imports for this one (its validation's)."""
     import importlib
 
     for name in RUN_IMPORTS:
+        if name.startswith(skip):
+            continue
         if until():
             return
         with contextlib.suppress(ImportError):  # an optional one missing costs its run the import, nothing else

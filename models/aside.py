@@ -10,6 +10,9 @@ Forking is safe only before this process has run a backward pass (autograd's wor
 survive a fork, and torch refuses to train in such a child), on the CPU (a CUDA context does not
 survive one either), on Linux, and with one intra-op thread in the child. Anything else, and any
 failure in the child, leaves the caller to train in its own process, as it would without this.
+
+Nothing here needs torch until a training asks (``lepton.validation_aside`` forks with ``start`` too,
+before torch is imported).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ def why_not(device: torch.device) -> str | None:
         return "forking is used on Linux only"
     if _trained:
         return "this process has trained already (autograd's threads do not survive a fork)"
+    import torch
+
     if device.type != "cpu" or torch.cuda.is_initialized():
         return "it trains on CUDA"
     if len(os.sched_getaffinity(0)) < 2:
@@ -61,6 +67,14 @@ class Aside:
         # A run that fails before it asks for the result leaves no training behind it: the child is killed when this
         # object goes, or at exit (and by the kernel when this process dies: see _die_with).
         self._reaper = weakref.finalize(self, _reap, pid, pipe)
+
+    def done(self) -> bool:
+        """Whether the child has sent its result or ended: ``result`` would not wait."""
+        return _readable(self.pipe)
+
+    def cancel(self) -> None:
+        """Kill the child now: its result is not wanted."""
+        self._reaper()
 
     def result(self, timeout: float | None = None) -> tuple[Any, str | None]:
         """``(value, None)`` once the child has sent it, or ``(None, why)`` when it failed, died or ran past ``timeout``
@@ -97,6 +111,12 @@ class Aside:
         return (value, None) if kind == "ok" else (None, value)
 
 
+def _readable(pipe: int) -> bool:
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
 def _reap(pid: int, pipe: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
@@ -123,7 +143,8 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, signal.SIG_DFL)
             logging.disable(logging.CRITICAL)  # the parent's handlers (its terminal, Prefect's API) are not this process's
-            torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; one thread never asks for them
+            if "torch" in sys.modules:  # OpenMP's threads did not survive the fork; one thread never asks for them
+                sys.modules["torch"].set_num_threads(1)
             try:
                 payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as error:  # noqa: BLE001 - whatever it was, the parent trains instead
@@ -137,7 +158,7 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
         finally:
             os._exit(code)
     os.close(write)
-    log.debug("training aside in process %d", pid)
+    log.debug("%s aside in process %d", getattr(fn, "__qualname__", "work"), pid)
     return Aside(pid, read)
 
 

@@ -19,7 +19,7 @@ from lepton.models.drift import DriftReport, TrainingPlan, measure, respond, wit
 from lepton.models.splits import holdout_split
 from lepton.tasks.splits import History
 from lepton.tasks.tracking import connect
-from lepton.tasks.validate import ValidationReport
+from lepton.validation import ValidationReport
 from lepton.workspace import Workspace
 
 # MLflow accepts at most this many metrics per log_batch call.

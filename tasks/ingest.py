@@ -18,7 +18,7 @@ from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem, source_name
 from lepton.models.schema import DataSchema
-from lepton.tasks.validate import kinds_for, repeated_names
+from lepton.validation import kinds_for, repeated_names
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace, content_id
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from lepton.models.drift import DriftReport
     from lepton.models.gate import GateDecision
     from lepton.tasks.registry import Registration
-    from lepton.tasks.validate import ValidationReport
+    from lepton.validation import ValidationReport
     from lepton.workspace import IncrementRecord
 
 Status = Literal["promoted", "kept_out", "rejected", "duplicate"]

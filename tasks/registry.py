@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,10 @@ def consumer_signature(features: pd.DataFrame, predictions: Any) -> Any:
     from mlflow.models import infer_signature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    signature = infer_signature(features, predictions, params={"probabilities": False})
+    with warnings.catch_warnings():
+        # Its hint about integer columns and missing values: the columns it means are declared as any type below.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        signature = infer_signature(features, predictions, params={"probabilities": False})
     integers = {c for c in features.columns if pd.api.types.is_integer_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])}
     # Image bytes too: MLflow's scoring server base64-decodes a binary column and fails on a JSON null there;
     # taken as they come, the model decodes base64 text itself and imputes a null image as a missing one.

@@ -17,7 +17,7 @@ from lepton.models.gate import GateDecision
 from lepton.models.metrics import lineage_summary
 from lepton.models.training import TrainReport
 from lepton.tasks.tracking import connect
-from lepton.tasks.validate import ValidationReport
+from lepton.validation import ValidationReport
 from lepton.tasks.versioning import git_commit
 from lepton.workspace import Workspace
 

@@ -112,6 +112,9 @@ def train_aside(
         get_run_logger().info("the rival trains after the fine-tune: %s", why)
         return None
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
+    # torch's optimiser imports this at its first step: a second in each process. Imported here, the child has it.
+    import torch._dynamo  # noqa: F401
+
     return forked.start(fine_tune, None, frame, label=data.label, train=train, strategy=strategy, encoding=encoding)
 
 

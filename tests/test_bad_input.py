@@ -8,7 +8,7 @@ import pytest
 
 from lepton.config import DataConfig
 from lepton.models.schema import DataSchema
-from lepton.tasks.validate import validate_frame
+from lepton.validation import validate_frame
 
 CONFIG = DataConfig(label="y")
 
@@ -197,7 +197,7 @@ def test_a_column_of_lists_is_rejected_with_its_name():
 
 def test_each_numeric_column_has_one_range_expectation():
     """The magnitude bounds are finite, so they also stop infinities: one expectation per column, not two (GX's cost is per expectation)."""
-    from tasks.validate import build_suite
+    from lepton.validation import build_suite
 
     for schema, frame in ((SCHEMA, good()), (None, good(200, seed=1))):
         suite = build_suite(list(frame.columns), schema, CONFIG, frame)

@@ -546,7 +546,7 @@ def test_rehearsed_rows_are_trained_on_but_not_remembered():
 def test_block_turns_drift_into_a_failed_validation():
     """with_drift fails the validation report only for a drifted increment under drift.action=block, naming the features."""
     from lepton.tasks.drift import with_drift
-    from lepton.tasks.validate import ValidationReport
+    from lepton.validation import ValidationReport
 
     passed = ValidationReport(passed=True, rows=300, expectations=10)
     shifted = gaussian(300, 1, {"f3": 1.0})
@@ -646,4 +646,6 @@ def test_a_rival_for_harmful_drift_trains_beside_the_fine_tune_in_a_fresh_proces
     log = (ws.state / "logs" / "lepton.log").read_text()
     assert re.search(r"retrain.* - trained in process \d+ beside the fine-tune \(\d+\.\d s of training\)", log), log[-3000:]
     assert "the training beside the fine-tune failed" not in log
+    # Great Expectations imported in a child while the command imported the pipeline: both increments validated there.
+    assert len(re.findall(r"validate.* - validated in process \d+, which imported Great Expectations beside the pipeline", log)) == 2, log[-3000:]
     assert outcomes[1]["status"] == "promoted"

@@ -13,7 +13,7 @@ import pytest
 from lepton.config import DataConfig
 from lepton.models.schema import DataSchema
 from lepton.tasks.ingest import read_increment
-from lepton.tasks.validate import validate_frame
+from lepton.validation import validate_frame
 from tests.conftest import FAST, LEPTON, free_port, invoke, make_workspace, run_cli, start_process, stop_process, wait_for_http
 
 HOSTILE = "<script>alert(1)</script>"

@@ -33,7 +33,7 @@ SHELL = {"lepton.cli", "lepton.worker"}  # the commands, their progress display,
 # process that imports it, and the worker must not have them before it forks a run for a caller's terminal.
 SHELL_BESIDE_CLI = ["worker"]
 KERNEL = ["config", "workspace", "history", "lineage", "faults", "secrets", "landing", "runtime", "serving", "server", "demo", "report/__init__", "report/data",
-          "report/plots", "report/page", "report/store", "report/screenshot"]
+          "report/plots", "report/page", "report/store", "report/screenshot", "validation", "validation_aside"]
 RUNTIME = ["models/columns.py", "models/preprocessing.py", "models/network.py", "models/bundle.py", "lepton/serving.py"]
 
 

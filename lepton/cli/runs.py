@@ -133,7 +133,7 @@ def _watched_run(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *,
     """One flow run under the progress display: its outcome, and the ``seconds`` of its --json outcome
     (the total, and each step's, importing the pipeline first)."""
     started = time.perf_counter()
-    with _watching(ws, mode) as watched, _ctrl_c_ends_it():
+    with _watching(ws, mode, validating_only=dry_run) as watched, _ctrl_c_ends_it():
         outcome, flow_run_id = _run_flow(ws, path, overrides, dry_run=dry_run)
     steps = {"import the pipeline": round(watched.imported - started, 3)} | watched.seconds(flow_run_id)
     return outcome, {"total": round(time.perf_counter() - started, 3), "steps": steps}
@@ -232,20 +232,27 @@ def _show(ws: Workspace, outcome: Any, mode: Mode, seconds: dict[str, Any], *, d
 
 
 @contextmanager
-def _watching(ws: Workspace, mode: Mode) -> Iterator[watch]:
-    """The progress display for flow runs run in this process; Prefect's console lines go to .lepton/logs/lepton.log."""
+def _watching(ws: Workspace, mode: Mode, *, validating_only: bool = False) -> Iterator[watch]:
+    """The progress display for flow runs run in this process; Prefect's console lines go to .lepton/logs/lepton.log.
+    ``validating_only``: a dry run, which needs nothing imported beyond its validation."""
     server = temporary(ws)  # without a server up, Prefect's temporary one starts while the pipeline imports
     quiet_libraries()
     no_tracebacks()
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
     import lepton.flows.continual  # noqa: F401
+    from lepton import validation_aside
 
+    from lepton.worker import import_ahead
+
+    # Great Expectations imports in a child that will validate, on the core the server's start leaves, while this
+    # process goes on to the flow's first steps; while it validates, this process imports what the next steps need
+    # (MLflow's store for the champion, the part of torch its optimiser imports at its first step).
+    skip = ("great_expectations",)
+    aside = validation_aside.prepare(None if validating_only else lambda until: import_ahead(until=until, skip=skip))
     if server is not None:
         # Seconds of its start may be left (more on a new workspace, which creates its database): this core would
         # wait idle, so it imports meanwhile what the steps import anyway, and stops once the server answers (or fails).
-        from lepton.worker import import_ahead
-
-        import_ahead(until=server.settled)
+        import_ahead(until=server.settled, skip=skip if aside else ())
     imported = time.perf_counter()
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:

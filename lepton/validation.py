@@ -1,0 +1,467 @@
+"""Validation of an increment with a Great Expectations suite built from the workspace schema.
+
+No orchestration here (the flow's task is ``lepton.tasks.validate``), so that a process can import
+it, and Great Expectations, without Prefect: see ``prepare_aside``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+from pandas.api import types
+
+from lepton.config import DataConfig
+from lepton.models import columns as kinds_of
+from lepton.models.schema import SEEN_VALUES, DataSchema, label_kind_of
+from lepton.models.splits import holdout_split
+
+NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
+FINITE = float(np.finfo(np.float64).max)
+# Share of a numeric column's values that may fail to read as numbers ('?', 'n/a') before the column counts as text.
+TEXT_IN_NUMBERS = 0.5
+
+
+@dataclass
+class ValidationReport:
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+    rows: int = 0
+    expectations: int = 0
+    failed: int = 0  # expectations that failed (problems may add checks beyond the suite)
+    data_docs: str | None = None  # GX Data Docs page of this validation, when one was built
+    warnings: list[str] = field(default_factory=list)  # unusual but not wrong: processed, reported, fed to drift
+    notes: list[str] = field(default_factory=list)  # decisions taken (column kinds, the task) on a first increment
+
+
+def kinds_for(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> DataSchema:
+    """The schema the checks hold the increment to: the workspace's, or for a first increment the one it implies."""
+    if schema is not None:
+        return schema
+    return DataSchema.infer(
+        frame, config.label, declared=config.columns, task=config.task, max_categories=config.max_categories, text=config.text
+    )
+
+
+def _first_bounds(values: np.ndarray, limit: float) -> tuple[float, float] | None:
+    """For a first increment: ``limit`` times the bulk's scale beyond its 5th-95th percentile range.
+
+    The bulk, not the extremes: one absurd value in a small first increment would stretch
+    a 99th percentile to itself.
+    """
+    finite = values[np.isfinite(values)]
+    if len(finite) < 3:
+        return None
+    lo, hi = (float(q) for q in np.quantile(finite, [0.05, 0.95]))
+    scale = max(hi - lo, abs(lo), abs(hi)) or 1.0
+    return lo - limit * scale, hi + limit * scale
+
+
+def magnitude_bounds(column: str, values: np.ndarray, schema: DataSchema, first: bool, limit: float) -> tuple[float, float] | None:
+    """Where a value stops being growth and becomes a unit error or corruption."""
+    if first:
+        return _first_bounds(values, limit)
+    if column not in schema.ranges:
+        return None
+    lo, hi = schema.ranges[column]
+    scale = schema.scale(column)
+    return lo - limit * scale, hi + limit * scale
+
+
+def build_suite(
+    frame_columns: list[str], schema: DataSchema | None, config: DataConfig, frame: pd.DataFrame | None = None, skip: set[str] | frozenset = frozenset(),
+    implied: DataSchema | None = None,
+):
+    """The expectations an increment must meet: one per line, each with its intent.
+
+    ``frame`` is the increment with numeric columns already read as numbers; a first
+    increment's checks need its values (the bulk of each column sets its own bounds).
+    ``skip``: columns already rejected for holding text where numbers were (their gaps and ranges would only repeat it).
+    ``implied``: the schema the increment is held to, when the caller has it already (see ``kinds_for``).
+    """
+    import great_expectations.expectations as gxe
+
+    label = config.label
+    suite: list[Any] = []
+    # Enough rows to split into a training part and a holdout.
+    suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=config.min_rows))
+    first = schema is None
+    if first:
+        # First increment: it defines the schema, so only its own consistency is checked.
+        suite.append(gxe.ExpectColumnToExist(column=label))
+        # The label and at least one feature.
+        suite.append(gxe.ExpectTableColumnCountToBeBetween(min_value=2))
+    else:
+        # Exactly the columns of the schema, no more, no fewer.
+        suite.append(gxe.ExpectTableColumnsToMatchSet(column_set=[*schema.features, label], exact_match=True))
+    present = set(frame_columns)
+    if implied is None:
+        implied = kinds_for(frame, schema, config) if frame is not None and label in present else schema
+    if implied is None:
+        return suite
+    for column in implied.features:
+        if column not in present or column in skip:
+            continue  # the column-set expectation (or the kind check) already names it
+        if not first:
+            # Gaps are normal; a column that suddenly empties is a broken export or join.
+            allowed = implied.missing_share(column) + config.missing_jump
+            if allowed < 1.0:
+                suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=round(1.0 - allowed, 6)))
+        if implied.kind(column) not in ("numeric", "boolean"):
+            continue
+        declared = config.bounds.get(column) or config.bounds.get("*")
+        if declared is not None:
+            # Declared bounds are hard limits, for every row (they exclude infinities too).
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=declared[0], max_value=declared[1]))
+            continue
+        values = frame[column].to_numpy(dtype=np.float64) if frame is not None else np.zeros(0)
+        bounds = magnitude_bounds(column, values, implied, first, config.magnitude_limit)
+        if bounds is not None:
+            # Orders of magnitude beyond what the column holds: a unit error or corruption, even in one row.
+            # (Growth within that, a year or a counter, is only reported.) Held to finite bounds (a huge
+            # data.magnitude_limit would make them infinite), they stop infinities too.
+            low, high = max(bounds[0], -FINITE), min(bounds[1], FINITE)
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high, meta={"magnitude": config.magnitude_limit}))
+        else:
+            # Infinities pass a null check and poison the scaler's running statistics.
+            suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FINITE, max_value=FINITE))
+    if label in present:
+        # Most rows need their label; a few without one are dropped and counted.
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=label, mostly=round(1.0 - config.max_missing_labels, 6), meta={"label": True}))
+        if not first and implied.task != "regression" and not config.allow_new_classes:
+            # Only known classes, unless the config allows new ones.
+            suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=list(schema.classes)))
+    return suite
+
+
+def _describe(result: Any, frame: pd.DataFrame | None = None) -> str:
+    """One failed expectation in plain words (``frame``: the increment validated, to count what GX's result only samples)."""
+    config = result.expectation_config
+    kind, kwargs, res = config.type, config.kwargs, result.result or {}
+    column = kwargs.get("column")
+    examples = ", ".join(repr(v) for v in (res.get("partial_unexpected_list") or [])[:3])
+    count = res.get("unexpected_count")
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        message = result.exception_info.get("exception_message", "").splitlines()[0]
+        return f"{kind} could not be checked: {message}"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"{res.get('observed_value')} rows, fewer than the {kwargs.get('min_value')} required"
+    if kind == "expect_table_column_count_to_be_between":
+        return f"{res.get('observed_value')} column(s): need the label and at least one feature"
+    if kind == "expect_column_to_exist":
+        return f"column {column!r} is missing"
+    if kind == "expect_table_columns_to_match_set":
+        mismatch = (res.get("details") or {}).get("mismatched") or {}
+        parts = []
+        if mismatch.get("missing"):
+            parts.append("missing column(s) " + ", ".join(repr(c) for c in mismatch["missing"]))
+        if mismatch.get("unexpected"):
+            parts.append("unexpected column(s) " + ", ".join(repr(c) for c in mismatch["unexpected"]))
+        return "; ".join(parts) or "columns do not match the schema"
+    meta = config.meta or {}
+    share = res.get("unexpected_percent") or 0.0
+    if kind == "expect_column_values_to_not_be_null" and meta.get("label"):
+        return (
+            f"label column {column!r} is empty in {count} row(s) ({share:.1f}%), more than data.max_missing_labels="
+            f"{1 - kwargs.get('mostly', 1.0):.2g} allows (below it such rows are dropped)"
+        )
+    if kind == "expect_column_values_to_not_be_null":
+        return (
+            f"column {column!r} has {count} empty value(s) ({share:.1f}%), more than the share seen so far plus "
+            f"data.missing_jump allows ({(1 - kwargs.get('mostly', 1.0)):.0%}): a broken export or join?"
+        )
+    if kind == "expect_column_values_to_be_between" and meta.get("magnitude"):
+        # The bounds are finite, so infinities fail here too: they are named as what they are, counted in
+        # the column itself (GX's result samples 20 of the values that failed).
+        values = pd.to_numeric(frame[column], errors="coerce") if frame is not None and column in frame.columns else pd.Series(dtype=float)
+        infinite = int(np.isinf(values.to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+        if infinite and infinite >= (count or 0):
+            return f"column {column!r} has {count} infinite value(s)"
+        beyond = f"{infinite} infinite value(s), and {count - infinite} value(s)" if infinite else f"{count} value(s)"
+        examples_part = "" if infinite else f"e.g. {examples}; "
+        return (
+            f"column {column!r} has {beyond} orders of magnitude beyond its range ({examples_part}limit "
+            f"[{kwargs['min_value']:.4g}, {kwargs['max_value']:.4g}], data.magnitude_limit={meta['magnitude']:g}): a unit error or corruption? "
+            "If such values are real, raise data.magnitude_limit or declare data.bounds"
+        )
+    if kind == "expect_column_values_to_be_between" and kwargs.get("max_value") == FINITE:
+        return f"column {column!r} has {count} infinite value(s)"
+    if kind == "expect_column_values_to_be_between":
+        return (
+            f"column {column!r} has {count} value(s) ({share:.1f}%) outside its declared bounds "
+            f"[{kwargs['min_value']:g}, {kwargs['max_value']:g}] (e.g. {examples}; data.bounds)"
+        )
+    if kind == "expect_column_values_to_be_in_set":
+        return f"label column {column!r} has {count} value(s) never seen before (e.g. {examples}) and data.allow_new_classes is false"
+    return f"{kind} failed on {column or 'the table'}"
+
+
+def run_suite(frame: pd.DataFrame, suite: list[Any]) -> tuple[list[str], Any]:
+    """Run the expectations on an in-memory frame: the failures in plain words, and GX's result (for a Data Docs page).
+
+    The suite runs in an ephemeral context (a file context costs seconds per run in
+    writes); ``build_data_docs`` stores a result in a file context and renders its page.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    batch = context.data_sources.add_pandas("increment").add_dataframe_asset("increment").add_batch_definition_whole_dataframe("all")
+    expectation_suite = context.suites.add(gx.ExpectationSuite(name="increment", expectations=suite))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name="increment", data=batch, suite=expectation_suite))
+    results = definition.run(batch_parameters={"dataframe": frame}, result_format="BOOLEAN_ONLY")
+    if not results.success:
+        # Only a failure needs the counts and examples, for its message and its Data Docs page:
+        # passing increments (nearly all of them) validate in half the time.
+        results = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+    failed = [r for r in results.results if not r.success]
+    return [_describe(r, frame) for r in failed], results
+
+
+def build_data_docs(results: Any, root: Path, run_name: str) -> Path | None:
+    """Store one validation result in the file context under ``root/gx/`` and render its Data Docs page.
+
+    Only this result's page is built: rebuilding the index reads every stored result,
+    which grows with each run. Returns None (and logs why) when GX cannot render it:
+    the page is a view of the validation, never a reason to fail it.
+    """
+    import great_expectations as gx
+    from great_expectations.core import expectationSuiteValidationResultSchema
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier, ValidationResultIdentifier
+
+    try:
+        # GX writes column names and values into the page as markup (a column named
+        # <script>...</script> runs there): the page is rendered from a copy whose text cannot be markup.
+        inert = expectationSuiteValidationResultSchema.load(_inert(results.to_json_dict()))
+        context = gx.get_context(mode="file", project_root_dir=str(root))
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name="increment"),
+            run_id=RunIdentifier(run_name=run_name),
+            batch_identifier=run_name,
+        )
+        context.validation_results_store.set(key, inert)
+        context.build_data_docs(resource_identifiers=[key], build_index=False)
+        urls = context.get_docs_sites_urls(resource_identifier=key, only_if_exists=True)
+    except Exception as err:  # GX's renderers raise many kinds; none should reject an increment
+        logging.getLogger(__name__).warning("could not build the Data Docs page of this validation: %s", err)
+        return None
+    url = next((u["site_url"] for u in urls if u.get("site_url")), None)
+    return Path(unquote(urlparse(url).path)) if url else None
+
+
+# Look-alikes for the characters that make text markup or leave an attribute: the page still reads the same.
+INERT = str.maketrans({"<": "\uff1c", ">": "\uff1e", "&": "\uff06", '"': "\uff02", "'": "\uff07", "`": "\uff40"})
+
+
+def _inert(value: Any) -> Any:
+    """A JSON value with every string made inert for HTML (keys too: GX renders some of them)."""
+    if isinstance(value, str):
+        return value.translate(INERT)
+    if isinstance(value, dict):
+        return {_inert(k): _inert(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inert(v) for v in value]
+    return value
+
+
+def _examples(values: pd.Series, n: int = 3) -> str:
+    return ", ".join(repr(v) for v in values.head(n).tolist())
+
+
+def read_as_schema(frame: pd.DataFrame, schema: DataSchema) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """The increment with numeric and boolean columns read as numbers, and per column the values that were not numbers."""
+    prepared, unreadable = frame.copy(deep=False), {}
+    for column in schema.of_kind("numeric", "boolean"):
+        if column not in frame.columns:
+            continue
+        numbers = kinds_of.as_numbers(frame[column])
+        bad = frame[column][np.isnan(numbers) & frame[column].notna().to_numpy()]
+        if len(bad):
+            unreadable[column] = bad
+        prepared[column] = numbers
+    return prepared, unreadable
+
+
+def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool) -> tuple[list[str], list[str]]:
+    """What GX does not express: kinds that changed, labels of the wrong kind, a first increment that cannot train; and what is only reported."""
+    problems, warnings = [], []
+    label = config.label
+    for column, bad in unreadable.items():
+        present = len(bad) + int(frame[column].notna().sum())  # ``frame`` holds them as NaN already
+        if not first and len(bad) > TEXT_IN_NUMBERS * present:
+            problems.append(
+                f"column {column!r} held numbers and now holds text ({len(bad)} of {present} values, e.g. {_examples(bad)}); "
+                f"if it is a category now, declare it in lepton.yaml (data.columns: {{{column}: categorical}})"
+            )
+            continue
+        warnings.append(f"column {column!r}: {len(bad)} value(s) that are not numbers (e.g. {_examples(bad)}) read as missing")
+    for column in schema.of_kind("datetime"):
+        if column not in frame.columns:
+            continue
+        present = frame[column].dropna()
+        bad = present[kinds_of.as_datetimes(present).isna().to_numpy()]
+        if len(bad) > TEXT_IN_NUMBERS * max(len(present), 1):
+            problems.append(f"column {column!r} holds dates, but {len(bad)} of {len(present)} values are not (e.g. {_examples(bad)}); declare its kind in data.columns if it changed")
+        elif len(bad):
+            warnings.append(f"column {column!r}: {len(bad)} value(s) that are not dates (e.g. {_examples(bad)}) read as missing")
+    for column in schema.of_kind("image"):
+        if column in frame.columns and column in schema.shapes:
+            problems += _image_problems(frame[column], schema.shapes[column], first)
+    if label not in frame.columns:
+        return problems, warnings
+    labels = frame[label].dropna()
+    if schema.task == "regression":
+        numbers = pd.to_numeric(labels, errors="coerce")
+        if numbers.isna().any():
+            problems.append(f"label column {label!r} holds a number to predict (regression), but {int(numbers.isna().sum())} value(s) are not numbers (e.g. {_examples(labels[numbers.isna()])})")
+        elif not np.isfinite(numbers.to_numpy(dtype=np.float64)).all():
+            problems.append(f"label column {label!r} has infinite value(s)")
+        elif first and numbers.nunique() < 2:
+            problems.append(f"label column {label!r} is constant ({_examples(labels, 1)}): a first increment needs a target that varies to train a model")
+    else:
+        if not first and schema.label_kind == "int" and label_kind_of(labels) != "int":
+            problems.append(f"column {label!r} does not hold integer labels, as before (e.g. {_examples(labels[~labels.map(lambda v: isinstance(v, (int, float, np.number)) and float(v).is_integer())])})")
+        if first and labels.nunique() < 2:
+            problems.append(
+                f"label column {label!r} holds a single class ({_examples(labels, 1)}): a first increment needs at least two classes to train a model"
+                + ("; if it is a number to predict, set data.task=regression" if types.is_numeric_dtype(labels) else "")
+            )
+    dropped = int(frame[label].isna().sum())
+    if dropped and not problems:
+        warnings.append(f"{dropped} row(s) without a label dropped (data.max_missing_labels={config.max_missing_labels:g})")
+    repeated = int(frame.duplicated().sum())
+    if repeated:
+        share = f"{repeated} repeated row(s) ({repeated / len(frame):.1%})"
+        if config.duplicates == "reject":
+            problems.append(f"{share}, and data.duplicates=reject (keep or drop to accept them)")
+        else:
+            warnings.append(f"{share} {'kept' if config.duplicates == 'keep' else 'dropped'} (data.duplicates={config.duplicates})")
+    if not first:
+        warnings += _growth(frame, schema, config)
+    return problems, warnings
+
+
+def _image_problems(values: pd.Series, shape: list[int], first: bool) -> list[str]:
+    """Images that do not decode, or decode to another size than the column's: what a network cannot read."""
+    found = [(i, p) for i, p in ((i, kinds_of.image_problem(v, shape)) for i, v in zip(values.index, values.tolist(), strict=True)) if p is not None]
+    if not found:
+        return []
+    undecodable = [i for i, p in found if p == kinds_of.UNDECODABLE]
+    resized = [(i, p) for i, p in found if p != kinds_of.UNDECODABLE]
+    out = []
+    if undecodable:
+        out.append(f"column {values.name!r}: {len(undecodable)} of {values.notna().sum()} value(s) are not decodable images (e.g. row(s) {', '.join(map(str, undecodable[:3]))})")
+    if resized:
+        examples = "; ".join(f"row {i}: {p.split(', not ')[0]}" for i, p in resized[:3])
+        held = "as most of this first increment's" if first else "as in its first increment"
+        out.append(
+            f"column {values.name!r}: {len(resized)} image(s) of another size ({examples}); the column's images are "
+            f"{shape[0]}x{shape[1]} ({shape[2]} channel(s)), {held}: resize them in the export"
+        )
+    return out
+
+
+def _growth(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list[str]:
+    """Values beyond what was seen, by a plausible amount, and new categories: reported, and left to drift to judge."""
+    out = []
+    for column in schema.of_kind("numeric"):
+        if column not in schema.ranges or column not in frame.columns or config.bounds.get(column) or config.bounds.get("*"):
+            continue
+        lo, hi = schema.bounds(column, config.range_tolerance)
+        values = frame[column].to_numpy(dtype=np.float64)
+        beyond = values[np.isfinite(values) & ((values < lo) | (values > hi))]
+        if len(beyond):
+            seen = schema.ranges[column]
+            out.append(
+                f"column {column!r}: {len(beyond)} value(s) beyond the range seen so far [{seen[0]:g}, {seen[1]:g}] "
+                f"(from {beyond.min():g} to {beyond.max():g}; data.range_tolerance={config.range_tolerance:g})"
+            )
+    for column in schema.of_kind("categorical"):
+        if column not in frame.columns:
+            continue
+        known = set(schema.values.get(column, []))
+        if len(known) >= SEEN_VALUES:
+            continue
+        new = [v for v in kinds_of.as_strings(frame[column]).dropna().unique() if str(v) not in known]
+        if new:
+            out.append(f"column {column!r}: {len(new)} new categor{'y' if len(new) == 1 else 'ies'} ({', '.join(repr(str(v)) for v in new[:3])}{', ...' if len(new) > 3 else ''})")
+    return out
+
+
+def describe_kinds(schema: DataSchema) -> list[str]:
+    """What a first increment decided: the task and each column's kind, and why."""
+    notes = [f"label {schema.label!r}: {'a number to predict (regression)' if schema.task == 'regression' else 'classes'}"]
+    by_kind: dict[str, list[str]] = {}
+    for column in schema.features:
+        by_kind.setdefault(schema.kind(column), []).append(column)
+    for kind, names in by_kind.items():
+        if kind in ("identifier", "ignore", "text", "datetime", "image"):
+            notes += [f"column {c!r}: {kind} ({schema.why.get(c, '')}){'; not used by the model' if kind in ('identifier', 'ignore') else ''}" for c in names]
+        else:
+            notes.append(f"{kind}: {', '.join(names)}")
+    return notes
+
+
+def repeated_names(names: list[Any]) -> str | None:
+    """The problem with a header that names a column twice (pandas would read the second ``x`` as ``x.1``), or None."""
+    counts = pd.Series([str(n) for n in names if str(n) != ""]).value_counts()
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return None
+    listed = ", ".join(f"{name!r} ({count} columns)" for name, count in repeated.items())
+    return f"duplicate column name(s) {listed}: each column needs a name of its own; rename them in the export"
+
+
+def validate_frame(
+    frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig, data_docs: Path | None = None, run_name: str = "increment"
+) -> ValidationReport:
+    # Two columns of one name cannot be told apart by the schema, the suite or a consumer:
+    # the header as written (read_increment keeps it) or the frame's own columns.
+    repeated = repeated_names(frame.attrs.get("header") or list(frame.columns))
+    if repeated is not None:
+        return ValidationReport(passed=False, problems=[repeated], rows=len(frame))
+    first = schema is None
+    nested = [str(c) for c in frame.columns if pd.api.types.is_object_dtype(frame[c]) and frame[c].dropna().head(100).map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).any()]
+    if nested:
+        # Lists or maps in a cell (a Parquet list column): nothing to compare, hash or encode as a value.
+        problem = f"column(s) {', '.join(map(repr, nested))} hold lists or maps, not values: flatten them in the export (one value per cell)"
+        return ValidationReport(passed=False, problems=[problem], rows=len(frame), failed=1)
+    implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
+    prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
+    retyped = {c for c, bad in unreadable.items() if not first and len(bad) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
+    suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped, implied=implied)
+    # GX predates pandas' string dtypes; as objects, strings compare as they always did.
+    strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]
+    problems, results = run_suite(prepared.astype({c: object for c in strings}) if strings else prepared, suite)
+    failed = len(problems)
+    warnings: list[str] = []
+    if implied is not None and not (set(implied.features) - set(frame.columns)):
+        more, warnings = content_checks(prepared, implied, unreadable, config, first)
+        problems += [p for p in more if p not in problems]
+    if not problems:
+        # Both sides of the split must hold rows, or the increment can neither train nor be measured.
+        # The rows the steps split: labelled ones, each once when data.duplicates=drop.
+        kept, held = (len(part) for part in holdout_split(frame, config.label, config.holdout_fraction, drop_duplicates=config.duplicates == "drop"))
+        split = f"(data.holdout_fraction={config.holdout_fraction}); send a larger increment"
+        if held == 0:
+            problems.append(f"{len(frame)} rows leave no rows for the holdout {split}")
+        elif kept == 0:
+            problems.append(f"{len(frame)} rows leave only holdout rows and none for training {split}")
+    # The page is rendered where someone will look: a rejection (data.data_docs=rejected), or every run when asked.
+    wanted = config.data_docs == "always" or (config.data_docs == "rejected" and bool(problems))
+    page = build_data_docs(results, data_docs, run_name) if data_docs is not None and wanted else None
+    return ValidationReport(
+        passed=not problems, problems=problems, rows=len(frame), expectations=len(suite), failed=failed,
+        data_docs=str(page) if page else None, warnings=warnings,
+        notes=describe_kinds(implied) if first and implied is not None else [],
+    )
