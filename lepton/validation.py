@@ -1,7 +1,7 @@
 """Validation of an increment with a Great Expectations suite built from the workspace schema.
 
 No orchestration here (the flow's task is ``lepton.tasks.validate``), so that a process can import
-it, and Great Expectations, without Prefect: see ``prepare_aside``.
+it, and Great Expectations, without Prefect: see ``lepton.validation_aside``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ survive a fork, and torch refuses to train in such a child), on the CPU (a CUDA 
 survive one either), on Linux, and with one intra-op thread in the child. Anything else, and any
 failure in the child, leaves the caller to train in its own process, as it would without this.
 
-Nothing here needs torch until a training asks (``lepton.validation_aside`` forks with ``start`` too,
-before torch is imported).
+``start`` runs any function so (``lepton.validation_aside`` forks a child that validates an increment);
+torch is imported only where a training needs it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def why_not(device: torch.device) -> str | None:
 
 
 class Aside:
-    """A training running in a forked child; ``result`` waits for it."""
+    """A function (a training, a validation) running in a forked child; ``result`` waits for it."""
 
     def __init__(self, pid: int, pipe: int) -> None:
         self.pid, self.pipe = pid, pipe
@@ -138,7 +138,7 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
             os.close(read)
             _die_with(parent)
             # The parent's signal handlers and wakeup descriptor (Prefect's, Lepton's SIGTERM guard) are not this
-            # process's: a signal ends it, and the parent, which sees the pipe close, trains instead.
+            # process's: a signal ends it, and the parent, which sees the pipe close, does the work itself.
             signal.set_wakeup_fd(-1)
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, signal.SIG_DFL)
@@ -147,7 +147,7 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
                 sys.modules["torch"].set_num_threads(1)
             try:
                 payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
-            except BaseException as error:  # noqa: BLE001 - whatever it was, the parent trains instead
+            except BaseException as error:  # noqa: BLE001 - whatever it was, the parent does the work itself
                 payload = pickle.dumps(("error", f"{type(error).__name__}: {error}"))
                 code = 1
             view = memoryview(payload)
@@ -164,7 +164,7 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
 
 def _die_with(parent: int) -> None:
     """Have the kernel kill this process when its parent dies (killed, or ended by ``os._exit`` without asking for the
-    result): a training nobody waits for must not hold the caller's terminal or pipes."""
+    result): a child nobody waits for must not hold the caller's terminal or pipes."""
     import ctypes
 
     pr_set_pdeathsig = 1

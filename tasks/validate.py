@@ -35,6 +35,6 @@ def validate(
         return ValidationReport(passed=False, problems=[read_error or "could not be read"])
     schema = DataSchema.from_dict(schema_state) if schema_state else None
     report, said = validation_aside.validate(frame, schema, config, data_docs, run_name)
-    if said:
-        get_run_logger().log(logging.INFO if report is not None else logging.WARNING, said)
+    for n, line in enumerate(said):  # the last line says how it went: a fallback is a warning, like the child's own
+        get_run_logger().log(logging.INFO if report is not None and n == len(said) - 1 else logging.WARNING, line)
     return report if report is not None else validate_frame(frame, schema, config, data_docs, run_name)

@@ -241,7 +241,6 @@ def _watching(ws: Workspace, mode: Mode, *, validating_only: bool = False) -> It
     # Importing prefect configures its logging (dictConfig); the display must take over after that.
     import lepton.flows.continual  # noqa: F401
     from lepton import validation_aside
-
     from lepton.worker import import_ahead
 
     # Great Expectations imports in a child that will validate, on the core the server's start leaves, while this
@@ -257,12 +256,15 @@ def _watching(ws: Workspace, mode: Mode, *, validating_only: bool = False) -> It
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
     with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
         watched.imported = imported  # the import ends here; waiting for the server is Prefect's start, shown as such
-        if server is not None:
-            try:
-                server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
-            except ServerError as error:
-                raise fail(str(error)) from None
-        yield watched
+        try:
+            if server is not None:
+                try:
+                    server.wait(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+                except ServerError as error:
+                    raise fail(str(error)) from None
+            yield watched
+        finally:  # a run that did not validate (a duplicate, a resumed run) leaves no child importing GX behind it
+            validation_aside.discard()
 
 
 def _outcome_table(ws: Workspace, outcome: Any) -> Table:
