@@ -77,9 +77,13 @@ def discard() -> None:
     if _waiting is not None:
         child, write = _waiting
         _waiting = None
-        with contextlib.suppress(OSError):
-            os.close(write)
-        child.cancel()
+        _let_go(child, write)
+
+
+def _let_go(child: forked.Aside, write: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(write)
+    child.cancel()
 
 
 def _too_large(frame: Any) -> str | None:
@@ -104,15 +108,13 @@ def validate(frame: Any, schema: Any, config: Any, data_docs: Any, run_name: str
     _waiting = None
     large = _too_large(frame)
     if large is not None:
-        os.close(write)
-        child.cancel()
+        _let_go(child, write)
         return None, [f"{large} handed to the validation prepared aside: validating here"]
     try:
         request = pickle.dumps((frame, schema, config, data_docs, run_name), protocol=pickle.HIGHEST_PROTOCOL)
         _send(write, struct.pack("<Q", len(request)), request, SEND_TIMEOUT)
     except Exception as error:  # noqa: BLE001 - unpicklable, a dead child, one that never read: validate here
-        os.close(write)
-        child.cancel()
+        _let_go(child, write)
         return None, [f"the validation prepared aside did not take the increment ({type(error).__name__}: {error}): validating here"]
     os.close(write)
     started = time.perf_counter()

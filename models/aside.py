@@ -11,8 +11,7 @@ survive a fork, and torch refuses to train in such a child), on the CPU (a CUDA 
 survive one either), on Linux, and with one intra-op thread in the child. Anything else, and any
 failure in the child, leaves the caller to train in its own process, as it would without this.
 
-``start`` runs any function so (``lepton.validation_aside`` forks a child that validates an increment);
-torch is imported only where a training needs it.
+``start`` runs any function so (``lepton.validation_aside`` forks a child that validates an increment).
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +48,6 @@ def why_not(device: torch.device) -> str | None:
         return "forking is used on Linux only"
     if _trained:
         return "this process has trained already (autograd's threads do not survive a fork)"
-    import torch
-
     if device.type != "cpu" or torch.cuda.is_initialized():
         return "it trains on CUDA"
     if len(os.sched_getaffinity(0)) < 2:
@@ -143,8 +139,7 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Aside:
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, signal.SIG_DFL)
             logging.disable(logging.CRITICAL)  # the parent's handlers (its terminal, Prefect's API) are not this process's
-            if "torch" in sys.modules:  # OpenMP's threads did not survive the fork; one thread never asks for them
-                sys.modules["torch"].set_num_threads(1)
+            torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; one thread never asks for them
             try:
                 payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as error:  # noqa: BLE001 - whatever it was, the parent does the work itself
