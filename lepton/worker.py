@@ -325,7 +325,6 @@ RUN_IMPORTS = (
     "prefect.flow_engine", "prefect.task_engine", "prefect.runtime", "pyarrow.parquet", "filelock", "dvc.repo", "dvc_data.hashfile.tree",
     "great_expectations", "great_expectations.expectations", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "alembic.runtime.migration", "mlflow.models", "mlflow.pyfunc", "mlflow.tracing",
-    "torch._dynamo",  # torch's optimiser imports it at its first step (a second of it)
     "sklearn.metrics", "PIL.Image", "jinja2", "graphviz", "pygments.lexers", "typer", "rich.console", "rich.progress", "rich.table",
 )
 
@@ -350,6 +349,9 @@ def warm() -> None:
     import pkgutil
 
     import_ahead()
+    from lepton.tasks.registry import check_requirements_ahead
+
+    check_requirements_ahead()
 
     def walk(package: str) -> None:
         # iter_modules, not walk_packages: walking imports every package on the way, the CLI's too.

@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lepton.models import strategies
-from lepton.models.loop import FitResult, _autocast, adam, frozen, keep_fixed, step
+from lepton.models.loop import FitResult, _autocast, frozen, keep_fixed, step
+from lepton.models.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ def _train(rank: int, nproc: int, device: torch.device, job: _Job) -> dict:
             xt, yt = xt.pin_memory(), yt.pin_memory()
         xt, yt = xt.to(device, non_blocking=True), yt.to(device, non_blocking=True)
         ddp.train()
-        optimiser = adam([p for p in model.parameters() if p.requires_grad], job.lr)
         autocast, scaler = _autocast(device)
+        optimiser = adam([p for p in model.parameters() if p.requires_grad], job.lr, scaled=scaler is not None)
         n = len(yt)
         # Pad every epoch's permutation (with its own first entries) to a multiple of nproc:
         # all ranks then take the same number of steps, which DDP's all-reduce requires.

@@ -32,6 +32,7 @@ from torch import nn
 
 from lepton.models.memory import ClassBalancedMemory
 from lepton.models.network import MLP
+from lepton.models.optim import adam
 from lepton.models.settings import STRATEGIES, StrategyConfig
 
 
@@ -603,7 +604,7 @@ class BalancedHead(Naive):
         device = next(model.parameters()).device
         inputs = torch.from_numpy(self.context.transform(x)).to(device)
         targets = torch.from_numpy(y).to(device)
-        optimiser = torch.optim.Adam(model.head.parameters(), lr=self.lr)
+        optimiser = adam(list(model.head.parameters()), self.lr)
         model.train()
         for _ in range(self.epochs):
             order = torch.randperm(len(targets), generator=self.context.generator).to(device)

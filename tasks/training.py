@@ -20,7 +20,7 @@ from lepton.models.network import NetworkError, import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
 from lepton.models.training import TrainReport, choose_transfer, fine_tune
-from lepton.tasks.registry import Source
+from lepton.tasks.registry import Source, check_requirements_ahead
 
 
 def workspace_networks(root: Path, train: TrainConfig) -> TrainConfig:
@@ -68,6 +68,8 @@ def train(
     ``aside``: this very training, started beside the run's other one by ``train_aside``: its result, once
     it comes (within ``limit`` seconds); trained here instead when it fails."""
     if aside is not None:
+        if not aside.done():  # this process would wait: it does now what its registration does first
+            check_requirements_ahead()
         trained, why = aside.result(limit)
         if trained is not None:
             get_run_logger().info("trained in process %d beside the fine-tune (%.1f s of training)", aside.pid, trained[1].seconds)
@@ -112,9 +114,6 @@ def train_aside(
         get_run_logger().info("the rival trains after the fine-tune: %s", why)
         return None
     encoding = encoding_of(DataSchema.from_dict(schema_state), data)
-    # torch's optimiser imports this at its first step: a second in each process. Imported here, the child has it.
-    import torch._dynamo  # noqa: F401
-
     return forked.start(fine_tune, None, frame, label=data.label, train=train, strategy=strategy, encoding=encoding)
 
 
