@@ -134,7 +134,7 @@ def test_tables_targets_compare_with_the_peers_and_name_what_was_rejected():
 
 def test_commands_targets_hold_each_command_to_the_floor(tmp_path):
     """bench commands: run within 3x the floor, read-only commands and duplicates within half, --help under 1 s, consumers within 1.5x scikit-learn."""
-    from benchmarks.commands import FIRST_OF_DAY, NEW_WORKSPACE, consumer_targets, markdown, targets
+    from benchmarks.commands import FIRST_OF_DAY, LEAN_FLOOR, NEW_WORKSPACE, consumer_targets, markdown, targets
 
     seconds = {"floor": 3.0, "--help": 0.2, NEW_WORKSPACE: 25.0, "duplicate (temporary server)": 9.0, "server start": 2.5,
                "run (lepton server)": 8.9, "duplicate (lepton server)": 1.5, "status after a run": 0.2, "history after a run": 1.7,
@@ -154,6 +154,9 @@ def test_commands_targets_hold_each_command_to_the_floor(tmp_path):
     text = markdown({"rows": 1000, "epochs": 30, "repeats": 3, "seconds": seconds, "consumers": served, "targets": targets(seconds) + consumer_targets(served)})
     assert "| run (lepton server) | 8.90 | 2.97 |" in text and f"| {NEW_WORKSPACE} | 25.00 | 8.33 |" in text and "| one row, p50 | 4.00 ms | 2.50 ms |" in text
     assert "| consumer: one-row p50 <= 1.5x an MLflow-logged scikit-learn pipeline | **no** | 4.00 ms against 2.50 ms = 1.60x |" in text
+    # The floor stepped as Lepton steps Adam is shown beside the targets, not instead of them.
+    lean = markdown({"rows": 1000, "epochs": 30, "repeats": 3, "seconds": seconds | {LEAN_FLOOR: 2.0}, "consumers": served, "targets": targets(seconds)})
+    assert f"(2.00 s): {FIRST_OF_DAY} 9.00x, run (lepton server) 4.45x." in lean and "Against the floor" not in text
 
 
 def test_the_floor_script_trains_the_same_share_of_rows(tmp_path):
@@ -163,8 +166,9 @@ def test_the_floor_script_trains_the_same_share_of_rows(tmp_path):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(50, 4)), columns=list("abcd")).assign(y=rng.integers(0, 3, 50))
     frame.to_parquet(tmp_path / "part.parquet", index=False)
-    done = subprocess.run([sys.executable, str(FLOOR), str(tmp_path / "part.parquet"), "y", "1"], capture_output=True, text=True, check=True, timeout=120)
-    assert done.stdout.strip() == "trained on 40 rows for 1 epochs"
+    for optimiser in ("torch", "lepton"):
+        done = subprocess.run([sys.executable, str(FLOOR), str(tmp_path / "part.parquet"), "y", "1", optimiser], capture_output=True, text=True, check=True, timeout=120)
+        assert done.stdout.strip() == "trained on 40 rows for 1 epochs"
 
 
 def test_backfill_target_compares_late_with_early_increments_and_names_what_grew():
