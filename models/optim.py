@@ -21,6 +21,7 @@ class Adam:
     def __init__(self, parameters: list[nn.Parameter], lr: float, *, fused: bool) -> None:
         self.parameters, self.lr, self.fused = list(parameters), lr, fused
         self.betas, self.eps = (0.9, 0.999), 1e-8
+        self.complex = any(torch.is_complex(p) for p in self.parameters)
         # Created at a parameter's first step, as torch.optim.Adam creates them: a parameter that never takes a gradient has none.
         self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -47,7 +48,7 @@ class Adam:
         adam_step(
             params, [p.grad for p in params], [s[1] for s in states], [s[2] for s in states], [], [s[0] for s in states],
             foreach=False, capturable=False, differentiable=False, fused=self.fused or None, grad_scale=None, found_inf=None,
-            has_complex=any(torch.is_complex(p) for p in params), amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
+            has_complex=self.complex, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
             lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False,
         )
 
