@@ -124,6 +124,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         kept_out = also
         also = [] if changed else learnable(champion.bundle if champion else None, holdouts, also, config.data.label, config.gate)  # at a change, theirs is the old rule
         left_out = [k for k in kept_out if k not in also] if not changed else []  # noisy kept-out increments: no network learns them
+        # Once left out, an increment stays out, of training and of judgement alike: its holdout (labels in another unit,
+        # or noise) would fail every later candidate on the floors. The champion's lineage carries the list.
+        earlier_left = [k for k in (champion.bundle.meta.get("left_out", []) if champion else []) if k in holdouts and k != landing.id]
+        left_out = [*earlier_left, *(k for k in left_out if k not in earlier_left)]
+        if left_out:
+            holdouts = {k: frame for k, frame in holdouts.items() if k not in left_out}
+            log.info("not judged on the holdouts of %d increment(s) left out as unlike what the champion learnt: %s", len(left_out), ", ".join(left_out))
         if also:
             train_frame, _ = split_increments(history, landing.id, config.data, also=also)
         if champion is None and also:
@@ -200,7 +207,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",
             params=config_params(config), metrics=run_metrics(evaluation, training), lineage=lineage,
-            meta={"accuracy_matrix": evaluation.matrix, "concept_change_at": change_at},
+            meta={"accuracy_matrix": evaluation.matrix, "concept_change_at": change_at, "left_out": left_out},
         )
         if not registration.stale:
             break
@@ -216,7 +223,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log_drift(ws, config.registry, registration.run_id, drift, plan)
     outcome = RunOutcome.gated(
         landing.id, relative, decision, version=registration.version, parent=parent, data_hash=data_hash,
-        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed, training_note=plan.note,
+        metrics=evaluation.summary(), validation=report, drift=drift, concept_change=changed, training_note=plan.note, left_out=left_out,
     )
     log.info(outcome.message)
     outcome.report = write_report(

@@ -19,13 +19,17 @@ from pandas.api import types
 
 from lepton.config import DataConfig
 from lepton.models import columns as kinds_of
-from lepton.models.schema import SEEN_VALUES, DataSchema, label_kind_of
+from lepton.models.schema import SEEN_VALUES, DataSchema, label_kind_of, typical_magnitude
 from lepton.models.splits import holdout_split
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]
 FINITE = float(np.finfo(np.float64).max)
-# Share of a numeric column's values that may fail to read as numbers ('?', 'n/a') before the column counts as text.
-TEXT_IN_NUMBERS = 0.5
+# What exports write for a missing number: read as missing in a numeric column, however many there are (a column
+# that empties is judged by data.missing_jump).
+MISSING_MARKERS = frozenset({"", "?", "-", "--", ".", "na", "n/a", "n.a.", "nan", "null", "none", "nil", "missing", "unknown", "#n/a"})
+# Share of a numeric column's values that may be other text ('west', '12 kg') before the column counts as text: what
+# the first increment allows a column it reads as numbers.
+TEXT_IN_NUMBERS = 0.1
 
 
 @dataclass
@@ -292,15 +296,21 @@ def read_as_schema(frame: pd.DataFrame, schema: DataSchema) -> tuple[pd.DataFram
     return prepared, unreadable
 
 
+def _words(bad: pd.Series) -> pd.Series:
+    """Of the values a numeric column could not read, those that are not a missing-value marker ('?', 'n/a')."""
+    return bad[~bad.astype("string").str.strip().str.lower().isin(MISSING_MARKERS).to_numpy()]
+
+
 def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool) -> tuple[list[str], list[str]]:
     """What GX does not express: kinds that changed, labels of the wrong kind, a first increment that cannot train; and what is only reported."""
     problems, warnings = [], []
     label = config.label
     for column, bad in unreadable.items():
         present = len(bad) + int(frame[column].notna().sum())  # ``frame`` holds them as NaN already
-        if not first and len(bad) > TEXT_IN_NUMBERS * present:
+        words = _words(bad)
+        if not first and len(words) > TEXT_IN_NUMBERS * present:
             problems.append(
-                f"column {column!r} held numbers and now holds text ({len(bad)} of {present} values, e.g. {_examples(bad)}); "
+                f"column {column!r} held numbers and now holds text ({len(words)} of {present} values, e.g. {_examples(words)}); "
                 f"if it is a category now, declare it in lepton.yaml (data.columns: {{{column}: categorical}})"
             )
             continue
@@ -310,8 +320,9 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
             continue
         present = frame[column].dropna()
         bad = present[kinds_of.as_datetimes(present).isna().to_numpy()]
-        if len(bad) > TEXT_IN_NUMBERS * max(len(present), 1):
-            problems.append(f"column {column!r} holds dates, but {len(bad)} of {len(present)} values are not (e.g. {_examples(bad)}); declare its kind in data.columns if it changed")
+        words = _words(bad)
+        if len(words) > TEXT_IN_NUMBERS * max(len(present), 1):
+            problems.append(f"column {column!r} holds dates, but {len(words)} of {len(present)} values are not (e.g. {_examples(words)}); declare its kind in data.columns if it changed")
         elif len(bad):
             warnings.append(f"column {column!r}: {len(bad)} value(s) that are not dates (e.g. {_examples(bad)}) read as missing")
     for column in schema.of_kind("image"):
@@ -347,8 +358,32 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
         else:
             warnings.append(f"{share} {'kept' if config.duplicates == 'keep' else 'dropped'} (data.duplicates={config.duplicates})")
     if not first:
+        problems += _unit_changes(frame, schema, config.unit_change)
         warnings += _growth(frame, schema, config)
     return problems, warnings
+
+
+def _unit_changes(frame: pd.DataFrame, schema: DataSchema, limit: float) -> list[str]:
+    """Columns whose typical value is ``limit`` times smaller or larger than in every accepted increment: values a
+    thousand times smaller stay inside the range seen, where the magnitude bounds never look."""
+    out = []
+    for column, (lo, hi) in schema.magnitudes.items() if limit > 0 else ():
+        typical = typical_magnitude(frame[column]) if column in frame.columns else None
+        if typical is None:
+            continue
+        if typical * limit < lo:
+            factor, way = lo / typical, "smaller"
+        elif typical > hi * limit:
+            factor, way = typical / hi, "larger"
+        else:
+            continue
+        what = "label column" if column == schema.label else "column"
+        out.append(
+            f"{what} {column!r}: its typical value is {factor:.3g} times {way} than in every earlier increment (median magnitude "
+            f"{typical:.4g}, earlier {lo:.4g} to {hi:.4g}): a unit that changed (grams to kilograms, percent to a fraction)? "
+            f"If the values are right, raise data.unit_change (now {limit:g}) or set it to 0"
+        )
+    return out
 
 
 def _image_problems(values: pd.Series, shape: list[int], first: bool) -> list[str]:
@@ -438,7 +473,7 @@ def validate_frame(
         return ValidationReport(passed=False, problems=[problem], rows=len(frame), failed=1)
     implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
     prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
-    retyped = {c for c, bad in unreadable.items() if not first and len(bad) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
+    retyped = {c for c, bad in unreadable.items() if not first and len(_words(bad)) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
     suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped, implied=implied)
     # GX predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]

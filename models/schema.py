@@ -33,6 +33,8 @@ class DataSchema:
     missing: dict[str, int] = field(default_factory=dict)  # missing values seen per feature
     values: dict[str, list[str]] = field(default_factory=dict)  # category values seen (up to SEEN_VALUES)
     shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels), from the first increment
+    # numeric column (and a numeric label) -> the lowest and highest typical magnitude of an accepted increment (see typical_magnitude)
+    magnitudes: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def infer(
@@ -85,6 +87,12 @@ class DataSchema:
                 lo, hi = min(lo, ranges[column][0]), max(hi, ranges[column][1])
             ranges[column] = (lo, hi)
         missing = {c: self.missing.get(c, 0) + int(frame[c].isna().sum()) for c in self.features if c in frame.columns}
+        magnitudes = dict(self.magnitudes)
+        for column in self.magnitude_columns():
+            typical = typical_magnitude(frame[column]) if column in frame.columns else None
+            if typical is not None:
+                lo, hi = magnitudes.get(column, (typical, typical))
+                magnitudes[column] = (min(lo, typical), max(hi, typical))
         values = {c: list(v) for c, v in self.values.items()}
         for column in self.of_kind("categorical"):
             known = values.setdefault(column, [])
@@ -100,8 +108,12 @@ class DataSchema:
             classes += [_native(c) for c in sorted(pd.unique(frame[self.label].dropna())) if _native(c) not in self.classes]
         return DataSchema(
             self.label, list(self.features), self.label_kind, ranges, classes, dict(self.kinds), dict(self.why), self.task,
-            self.rows + len(frame), missing, values, {c: list(v) for c, v in self.shapes.items()},
+            self.rows + len(frame), missing, values, {c: list(v) for c, v in self.shapes.items()}, magnitudes,
         )
+
+    def magnitude_columns(self) -> list[str]:
+        """The columns whose typical magnitude is kept: numeric features, and the label of a regression."""
+        return self.of_kind("numeric") + ([self.label] if self.task == "regression" else [])
 
     def missing_share(self, column: str) -> float:
         return self.missing.get(column, 0) / self.rows if self.rows else 0.0
@@ -131,6 +143,7 @@ class DataSchema:
             "missing": self.missing,
             "values": self.values,
             "shapes": self.shapes,
+            "magnitudes": {k: list(v) for k, v in self.magnitudes.items()},
         }
 
     @classmethod
@@ -148,7 +161,22 @@ class DataSchema:
             missing={k: int(v) for k, v in state.get("missing", {}).items()},
             values={k: list(v) for k, v in state.get("values", {}).items()},
             shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
+            magnitudes={k: (float(v[0]), float(v[1])) for k, v in state.get("magnitudes", {}).items()},
         )
+
+
+# Fewest nonzero values whose median magnitude says what a column's unit is: fewer, and one odd value moves it.
+MAGNITUDE_ROWS = 20
+
+
+def typical_magnitude(series: pd.Series) -> float | None:
+    """The median magnitude of a column's nonzero finite values: what its unit makes of a typical value (None: too few
+    to say). Zeros are left out, so a count or a flag that is mostly zero in one increment says nothing of its unit."""
+    values = np.abs(kinds_of.as_numbers(series))
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) < MAGNITUDE_ROWS:
+        return None
+    return float(np.median(values))
 
 
 def label_kind_of(series: pd.Series, task: str = "classification") -> str:

@@ -96,9 +96,10 @@ class RunOutcome(BaseModel):
     def gated(
         cls, increment_id: str, file: str, decision: GateDecision, *, version: int, parent: int | None, data_hash: str | None,
         metrics: dict[str, float | None], validation: ValidationReport | None, drift: DriftReport | None, concept_change: bool,
-        training_note: str | None = None,
+        training_note: str | None = None, left_out: list[str] | tuple[str, ...] = (),
     ) -> RunOutcome:
-        """A candidate was registered as ``version``: promoted if the gate passed, kept out otherwise."""
+        """A candidate was registered as ``version``: promoted if the gate passed, kept out otherwise. ``left_out``: earlier
+        increments neither learnt nor judged (see ``learnable``), said among the warnings."""
         if decision.passed:
             status: Status = "promoted"
             champion, message = version, promoted_message(version, parent)
@@ -110,6 +111,15 @@ class RunOutcome(BaseModel):
             status=status, increment_id=increment_id, file=file, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
             version=version, champion_version=champion, parent_version=parent, data_hash=data_hash, metrics=metrics,
             drift=_drift_rows(drift), drift_action=drift.action if drift else None,
-            warnings=validation.warnings if validation else [], notes=validation.notes if validation else [], concept_change=concept_change,
-            training_note=training_note,
+            warnings=[*(validation.warnings if validation else []), *_left_out_warning(left_out)], notes=validation.notes if validation else [],
+            concept_change=concept_change, training_note=training_note,
         )
+
+
+def _left_out_warning(left_out: list[str] | tuple[str, ...]) -> list[str]:
+    if not left_out:
+        return []
+    return [
+        f"{len(left_out)} earlier increment(s) neither learnt nor judged, their labels unlike what the champion learnt "
+        f"(noise, another unit, or a change it did not follow): {', '.join(left_out)}"
+    ]

@@ -35,6 +35,9 @@ SCHEMA = DataSchema.infer(good(200, seed=1), "y")
         ("missing labels", good().assign(y=[None] * 10 + [1] * 30), "label column 'y' is empty in 10 row(s) (25.0%), more than data.max_missing_labels=0.1"),
         ("label type", good().assign(y="yes"), "column 'y' does not hold integer labels, as before"),
         ("too few rows", good(5), "5 rows, fewer than the 10 required"),
+        # Inside the range seen, where the magnitude bounds do not look: grams that became kilograms.
+        ("unit change", good().assign(b=lambda f: f.b / 1000), "column 'b': its typical value is "),
+        ("words in numbers", good().assign(a=["west"] * 6 + [0.5] * 34), "column 'a' held numbers and now holds text (6 of 40 values, e.g. 'west'"),
     ],
 )
 def test_each_bad_increment_names_its_problem(name, frame, needle):
@@ -217,3 +220,43 @@ def test_infinities_are_counted_in_full_and_stopped_under_any_magnitude_limit():
     for schema in (SCHEMA, None):
         report = validate_frame(good().assign(a=[np.inf] + [0.0] * 39), schema, lenient)
         assert not report.passed and "column 'a' has 1 infinite value(s)" in report.problems, report.problems
+
+
+def test_a_unit_change_is_rejected_both_ways_and_names_its_setting():
+    """A column whose typical value is 100 times smaller (percent to a fraction) or 1000 times larger (kilograms to grams)
+    than in every earlier increment is rejected; so is a regression label; data.unit_change=0 lets them in."""
+    rng = np.random.default_rng(3)
+    seen = pd.DataFrame({"share": rng.uniform(5, 95, 300), "kg": rng.uniform(50, 90, 300), "y": rng.uniform(100, 200, 300)})
+    schema = DataSchema.infer(seen, "y", task="regression")
+    config = DataConfig(label="y")
+    fresh = pd.DataFrame({"share": rng.uniform(5, 95, 200), "kg": rng.uniform(50, 90, 200), "y": rng.uniform(100, 200, 200)})
+    assert validate_frame(fresh, schema, config).passed
+    fraction = validate_frame(fresh.assign(share=fresh.share / 100), schema, config)
+    assert not fraction.passed and len(fraction.problems) == 1
+    assert fraction.problems[0].startswith("column 'share': its typical value is ") and " times smaller than in every earlier increment" in fraction.problems[0]
+    assert "raise data.unit_change (now 50) or set it to 0" in fraction.problems[0]
+    grams = validate_frame(fresh.assign(kg=fresh.kg * 1000), schema, config)
+    assert not grams.passed and "column 'kg': its typical value is " in grams.problems[0] and " times larger " in grams.problems[0]
+    label = validate_frame(fresh.assign(y=fresh.y / 1000), schema, config)
+    assert not label.passed and label.problems[0].startswith("label column 'y': its typical value is ")
+    assert validate_frame(fresh.assign(share=fresh.share / 100), schema, DataConfig(label="y", unit_change=0)).passed
+
+
+def test_growth_and_zeros_are_not_a_unit_change():
+    """A count that is mostly zero in one increment, and a value that grows tenfold, keep their unit."""
+    rng = np.random.default_rng(4)
+    seen = pd.DataFrame({"count": rng.integers(1, 6, 300), "visits": rng.uniform(10, 20, 300), "y": rng.integers(0, 2, 300)})
+    schema = DataSchema.infer(seen, "y")
+    quiet = pd.DataFrame({"count": [0] * 195 + [1] * 5, "visits": rng.uniform(100, 200, 200), "y": rng.integers(0, 2, 200)})
+    report = validate_frame(quiet, schema, CONFIG)
+    assert report.passed, report.problems
+
+
+def test_missing_value_markers_in_numbers_are_read_as_missing_however_many():
+    """'?', 'n/a' and the like stand for a missing number: a fifth of them is a gap, not text; a word or two is warned about."""
+    frame = good().astype({"a": object})
+    frame.loc[:7, "a"] = ["?", "n/a", "NA", "-", "?", "null", "?", " N/A "]
+    frame.loc[8, "a"] = "west"
+    report = validate_frame(frame, SCHEMA, CONFIG)
+    assert report.passed, report.problems
+    assert any(w.startswith("column 'a': 9 value(s) that are not numbers") and w.endswith("read as missing") for w in report.warnings), report.warnings

@@ -208,6 +208,35 @@ def test_a_float_target_is_regression_end_to_end(fuel):
     assert np.abs(predicted - fresh["y"].to_numpy()).mean() < 2 * NOISE_MAE
 
 
+def test_an_increment_left_out_stays_out_of_judgement(tmp_path, prefect_api):
+    """Labels in kilograms where they were grams, let in with data.unit_change=0: kept out, then neither learnt nor judged
+    for good. Its holdout took R² over all holdouts below the floor, and kept every later clean increment out."""
+    from lepton.flows.continual import continual_training
+    from lepton.tasks.registry import download_bundle
+
+    ws = make_workspace(tmp_path / "grams", "y", "grams")
+
+    def run(frame: pd.DataFrame, name: str, extra: tuple[str, ...] = ()) -> object:
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        return continual_training(str(path), str(ws.root), [*FAST, *extra])
+
+    def grams(seed: int) -> pd.DataFrame:
+        return regression_rows(300, seed).assign(y=lambda f: 100 + 10 * f.y)
+
+    first = [run(grams(i), f"q{i}") for i in (1, 2)]
+    assert [o.status for o in first] == ["promoted", "promoted"], [o.message for o in first]
+    wrong = run(grams(3).assign(y=lambda f: f.y / 1000), "kilograms", ("data.unit_change=0",))
+    assert wrong.status == "kept_out", wrong.message
+    after = [run(grams(i), f"q{i}") for i in (4, 5)]
+    assert [o.status for o in after] == ["promoted", "promoted"], [o.message for o in after]
+    for outcome in after:  # the second after a promotion: from the champion's record, no longer as kept out since it
+        said = [w for w in outcome.warnings if w.startswith("1 earlier increment(s) neither learnt nor judged")]
+        assert len(said) == 1 and said[0].endswith(wrong.increment_id), outcome.warnings
+    _, name, _ = registry(ws)
+    assert download_bundle(name, after[-1].version, tmp_path / "last").meta["left_out"] == [wrong.increment_id]
+
+
 def rule_rows(n: int, seed: int, rule: str = "a") -> pd.DataFrame:
     """Four standard-normal features; y follows rule a (x1 + x2 > 0) or rule b (x3 - x4 > 0) on the same features."""
     rng = np.random.default_rng(seed)
