@@ -34,6 +34,8 @@ class DryRun(BaseModel):
     file: str
     message: str
     problems: list[str] = []
+    warnings: list[str] = []  # what a run would only report (growth, gaps read as missing, new categories, duplicates)
+    notes: list[str] = []  # the column kinds a first increment would set
     rows: int = 0
     expectations: int = 0
 
@@ -171,12 +173,14 @@ def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
         frame, read_error = read(path)
         report = validate(frame, read_error, ws.read_schema(), config.data)
         if report.passed:
-            message = f"dry run: valid ({report.rows} rows passed {report.expectations} expectations); nothing was changed"
+            warned = f"; it would warn: {'; '.join(report.warnings)}" if report.warnings else ""
+            message = f"dry run: valid ({report.rows} rows passed {report.expectations} expectations){warned}; nothing was changed"
         else:
             message = f"dry run: would be rejected because {'; '.join(report.problems)}"
         result = DryRun(
             status="valid" if report.passed else "invalid", increment_id=seen.id, file=str(path), message=message,
-            problems=report.problems, rows=report.rows, expectations=report.expectations,
+            problems=report.problems, warnings=report.warnings if report.passed else [], notes=report.notes,
+            rows=report.rows, expectations=report.expectations,
         )
     log.info(result.message)
     return result

@@ -45,7 +45,10 @@ class DataConfig(Section):
         50.0, ge=0,
         description="Reject a numeric column (or a numeric label) whose typical value, the median magnitude of its nonzero values, is this many times smaller or larger than in every earlier increment: a unit that changed (grams to kilograms, percent to a fraction), not growth; 0: no such check.",
     )
-    range_tolerance: float = Field(0.0, ge=0, description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected.")
+    range_tolerance: float = Field(
+        0.05, ge=0,
+        description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected; nearer ones are a sample's new extremes, and said nothing of.",
+    )
     range_mostly: float | None = Field(
         None, description="No longer used, kept so older lepton.yaml files load: values beyond the seen range are reported, values orders of magnitude beyond it rejected (data.magnitude_limit)."
     )

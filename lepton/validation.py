@@ -30,6 +30,8 @@ MISSING_MARKERS = frozenset({"", "?", "-", "--", ".", "na", "n/a", "n.a.", "nan"
 # Share of a numeric column's values that may be other text ('west', '12 kg') before the column counts as text: what
 # the first increment allows a column it reads as numbers.
 TEXT_IN_NUMBERS = 0.1
+# More whole-number classes than this, and the run asks whether they are amounts (data.task: regression).
+MANY_CLASSES = 20
 
 
 @dataclass
@@ -347,9 +349,6 @@ def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str
                 f"label column {label!r} holds a single class ({_examples(labels, 1)}): a first increment needs at least two classes to train a model"
                 + ("; if it is a number to predict, set data.task=regression" if types.is_numeric_dtype(labels) else "")
             )
-    dropped = int(frame[label].isna().sum())
-    if dropped and not problems:
-        warnings.append(f"{dropped} row(s) without a label dropped (data.max_missing_labels={config.max_missing_labels:g})")
     repeated = int(frame.duplicated().sum())
     if repeated:
         share = f"{repeated} repeated row(s) ({repeated / len(frame):.1%})"
@@ -435,7 +434,12 @@ def _growth(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list
 
 def describe_kinds(schema: DataSchema) -> list[str]:
     """What a first increment decided: the task and each column's kind, and why."""
-    notes = [f"label {schema.label!r}: {'a number to predict (regression)' if schema.task == 'regression' else 'classes'}"]
+    what = "a number to predict (regression)" if schema.task == "regression" else "classes"
+    numbers = [c for c in schema.classes if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    if schema.task != "regression" and len(numbers) > MANY_CLASSES and len(numbers) == len(schema.classes):
+        # Whole numbers are classes unless declared (class ids are whole numbers too): grams or counts need saying so.
+        what += f" ({len(numbers)} whole numbers, from {min(numbers):g} to {max(numbers):g}: if they are amounts to predict, set data.task: regression)"
+    notes = [f"label {schema.label!r}: {what}"]
     by_kind: dict[str, list[str]] = {}
     for column in schema.features:
         by_kind.setdefault(schema.kind(column), []).append(column)
@@ -483,6 +487,9 @@ def validate_frame(
     if implied is not None and not (set(implied.features) - set(frame.columns)):
         more, warnings = content_checks(prepared, implied, unreadable, config, first)
         problems += [p for p in more if p not in problems]
+    dropped = int(frame[config.label].isna().sum()) if config.label in frame.columns else 0
+    if dropped and not problems:  # a rejected increment drops nothing: it is quarantined whole
+        warnings.append(f"{dropped} row(s) without a label dropped (data.max_missing_labels={config.max_missing_labels:g})")
     if not problems:
         # Both sides of the split must hold rows, or the increment can neither train nor be measured.
         # The rows the steps split: labelled ones, each once when data.duplicates=drop.

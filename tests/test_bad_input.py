@@ -58,7 +58,8 @@ def test_unusual_but_clean_data_is_processed_with_warnings():
     assert report.passed, report.problems
     text = " | ".join(report.warnings)
     assert "5 repeated row(s) (11.1%) kept (data.duplicates=keep)" in text
-    assert "column 'b': 2 value(s) beyond the range seen so far" in text and "to 14;" in text
+    # 14 only: a value a little past the range's edge (within data.range_tolerance of its width) is a new extreme, not growth.
+    assert "column 'b': 1 value(s) beyond the range seen so far" in text and "(from 14 to 14; data.range_tolerance=0.05)" in text
     assert "1 row(s) without a label dropped" in text
 
 
@@ -260,3 +261,20 @@ def test_missing_value_markers_in_numbers_are_read_as_missing_however_many():
     report = validate_frame(frame, SCHEMA, CONFIG)
     assert report.passed, report.problems
     assert any(w.startswith("column 'a': 9 value(s) that are not numbers") and w.endswith("read as missing") for w in report.warnings), report.warnings
+
+
+def test_a_rejected_increment_drops_no_rows():
+    """Labels missing past data.max_missing_labels reject the increment whole: no warning that its unlabelled rows were dropped."""
+    report = validate_frame(good().assign(y=[None] * 10 + [1] * 30), SCHEMA, CONFIG)
+    assert not report.passed and not any("dropped" in w for w in report.warnings), report.warnings
+
+
+def test_many_whole_number_labels_are_classes_that_ask_whether_they_are_amounts():
+    """Weights in grams as whole numbers stay classes under data.task=auto (class ids are whole numbers too), and the run says
+    how to make them a number to predict; ten digit classes get no such question."""
+    rng = np.random.default_rng(5)
+    grams = pd.DataFrame({"time": rng.integers(0, 21, 100), "weight": rng.integers(35, 370, 100)})
+    (note, *_) = validate_frame(grams, None, DataConfig(label="weight")).notes
+    assert note.startswith("label 'weight': classes (") and note.endswith(" whole numbers, from 35 to 367: if they are amounts to predict, set data.task: regression)"), note
+    digits = pd.DataFrame({"x": rng.normal(size=100), "y": rng.integers(0, 10, 100)})
+    assert validate_frame(digits, None, DataConfig(label="y")).notes[0] == "label 'y': classes"

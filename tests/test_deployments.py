@@ -147,6 +147,12 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     report = run_increment(str(increments[0]), str(ws.root), allowed, dry_run=True)
     assert report.status == "valid" and report.exit_code == 0 and report.rows == 360
     assert report.message.startswith("dry run: valid")
+    # What a run would only warn about, the dry run says too.
+    twice = clean_dir / "twice.parquet"
+    pd.concat([pd.read_parquet(increments[0]), pd.read_parquet(increments[0]).head(5)], ignore_index=True).to_parquet(twice, index=False)
+    report = run_increment(str(twice), str(ws.root), allowed, dry_run=True)
+    assert report.status == "valid" and any("repeated row(s)" in w for w in report.warnings), report.warnings
+    assert "; it would warn: " in report.message and "repeated row(s)" in report.message
 
     holes = pd.read_parquet(increments[0])
     holes.loc[:4, "pixel_3"] = 1e9  # a unit error or corruption (gaps would be imputed, an empty first column ignored)
