@@ -26,6 +26,10 @@ from lepton.workspace import Workspace
 _BATCH = 1000
 
 
+# Column kinds whose values drift is not measured on.
+UNREAD_KINDS = ("ignore", "identifier", "text", "datetime")
+
+
 @task(name="measure-drift", cache_policy=NO_CACHE)
 def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, config: DriftConfig, schema: dict[str, Any] | None = None) -> DriftReport | None:
     """The increment against every accepted increment; None when drift is off or nothing was accepted yet.
@@ -33,8 +37,12 @@ def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, confi
     if not config.enabled or not history.frames:
         return None
     regression = (schema or {}).get("task") == "regression"
+    # Identifiers and ignored columns the model does not read; free text and dates hold new values by nature (a test of
+    # the values themselves says nothing, and a date column would drift on every time-ordered increment).
+    unread = [c for c, kind in (schema or {}).get("kinds", {}).items() if kind in UNREAD_KINDS and c in frame.columns]
     return measure(
-        pd.concat(history.before(), ignore_index=True), frame, label=data.label, config=config, fixed_classes=not data.allow_new_classes, regression=regression,
+        pd.concat(history.before(), ignore_index=True).drop(columns=unread, errors="ignore"), frame.drop(columns=unread), label=data.label, config=config,
+        fixed_classes=not data.allow_new_classes, regression=regression,
     )
 
 

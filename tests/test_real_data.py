@@ -119,6 +119,9 @@ def test_new_category_and_growth_are_accepted_with_warnings(churn):
     beyond = beyond[beyond > 21]
     assert growth == [f"column 'visits': {len(beyond)} value(s) beyond the range seen so far [0, 20] (from {beyond.min():g} to 30; data.range_tolerance=0.05)"]
     assert churn["schemas"][1]["ranges"]["visits"] == [0.0, 30.0]
+    # Drift is measured on what the model reads, not on identifiers, free text or dates (new values by nature).
+    tested = {row["feature"] for row in second.drift}
+    assert "visits" in tested and "plan" in tested and not tested & {"customer", "note", "signup"}, tested
     assert "enterprise" in churn["schemas"][1]["values"]["plan"]
     assert second.metrics["candidate_new_accuracy"] > 0.9
 
