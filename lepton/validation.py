@@ -378,7 +378,7 @@ def _unit_changes(frame: pd.DataFrame, schema: DataSchema, limit: float) -> list
             continue
         what = "label column" if column == schema.label else "column"
         out.append(
-            f"{what} {column!r}: its typical value is {factor:.3g} times {way} than in every earlier increment (median magnitude "
+            f"{what} {column!r}: its typical value is {factor:,.0f} times {way} than in every earlier increment (median magnitude "
             f"{typical:.4g}, earlier {lo:.4g} to {hi:.4g}): a unit that changed (grams to kilograms, percent to a fraction)? "
             f"If the values are right, raise data.unit_change (now {limit:g}) or set it to 0"
         )
