@@ -167,11 +167,15 @@ class DataSchema:
 
 # Fewest nonzero values whose median magnitude says what a column's unit is: fewer, and one odd value moves it.
 MAGNITUDE_ROWS = 20
+# Values a typical magnitude is read from, at most (a million-row increment: 0.45 s a run on 20 columns, all read).
+MAGNITUDE_SAMPLE = 50_000
 
 
 def typical_magnitude(series: pd.Series) -> float | None:
     """The median magnitude of a column's nonzero finite values: what its unit makes of a typical value (None: too few
     to say). Zeros are left out, so a count or a flag that is mostly zero in one increment says nothing of its unit."""
+    if len(series) > MAGNITUDE_SAMPLE:  # every k-th value: the median moves by far less than the factor judged on
+        series = series.iloc[:: len(series) // MAGNITUDE_SAMPLE]
     values = np.abs(kinds_of.as_numbers(series))
     values = values[np.isfinite(values) & (values > 0)]
     if len(values) < MAGNITUDE_ROWS:
