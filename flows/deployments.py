@@ -179,7 +179,7 @@ def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
             message = f"dry run: would be rejected because {'; '.join(report.problems)}"
         result = DryRun(
             status="valid" if report.passed else "invalid", increment_id=seen.id, file=str(path), message=message,
-            problems=report.problems, warnings=report.warnings if report.passed else [], notes=report.notes,
+            problems=report.problems, warnings=report.warnings, notes=report.notes,
             rows=report.rows, expectations=report.expectations,
         )
     log.info(result.message)

@@ -281,7 +281,8 @@ def _inert(value: Any) -> Any:
 
 
 def _examples(values: pd.Series, n: int = 3) -> str:
-    return ", ".join(repr(v) for v in values.head(n).tolist())
+    """Up to ``n`` different values, as they appear first."""
+    return ", ".join(repr(v) for v in pd.unique(values.to_numpy(dtype=object))[:n].tolist())
 
 
 def read_as_schema(frame: pd.DataFrame, schema: DataSchema) -> tuple[pd.DataFrame, dict[str, pd.Series]]:

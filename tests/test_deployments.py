@@ -156,11 +156,13 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
 
     holes = pd.read_parquet(increments[0])
     holes.loc[:4, "pixel_3"] = 1e9  # a unit error or corruption (gaps would be imputed, an empty first column ignored)
+    holes = pd.concat([holes, holes.tail(3)], ignore_index=True)
     broken = clean_dir / "holes.parquet"
     holes.to_parquet(broken, index=False)
     report = run_increment(str(broken), str(ws.root), allowed, dry_run=True)
     assert report.status == "invalid" and report.exit_code == 2
     assert any("column 'pixel_3' has 5 value(s)" in p for p in report.problems), report.problems
+    assert any("repeated row(s)" in w for w in report.warnings), report.warnings  # what the run would say beside its verdict
     assert tree(ws.root / "data") == before
     assert not ws.mlflow_db.exists()  # nothing registered, not even a tracking store
 
