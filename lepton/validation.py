@@ -304,14 +304,21 @@ def _words(bad: pd.Series) -> pd.Series:
     return bad[~bad.astype("string").str.strip().str.lower().isin(MISSING_MARKERS).to_numpy()]
 
 
+def _now_text(bad: pd.Series, numbers: pd.Series) -> tuple[pd.Series, int] | None:
+    """``(words, values)`` when a numeric column's words are more than ``TEXT_IN_NUMBERS`` of its values (it holds text
+    now), else None. ``bad``: what it could not read as numbers; ``numbers``: the column as read (those as NaN)."""
+    words, present = _words(bad), len(bad) + int(numbers.notna().sum())
+    return (words, present) if len(words) > TEXT_IN_NUMBERS * present else None
+
+
 def content_checks(frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool) -> tuple[list[str], list[str]]:
     """What GX does not express: kinds that changed, labels of the wrong kind, a first increment that cannot train; and what is only reported."""
     problems, warnings = [], []
     label = config.label
     for column, bad in unreadable.items():
-        present = len(bad) + int(frame[column].notna().sum())  # ``frame`` holds them as NaN already
-        words = _words(bad)
-        if not first and len(words) > TEXT_IN_NUMBERS * present:
+        text = None if first else _now_text(bad, frame[column])  # ``frame`` holds them as NaN already
+        if text is not None:
+            words, present = text
             problems.append(
                 f"column {column!r} held numbers and now holds text ({len(words)} of {present} values, e.g. {_examples(words)}); "
                 f"if it is a category now, declare it in lepton.yaml (data.columns: {{{column}: categorical}})"
@@ -478,7 +485,7 @@ def validate_frame(
         return ValidationReport(passed=False, problems=[problem], rows=len(frame), failed=1)
     implied = kinds_for(frame, schema, config) if config.label in frame.columns or schema is not None else None
     prepared, unreadable = read_as_schema(frame, implied) if implied is not None else (frame, {})
-    retyped = {c for c, bad in unreadable.items() if not first and len(_words(bad)) > TEXT_IN_NUMBERS * (len(bad) + int(prepared[c].notna().sum()))}
+    retyped = {c for c, bad in unreadable.items() if not first and _now_text(bad, prepared[c]) is not None}
     suite = build_suite(list(map(str, frame.columns)), schema, config, prepared, skip=retyped, implied=implied)
     # GX predates pandas' string dtypes; as objects, strings compare as they always did.
     strings = [c for c in prepared.columns if pd.api.types.is_string_dtype(prepared[c]) and not pd.api.types.is_object_dtype(prepared[c])]
