@@ -16,7 +16,7 @@ from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, re
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
-from lepton.tasks.splits import file_key, keep_rows, not_learnt, read, read_history, split_increments, with_accepted
+from lepton.tasks.splits import file_key, keep_rows, narrow_schema, not_learnt, read, read_history, split_increments, with_accepted
 from lepton.tasks.tracking import registry_key_of
 from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
 from lepton.tasks.validate import validate
@@ -128,6 +128,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         # or noise) would fail every later candidate on the floors. The champion's lineage carries the list.
         earlier_left = [k for k in (champion.bundle.meta.get("left_out", []) if champion else []) if k in holdouts and k != landing.id]
         left_out = [*earlier_left, *(k for k in left_out if k not in earlier_left)]
+        if any(k not in earlier_left for k in left_out):  # newly left out: what validation judges by no longer counts it
+            narrow_schema(ws, history, left_out)
         if left_out:
             holdouts = {k: frame for k, frame in holdouts.items() if k not in left_out}
             log.info("not judged on the holdouts of %d increment(s) left out as unlike what the champion learnt: %s", len(left_out), ", ".join(left_out))
@@ -203,6 +205,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         lineage = lineage_of(
             increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
             parent_version=parent, config=config, decision=decision, summary=evaluation.summary(), transfer=training.transfer, training=plan.note,
+            left_out=left_out,
         )
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",

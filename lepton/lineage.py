@@ -29,6 +29,7 @@ class Lineage:
     transferred_from: str = ""  # a first model started from another: models:/NAME/VERSION and how (frozen, partial, full)
     transfer: str = ""  # a first model with train.transfer_from: what was tried and kept, scratch included
     training: str = ""  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
+    left_out: tuple[str, ...] = ()  # accepted increments neither learnt nor judged: their labels unlike what the champion learnt
 
     def tags(self) -> dict[str, str]:
         """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
@@ -44,7 +45,7 @@ class Lineage:
             TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
             TAG + "metrics": json.dumps(self.metrics),
         } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {}) | (
-            {TAG + "training": self.training} if self.training else {})
+            {TAG + "training": self.training} if self.training else {}) | ({TAG + "left_out": json.dumps(list(self.left_out))} if self.left_out else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -64,6 +65,7 @@ class Lineage:
             transferred_from=tags.get(TAG + "transferred_from", ""),
             transfer=tags.get(TAG + "transfer", ""),
             training=tags.get(TAG + "training", ""),
+            left_out=tuple(json.loads(tags.get(TAG + "left_out", "[]"))),
         )
 
     @property

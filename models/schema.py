@@ -111,6 +111,17 @@ class DataSchema:
             self.rows + len(frame), missing, values, {c: list(v) for c, v in self.shapes.items()}, magnitudes,
         )
 
+    def rebuilt(self, frames: list[pd.DataFrame]) -> DataSchema:
+        """The same columns, kinds and task, with the ranges, counts, magnitudes, values and classes of ``frames`` alone:
+        the schema once an accepted increment is taken out of what the model learns from."""
+        schema = DataSchema(
+            self.label, list(self.features), self.label_kind, kinds=dict(self.kinds), why=dict(self.why), task=self.task,
+            shapes={c: list(v) for c, v in self.shapes.items()},
+        )
+        for frame in frames:
+            schema = schema.widened(frame)
+        return schema
+
     def magnitude_columns(self) -> list[str]:
         """The columns whose typical magnitude is kept: numeric features, and the label of a regression."""
         return self.of_kind("numeric") + ([self.label] if self.task == "regression" else [])

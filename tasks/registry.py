@@ -354,6 +354,7 @@ def lineage_of(
     summary: dict[str, float | None],
     transfer: dict | None = None,
     training: str | None = None,
+    left_out: list[str] | tuple[str, ...] = (),
 ) -> Lineage:
     """The lineage of a candidate: its data and code, its parent, the configuration (credentials masked) and the gate's verdict."""
     return Lineage(
@@ -364,6 +365,7 @@ def lineage_of(
         transferred_from=f"{transfer['source']} ({transfer['kept']})" if transfer and transfer["kept"] != "scratch" else "",
         transfer=transfer_summary(transfer) if transfer else "",
         training=training or "",
+        left_out=tuple(left_out),
     )
 
 

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
+from lepton.models.schema import DataSchema
 from lepton.models.splits import holdout_split, row_hashes
 from lepton.tasks.ingest import read_increment
 from lepton.workspace import Workspace
@@ -119,6 +120,24 @@ def with_accepted(history: History, increment_id: str, frame: pd.DataFrame, hash
     others = {k: f for k, f in history.frames.items() if k != increment_id}
     kept = {k: h for k, h in history.hashes.items() if k in others}
     return History({**others, increment_id: frame}, kept | ({increment_id: hashes} if hashes is not None else {}))
+
+
+def narrow_schema(ws: Workspace, history: History, left_out: list[str] | tuple[str, ...]) -> None:
+    """The workspace schema read again from every accepted increment but ``left_out``.
+
+    An increment let in (with a check turned off) and then left out, its labels in another unit say,
+    had widened the ranges and typical magnitudes validation judges by: without this, a second file
+    like it would pass validation and only the gate would stop it. Under the data lock, from the
+    manifest as it is now: an increment another run accepted meanwhile keeps its place.
+    """
+    with ws.lock("data"):
+        state = ws.read_schema()
+        if state is None:
+            return
+        kept = [r for r in ws.read_manifest().accepted() if r.id not in left_out]
+        frames = [history.frames[r.id] if r.id in history.frames else stored_rows(ws, r.id, ws.root / r.file)[0] for r in kept]
+        if frames:
+            ws.write_schema(DataSchema.from_dict(state).rebuilt(frames).to_dict())
 
 
 def not_learnt(history: History, new_id: str, learnt_from: str | None) -> list[str]:

@@ -216,6 +216,7 @@ def test_a_float_target_is_regression_end_to_end(fuel):
 def test_an_increment_left_out_stays_out_of_judgement(tmp_path, prefect_api):
     """Labels in kilograms where they were grams, let in with data.unit_change=0: kept out, then neither learnt nor judged
     for good. Its holdout took R² over all holdouts below the floor, and kept every later clean increment out."""
+    from lepton.cli.versions import gather_status
     from lepton.flows.continual import continual_training
     from lepton.tasks.registry import download_bundle
 
@@ -240,6 +241,11 @@ def test_an_increment_left_out_stays_out_of_judgement(tmp_path, prefect_api):
         assert len(said) == 1 and said[0].endswith(wrong.increment_id), outcome.warnings
     _, name, _ = registry(ws)
     assert download_bundle(name, after[-1].version, tmp_path / "last").meta["left_out"] == [wrong.increment_id]
+    # What validation judges by no longer counts it: a second file in kilograms, checked as configured, is rejected.
+    again = run(grams(6).assign(y=lambda f: f.y / 1000), "kilograms-again")
+    assert again.status == "rejected" and any("unit that changed" in r for r in again.reasons), again.message
+    status = {item["id"]: item for item in gather_status(ws)["increments"]}
+    assert status[wrong.increment_id]["state"] == "left out" and status[after[0].increment_id]["state"] == "accepted"
 
 
 def rule_rows(n: int, seed: int, rule: str = "a") -> pd.DataFrame:

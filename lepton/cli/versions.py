@@ -29,6 +29,9 @@ from lepton.secrets import credentials_out_of_uri, redact, redacted
 from lepton.workspace import Workspace
 
 
+LEFT_OUT = "accepted, then left out of training and judgement: its labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
+
+
 def gather_status(ws: Workspace) -> dict[str, Any]:
     from lepton.config import load
     from lepton.tasks.tracking import describe
@@ -37,6 +40,12 @@ def gather_status(ws: Workspace) -> dict[str, Any]:
     info = describe(ws, config.registry)
     increments = [{"id": r.id, "file": r.file, "state": r.state, "source": r.source, "reasons": r.reasons} for r in ws.read_manifest().increments]
     by_id = {r["id"]: r for r in increments}
+    # What the champion neither learnt nor was judged on, its labels unlike the rest: accepted, and out of the model.
+    left_out = json.loads((info["champion"] or {}).get("lineage", {}).get("left_out", "[]"))
+    for item in increments:
+        if item["state"] == "accepted" and item["id"] in left_out:
+            item["state"] = "left out"
+            item["reasons"] = [LEFT_OUT]
     for entry in ws.read_duplicates():
         original = by_id.get(entry["id"], {})
         increments.append({"id": entry["id"], "file": original.get("file"), "state": "duplicate", "source": entry["source"], "reasons": []})
@@ -73,6 +82,8 @@ def status(
             if key == "gate_reasons":
                 for reason in json.loads(value):
                     table.add_row("gate check", f"[green]✓[/green] {reason}")
+            elif key == "left_out":
+                table.add_row("left out", ", ".join(json.loads(value)))
             elif key != "config":
                 table.add_row(key.replace("_", " "), str(value))
         for key, value in champion["metrics"].items():
@@ -84,7 +95,7 @@ def status(
         for column, kind in columns["kinds"].items():
             kinds.add_row(column, kind, columns["why"].get(column, ""))
         console.print(kinds)
-    states = {"accepted": "green", "rejected": "red", "duplicate": "dim"}
+    states = {"accepted": "green", "rejected": "red", "duplicate": "dim", "left out": "yellow"}
     table = Table("id", "state", "file", "arrived as", "why", title="increments", title_justify="left")
     for item in info["increments"]:
         colour = states.get(item["state"], "white")
