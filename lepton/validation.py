@@ -387,9 +387,11 @@ def _unit_changes(frame: pd.DataFrame, schema: DataSchema, limit: float) -> list
         what = "label column" if column == schema.label else "column"
         out.append(
             f"{what} {column!r}: its typical value is {factor:,.0f} times {way} than in every earlier increment (median magnitude "
-            f"{typical:.4g}, earlier {lo:.4g} to {hi:.4g}): a unit that changed (grams to kilograms, percent to a fraction)? "
-            f"If the values are right, raise data.unit_change (now {limit:g}) or set it to 0"
+            f"{typical:.4g}, earlier {lo:.4g} to {hi:.4g})"
         )
+    if out:  # the question and the setting once, after the last column: several columns that change at once read as one list
+        out[-1] += (f": {'a unit' if len(out) == 1 else 'units'} that changed (grams to kilograms, percent to a fraction)? "
+                    f"If the values are right, raise data.unit_change (now {limit:g}) or set it to 0")
     return out
 
 

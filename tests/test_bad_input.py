@@ -241,6 +241,9 @@ def test_a_unit_change_is_rejected_both_ways_and_names_its_setting():
     label = validate_frame(fresh.assign(y=fresh.y / 1000), schema, config)
     assert not label.passed and label.problems[0].startswith("label column 'y': its typical value is ")
     assert validate_frame(fresh.assign(share=fresh.share / 100), schema, DataConfig(label="y", unit_change=0)).passed
+    both = validate_frame(fresh.assign(share=fresh.share / 100, kg=fresh.kg * 1000), schema, config)
+    assert [p.split(":")[0] for p in both.problems] == ["column 'share'", "column 'kg'"], both.problems
+    assert sum("data.unit_change" in p for p in both.problems) == 1 and "units that changed" in both.problems[-1]
 
 
 def test_growth_and_zeros_are_not_a_unit_change():

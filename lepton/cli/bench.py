@@ -204,7 +204,7 @@ def transfer(
 
 @bench_app.command("tables", cls=Command)
 def tables(
-    table: Annotated[list[str] | None, typer.Option(help="Only these tables (penguins, cars, seattle_weather, wine, breast_cancer, diabetes, stationary, gradual_drift, concept_change).")] = None,
+    table: Annotated[list[str] | None, typer.Option(help="Only these tables (penguins, cars, seattle_weather, solar_flare, wine, breast_cancer, diabetes, stationary, gradual_drift, concept_change).")] = None,
     increments: Annotated[int | None, typer.Option(help="Cut every table into this many increments (default: each table's own, 4-8).")] = None,
     epochs: Annotated[int, typer.Option(help="Lepton's training epochs per increment (its default is 30).")] = 30,
     out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
