@@ -426,9 +426,10 @@ def _growth(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list
         beyond = values[np.isfinite(values) & ((values < lo) | (values > hi))]
         if len(beyond):
             seen = schema.ranges[column]
+            which = f"{beyond.min():g}" if beyond.min() == beyond.max() else f"from {beyond.min():g} to {beyond.max():g}"
             out.append(
                 f"column {column!r}: {len(beyond)} value(s) beyond the range seen so far [{seen[0]:g}, {seen[1]:g}] "
-                f"(from {beyond.min():g} to {beyond.max():g}; data.range_tolerance={config.range_tolerance:g})"
+                f"({which}; data.range_tolerance={config.range_tolerance:g})"
             )
     for column in schema.of_kind("categorical"):
         if column not in frame.columns:
