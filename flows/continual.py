@@ -122,7 +122,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if changed:
             log.warning("concept change at this increment: a new network learns it, and forgetting is judged from here on")
         kept_out = also
-        also = [] if changed else learnable(champion.bundle if champion else None, holdouts, also, config.data.label, config.gate)  # at a change, theirs is the old rule
+        also = [] if changed else learnable(
+            champion.bundle if champion else None, holdouts, also, config.data.label, config.gate, {k: history.frames[k] for k in also if k in history.frames},
+        )  # at a change, theirs is the old rule
         left_out = [k for k in kept_out if k not in also] if not changed else []  # noisy kept-out increments: no network learns them
         # Once left out, an increment stays out, of training and of judgement alike: its holdout (labels in another unit,
         # or noise) would fail every later candidate on the floors. The champion's lineage carries the list.

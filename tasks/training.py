@@ -266,16 +266,25 @@ def _known_rows(champion: Bundle, frame: pd.DataFrame, label: str) -> pd.DataFra
 
 
 @task(name="choose-kept-out", cache_policy=NO_CACHE)
-def learnable(champion: Bundle | None, holdouts: dict[str, pd.DataFrame], kept_out: list[str], label: str, config: GateConfig) -> list[str]:
+def learnable(
+    champion: Bundle | None, holdouts: dict[str, pd.DataFrame], kept_out: list[str], label: str, config: GateConfig,
+    arrived: dict[str, pd.DataFrame] | None = None,
+) -> list[str]:
     """Of the increments the gate kept out since the champion was trained, those whose labels follow what it knows:
-    it does not do significantly and materially worse on their holdouts (rows of its classes) than on the ones it
-    learnt. A kept-out increment of noisy labels, learnt with every later one, would keep every later candidate out."""
+    it does not do significantly and materially worse on their rows (of its classes) than on the holdouts of the ones
+    it learnt. A kept-out increment of noisy labels, learnt with every later one, would keep every later candidate out.
+
+    ``arrived``: every row of each kept-out increment, judged instead of its holdout alone. The champion learnt
+    none of them (they came after it), and a small increment's holdout (6 rows of 30) is too few to tell
+    labels in another unit from noise: learnt, they kept every later candidate out."""
     if champion is None or not kept_out:
         return kept_out
     learnt = [k for k in list(holdouts)[:-1] if k not in kept_out][-CHANGE_WINDOW:]
     if not learnt:
         return kept_out
-    rows = {k: _known_rows(champion, holdouts[k], label) for k in (*learnt, *kept_out)}
+    arrived = arrived or {}
+    rows = {k: _known_rows(champion, holdouts[k], label) for k in learnt}
+    rows |= {k: _known_rows(champion, arrived.get(k, holdouts[k]), label) for k in kept_out}
     scored = compare(champion, None, rows, new_id=kept_out[-1], label=label)
     before = scored.pooled("candidate", learnt)
     chosen, left = [], []

@@ -248,6 +248,31 @@ def test_an_increment_left_out_stays_out_of_judgement(tmp_path, prefect_api):
     assert status[wrong.increment_id]["state"] == "left out" and status[after[0].increment_id]["state"] == "accepted"
 
 
+def test_a_small_increment_in_another_unit_is_told_from_all_its_rows(tmp_path, prefect_api):
+    """Forty-row increments, one with labels 15 times too small (under data.unit_change, so validation lets it in):
+    its holdout of about eight rows is too few to tell it from noise, but all forty rows, none of which the champion
+    learnt, are enough. Learnt with the next increment, it kept that clean increment and every later one out."""
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "small", "y", "small")
+
+    def run(frame: pd.DataFrame, name: str) -> object:
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        return continual_training(str(path), str(ws.root), FAST)
+
+    def grams(seed: int) -> pd.DataFrame:
+        return regression_rows(40, seed).assign(y=lambda f: 100 + 10 * f.y)
+
+    first = [run(grams(i), f"q{i}") for i in (1, 2, 3)]
+    assert first[-1].status == "promoted", [o.message for o in first]
+    wrong = run(grams(5).assign(y=lambda f: f.y / 15), "fifteenth")  # 7 of its rows are held out
+    assert wrong.status == "kept_out", wrong.message
+    after = run(grams(4), "q4")
+    assert after.status == "promoted", after.message
+    assert any(w.startswith("1 earlier increment(s) neither learnt nor judged") and w.endswith(wrong.increment_id) for w in after.warnings), after.warnings
+
+
 def rule_rows(n: int, seed: int, rule: str = "a") -> pd.DataFrame:
     """Four standard-normal features; y follows rule a (x1 + x2 > 0) or rule b (x3 - x4 > 0) on the same features."""
     rng = np.random.default_rng(seed)
