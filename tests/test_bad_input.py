@@ -223,6 +223,25 @@ def test_infinities_are_counted_in_full_and_stopped_under_any_magnitude_limit():
         assert not report.passed and "column 'a' has 1 infinite value(s)" in report.problems, report.problems
 
 
+def test_new_extremes_of_the_same_data_are_not_reported_and_growth_is():
+    """A shuffled table of 60 Gaussian columns brings a few new extremes per increment: no warning. Ten values a tenth of
+    the width past the edge (a year that grows) are more than chance gives, and reported; so is one value far beyond."""
+    rng = np.random.default_rng(7)
+    columns = [f"x{i}" for i in range(60)]
+    seen = pd.DataFrame(rng.normal(size=(400, 60)), columns=columns).assign(y=rng.integers(0, 2, 400))
+    schema = DataSchema.infer(seen, "y")
+    config = DataConfig(label="y")
+    fresh = pd.DataFrame(rng.normal(size=(400, 60)), columns=columns).assign(y=rng.integers(0, 2, 400))
+    report = validate_frame(fresh, schema, config)
+    assert report.passed and not [w for w in report.warnings if "beyond the range" in w], report.warnings
+    lo, hi = schema.ranges["x0"]
+    grown = fresh.copy()
+    grown.loc[:9, "x0"] = hi + 0.1 * (hi - lo)
+    grown.loc[0, "x1"] = schema.ranges["x1"][1] + 0.5 * (schema.ranges["x1"][1] - schema.ranges["x1"][0])
+    warned = [w.split(":")[0] for w in validate_frame(grown, schema, config).warnings if "beyond the range" in w]
+    assert warned == ["column 'x0'", "column 'x1'"], warned
+
+
 def test_a_unit_change_is_rejected_both_ways_and_names_its_setting():
     """A column whose typical value is 100 times smaller (percent to a fraction) or 1000 times larger (kilograms to grams)
     than in every earlier increment is rejected; so is a regression label; data.unit_change=0 lets them in."""
