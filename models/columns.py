@@ -153,6 +153,12 @@ def looks_like_dates(values: pd.Series) -> bool:
     return len(sample) > 0 and sample.str.match(_DATE_LIKE).mean() >= 0.95
 
 
+# Rows of a first increment in which a string column with no value repeated is read as one value per row (names,
+# addresses: an identifier, or text), not as categories: 16 names in 16 rows filled 16 category slots, and every
+# later increment warned of as many new categories.
+UNREPEATED_ROWS = 12
+
+
 def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
     """The kind of one feature column, and why, from the first increment's values."""
     present = series.dropna()
@@ -180,7 +186,8 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
     if looks_like_dates(strings):
         return "datetime", "date strings"
     distinct = strings.nunique()
-    if distinct <= max_categories or distinct <= 0.5 * len(strings):
+    unrepeated = distinct == len(strings) >= UNREPEATED_ROWS  # a category repeats, in a small first increment too
+    if not unrepeated and (distinct <= max_categories or distinct <= 0.5 * len(strings)):
         return "categorical", f"{distinct} distinct values in {len(strings)} rows"
     words = strings.map(lambda s: len(_WORD.findall(s))).mean()
     if words >= 3:
