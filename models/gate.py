@@ -115,8 +115,8 @@ def decide(
         lower = paired_bootstrap_lower(loss, np.zeros_like(loss), confidence=config.confidence, samples=config.bootstrap_samples)
         ok = bool(lower <= config.max_forgetting)
         checks[
-            f"forgetting on {old_label} {drop:+.3f} {unit} (lower {config.confidence:.0%} bound {lower:+.3f}) "
-            f"{'<=' if ok else '>'} {config.max_forgetting:.3f} (gate.max_forgetting)"
+            f"forgetting on {old_label}: lower {config.confidence:.0%} bound {lower:+.3f} {'<=' if ok else '>'} "
+            f"{config.max_forgetting:.3f} (gate.max_forgetting; point estimate {drop:+.3f} {unit})"
         ] = ok
     return _decision(checks)
 
@@ -139,7 +139,7 @@ def _superior(checks: dict[str, bool], candidate: np.ndarray, champion: np.ndarr
         return
     lower = paired_bootstrap_lower(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
     ok = bool(lower > bar)
-    checks[f"{what} on the new holdout {_mean(gains):{fmt}} (lower {config.confidence:.0%} bound {lower:{fmt}}) {'>' if ok else '<='} {bar:{fmt}}"] = ok
+    checks[f"{what} on the new holdout: lower {config.confidence:.0%} bound {lower:{fmt}} {'>' if ok else '<='} {bar:{fmt}} (point estimate {_mean(gains):{fmt}})"] = ok
 
 
 def _too_few(rows: int, config: GateConfig) -> str:
@@ -179,8 +179,8 @@ def _non_inferior(
         rows = f"{gain:{fmt}} over {len(gains)} rows"
         if lower > bar or upper < bar:
             ok = bool(lower > bar)
-            bound = f"lower {config.confidence:.0%} bound {lower:{fmt}}) >" if ok else f"upper {config.confidence:.0%} bound {upper:{fmt}}) <"
-            checks[f"{what} on {where} {rows} ({bound} {bar:{fmt}} (non-inferiority: {setting})"] = ok
+            bound = f"lower {config.confidence:.0%} bound {lower:{fmt}} >" if ok else f"upper {config.confidence:.0%} bound {upper:{fmt}} <"
+            checks[f"{what} on {where}: {bound} {bar:{fmt}} (point estimate {rows}; non-inferiority: {setting})"] = ok
         elif gain - lower > margin * scale:
             # The interval straddles the margin and is wider than it: these rows cannot tell, the point estimate does.
             ok = gain >= bar
@@ -189,14 +189,14 @@ def _non_inferior(
                 f"the {config.confidence:.0%} bounds [{lower:{fmt}}, {upper:{fmt}}] cannot resolve the margin on {len(gains)} rows: the point estimate decides"
             ] = ok
         else:
-            checks[f"{what} on {where} {rows} (lower {config.confidence:.0%} bound {lower:{fmt}}) <= {bar:{fmt}} (non-inferiority: {setting})"] = False
+            checks[f"{what} on {where}: lower {config.confidence:.0%} bound {lower:{fmt}} <= {bar:{fmt}} (point estimate {rows}; non-inferiority: {setting})"] = False
     if old_pairs and len(new_candidate) >= config.min_holdout_rows:
         alone = _gains(new_candidate, new_champion, regression)
         upper = paired_bootstrap_bounds(alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)[1]
         ok = upper >= bar
         checks[
-            f"the new holdout alone is {'not ' if ok else ''}significantly worse: {what} {_mean(alone):{fmt}} "
-            f"(upper {config.confidence:.0%} bound {upper:{fmt}}) {'>=' if ok else '<'} {bar:{fmt}}"
+            f"the new holdout alone is {'not ' if ok else ''}significantly worse: its {what}'s upper {config.confidence:.0%} bound "
+            f"{upper:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (point estimate {_mean(alone):{fmt}})"
         ] = ok
 
 

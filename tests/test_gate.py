@@ -51,8 +51,8 @@ def test_clearly_better_candidate_passes() -> None:
     assert_consistent(d)
     assert d.passed
     assert len(d.reasons) == 5  # two floors, gain on new and earlier holdouts, the new holdout alone, forgetting
-    assert any(r.startswith("gain on the new and earlier holdouts +0.250 over 200 rows (lower 95% bound") and "> -0.020" in r for r in d.reasons)
-    assert any(r.startswith("the new holdout alone is not significantly worse: gain +0.500") for r in d.reasons)
+    assert any(r.startswith("gain on the new and earlier holdouts: lower 95% bound") and "> -0.020 (point estimate +0.250 over 200 rows;" in r for r in d.reasons)
+    assert any(r.startswith("the new holdout alone is not significantly worse: its gain's upper 95% bound") and r.endswith("(point estimate +0.500)") for r in d.reasons)
 
 
 def test_identical_candidate_passes_non_inferiority() -> None:
@@ -61,7 +61,7 @@ def test_identical_candidate_passes_non_inferiority() -> None:
     d = decide(new_candidate=same, new_champion=same.copy(), old_candidate=correct(80), old_champion=correct(80), config=CONFIG)
     assert_consistent(d)
     assert d.passed
-    assert any(r.startswith("gain on the new and earlier holdouts +0.000 over 200 rows (lower 95% bound +0.000) > -0.020 (non-inferiority") for r in d.reasons)
+    assert any(r.startswith("gain on the new and earlier holdouts: lower 95% bound +0.000 > -0.020 (point estimate +0.000 over 200 rows; non-inferiority") for r in d.reasons)
 
 
 def test_one_row_worse_on_a_small_new_holdout_is_not_worse() -> None:
@@ -81,8 +81,8 @@ def test_a_clearly_worse_candidate_is_kept_out() -> None:
     assert_consistent(d)
     assert not d.passed
     assert len(d.failures) == 2
-    assert d.failures[0].startswith("gain on the new and earlier holdouts -0.067 over 300 rows (upper 95% bound") and "< -0.020" in d.failures[0]
-    assert d.failures[1].startswith("the new holdout alone is significantly worse: gain -0.100 (upper 95% bound")
+    assert d.failures[0].startswith("gain on the new and earlier holdouts: upper 95% bound") and "< -0.020 (point estimate -0.067 over 300 rows;" in d.failures[0]
+    assert d.failures[1].startswith("the new holdout alone is significantly worse: its gain's upper 95% bound") and d.failures[1].endswith("(point estimate -0.100)")
 
 
 def test_a_small_holdout_says_the_bootstrap_cannot_decide() -> None:
@@ -101,7 +101,7 @@ def test_identical_candidate_and_champion_fail_for_lack_of_gain_when_superior() 
     assert_consistent(d)
     assert not d.passed
     assert len(d.failures) == 1
-    assert d.failures[0].startswith("gain on the new holdout +0.000")
+    assert d.failures[0] == "gain on the new holdout: lower 95% bound +0.000 <= +0.000 (point estimate +0.000)"
 
 
 def test_gain_with_too_much_forgetting_fails() -> None:
@@ -185,7 +185,7 @@ def test_regression_floor_and_forgetting() -> None:
                config=CONFIG, regression=True, r2=(-0.5, 0.3))
     assert not d.passed
     assert [f.split(" ")[0] for f in d.failures] == ["R²", "forgetting"]
-    assert d.failures[1].startswith("forgetting on earlier holdouts +0.200 of the champion MAE (lower 95% bound +0.200) > 0.100")
+    assert d.failures[1].startswith("forgetting on earlier holdouts: lower 95% bound +0.200 > 0.100 (gate.max_forgetting; point estimate +0.200 of the champion MAE)")
 
 
 def test_forgetting_is_judged_beyond_the_noise_of_small_holdouts() -> None:
@@ -193,7 +193,7 @@ def test_forgetting_is_judged_beyond_the_noise_of_small_holdouts() -> None:
     small = decide(new_candidate=correct(95), new_champion=correct(90), old_candidate=correct(10, 12), old_champion=correct(12, 12), config=CONFIG)
     assert small.passed, small.failures
     large = decide(new_candidate=correct(90), new_champion=correct(90), old_candidate=correct(500, 600), old_champion=correct(600, 600), config=CONFIG)
-    assert not large.passed and any(f.startswith("forgetting on earlier holdouts +0.167") for f in large.failures)
+    assert not large.passed and any(f.startswith("forgetting on earlier holdouts: lower 95% bound") and "(gate.max_forgetting; point estimate +0.167 accuracy)" in f for f in large.failures)
 
 
 def test_concept_change_needs_a_large_significant_drop() -> None:
