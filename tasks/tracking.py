@@ -191,6 +191,7 @@ def _describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
         "champion_version": None,
         "versions": 0,
         "champion": None,
+        "verdicts": {},
     }
     from mlflow.exceptions import MlflowException
 
@@ -201,6 +202,13 @@ def _describe(ws: Workspace, config: RegistryConfig) -> dict[str, Any]:
             raise
         versions = []
     info["versions"] = len(versions)
+    # Each increment's version and the gate's verdict on it (the last registered, where a run trained it again).
+    verdicts: dict[str, dict[str, Any]] = {}
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        increment = (v.tags or {}).get(TAG + "increment_id")
+        if increment:
+            verdicts[increment] = {"version": int(v.version), "gate_passed": (v.tags or {}).get(TAG + "gate_passed") == "true"}
+    info["verdicts"] = verdicts
     version = champion_version(client, config.model_name) if versions else None
     if version is not None:
         tags = client.get_model_version(config.model_name, str(version)).tags

@@ -206,6 +206,8 @@ def test_status_json_contract(digits):
     assert status["champion_version"] == 3
     accepted = [i for i in status["increments"] if i["state"] == "accepted"]
     assert [i["id"] for i in accepted] == [o.increment_id for o in digits["outcomes"]]
+    # Each with the version trained on it and the gate's verdict: kept-out increments do not read as plain "accepted".
+    assert [(i["version"], i["gate"]) for i in accepted] == [(o.version, "passed" if o.status == "promoted" else "kept out") for o in digits["outcomes"]]
     for item in status["increments"]:
         assert {"id", "file", "state"} <= set(item)
         assert (ws.root / item["file"]).exists()

@@ -246,6 +246,10 @@ def test_an_increment_left_out_stays_out_of_judgement(tmp_path, prefect_api):
     assert again.status == "rejected" and any("unit that changed" in r for r in again.reasons), again.message
     status = {item["id"]: item for item in gather_status(ws)["increments"]}
     assert status[wrong.increment_id]["state"] == "left out" and status[after[0].increment_id]["state"] == "accepted"
+    # And what became of each increment's model: the gate's verdict on its version, none for the one rejected.
+    assert (status[wrong.increment_id]["version"], status[wrong.increment_id]["gate"]) == (wrong.version, "kept out")
+    assert (status[after[0].increment_id]["version"], status[after[0].increment_id]["gate"]) == (after[0].version, "passed")
+    assert status[again.increment_id]["version"] is None and status[again.increment_id]["state"] == "rejected"
 
 
 def test_a_small_increment_in_another_unit_is_told_from_all_its_rows(tmp_path, prefect_api):

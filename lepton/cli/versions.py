@@ -42,10 +42,15 @@ def gather_status(ws: Workspace) -> dict[str, Any]:
     by_id = {r["id"]: r for r in increments}
     # What the champion neither learnt nor was judged on, its labels unlike the rest: accepted, and out of the model.
     left_out = json.loads((info["champion"] or {}).get("lineage", {}).get("left_out", "[]"))
+    verdicts = info.pop("verdicts", None) or {}
     for item in increments:
         if item["state"] == "accepted" and item["id"] in left_out:
             item["state"] = "left out"
             item["reasons"] = [LEFT_OUT]
+        verdict = verdicts.get(item["id"]) if item["state"] != "duplicate" else None
+        # What became of the model trained on it: a version the gate promoted or kept out (none yet: a run under way, or failed).
+        item["version"] = verdict["version"] if verdict else None
+        item["gate"] = ("passed" if verdict["gate_passed"] else "kept out") if verdict else None
     for entry in ws.read_duplicates():
         original = by_id.get(entry["id"], {})
         increments.append({"id": entry["id"], "file": original.get("file"), "state": "duplicate", "source": entry["source"], "reasons": []})
@@ -96,10 +101,13 @@ def status(
             kinds.add_row(column, kind, columns["why"].get(column, ""))
         console.print(kinds)
     states = {"accepted": "green", "rejected": "red", "duplicate": "dim", "left out": "yellow"}
-    table = Table("id", "state", "file", "arrived as", "why", title="increments", title_justify="left")
+    table = Table("id", "state", "model", "file", "arrived as", "why", title="increments", title_justify="left")
     for item in info["increments"]:
         colour = states.get(item["state"], "white")
-        table.add_row(item["id"], f"[{colour}]{item['state']}[/{colour}]", shown(ws, item["file"]), item["source"], "; ".join(item["reasons"]))
+        model = "" if item.get("version") is None else (
+            f"version {item['version']}" + (" (champion)" if champion and item["version"] == champion["version"] else f", gate {item['gate']}")
+        )
+        table.add_row(item["id"], f"[{colour}]{item['state']}[/{colour}]", model, shown(ws, item["file"]), item["source"], "; ".join(item["reasons"]))
     console.print(table)
 
 
