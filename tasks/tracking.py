@@ -116,6 +116,15 @@ def _registry_stamp(ws: Workspace, config: RegistryConfig) -> list[int] | None:
     return [stat.st_mtime_ns, stat.st_size]
 
 
+CACHE_FORMAT = 2  # 2: describe holds each increment's version and verdict
+
+
+def _cache_key(stamp: Any, config: RegistryConfig) -> dict[str, Any]:
+    """What a kept answer must match: the database as it was read (a stamp is only taken of the workspace's own), the
+    model, and the format of what an answer holds."""
+    return {"stamp": stamp, "model": config.model_name, "format": CACHE_FORMAT}
+
+
 def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Callable[[], Any], *, fresh: bool = False) -> Any:
     """``compute()``'s JSON result, kept in ``.lepton/cache/`` for as long as the embedded registry is not written.
 
@@ -127,7 +136,7 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     """
     stamp = _registry_stamp(ws, config)
     path = ws.state / "cache" / f"{what}.json"
-    key = {"stamp": stamp, "model": config.model_name}  # a stamp is only taken of the workspace's own database
+    key = _cache_key(stamp, config)
     if stamp is not None and not fresh:
         try:
             kept = json.loads(path.read_text())
@@ -153,7 +162,7 @@ def is_kept(ws: Workspace, config: RegistryConfig, what: str) -> bool:
         kept = json.loads((ws.state / "cache" / f"{what}.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(kept, dict) and kept.get("key") == {"stamp": stamp, "model": config.model_name}
+    return isinstance(kept, dict) and kept.get("key") == _cache_key(stamp, config)
 
 
 def _moves(ws: Workspace, config: RegistryConfig) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ def test_versions_lists_every_version_with_its_verdict_metrics_and_champion_part
     assert [r["increment_id"] for r in records] == [o.increment_id for o in outcomes]
     for record, outcome in zip(records, outcomes, strict=True):
         assert record["metrics"]["candidate_new_accuracy"] == pytest.approx(outcome.metrics["candidate_new_accuracy"], abs=1e-6)
-    assert any(reason.startswith("gain on the new holdout") and reason.endswith("<= +1.000") for reason in records[1]["gate_reasons"])
+    assert any(reason.startswith("gain on the new holdout: lower 95% bound") and "<= +1.000 (point estimate" in reason for reason in records[1]["gate_reasons"])
 
     table = run_cli(["versions", "--workspace", str(ws.root)], api_url=None)
     assert table.returncode == 0, table.stderr
