@@ -25,6 +25,11 @@ def _drift_rows(drift: DriftReport | None) -> list[dict] | None:
     return drift.rows() if drift is not None and not drift.skipped else None
 
 
+def _drift_skipped(drift: DriftReport | None, none: str) -> str | None:
+    """Why drift was not measured: the report's reason, or ``none`` where there is no report."""
+    return none if drift is None else drift.skipped
+
+
 def promoted_message(version: int, parent: int | None) -> str:
     return f"promoted as version {version}" + (f" (champion was version {parent})" if parent else " (first champion)")
 
@@ -49,6 +54,7 @@ class RunOutcome(BaseModel):
     report: str | None = None  # the run's report page, relative to the workspace
     drift: list[dict] | None = None  # per test: feature, test, statistic, p_value, drifted; None when not compared
     drift_action: str | None = None  # drift.action, when the increment drifted
+    drift_skipped: str | None = None  # why drift was not measured (too few rows, drift off, nothing before it)
     training_note: str | None = None  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
 
     @property
@@ -89,7 +95,7 @@ class RunOutcome(BaseModel):
             status="rejected", increment_id=increment_id, file=quarantined,
             message=f"rejected because {'; '.join(validation.problems)}; quarantined at {quarantined}",
             reasons=validation.problems, failures=validation.problems, data_hash=data_hash, warnings=validation.warnings,
-            drift=_drift_rows(drift), drift_action=drift.action if drift else None, champion_version=champion_version,
+            drift=_drift_rows(drift), drift_action=drift.action if drift else None, drift_skipped=_drift_skipped(drift, "the increment failed validation"), champion_version=champion_version,
         )
 
     @classmethod
@@ -110,7 +116,7 @@ class RunOutcome(BaseModel):
         return cls(
             status=status, increment_id=increment_id, file=file, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
             version=version, champion_version=champion, parent_version=parent, data_hash=data_hash, metrics=metrics,
-            drift=_drift_rows(drift), drift_action=drift.action if drift else None,
+            drift=_drift_rows(drift), drift_action=drift.action if drift else None, drift_skipped=_drift_skipped(drift, "the first increment, drift.enabled off, or a run resumed at training"),
             warnings=[*(validation.warnings if validation else []), *_left_out_warning(left_out)], notes=validation.notes if validation else [],
             concept_change=concept_change, training_note=training_note,
         )

@@ -83,6 +83,7 @@ def gather(
         ),
         drift=None if outcome.drift is None else [pages.DriftRow.model_validate(row) for row in outcome.drift],
         drift_action=outcome.drift_action,
+        drift_skipped=outcome.drift_skipped,
         training_note=getattr(outcome, "training_note", None),
         training=None if training is None else pages.TrainingSummary(
             losses=training.losses, seconds=training.seconds, device=training.device, strategy=training.strategy,

@@ -298,6 +298,8 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     if drift is not None:
         drifted = [row["feature"] for row in drift if row["drifted"]]
         table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none in {len(drift)} test(s)")
+    elif getattr(outcome, "drift_skipped", None) and outcome.status != "rejected":
+        table.add_row("drift", f"not measured: {outcome.drift_skipped}")
     if getattr(outcome, "training_note", None):
         table.add_row("training", outcome.training_note)
     if outcome.data_hash:

@@ -79,6 +79,7 @@ class ReportData(BaseModel):
     validation: ValidationSummary | None = None  # None when an earlier run validated it (a resumed run)
     drift: list[DriftRow] | None = None
     drift_action: str | None = None
+    drift_skipped: str | None = None  # why drift was not measured
     training_note: str | None = None  # what changed in training (drift's compete or the gate's fallback: which network went to the gate)
     training: TrainingSummary | None = None
     holdouts: list[HoldoutRow] = []
