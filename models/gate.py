@@ -195,7 +195,7 @@ def _non_inferior(
         upper = paired_bootstrap_bounds(alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)[1]
         ok = upper >= bar
         checks[
-            f"the new holdout alone is {'not ' if ok else ''}significantly worse: its {what}'s upper {config.confidence:.0%} bound "
+            f"the new holdout alone is {'not ' if ok else ''}significantly worse: upper {config.confidence:.0%} bound of its {what} "
             f"{upper:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (point estimate {_mean(alone):{fmt}})"
         ] = ok
 
