@@ -169,6 +169,11 @@ def _describe(result: Any, frame: pd.DataFrame | None = None) -> str:
             parts.append("missing column(s) " + ", ".join(repr(c) for c in mismatch["missing"]))
         if mismatch.get("unexpected"):
             parts.append("unexpected column(s) " + ", ".join(repr(c) for c in mismatch["unexpected"]))
+        # A header whose case or spacing changed in the export reads as one column lost and another gained: say so.
+        renamed = {" ".join(str(c).split()).casefold(): c for c in mismatch.get("missing") or []}
+        pairs = [(renamed[key], c) for c in mismatch.get("unexpected") or [] if (key := " ".join(str(c).split()).casefold()) in renamed]
+        if pairs:
+            parts.append("renamed only in case or spacing: " + ", ".join(f"{new!r} was {old!r}" for old, new in pairs) + " (rename them back in the export)")
         return "; ".join(parts) or "columns do not match the schema"
     meta = config.meta or {}
     share = res.get("unexpected_percent") or 0.0

@@ -26,6 +26,7 @@ SCHEMA = DataSchema.infer(good(200, seed=1), "y")
     [
         ("missing column", good().drop(columns=["b"]), "missing column(s) 'b'"),
         ("extra column", good().assign(c=1.0), "unexpected column(s) 'c'"),
+        ("renamed column", good().rename(columns={"b": " B"}), "missing column(s) 'b'; unexpected column(s) ' B'; renamed only in case or spacing: ' B' was 'b'"),
         ("wrong type", good().assign(b="x"), "column 'b' held numbers and now holds text (40 of 40 values"),
         ("missing jump", good().assign(a=[np.nan] * 20 + [0.0] * 20), "column 'a' has 20 empty value(s) (50.0%), more than the share seen so far plus data.missing_jump"),
         ("infinity", good().assign(a=[np.inf] + [0.0] * 39), "column 'a' has 1 infinite value(s)"),
