@@ -47,7 +47,7 @@ class DataConfig(Section):
     )
     range_tolerance: float = Field(
         0.05, ge=0,
-        description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected, when more lie there than chance gives a sample of the same data (p < 0.001) or one lies a quarter of the width beyond; nearer ones, and a few new extremes, are said nothing of.",
+        description="Values beyond the range seen so far by more than this fraction of its width are reported (growth or drift), not rejected, when more lie there than chance gives a sample of the same data (p < 0.001) or one lies a whole width beyond; nearer ones, and a few new extremes, are said nothing of.",
     )
     range_mostly: float | None = Field(
         None, description="No longer used, kept so older lepton.yaml files load: values beyond the seen range are reported, values orders of magnitude beyond it rejected (data.magnitude_limit)."

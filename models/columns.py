@@ -153,10 +153,11 @@ def looks_like_dates(values: pd.Series) -> bool:
     return len(sample) > 0 and sample.str.match(_DATE_LIKE).mean() >= 0.95
 
 
-# Rows of a first increment in which a string column with no value repeated is read as one value per row (names,
-# addresses: an identifier, or text), not as categories: 16 names in 16 rows filled 16 category slots, and every
-# later increment warned of as many new categories.
+# Rows of a first increment from which a string column with nearly one value per row (this share of its values
+# distinct) is read as names or addresses (an identifier, or text), not as categories: 16 first names in 16 rows
+# filled 16 category slots, and every later increment warned of as many new categories.
 UNREPEATED_ROWS = 12
+UNREPEATED_SHARE = 0.9
 
 
 def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
@@ -186,7 +187,8 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
     if looks_like_dates(strings):
         return "datetime", "date strings"
     distinct = strings.nunique()
-    unrepeated = distinct == len(strings) >= UNREPEATED_ROWS  # a category repeats, in a small first increment too
+    # A category repeats, in a small first increment too: nearly one value per row is names or addresses.
+    unrepeated = len(strings) >= UNREPEATED_ROWS and distinct >= UNREPEATED_SHARE * len(strings)
     if not unrepeated and (distinct <= max_categories or distinct <= 0.5 * len(strings)):
         return "categorical", f"{distinct} distinct values in {len(strings)} rows"
     words = strings.map(lambda s: len(_WORD.findall(s))).mean()

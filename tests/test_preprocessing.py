@@ -169,14 +169,18 @@ def test_a_skewed_amount_spanning_orders_of_magnitude_reads_on_a_log_scale():
 
 
 def test_a_small_first_increment_reads_unrepeated_strings_as_one_value_per_row():
-    """Sixteen names in sixteen rows are an identifier (and addresses of three words or more, text), not sixteen
-    categories; a column whose values repeat is categorical however small the increment, and so is one too short to tell."""
+    """Sixteen names in sixteen rows (or fifteen: one repeated) are an identifier (and addresses of three words or more,
+    text), not sixteen categories; a column whose values repeat is categorical however small the increment, and so is
+    one too short to tell."""
     from lepton.models.columns import infer_kind
 
     names = pd.Series([f"{first} {last}." for first, last in zip("ABCDEFGHIJKLMNOP", "QRSTUVWXYZABCDEF", strict=True)])
     addresses = pd.Series([f"{100 + i} Main Street West" for i in range(16)])
     plans = pd.Series(["basic", "pro", "team", "basic"] * 4)
+    surnames = pd.Series([*(f"Name{i}" for i in range(15)), "Name0"])  # one repeated: still nearly one per row
     assert infer_kind(names, max_categories=31) == ("identifier", "16 distinct values in 16 rows (nearly one per row)")
     assert infer_kind(addresses, max_categories=31)[0] == "text"
     assert infer_kind(plans, max_categories=31)[0] == "categorical"
+    assert infer_kind(surnames, max_categories=31)[0] == "identifier"
+    assert infer_kind(pd.Series([f"Area{i % 12}" for i in range(16)]), max_categories=31)[0] == "categorical"
     assert infer_kind(names.head(8), max_categories=31)[0] == "categorical"
