@@ -93,7 +93,11 @@ def decide(
             checks[f"accuracy on all holdouts {all_acc:.3f} {'>=' if all_acc >= floor else '<'} floor {floor:.3f}"] = all_acc >= floor
 
     if new_champion is None:
-        checks["no champion yet: the floors decide"] = True
+        few = len(new_candidate) < config.min_holdout_rows
+        # On a few rows a floor says little (2 rows: 50% or 100%): said, so that a first model is not taken as judged.
+        checks["no champion yet: the floors decide" + (
+            f", on a new holdout of {len(new_candidate)} rows (fewer than gate.min_holdout_rows={config.min_holdout_rows}: a rough judge)" if few else ""
+        )] = True
         return _decision(checks)
 
     if config.policy == "superior":
