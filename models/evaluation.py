@@ -144,9 +144,10 @@ class Evaluation:
         """The headline metric's name: accuracy, or mae for a numeric target."""
         return "mae" if self.regression else "accuracy"
 
-    def pooled_r2(self) -> float | None:
-        """The candidate's R² over every holdout at once (regression)."""
-        scores = [s for s in self.candidate.values() if s.errors is not None and len(s.errors)]
+    def pooled_r2(self, who: str = "candidate") -> float | None:
+        """The candidate's (or the champion's) R² over every holdout at once (regression)."""
+        scored = self.candidate if who == "candidate" else self.champion
+        scores = [s for s in (scored or {}).values() if s.errors is not None and len(s.errors)]
         if not scores:
             return None
         truth, errors = np.concatenate([s.truth for s in scores]), np.concatenate([s.errors for s in scores])  # type: ignore[misc]

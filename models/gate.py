@@ -52,6 +52,21 @@ def paired_bootstrap_lower(candidate: np.ndarray, champion: np.ndarray, *, confi
     return paired_bootstrap_bounds(candidate, champion, confidence=confidence, samples=samples, seed=seed)[0]
 
 
+def _no_worse(value: float, champion: float | None) -> bool:
+    """The candidate scores at least what the champion does on the same rows (higher is better)."""
+    return champion is not None and bool(np.isfinite(champion)) and value >= champion
+
+
+def _floor(metric: str, where: str, value: float, floor: float, champion: float | None) -> str:
+    """A floor's reason; under the floor, what the champion scores there, and whether that lets the candidate on."""
+    if value >= floor:
+        return f"{metric} on {where} {value:.3f} >= floor {floor:.3f}"
+    if _no_worse(value, champion):
+        return (f"{metric} on {where} {value:.3f} < floor {floor:.3f}, as the champion's {champion:.3f} there: a floor the champion "
+                f"misses on the same rows does not hold back a candidate no worse than it")
+    return f"{metric} on {where} {value:.3f} < floor {floor:.3f}" + (f" (the champion's {champion:.3f})" if champion is not None and np.isfinite(champion) else "")
+
+
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else 0.0
 
@@ -66,6 +81,7 @@ def decide(
     regression: bool = False,
     r2: tuple[float | None, float | None] = (None, None),
     old_label: str = "earlier holdouts",
+    champion_r2: tuple[float | None, float | None] = (None, None),
 ) -> GateDecision:
     """Pass when the candidate clears the floors and, against a champion, is not worse on new data than the
     margin allows (``superior``: gains, at the bootstrap's confidence), without forgetting more than allowed.
@@ -74,23 +90,31 @@ def decide(
     correctness for classes, absolute errors for a numeric target (``regression``, where
     ``r2`` gives the candidate's R² on the new holdout and on all holdouts for the floor,
     the margin and forgetting are relative to the champion's MAE). ``old_label`` names
-    the earlier holdouts forgetting is judged on.
+    the earlier holdouts forgetting is judged on. ``champion_r2``: the champion's R² on the same holdouts.
+
+    A floor guards against a broken candidate, not against a hard holdout: where the champion scores
+    no better on the same rows, a candidate under the floor but not under the champion is judged by
+    the comparisons that follow (a water-flow increment whose target hardly varied put R² at -5 for a
+    candidate with a sixth of the champion's errors, and kept every later candidate out).
     """
     checks: dict[str, bool] = {}
     if regression:
         floor = config.min_r2
-        for where, value in zip(("the new holdout", "all holdouts"), r2, strict=True):
+        for where, value, theirs in zip(("the new holdout", "all holdouts"), r2, champion_r2, strict=True):
             if value is not None and np.isfinite(value):
-                checks[f"R² on {where} {value:.3f} {'>=' if value >= floor else '<'} floor {floor:.3f}"] = value >= floor
+                checks[_floor("R²", where, value, floor, theirs)] = value >= floor or _no_worse(value, theirs)
         if not checks:
             checks["R² not measurable on this holdout (too few rows or a constant target): no floor"] = True
     else:
         floor = config.min_accuracy
+        paired = new_champion is not None and old_champion is not None and len(old_champion) == len(old_candidate)
         new_acc = _mean(new_candidate)
-        checks[f"accuracy on the new holdout {new_acc:.3f} {'>=' if new_acc >= floor else '<'} floor {floor:.3f}"] = new_acc >= floor
+        theirs = _mean(new_champion) if new_champion is not None and len(new_champion) else None
+        checks[_floor("accuracy", "the new holdout", new_acc, floor, theirs)] = new_acc >= floor or _no_worse(new_acc, theirs)
         if len(old_candidate):
             all_acc = _mean(np.concatenate([new_candidate, old_candidate]))
-            checks[f"accuracy on all holdouts {all_acc:.3f} {'>=' if all_acc >= floor else '<'} floor {floor:.3f}"] = all_acc >= floor
+            theirs = _mean(np.concatenate([new_champion, old_champion])) if paired else None  # type: ignore[list-item]
+            checks[_floor("accuracy", "all holdouts", all_acc, floor, theirs)] = all_acc >= floor or _no_worse(all_acc, theirs)
 
     if new_champion is None:
         few = len(new_candidate) < config.min_holdout_rows

@@ -231,15 +231,17 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
             )
     old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
     regression = evaluation.regression
-    r2 = (None, None)
+    r2, champion_r2 = (None, None), (None, None)
     if regression:
         r2 = (evaluation.candidate[evaluation.new_id].r2, evaluation.pooled_r2() if evaluation.old_ids else None)
+        if has_champion:
+            champion_r2 = (evaluation.champion[evaluation.new_id].r2, evaluation.pooled_r2("champion") if evaluation.old_ids else None)  # type: ignore[index]
     decision = decide(
         new_candidate=evaluation.pooled("candidate", [evaluation.new_id]),
         new_champion=evaluation.pooled("champion", [evaluation.new_id]) if has_champion else None,
         old_candidate=evaluation.pooled("candidate", old_ids),
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
-        config=config, regression=regression, r2=r2, old_label=old_label,
+        config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2,
     )
     if note is not None:
         decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: True})

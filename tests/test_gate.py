@@ -250,3 +250,24 @@ def test_large_holdouts_use_the_normal_bounds_the_bootstrap_converges_to():
     before = (rng.random(5000) < 0.9).astype(float)
     assert concept_changed((rng.random(n) < 0.7).astype(float), before, regression=False, confidence=0.95, samples=1000)
     assert not concept_changed((rng.random(n) < 0.89).astype(float), before, regression=False, confidence=0.95, samples=1000)
+
+
+def test_a_floor_the_champion_misses_too_does_not_hold_back_a_candidate_no_worse() -> None:
+    """A holdout whose target hardly varies puts R² under the floor for any model: a candidate with a sixth of the
+    champion's errors there, and fewer elsewhere, is promoted; one under the floor and under the champion is not.
+    The same for accuracy on a small, hard holdout."""
+    errors = np.full(40, 1.0)
+    better = decide(new_candidate=errors / 6, new_champion=errors, old_candidate=errors / 2, old_champion=errors, config=CONFIG,
+                    regression=True, r2=(-4.96, 0.4), champion_r2=(-180.0, 0.1))
+    assert_consistent(better)
+    assert better.passed, better.failures
+    assert better.reasons[0] == ("R² on the new holdout -4.960 < floor 0.000, as the champion's -180.000 there: a floor the champion "
+                                 "misses on the same rows does not hold back a candidate no worse than it")
+    worse = decide(new_candidate=errors, new_champion=errors, old_candidate=errors, old_champion=errors, config=CONFIG,
+                   regression=True, r2=(-2.0, 0.4), champion_r2=(-1.0, 0.4))
+    assert not worse.passed and worse.failures == ("R² on the new holdout -2.000 < floor 0.000 (the champion's -1.000)",)
+    # Accuracy: a third right on a hard holdout, as the champion, and better on the earlier ones.
+    hard = decide(new_candidate=correct(33), new_champion=correct(33), old_candidate=correct(90), old_champion=correct(80), config=CONFIG)
+    assert hard.passed and hard.reasons[0].startswith("accuracy on the new holdout 0.330 < floor 0.500, as the champion's 0.330 there")
+    below = decide(new_candidate=correct(30), new_champion=correct(40), old_candidate=correct(90), old_champion=correct(90), config=CONFIG)
+    assert not below.passed and "accuracy on the new holdout 0.300 < floor 0.500 (the champion's 0.400)" in below.failures
