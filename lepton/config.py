@@ -19,7 +19,7 @@ class DataConfig(Section):
 
     label: str = Field(description="Name of the label column (required).")
     task: Literal["auto", "classification", "regression"] = Field(
-        "auto", description="What the label is: auto takes a float label with many distinct values as a number to predict (regression), anything else as classes."
+        "auto", description="What the label is: auto takes a float label with many distinct values, or numbers with about one row each (more than 10 values, at least half as many as rows), as a number to predict (regression), anything else as classes."
     )
     columns: dict[str, Literal["numeric", "boolean", "categorical", "text", "identifier", "datetime", "image", "ignore"]] = Field(
         default_factory=dict,

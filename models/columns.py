@@ -330,7 +330,8 @@ def native(value: Any) -> Any:
 
 
 def task_of(labels: pd.Series) -> str:
-    """auto: a float label with many distinct values is a number to predict; anything else is classes.
+    """auto: a float label with many distinct values, or numbers with about one row each, is a number to predict;
+    anything else is classes.
 
     Whole numbers in a float column are often class ids with gaps (NaN makes a column float),
     so they need more distinct values (a fuel consumption of 18.0, 15.0, ... still counts).
@@ -340,4 +341,8 @@ def task_of(labels: pd.Series) -> str:
         whole = bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0))
         if values.nunique() > (20 if whole else 10):
             return "regression"
+    if (types.is_float_dtype(values) or types.is_integer_dtype(values)) and values.nunique() > 10 and values.nunique() >= 0.5 * len(values):
+        # Whole numbers with about one row each (13 in 13 rows: megawatt-hours, grams) cannot be classes to learn: every
+        # class would be new to the model that predicts it, and no candidate would ever clear the accuracy floor.
+        return "regression"
     return "classification"

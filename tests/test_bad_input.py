@@ -293,11 +293,14 @@ def test_a_rejected_increment_drops_no_rows():
 
 
 def test_many_whole_number_labels_are_classes_that_ask_whether_they_are_amounts():
-    """Weights in grams as whole numbers stay classes under data.task=auto (class ids are whole numbers too), and the run says
-    how to make them a number to predict; ten digit classes get no such question."""
+    """Weights in grams as whole numbers, several rows each, stay classes under data.task=auto (class ids are whole numbers
+    too), and the run says how to make them a number to predict; ten digit classes get no such question. Whole numbers with
+    about one row each (megawatt-hours, 13 in 13 rows) cannot be classes to learn: a number to predict."""
     rng = np.random.default_rng(5)
-    grams = pd.DataFrame({"time": rng.integers(0, 21, 100), "weight": rng.integers(35, 370, 100)})
+    grams = pd.DataFrame({"time": rng.integers(0, 21, 300), "weight": rng.integers(35, 130, 300)})
     (note, *_) = validate_frame(grams, None, DataConfig(label="weight")).notes
-    assert note.startswith("label 'weight': classes (") and note.endswith(" whole numbers, from 35 to 367: if they are amounts to predict, set data.task: regression)"), note
+    assert note.startswith("label 'weight': classes (") and note.endswith(" whole numbers, from 35 to 129: if they are amounts to predict, set data.task: regression)"), note
     digits = pd.DataFrame({"x": rng.normal(size=100), "y": rng.integers(0, 10, 100)})
     assert validate_frame(digits, None, DataConfig(label="y")).notes[0] == "label 'y': classes"
+    energy = pd.DataFrame({"year": range(2001, 2014), "generation": rng.choice(np.arange(1000, 40000), 13, replace=False)})
+    assert validate_frame(energy, None, DataConfig(label="generation")).notes[0] == "label 'generation': a number to predict (regression)"
