@@ -105,7 +105,7 @@ def read_increment(path: Path) -> pd.DataFrame:
             frame = pd.read_csv(path)
             header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
             frame.attrs["header"] = header.iloc[0].tolist() if len(header) else []
-            return frame
+            return with_grouped_numbers(frame)
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user
         if FORMATS[suffix] == "Parquet":
@@ -119,6 +119,38 @@ def read_increment(path: Path) -> pd.DataFrame:
             if repeated is not None:
                 raise ValueError(repeated) from None
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
+
+
+# Numbers as a spreadsheet exports them: digits grouped by three with commas ("8,855", "-1,234,567.5"), beside plain
+# ones. A comma decimal ("3,5") is no such group and is never read so.
+GROUPED = r"^\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*$"
+PLAIN = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
+
+
+def with_grouped_numbers(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each text column that holds only numbers, some written with thousands separators, read as numbers.
+
+    A first file of "8,855" miles was read as an identifier and left out of the model, and in a later file
+    such a column was rejected as text. The columns read so, with an example of each, are kept in
+    ``frame.attrs["grouped"]`` for validation to report.
+    """
+    grouped: dict[str, str] = {}
+    for column in frame.columns:
+        values = frame[column]
+        if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
+            continue
+        present = values.dropna()
+        if not len(present) or not present.map(lambda v: isinstance(v, str)).all():
+            continue
+        text = present.astype("string")
+        separated = text.str.match(GROUPED)
+        if not separated.any() or not (separated | text.str.match(PLAIN)).all():
+            continue
+        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", "", regex=False).str.strip(), errors="coerce").astype("float64")
+        grouped[str(column)] = str(text[separated].iloc[0]).strip()
+    if grouped:
+        frame.attrs["grouped"] = grouped
+    return frame
 
 
 def _record(ws: Workspace, landing: Landing, state: Verdict, file: Path, reasons: list[str]) -> None:

@@ -304,3 +304,27 @@ def test_many_whole_number_labels_are_classes_that_ask_whether_they_are_amounts(
     assert validate_frame(digits, None, DataConfig(label="y")).notes[0] == "label 'y': classes"
     energy = pd.DataFrame({"year": range(2001, 2014), "generation": rng.choice(np.arange(1000, 40000), 13, replace=False)})
     assert validate_frame(energy, None, DataConfig(label="generation")).notes[0] == "label 'generation': a number to predict (regression)"
+
+
+def test_numbers_with_thousands_separators_are_read_as_numbers(tmp_path):
+    """A spreadsheet's "8,855" beside 955: read as numbers, and said; in a first file the column is numeric (it was an
+    identifier, left out of the model), in a later one it is accepted (it was 'now holds text'). Comma decimals
+    ("3,5") and text with commas stay text."""
+    from lepton.tasks.ingest import read_increment
+
+    rng = np.random.default_rng(9)
+    miles = rng.integers(100, 20000, 60)
+    frame = pd.DataFrame({"miles": [f"{m:,}" for m in miles], "note": ["a, b"] * 60, "eu": ["3,5"] * 60, "y": rng.integers(0, 2, 60)})
+    path = tmp_path / "first.csv"
+    frame.to_csv(path, index=False)
+    read = read_increment(path)
+    assert read["miles"].tolist() == miles.astype(float).tolist() and read["note"].iloc[0] == "a, b" and read["eu"].iloc[0] == "3,5"
+    first = validate_frame(read, None, DataConfig(label="y"))
+    assert first.passed and "numeric: miles" in first.notes, first.notes
+    example = next(s for s in frame["miles"] if "," in s)
+    assert f"column 'miles': numbers written with thousands separators (e.g. {example!r}), read as numbers" in first.warnings
+    schema = DataSchema.infer(read, "y")
+    assert schema.kind("miles") == "numeric"
+    later = tmp_path / "later.csv"
+    frame.assign(miles=[f"{m + 7:,}" for m in miles]).to_csv(later, index=False)
+    assert validate_frame(read_increment(later), schema, DataConfig(label="y")).passed
