@@ -87,3 +87,16 @@ def test_macro_f1_agrees_with_scikit_learn_over_the_classes_of_the_truth():
         predicted = np.where(rng.random(len(truth)) < 0.6, truth, rng.integers(0, 7, size=len(truth)))
         expected = f1_score(truth.astype(str), predicted.astype(str), labels=np.unique(truth.astype(str)), average="macro", zero_division=0)
         assert macro_f1(truth, predicted) == pytest.approx(expected)
+
+
+def test_a_lineage_of_holdouts_too_small_for_r2_summarises_without_warnings():
+    """R² is NaN on a holdout of a row or two, in every row of the matrix: the summary is NaN, said by no RuntimeWarning
+    on a --json run's stderr."""
+    import warnings
+
+    from lepton.models.metrics import lineage_summary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = lineage_summary({"rows": [[None, None], [None, None]], "columns": ["a", "b"], "trained": ["a", "b"]})
+    assert np.isnan(summary["average_accuracy"]) and np.isnan(summary["forgetting"])
