@@ -171,7 +171,8 @@ def _superior(checks: dict[str, bool], candidate: np.ndarray, champion: np.ndarr
 
 
 def _too_few(rows: int, config: GateConfig) -> str:
-    return f"the holdouts compared hold {rows} rows, too few for the bootstrap to say anything (gate.min_holdout_rows={config.min_holdout_rows}): the point estimate decides"
+    return (f"the holdouts compared hold {rows} rows, too few for the bootstrap to judge the gain "
+            f"(gate.min_holdout_rows={config.min_holdout_rows}): its point estimate decides")
 
 
 def _non_inferior(
