@@ -83,6 +83,12 @@ def test_a_rejected_file_is_processed_once_the_config_is_fixed(clean_dir, prefec
     client, name, champion = registry(ws)
     tags = client.get_model_version(name, "1").tags
     assert champion == 1 and tags["lepton.increment_id"] == increment and tags["lepton.increment_file"] == kept.file
+    # status says it was refused first, and why, where a plain "accepted" would read as never refused.
+    from lepton.cli.versions import gather_status
+
+    [shown] = gather_status(ws)["increments"]
+    assert shown["state"] == "accepted" and shown["reasons"][0].startswith("accepted at attempt 2; rejected 1 time(s) before: ")
+    assert "fewer than the 10000 required" in shown["reasons"][0]
 
     # Accepted now: the same file once more is a plain duplicate, and the manifest is unchanged.
     again = continual_training(str(path), str(ws.root), FAST)

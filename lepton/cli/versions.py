@@ -32,13 +32,23 @@ from lepton.workspace import Workspace
 LEFT_OUT = "accepted, then left out of training and judgement: its labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
 
 
+def _retried(record: Any) -> list[str]:
+    """An accepted increment's earlier rejections, said: accepted on a later attempt, it would read as never refused."""
+    refused = [a for a in record.attempts[:-1] if a.verdict == "rejected"]
+    if record.state != "accepted" or not refused:
+        return []
+    return [f"accepted at attempt {len(record.attempts)}; rejected {len(refused)} time(s) before: {'; '.join(refused[-1].reasons)}"]
+
+
 def gather_status(ws: Workspace) -> dict[str, Any]:
     from lepton.config import load
     from lepton.tasks.tracking import describe
 
     config = load(ws.root)
     info = describe(ws, config.registry)
-    increments = [{"id": r.id, "file": r.file, "state": r.state, "source": r.source, "reasons": r.reasons} for r in ws.read_manifest().increments]
+    increments = [
+        {"id": r.id, "file": r.file, "state": r.state, "source": r.source, "reasons": r.reasons or _retried(r)} for r in ws.read_manifest().increments
+    ]
     by_id = {r["id"]: r for r in increments}
     # What the champion neither learnt nor was judged on, its labels unlike the rest: accepted, and out of the model.
     left_out = json.loads((info["champion"] or {}).get("lineage", {}).get("left_out", "[]"))
