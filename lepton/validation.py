@@ -317,7 +317,7 @@ def _now_text(bad: pd.Series, numbers: pd.Series) -> tuple[pd.Series, int] | Non
 
 
 def content_checks(
-    frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool, hashes: np.ndarray | None = None,
+    frame: pd.DataFrame, schema: DataSchema, unreadable: dict[str, pd.Series], config: DataConfig, first: bool, hashes: np.ndarray,
 ) -> tuple[list[str], list[str]]:
     """What GX does not express: kinds that changed, labels of the wrong kind, a first increment that cannot train; and what is only reported.
     ``hashes``: the rows' hashes as read (``row_hashes``), which tell repeated rows without comparing every column again."""
@@ -367,7 +367,7 @@ def content_checks(
             )
     # Equal rows hash alike: one pass over the hashes the split needs anyway, where comparing the columns took 1.2 s of a
     # million-row increment's 5 s budget.
-    repeated = int(pd.Series(hashes).duplicated().sum()) if hashes is not None and len(hashes) == len(frame) else int(frame.duplicated().sum())
+    repeated = int(pd.Series(hashes).duplicated().sum())
     if repeated:
         share = f"{repeated} repeated row(s) ({repeated / len(frame):.1%})"
         if config.duplicates == "reject":

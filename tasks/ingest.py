@@ -140,9 +140,9 @@ def with_grouped_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
             continue
         present = values.dropna()
-        if not len(present) or not present.map(lambda v: isinstance(v, str)).all():
+        if not len(present) or not isinstance(present.iloc[0], str):  # bytes (images) or mixed objects: never numbers so
             continue
-        text = present.astype("string")
+        text = present.astype("string")  # a value that is no string reads as itself, and must match like the others
         separated = text.str.match(GROUPED)
         if not separated.any() or not (separated | text.str.match(PLAIN)).all():
             continue
