@@ -122,10 +122,11 @@ class RunOutcome(BaseModel):
         )
 
 
+# Why an accepted increment is out of the model: said by the run that leaves it out and by `lepton status`.
+LEFT_OUT_WHY = "labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
+
+
 def _left_out_warning(left_out: list[str] | tuple[str, ...]) -> list[str]:
     if not left_out:
         return []
-    return [
-        f"{len(left_out)} earlier increment(s) neither learnt nor judged, their labels unlike what the champion learnt "
-        f"(noise, another unit, or a change it did not follow): {', '.join(left_out)}"
-    ]
+    return [f"{len(left_out)} earlier increment(s) neither learnt nor judged, their {LEFT_OUT_WHY}: {', '.join(left_out)}"]

@@ -26,10 +26,11 @@ from lepton.cli.common import (
     shown,
 )
 from lepton.secrets import credentials_out_of_uri, redact, redacted
+from lepton.tasks.outcome import LEFT_OUT_WHY
 from lepton.workspace import Workspace
 
 
-LEFT_OUT = "accepted, then left out of training and judgement: its labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
+LEFT_OUT = f"accepted, then left out of training and judgement: its {LEFT_OUT_WHY}"
 
 
 def _retried(record: Any) -> list[str]:
