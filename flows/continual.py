@@ -11,12 +11,14 @@ from prefect.states import Completed, State
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
 from lepton.lineage import TAG
-from lepton.tasks.drift import log_drift, measure_drift, plan_retraining, plan_training, with_drift
+from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
-from lepton.tasks.splits import file_key, keep_rows, narrow_schema, not_learnt, read, read_history, split_increments, with_accepted
+from lepton.tasks.splits import (
+    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, split_increments, with_accepted,
+)
 from lepton.tasks.tracking import registry_key_of
 from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
 from lepton.tasks.validate import validate
@@ -52,12 +54,16 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         return outcome
     if route == "duplicate":
         record_duplicate(ws, landing)
-        outcome = RunOutcome.duplicate(landing.id, known)
+        outcome = RunOutcome.duplicate(landing.id, known, ws.declared_otherwise(config.data.columns, config.data.task))
         log.info(outcome.message)
         ws.mark_finished(landing.id, registry_key_of(ws, config.registry))  # recorded by a version older than these records
         return outcome
 
     report, drift = None, None
+    # Column kinds or a task declared since the first increment decided them: from this increment on, the data reads so.
+    redeclared = redeclare(ws, config.data)
+    if redeclared:
+        log.warning("lepton.yaml declares %s: the schema is read again from the accepted increments", "; ".join(redeclared))
     if route == "resume":
         log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
         history = read_history(ws)
@@ -113,17 +119,21 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         champion = load_champion(ws, config.registry)
         schema = ws.read_schema()  # with this increment accepted (and any another run accepted meanwhile): every network of this attempt reads it
         parent = champion.version if champion else None
+        # The schema reads the data otherwise than the champion learnt it (kinds or a task declared since): a new network
+        # learns everything. After a task change the champion's predictions do not compare with a candidate's at all.
+        reread = encoding_changed(champion.bundle, schema) if champion else None
+        judge = None if champion is None or (reread and champion.bundle.preprocessor.task != schema["task"]) else champion.bundle
         # What the champion has not learnt is learnt with the increment: everything that got in while no model has
         # passed the gate, and the increments the gate kept out since the champion was trained.
         also = not_learnt(history, landing.id, champion.tags.get(f"{TAG}increment_id", landing.id) if champion else None)
         train_frame, holdouts = split_increments(history, landing.id, config.data)
-        change_at = detect_change(champion.bundle if champion else None, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
+        change_at = detect_change(judge, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
         changed = change_at is not None and change_at == landing.id
         if changed:
             log.warning("concept change at this increment: a new network learns it, and forgetting is judged from here on")
         kept_out = also
         also = [] if changed else learnable(
-            champion.bundle if champion else None, holdouts, also, config.data.label, config.gate, {k: history.frames[k] for k in also if k in history.frames},
+            judge, holdouts, also, config.data.label, config.gate, {k: history.frames[k] for k in also if k in history.frames},
         )  # at a change, theirs is the old rule
         left_out = [k for k in kept_out if k not in also] if not changed else []  # noisy kept-out increments: no network learns them
         # Once left out, an increment stays out, of training and of judgement alike: its holdout (labels in another unit,
@@ -142,6 +152,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         elif also:
             log.info("the candidate learns the %d increment(s) the gate kept out since the champion was trained with this one (%d training rows)", len(also), len(train_frame))
         plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out)  # on drift, replay, joint or compete trains on more of the past
+        if reread:
+            plan = plan_anew(history, landing.id, train_frame, config, also, left_out, why=reread)
         if plan.note:
             log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
@@ -172,8 +184,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         )
         if training.best_epoch is not None:
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
-        evaluation = evaluate(candidate, champion.bundle if champion else None, holdouts, landing.id, config.data.label, champion_scores)
-        decision = gate(evaluation, config.gate, change_at)
+        evaluation = evaluate(candidate, judge, holdouts, landing.id, config.data.label, champion_scores)
+        alone = "no champion yet" if champion is None else f"{reread}, so its predictions do not compare with the candidate's"
+        decision = gate(evaluation, config.gate, change_at, alone=alone)
         # After a concept change the gate follows the change only for a candidate that learnt the new rule: a rival
         # is judged on all holdouts else.
         if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":

@@ -30,8 +30,10 @@ def unscorable(reason: str) -> MlflowException:
 
 
 def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]:
-    """What in raw feature columns is neither a value the model reads nor a missing one: text or infinities where numbers go."""
-    problems = []
+    """What in raw feature columns is neither a value the model reads nor a missing one: a column not sent, text or
+    infinities where numbers go."""
+    missing = [c for c in preprocessor.used if c not in frame.columns]
+    problems = [f"missing column(s) {', '.join(map(repr, missing))} (send null values for a column whose values are unknown)"] if missing else []
     dtypes = frame.dtypes
     wanted = [c for c in preprocessor.used if c in dtypes.index and preprocessor.kinds.get(c, "numeric") in ("numeric", "boolean")]
     # Columns that arrive as numbers hold no text: only their infinities need finding, all in one step.
@@ -74,6 +76,10 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
             raise unscorable("; ".join(problems))
         if self.bundle.regression and params and params.get("probabilities"):
             raise unscorable("a regression model predicts numbers, not class probabilities")
+        if frame.empty:  # no rows: no answers, of the type rows would get
+            if params and params.get("probabilities"):
+                return pd.DataFrame(columns=[str(c) for c in preprocessor.classes], dtype=np.float64)
+            return preprocessor.decode(np.zeros(0, dtype=np.float32 if self.bundle.regression else np.int64))
         try:
             outputs = self.bundle.outputs(frame)
         except ValueError as err:  # a value the columns cannot encode (an image that does not decode, or of another size)

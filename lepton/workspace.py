@@ -200,6 +200,11 @@ class Workspace:
     def read_schema(self) -> dict[str, Any] | None:
         return json.loads(self.schema_path.read_text()) if self.schema_path.exists() else None
 
+    def declared_otherwise(self, columns: dict[str, str], task: str) -> list[str]:
+        """What lepton.yaml declares (``data.columns``, ``data.task``) otherwise than the schema holds; none without one."""
+        state = self.read_schema()
+        return declared_changes(state, columns, task) if state is not None else []
+
     def write_schema(self, schema: dict[str, Any]) -> None:
         self.write_atomically(self.schema_path, json.dumps(schema, indent=2, sort_keys=True) + "\n")
 
@@ -239,3 +244,12 @@ class Workspace:
             yield
         finally:
             lock.release()
+
+
+def declared_changes(schema: dict[str, Any], columns: dict[str, str], task: str) -> list[str]:
+    """What ``columns`` and ``task`` (lepton.yaml's data.columns and data.task) declare otherwise than ``schema`` (a
+    DataSchema's dict) holds, said; ``task: auto`` declares nothing."""
+    kinds, features = schema.get("kinds") or {}, schema.get("features") or []
+    changes = [f"data.task: {task} (was {schema.get('task', 'classification')})"] if task not in ("auto", schema.get("task", "classification")) else []
+    changes += [f"column {c!r}: {k} (was {kinds.get(c, 'numeric')})" for c, k in columns.items() if c in features and kinds.get(c, "numeric") != k]
+    return changes

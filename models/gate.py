@@ -82,6 +82,7 @@ def decide(
     r2: tuple[float | None, float | None] = (None, None),
     old_label: str = "earlier holdouts",
     champion_r2: tuple[float | None, float | None] = (None, None),
+    alone: str = "no champion yet",
 ) -> GateDecision:
     """Pass when the candidate clears the floors and, against a champion, is not worse on new data than the
     margin allows (``superior``: gains, at the bootstrap's confidence), without forgetting more than allowed.
@@ -91,6 +92,7 @@ def decide(
     ``r2`` gives the candidate's R² on the new holdout and on all holdouts for the floor,
     the margin and forgetting are relative to the champion's MAE). ``old_label`` names
     the earlier holdouts forgetting is judged on. ``champion_r2``: the champion's R² on the same holdouts.
+    ``alone``: why there is no champion to compare with, when there is none.
 
     A floor guards against a broken candidate, not against a hard holdout: where the champion scores
     no better on the same rows, a candidate under the floor but not under the champion is judged by
@@ -119,7 +121,7 @@ def decide(
     if new_champion is None:
         few = len(new_candidate) < config.min_holdout_rows
         # On a few rows a floor says little (2 rows: 50% or 100%): said, so that a first model is not taken as judged.
-        checks["no champion yet: the floors decide" + (
+        checks[f"{alone}: the floors decide" + (
             f", on a new holdout of {len(new_candidate)} rows (fewer than gate.min_holdout_rows={config.min_holdout_rows}: a rough judge)" if few else ""
         )] = True
         return _decision(checks)

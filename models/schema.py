@@ -12,6 +12,7 @@ from pandas.api import types
 from lepton.models import columns as kinds_of
 from lepton.models.columns import native as _native
 from lepton.models.columns import task_of
+from lepton.workspace import declared_changes
 
 # Category values remembered per column for reporting new ones (the model's vocabulary is separate).
 SEEN_VALUES = 500
@@ -122,6 +123,30 @@ class DataSchema:
             schema = schema.widened(frame)
         return schema
 
+    def declared_changes(self, columns: dict[str, str], task: str) -> list[str]:
+        """What lepton.yaml now declares otherwise than this schema holds (``data.columns``, ``data.task`` other than auto), said."""
+        return declared_changes(self.to_dict(), columns, task)
+
+    def redeclared(self, frames: list[pd.DataFrame], columns: dict[str, str], task: str) -> DataSchema:
+        """This schema with the kinds and task lepton.yaml now declares, read again from ``frames`` (the accepted increments)."""
+        chosen = self.task if task == "auto" else task
+        kinds, why = dict(self.kinds), dict(self.why)
+        for column, kind in columns.items():
+            if column in self.features and self.kind(column) != kind:
+                kinds[column], why[column] = kind, "declared in data.columns"
+        shapes = {c: list(v) for c, v in self.shapes.items() if kinds.get(c) == "image"}
+        for column in [c for c, k in kinds.items() if k == "image" and c not in shapes]:
+            shape = kinds_of.image_shape(frames[0][column])
+            if shape is None:  # nothing in it decodes as an image, as DataSchema.infer decides
+                kinds[column], why[column] = "ignore", why[column] + "; no value decodes as an image"
+            else:
+                shapes[column] = list(shape)
+        label_kind = label_kind_of(frames[0][self.label], chosen) if chosen != self.task else self.label_kind
+        schema = DataSchema(self.label, list(self.features), label_kind, kinds=kinds, why=why, task=chosen, shapes=shapes)
+        for frame in frames:
+            schema = schema.widened(frame)
+        return schema
+
     def magnitude_columns(self) -> list[str]:
         """The columns whose typical magnitude is kept: numeric features, and the label of a regression."""
         return self.of_kind("numeric") + ([self.label] if self.task == "regression" else [])
@@ -204,3 +229,4 @@ def label_kind_of(series: pd.Series, task: str = "classification") -> str:
     if types.is_float_dtype(values) and len(values) and bool(np.all(np.mod(values.to_numpy(dtype=np.float64), 1.0) == 0)):
         return "int"
     return "str"
+

@@ -77,6 +77,19 @@ def plan_retraining(
     return with_rival(plan, earlier, retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain")
 
 
+@task(name="plan-training-anew", cache_policy=NO_CACHE)
+def plan_anew(
+    history: History, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
+    left_out: list[str] | tuple[str, ...] = (), *, why: str,
+) -> TrainingPlan:
+    """A new network on every accepted training row, for a champion that reads the data otherwise than the schema now does
+    (``why``: what lepton.yaml declares since); ``learnt`` and ``left_out`` as in ``plan_training``."""
+    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out])
+    everything = train_frame if earlier is None else pd.concat([earlier, train_frame], ignore_index=True)
+    note = f"lepton.yaml declares {why}: a new network learns all {len(everything)} accepted training rows ({len(train_frame)} new), read the new way"
+    return TrainingPlan(everything, warm_start=False, note=note)
+
+
 def _earlier_rows(history: History, new_id: str, config: LeptonConfig, skip: list[str]) -> pd.DataFrame | None:
     """The training rows of the accepted increments other than ``new_id`` and ``skip`` (those the plan's rows hold already,
     and those no network should learn), in arrival order."""

@@ -72,9 +72,14 @@ class RunOutcome(BaseModel):
         )
 
     @classmethod
-    def duplicate(cls, increment_id: str, known: IncrementRecord) -> RunOutcome:
-        """The same content was processed before: nothing to do."""
-        return cls(status="duplicate", increment_id=increment_id, file=known.file, message=f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do")
+    def duplicate(cls, increment_id: str, known: IncrementRecord, pending: list[str] | None = None) -> RunOutcome:
+        """The same content was processed before: nothing to do. ``pending``: what lepton.yaml declares since the first
+        increment decided otherwise (see ``lepton.tasks.splits.redeclare``), which the next increment applies."""
+        message = f"duplicate of increment {known.id} ({known.state}, {known.file}): nothing to do"
+        if pending:
+            message += (f"; lepton.yaml declares {'; '.join(pending)}: the next increment applies it (a new network learns "
+                        "every accepted increment, read the new way)")
+        return cls(status="duplicate", increment_id=increment_id, file=known.file, message=message)
 
     @classmethod
     def raced(cls, increment_id: str, file: str, registration: Registration) -> RunOutcome:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,26 +195,18 @@ def _end_abandoned_runs(client: Any, experiment_id: str, increment_id: str) -> N
         client.set_terminated(run.info.run_id, status="KILLED")
 
 
-def consumer_signature(features: pd.DataFrame, predictions: Any) -> Any:
-    """The raw columns' own types, as consumers send data as it arrives; integer columns take any value.
+def consumer_signature(predictions: Any) -> Any:
+    """What the model returns and the parameter it takes (``probabilities``), and no input types: consumers send raw
+    columns as they arrive, and the model reads and checks them itself (``lepton.serving.input_problems``).
 
-    MLflow refuses NaN in a column declared long, and refuses int64 in one declared double
-    (it cannot "safely" convert): a column of integers that may come with gaps is neither,
-    and the model's own preprocessing reads it either way.
+    MLflow holds an input to the types it was logged with, strictly: it refuses int64 in a column declared double
+    (a CSV of whole numbers, as most consumer batches read), NaN in one declared long, a float NaN in one declared
+    string (an empty text cell in a one-row batch), and its scoring server cannot read a CSV request for a column
+    declared any type. The model's input example still names the columns.
     """
     from mlflow.models import infer_signature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    with warnings.catch_warnings():
-        # Its hint about integer columns and missing values: the columns it means are declared as any type below.
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
-        signature = infer_signature(features, predictions, params={"probabilities": False})
-    integers = {c for c in features.columns if pd.api.types.is_integer_dtype(features[c]) and not pd.api.types.is_bool_dtype(features[c])}
-    # Image bytes too: MLflow's scoring server base64-decodes a binary column and fails on a JSON null there;
-    # taken as they come, the model decodes base64 text itself and imputes a null image as a missing one.
-    images = {c for c in features.columns if features[c].map(lambda v: isinstance(v, (bytes, bytearray))).any()}
-    signature.inputs = Schema([ColSpec(AnyType(), spec.name) if spec.name in integers | images else spec for spec in signature.inputs.inputs])
-    return signature
+    return infer_signature(None, predictions, params={"probabilities": False})
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -249,7 +240,7 @@ def register(
     name, increment_id, parent, tags = config.model_name, lineage.increment_id, lineage.parent_version, lineage.tags()
     candidate = dataclasses.replace(candidate, meta={**candidate.meta, **(meta or {})})
     features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
-    signature = consumer_signature(features, candidate.predict(features))
+    signature = consumer_signature(candidate.predict(features))
     with ws.lock("champion"):
         existing = _live_version(client, name, increment_id)
         current = champion_version(client, name)

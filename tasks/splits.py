@@ -8,7 +8,7 @@ import pickle
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from lepton.models.schema import DataSchema
 from lepton.models.splits import holdout_split, row_hashes
 from lepton.tasks.ingest import read_increment
 from lepton.workspace import Workspace
+
+if TYPE_CHECKING:
+    from lepton.models.bundle import Bundle
 
 
 @task(name="read-increment", cache_policy=NO_CACHE)
@@ -138,6 +141,43 @@ def narrow_schema(ws: Workspace, history: History, left_out: list[str] | tuple[s
         frames = [history.frames[r.id] if r.id in history.frames else stored_rows(ws, r.id, ws.root / r.file)[0] for r in kept]
         if frames:
             ws.write_schema(DataSchema.from_dict(state).rebuilt(frames).to_dict())
+
+
+def redeclare(ws: Workspace, data: DataConfig) -> list[str]:
+    """The workspace schema with the column kinds and task lepton.yaml declares now, when they differ from what the
+    first increment decided: read again from every accepted increment. Returns the changes, said (none: nothing done).
+
+    A declaration added after the first increment (a count that is an amount, an id read as a number) would otherwise
+    be ignored for good. The networks trained from here read the new schema; the champion, encoded the old way, is
+    not fine-tuned but replaced by a new network on everything (see ``encoding_changed``).
+    """
+    with ws.lock("data"):
+        state = ws.read_schema()
+        if state is None:
+            return []
+        schema = DataSchema.from_dict(state)
+        changes = schema.declared_changes(data.columns, data.task)
+        if not changes:
+            return []
+        accepted = ws.read_manifest().accepted()
+        frames = [stored_rows(ws, r.id, ws.root / r.file)[0] for r in accepted]
+        if frames:
+            ws.write_schema(schema.redeclared(frames, data.columns, data.task).to_dict())
+        return changes
+
+
+def encoding_changed(champion: Bundle, schema_state: dict[str, Any]) -> str | None:
+    """How the workspace schema now reads the data otherwise than ``champion`` was trained to (``redeclare``), or None.
+
+    Such a champion cannot be fine-tuned (its inputs or outputs mean something else); where the task changed, its
+    predictions do not even compare with a candidate's.
+    """
+    schema = DataSchema.from_dict(schema_state)
+    old = champion.preprocessor
+    if old.task != schema.task:
+        return f"data.task: {schema.task}, where the champion predicts {'a number' if old.task == 'regression' else 'classes'}"
+    kinds = [f"{c!r} {schema.kind(c)} (was {old.kinds.get(c, 'numeric')})" for c in schema.features if old.kinds.get(c, "numeric") != schema.kind(c)]
+    return f"data.columns: {', '.join(kinds)}" if kinds else None
 
 
 def not_learnt(history: History, new_id: str, learnt_from: str | None) -> list[str]:

@@ -209,8 +209,9 @@ def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, floa
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None) -> GateDecision:
-    """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed."""
+def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None, alone: str = "no champion yet") -> GateDecision:
+    """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed;
+    ``alone``: why the candidate is not compared with a champion, when it is not."""
     has_champion = evaluation.champion is not None
     note = None
     if change_at is not None and change_at == evaluation.new_id and has_champion and evaluation.old_ids:
@@ -241,7 +242,7 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
         new_champion=evaluation.pooled("champion", [evaluation.new_id]) if has_champion else None,
         old_candidate=evaluation.pooled("candidate", old_ids),
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
-        config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2,
+        config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2, alone=alone,
     )
     if note is not None:
         decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: True})

@@ -136,12 +136,13 @@ def start_process(cmd: list[str], *, log: Path, env: dict[str, str] | None = Non
         handle.close()
 
 
-def invoke(port: int, body: bytes) -> tuple[int, str]:
-    """POST a JSON body to a scoring server's /invocations on 127.0.0.1: (HTTP status, response text), errors included."""
+def invoke(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
+    """POST a body (JSON unless ``content_type`` says otherwise) to a scoring server's /invocations on 127.0.0.1:
+    (HTTP status, response text), errors included."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode()

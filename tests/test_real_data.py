@@ -164,6 +164,25 @@ def test_champion_predicts_on_integers_as_they_arrive(churn):
     assert np.asarray(model.predict(gapless)).shape == (len(gapless),)
 
 
+def test_champion_takes_batches_as_consumers_read_them(fuel):
+    """A float column that arrives as whole numbers (a CSV without decimals reads as int64), a text column with
+    only gaps (a one-row CSV with an empty cell reads as float NaN), no rows: answers, not MLflow type errors.
+    A column not sent is named."""
+    from mlflow.exceptions import MlflowException
+
+    model = champion_model(fuel["ws"])
+    fresh = regression_rows(20, 7).drop(columns=["y"])
+    whole = fresh.assign(x1=np.round(fresh["x1"]).astype("int64"))
+    assert np.asarray(model.predict(whole)).shape == (20,)
+    gaps = fresh.assign(region=np.nan)
+    assert gaps["region"].dtype == np.float64
+    assert np.isfinite(np.asarray(model.predict(gaps))).all()
+    empty = np.asarray(model.predict(fresh.iloc[:0]))
+    assert empty.shape == (0,) and empty.dtype == np.float64
+    with pytest.raises(MlflowException, match=r"cannot score this input: missing column\(s\) 'x2'"):
+        model.predict(fresh.drop(columns=["x2"]))
+
+
 def regression_rows(n: int, seed: int) -> pd.DataFrame:
     """y = 3*x1 - 2*x2 + a region's offset + noise (sd 0.1): a float target with many distinct values."""
     rng = np.random.default_rng(seed)
@@ -545,3 +564,59 @@ def test_while_no_model_has_passed_the_gate_a_new_one_learns_every_accepted_incr
     # The scaler counted the training rows of both increments: the first one's data was learnt too.
     trained = sum(len(split(f, 0.2)[0]) for f in frames)
     assert champion.bundle.preprocessor.count == trained
+
+
+def counts(n: int, seed: int) -> pd.DataFrame:
+    """Whole-number counts 0-5 that follow a rule on a and b (c is noise): read as six classes unless declared amounts."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    y = np.clip(np.round(2 + x[:, 0] + 0.5 * x[:, 1] + rng.normal(0, 0.3, n)), 0, 5).astype(int)
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "count": y})
+
+
+def test_a_task_or_column_kind_declared_after_the_first_increment_takes_effect(tmp_path, prefect_api):
+    """The first increment reads whole-number counts as classes; data.task: regression in lepton.yaml then makes the
+    next increment train a network on every accepted row as a regression, judged by the floors (class predictions do
+    not compare with numbers), and consumers get numbers. A column declared ignore later is dropped the same way, and
+    that network is compared with the champion as usual. Before, both declarations were ignored for good."""
+    import yaml
+
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "ws", "count", "counts")
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"c{i}.parquet")
+        counts(240, i).to_parquet(paths[-1], index=False)
+
+    def declare(**data):
+        config = yaml.safe_load((ws.root / "lepton.yaml").read_text())
+        config["data"].update(data)
+        (ws.root / "lepton.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    first = continual_training(str(paths[0]), str(ws.root), FAST)
+    assert first.status == "promoted" and first.notes[0] == "label 'count': classes"
+
+    declare(task="regression")
+    again = continual_training(str(paths[0]), str(ws.root), FAST)
+    assert again.status == "duplicate" and "lepton.yaml declares data.task: regression (was classification): the next increment applies it" in again.message
+    second = continual_training(str(paths[1]), str(ws.root), FAST)
+    assert second.status == "promoted" and second.champion_version == 2, second.message
+    assert json.loads(ws.schema_path.read_text())["task"] == "regression"
+    assert second.training_note.startswith("lepton.yaml declares data.task: regression, where the champion predicts classes: a new network learns all")
+    assert any(r.startswith("data.task: regression, where the champion predicts classes, so its predictions do not compare") for r in second.reasons), second.reasons
+    fresh = counts(100, 9)
+    predicted = np.asarray(champion_model(ws).predict(fresh.drop(columns=["count"])))
+    assert predicted.dtype == np.float64 and not np.allclose(predicted, np.round(predicted))
+    assert np.abs(predicted - fresh["count"]).mean() < 0.6  # the mean alone: about 0.9
+
+    declare(columns={"c": "ignore"})
+    third = continual_training(str(paths[2]), str(ws.root), FAST)
+    assert third.status in ("promoted", "kept_out"), third.message
+    assert third.training_note.startswith("lepton.yaml declares data.columns: 'c' ignore (was numeric): a new network learns all")
+    # The same task: compared with the champion on the same rows, as any candidate.
+    assert any(r.startswith("MAE gain on the new and earlier holdouts") for r in third.reasons), third.reasons
+    schema = json.loads(ws.schema_path.read_text())
+    assert (schema["kinds"]["c"], schema["why"]["c"]) == ("ignore", "declared in data.columns")
+    if third.status == "promoted":
+        assert "c" not in champion_model(ws).unwrap_python_model().bundle.preprocessor.used

@@ -231,7 +231,7 @@ def tables(
 
     import torch
 
-    # MLflow's hint about integer columns in signatures, once per registered version.
+    # MLflow's user warnings (its hints about inputs), once per registered version.
     warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
     torch.set_num_threads(1)  # small networks: one thread avoids oversubscribing the cores
     for name in ("prefect", "dvc", "great_expectations", "mlflow"):

@@ -179,10 +179,11 @@ def _finished_duplicate(ws: Workspace, path: Path, overrides: list[str]) -> Any:
     from lepton.workspace import content_id
 
     known = ws.read_manifest().find(content_id(path))
-    if known is None or known.state != "accepted" or not ws.is_finished(known.id, registry_key_of(ws, load(ws.root, overrides).registry)):
+    config = load(ws.root, overrides)
+    if known is None or known.state != "accepted" or not ws.is_finished(known.id, registry_key_of(ws, config.registry)):
         return None
     ws.note_duplicate(known.id, source_name(path))
-    return RunOutcome.duplicate(known.id, known)
+    return RunOutcome.duplicate(known.id, known, ws.declared_otherwise(config.data.columns, config.data.task))
 
 
 def retry(
