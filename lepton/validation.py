@@ -365,6 +365,8 @@ def content_checks(
                 f"label column {label!r} holds a single class ({_examples(labels, 1)}): a first increment needs at least two classes to train a model"
                 + ("; if it is a number to predict, set data.task=regression" if types.is_numeric_dtype(labels) else "")
             )
+        if not first and config.allow_new_classes:
+            warnings += _new_classes(labels, schema)
     # Equal rows hash alike: one pass over the hashes the split needs anyway, where comparing the columns took 1.2 s of a
     # million-row increment's 5 s budget.
     repeated = int(pd.Series(hashes).duplicated().sum())
@@ -378,6 +380,22 @@ def content_checks(
         problems += _unit_changes(frame, schema, config.unit_change)
         warnings += _growth(frame, schema, config)
     return problems, warnings
+
+
+def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
+    """Label values never seen before: learnt from now on (class-incremental data), and said, as a new category is; a new
+    class that differs from a known one only in case or spacing ('Car ' beside 'car') is most likely a dirty export."""
+    known = {kinds_of.native(c) for c in schema.classes}
+    new = [v for v in (kinds_of.native(c) for c in pd.unique(labels)) if v not in known]
+    if not new:
+        return []
+    said = f"label {schema.label!r}: {len(new)} new class(es) ({', '.join(repr(v) for v in new[:5])}{', ...' if len(new) > 5 else ''}), learnt from now on"
+    folded = {" ".join(str(c).split()).casefold(): c for c in schema.classes}
+    alike = [(v, folded[key]) for v in new if (key := " ".join(str(v).split()).casefold()) in folded]
+    if alike:
+        said += ("; " + ", ".join(f"{v!r} differs from the known {c!r} only in case or spacing" for v, c in alike[:3])
+                 + ": if it is the same class, fix the export, as these rows teach a class of their own")
+    return [f"{said} (data.allow_new_classes=false rejects new classes)"]
 
 
 def _unit_changes(frame: pd.DataFrame, schema: DataSchema, limit: float) -> list[str]:

@@ -123,6 +123,23 @@ def test_unseen_labels_rejected_when_the_config_says_so():
     assert any("never seen before" in p and "7" in p for p in report.problems)
 
 
+def test_new_classes_are_accepted_and_said_with_a_lookalike_named():
+    """A class never seen is learnt (class-incremental data) and said, as a new category is; 'Car ' beside a known 'car'
+    is named as differing only in case or spacing. Known classes alone say nothing."""
+    schema = DataSchema.infer(good(200, seed=1).assign(y=np.where(good(200, seed=1)["y"] == 1, "car", "bus")), "y")
+    frame = good().assign(y=["car", "bus", "train", "Car "] * 10)
+    report = validate_frame(frame, schema, CONFIG)
+    assert report.passed, report.problems
+    [said] = [w for w in report.warnings if w.startswith("label 'y'")]
+    assert said == (
+        "label 'y': 2 new class(es) ('train', 'Car '), learnt from now on; 'Car ' differs from the known 'car' only in case or spacing: "
+        "if it is the same class, fix the export, as these rows teach a class of their own (data.allow_new_classes=false rejects new classes)"
+    )
+    known = validate_frame(good().assign(y=["car", "bus"] * 20), schema, CONFIG)
+    assert not [w for w in known.warnings if w.startswith("label")]
+    assert not [w for w in validate_frame(good(), SCHEMA, CONFIG).warnings if w.startswith("label")]
+
+
 def test_holdout_must_not_be_empty():
     """An increment too small to split off a holdout is rejected with the fraction named."""
     config = DataConfig(label="y", min_rows=1, holdout_fraction=0.01)
