@@ -89,8 +89,8 @@ class DriftReport:
         return self.label is not None and self.label.drifted
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every test as a plain dict (feature, test, statistic, p_value, drifted); the label last."""
-        return [f.as_dict() for f in [*self.features, *([self.label] if self.label else [])]]
+        """Every test as a plain dict (feature, test, statistic, p_value, drifted, label); the label's last, with label true."""
+        return [{**f.as_dict(), "label": f is self.label} for f in [*self.features, *([self.label] if self.label else [])]]
 
     def summary(self) -> str:
         """What drifted, in words (empty when nothing did)."""
@@ -181,16 +181,28 @@ def _sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFra
     return frame.iloc[np.sort(rng.choice(len(frame), size=n, replace=False))]
 
 
-def matched_reference(history: pd.DataFrame, current: pd.DataFrame, label: str, cap: int, rng: np.random.Generator) -> pd.DataFrame:
+def matched_reference(
+    history: pd.DataFrame, current: pd.DataFrame, label: str, cap: int, rng: np.random.Generator, min_rows: int = 0,
+) -> pd.DataFrame:
     """Rows of the history in the increment's class proportions, at most ``cap``.
 
     Every class is sampled at the same rate relative to its count in the increment, the
     largest rate the cap and the scarcest class allow, so the sample's class mix matches.
+    Where a class the history holds a few rows of would leave fewer than ``min_rows`` (a
+    class that turned up once before, and now five times), the scarcest classes are left
+    out of the sample, and the caller compares the increment's other classes only: else
+    a single rare class kept every feature untested.
     """
     wanted = current[label].value_counts()
     have = history[label].value_counts().reindex(wanted.index, fill_value=0)
-    rate = min(cap / wanted.sum(), float((have / wanted).min()))
-    parts = [_sample(history[history[label] == c], int(np.floor(rate * n)), rng) for c, n in wanted.items()]
+    ratio = (have / wanted).sort_values(kind="stable")
+    kept, rate = ratio.index, 0.0
+    for skip in range(len(ratio)):
+        kept = ratio.index[skip:]
+        rate = min(cap / wanted[kept].sum(), float(ratio.iloc[skip]))
+        if sum(int(np.floor(rate * wanted[c])) for c in kept) >= min_rows:
+            break
+    parts = [_sample(history[history[label] == c], int(np.floor(rate * wanted[c])), rng) for c in wanted.index if c in kept]
     return pd.concat(parts) if parts else history.iloc[:0]
 
 
@@ -252,7 +264,8 @@ def measure(
     else:
         label_test = _label_test(history[label], current[label], config, fixed_classes)
         current = _sample(current, config.reference_cap, rng)
-        reference = matched_reference(history, current, label, config.reference_cap, rng)
+        reference = matched_reference(history, current, label, config.reference_cap, rng, config.min_rows)
+        current = current[current[label].isin(pd.unique(reference[label]))] if len(reference) else current
     images = [c for c in features if kinds_of.looks_like_images(current[c])]
     if images:  # bytes compare as nothing: each image column is compared by its images' brightness and contrast
         current, reference = image_statistics(current, images), image_statistics(reference, images)

@@ -174,7 +174,7 @@ def test_label_shift_over_known_classes():
     report = measure(history, increment, label="y", config=DEFAULT)
     assert report.label is not None and report.label.feature == "y" and report.label.test == "chi2"
     assert report.label_drifted and report.drifted and report.drifted_features == []
-    assert report.rows()[-1] == report.label.as_dict()
+    assert report.rows()[-1] == {**report.label.as_dict(), "label": True}
 
 
 def test_class_mix_change_is_label_drift_not_feature_drift():
@@ -221,6 +221,18 @@ def test_reference_matches_the_increment_class_mix_and_is_deterministic():
     report_a = measure(history, increment, label="y", config=DEFAULT)
     report_b = measure(history, increment, label="y", config=DEFAULT)
     assert report_a.rows() == report_b.rows()
+
+
+def test_a_class_rare_in_the_history_does_not_leave_the_features_untested():
+    """The history holds one row of class 2, the increment 30: matched on all classes, the sample would be 5 rows and no
+    feature tested; class 2 is left out of the comparison, and the features are tested on classes 0 and 1."""
+    history = gaussian(400, 0, classes=2)
+    history.loc[0, "y"] = 2
+    increment = gaussian(150, 1, classes=2)
+    increment.loc[:29, "y"] = 2
+    report = measure(history, increment, label="y", config=DEFAULT)
+    assert report.skipped is None and len(report.features) == 64
+    assert report.current_rows == 120 and report.reference_rows >= DEFAULT.min_rows
 
 
 def test_missing_history_column_is_named():
@@ -410,8 +422,9 @@ def test_first_and_clean_increments(drift_runs):
     assert first.drift_skipped.startswith("the first increment") and clean.drift_skipped is None  # why, in the summary and the report
     assert clean.status in ("promoted", "kept_out") and clean.drift_action is None
     assert len(clean.drift) == 65 and not any(row["drifted"] for row in clean.drift)
-    assert all(set(row) == {"feature", "test", "statistic", "p_value", "drifted"} for row in clean.drift)
-    assert clean.drift[-1]["feature"] == "digit" and clean.drift[-1]["test"] == "chi2"
+    assert all(set(row) == {"feature", "test", "statistic", "p_value", "drifted", "label"} for row in clean.drift)
+    assert clean.drift[-1]["feature"] == "digit" and clean.drift[-1]["test"] == "chi2" and clean.drift[-1]["label"]
+    assert not any(row["label"] for row in clean.drift[:-1])
 
 
 @pytest.mark.integration

@@ -92,6 +92,12 @@ def test_drift_section_shows_each_feature_or_says_it_was_not_measured(tmp_path):
     assert "41.5000" in section and "1.234e-05" in section and "0.8123" in section
     none = pages.render_html(_data(), {})
     assert "Drift was not measured for this run." in none
+    # The label's test is the label's, not a feature's; a run that could test the label alone says no feature was.
+    label = {"feature": "price", "test": "ks", "statistic": 0.468, "p_value": 0.0001, "drifted": True, "label": True}
+    with_label = pages.render_html(_data(drift=[pages.DriftRow.model_validate(d) for d in [*drift, label]], drift_action="warn"), {})
+    assert "2 of 3 feature(s) drifted; the label drifted; action" in with_label
+    alone = pages.render_html(_data(drift=[pages.DriftRow.model_validate({**label, "drifted": False})]), {})
+    assert "No feature tested (too few history rows to compare with, or none of the increment's classes); the label did not drift." in alone
 
 
 def test_training_section_says_which_network_went_to_the_gate(tmp_path):

@@ -298,7 +298,9 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     drift = getattr(outcome, "drift", None)
     if drift is not None:
         drifted = [row["feature"] for row in drift if row["drifted"]]
-        table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none in {len(drift)} test(s)")
+        features = sum(not row.get("label") for row in drift)
+        tested = (f"{features} feature(s)" if features else "no feature (too few history rows to compare with)") + (" and the label" if features < len(drift) else "")
+        table.add_row("drift", f"[yellow]{len(drifted)} drifted: {', '.join(drifted[:8])}{' ...' if len(drifted) > 8 else ''} (action {outcome.drift_action})[/yellow]" if drifted else f"none; tested {tested}")
     elif getattr(outcome, "drift_skipped", None) and outcome.status != "rejected":
         table.add_row("drift", f"not measured: {outcome.drift_skipped}")
     if getattr(outcome, "training_note", None):

@@ -32,6 +32,7 @@ class DriftRow(BaseModel):
     statistic: float
     p_value: float | None = None
     drifted: bool
+    label: bool = False  # the test of the label (the mix of known classes, or a numeric target), not a feature
 
 
 class HoldoutRow(BaseModel):

@@ -124,7 +124,9 @@ def render_html(data: ReportData, plots: dict[str, Path], page_folder: Path | No
         lineage=_lineage(data),
         docs_href=docs_href,
         drift_rows=drift_rows,
-        drifted=sum(r.drifted for r in drift_rows),
+        drifted=sum(r.drifted for r in drift_rows if not r.label),
+        features_tested=sum(not r.label for r in drift_rows),
+        label_row=next((r for r in drift_rows if r.label), None),
         regression="candidate_new_mae" in data.summary,
         pct=_pct, num=_num, signed=_signed, loss=_loss, delta=_delta, delta_class=_delta_class,
     )
