@@ -552,8 +552,12 @@ def validate_frame(
     if implied is not None and not (set(implied.features) - set(frame.columns)):
         more, warnings = content_checks(prepared, implied, unreadable, config, first, hashes)
         problems += [p for p in more if p not in problems]
+    if frame.attrs.get("separator"):  # see tasks.ingest.separator_of
+        warnings.append(f"read as separated by {frame.attrs['separator']!r}: its header line holds no comma")
     for column, example in (frame.attrs.get("grouped") or {}).items():  # see tasks.ingest.with_grouped_numbers
         warnings.append(f"column {column!r}: numbers written with thousands separators (e.g. {example!r}), read as numbers")
+    for column, example in (frame.attrs.get("decimal_commas") or {}).items():  # see tasks.ingest.with_decimal_commas
+        warnings.append(f"column {column!r}: numbers written with a decimal comma (e.g. {example!r}), read as numbers")
     dropped = int(frame[config.label].isna().sum()) if config.label in frame.columns else 0
     if dropped and not problems:  # a rejected increment drops nothing: it is quarantined whole
         warnings.append(f"{dropped} row(s) without a label dropped (data.max_missing_labels={config.max_missing_labels:g})")

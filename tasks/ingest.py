@@ -102,10 +102,14 @@ def read_increment(path: Path) -> pd.DataFrame:
         raise ValueError(f"unsupported format {suffix if suffix != '.bin' else '(unknown)'}; use .csv or .parquet")
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path)
-            header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+            sep = separator_of(path)
+            frame = pd.read_csv(path, sep=sep)
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
             frame.attrs["header"] = header.iloc[0].tolist() if len(header) else []
-            return with_grouped_numbers(frame)
+            if sep != ",":
+                frame.attrs["separator"] = sep
+            # Where ';' separates, a comma is the decimal mark (a European spreadsheet's export).
+            return with_decimal_commas(frame) if sep == ";" else with_grouped_numbers(frame)
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user
         if FORMATS[suffix] == "Parquet":
@@ -119,6 +123,50 @@ def read_increment(path: Path) -> pd.DataFrame:
             if repeated is not None:
                 raise ValueError(repeated) from None
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
+
+
+# What separates a CSV file's columns when its header line holds no comma: a European spreadsheet's ';', a tab, a '|'.
+SEPARATORS = (";", "\t", "|")
+
+
+def separator_of(path: Path) -> str:
+    """',' unless the header line holds none and one of ``SEPARATORS``: then the one it holds most of.
+
+    A file separated by ';' or tabs read as one column, and was rejected for missing the label.
+    """
+    with open(path, "rb") as file:
+        line = file.readline(1 << 16).decode("utf-8", errors="replace")
+    if "," in line:
+        return ","
+    counts = {sep: line.count(sep) for sep in SEPARATORS}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+# A number with a decimal comma ("3,5", "-0,25"), in a file separated by ';'.
+DECIMAL_COMMA = r"^\s*[+-]?\d*,\d+\s*$"
+
+
+def with_decimal_commas(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each text column that holds only numbers, some with a decimal comma, read as numbers; the columns
+    read so, with an example of each, in ``frame.attrs["decimal_commas"]`` for validation to report."""
+    read: dict[str, str] = {}
+    for column in frame.columns:
+        values = frame[column]
+        if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
+            continue
+        present = values.dropna()
+        if not len(present) or not isinstance(present.iloc[0], str):
+            continue
+        text = present.astype("string")
+        comma = text.str.match(DECIMAL_COMMA)
+        if not comma.any() or not (comma | text.str.match(PLAIN)).all():
+            continue
+        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", ".", regex=False).str.strip(), errors="coerce").astype("float64")
+        read[str(column)] = str(text[comma].iloc[0]).strip()
+    if read:
+        frame.attrs["decimal_commas"] = read
+    return frame
 
 
 # Numbers as a spreadsheet exports them: digits grouped by three with commas ("8,855", "-1,234,567.5"), beside plain

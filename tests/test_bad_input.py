@@ -345,3 +345,26 @@ def test_numbers_with_thousands_separators_are_read_as_numbers(tmp_path):
     later = tmp_path / "later.csv"
     frame.assign(miles=[f"{m + 7:,}" for m in miles]).to_csv(later, index=False)
     assert validate_frame(read_increment(later), schema, DataConfig(label="y")).passed
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_file_separated_by_semicolons_or_tabs_is_read_as_its_columns(tmp_path, sep):
+    """A European spreadsheet's export (';' between columns, a comma as the decimal mark) and a tab-separated one: their
+    columns and numbers, and said; they read as one column before, rejected for missing the label. Text with commas stays text."""
+    from lepton.tasks.ingest import read_increment
+
+    rng = np.random.default_rng(4)
+    weight = rng.uniform(1, 9, 50).round(2)
+    decimal = "," if sep == ";" else "."
+    lines = ["weight{0}plan{0}note{0}y".format(sep)]
+    lines += [f"{str(w).replace('.', decimal)}{sep}{'pro' if i % 2 else 'free'}{sep}late, again{sep}{i % 2}" for i, w in enumerate(weight)]
+    path = tmp_path / "export.csv"
+    path.write_text("\n".join(lines) + "\n")
+    read = read_increment(path)
+    assert list(read.columns) == ["weight", "plan", "note", "y"]
+    assert read["weight"].tolist() == weight.tolist() and read["note"].iloc[0] == "late, again"
+    report = validate_frame(read, None, DataConfig(label="y"))
+    assert report.passed, report.problems
+    assert f"read as separated by {sep!r}: its header line holds no comma" in report.warnings
+    said = [w for w in report.warnings if "decimal comma" in w]
+    assert said == ([f"column 'weight': numbers written with a decimal comma (e.g. {str(weight[0]).replace('.', ',')!r}), read as numbers"] if sep == ";" else [])
