@@ -35,6 +35,13 @@ KINDS: tuple[str, ...] = get_args(Kind)
 DATETIME_PARTS = ("year", "month", "weekday", "hour")
 _WORD = re.compile(r"\w+")
 _DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?\s*$")
+# Dates with the month in words, as exports and spreadsheets write them: "Jan 1 2000", "1 January 2000", "01-Jan-2000",
+# "Sep 30, 2010 14:05", "Mar 2021".
+_MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_MONTH_DATE = re.compile(
+    rf"^\s*(?:\d{{1,2}}[ \-/.])?{_MONTH}\.?(?:[ \-/.]\d{{1,2}}(?:st|nd|rd|th)?)?,?[ \-/.]\d{{2,4}}(?:[ T]\d{{1,2}}:\d{{2}}(?::\d{{2}})?)?\s*$",
+    re.IGNORECASE,
+)
 
 
 # The first bytes of the image formats an image column may hold: PNG, JPEG, GIF, BMP, WebP (RIFF), TIFF.
@@ -148,9 +155,9 @@ def is_text_series(series: pd.Series) -> bool:
 
 
 def looks_like_dates(values: pd.Series) -> bool:
-    """Nearly every non-empty value is an ISO-like date or timestamp string."""
+    """Nearly every non-empty value is an ISO-like date or timestamp string, or a date with its month in words."""
     sample = values.dropna().astype(str).head(200)
-    return len(sample) > 0 and sample.str.match(_DATE_LIKE).mean() >= 0.95
+    return len(sample) > 0 and (sample.str.match(_DATE_LIKE) | sample.str.match(_MONTH_DATE)).mean() >= 0.95
 
 
 # Rows of a first increment from which a string column with nearly one value per row (this share of its values

@@ -184,3 +184,16 @@ def test_a_small_first_increment_reads_unrepeated_strings_as_one_value_per_row()
     assert infer_kind(surnames, max_categories=31)[0] == "identifier"
     assert infer_kind(pd.Series([f"Area{i % 12}" for i in range(16)]), max_categories=31)[0] == "categorical"
     assert infer_kind(names.head(8), max_categories=31)[0] == "categorical"
+
+
+@pytest.mark.parametrize("written", ["Jan 1 2000", "1 January 2000", "01-Jan-2000", "Sep 30, 2010 14:05", "2000-01-01"])
+def test_dates_with_the_month_in_words_are_dates(written):
+    """Vega's stocks table writes 'Jan 1 2000': read as 103 categories, later dates shared the unknown slot and drifted
+    on every increment. Words that only start like a month stay text."""
+    from lepton.models.columns import as_datetimes, infer_kind
+
+    column = pd.Series([written] * 30)
+    assert infer_kind(column, max_categories=31) == ("datetime", "date strings")
+    assert not as_datetimes(column).isna().any()
+    names = pd.Series(["Jane 2000", "Mayfair 12", "Marco 1999"] * 10)
+    assert infer_kind(names, max_categories=31)[0] != "datetime"
