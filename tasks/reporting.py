@@ -59,6 +59,7 @@ def gather(
                     increment_id=key, rows=len(score.paired), new=key == evaluation.new_id,
                     candidate_accuracy=score.primary, champion_accuracy=champion.primary if champion else None,
                     candidate_macro_f1=score.macro_f1, champion_macro_f1=champion.macro_f1 if champion else None,
+                    candidate_mae=score.mae, champion_mae=champion.mae if champion else None,
                 )
             )
     return pages.ReportData(

@@ -100,6 +100,18 @@ def test_drift_section_shows_each_feature_or_says_it_was_not_measured(tmp_path):
     assert "No feature tested (too few history rows to compare with, or none of the increment's classes); the label did not drift." in alone
 
 
+def test_a_numeric_target_reads_as_r2_and_mae_not_accuracy(tmp_path):
+    """R² as a number (0.829, not 82.9%), its change as a difference, MAE beside it, and the matrix named for R²."""
+    holdouts = [pages.HoldoutRow(increment_id="abc123", rows=10, new=True, candidate_accuracy=0.829, champion_accuracy=0.807,
+                                 candidate_mae=3.2, champion_mae=3.4)]
+    data = _data(holdouts=holdouts, summary={"candidate_new_mae": 3.2, "champion_new_mae": 3.4},
+                 matrix={"ids": ["abc123"], "rows": [[0.829]]}, lineage_metrics={"average_accuracy": 0.829, "forgetting": 0.0, "bwt": 0.0})
+    text = pages.render_html(data, {})
+    section = text[text.index("Candidate vs champion") : text.index("</section>", text.index("Candidate vs champion"))]
+    assert "0.8290" in section and "0.8070" in section and "+0.022" in section and "3.2000" in section and ">MAE<" in section
+    assert "%" not in section and "pts" not in section and "macro-F1" not in section
+
+
 def test_training_section_says_which_network_went_to_the_gate(tmp_path):
     """drift.action=compete and gate.fallback=retrain: the Training section names the network the gate judged, with both scores."""
     note = "drift.action=compete: a new network trained on all 588 accepted training rows competes with the fine-tuned candidate: the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0%)"

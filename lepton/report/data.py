@@ -43,6 +43,8 @@ class HoldoutRow(BaseModel):
     champion_accuracy: float | None = None
     candidate_macro_f1: float | None = None
     champion_macro_f1: float | None = None
+    candidate_mae: float | None = None  # a numeric target's, in its units (macro-F1 is for classes)
+    champion_mae: float | None = None
 
 
 class TrainingSummary(BaseModel):

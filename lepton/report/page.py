@@ -33,10 +33,12 @@ def _signed(value: float | None) -> str:
     return "-" if value is None or np.isnan(value) else f"{value:+.4f}"
 
 
-def _delta(h: HoldoutRow) -> str:
+def _delta(h: HoldoutRow, regression: bool = False) -> str:
+    """Candidate minus champion: accuracy points, or R² as it is for a numeric target."""
     if h.champion_accuracy is None:
         return "-"
-    return f"{(h.candidate_accuracy - h.champion_accuracy) * 100:+.1f} pts"
+    gain = h.candidate_accuracy - h.champion_accuracy
+    return f"{gain:+.3f}" if regression else f"{gain * 100:+.1f} pts"
 
 
 def _delta_class(h: HoldoutRow) -> str:

@@ -63,7 +63,7 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [v for v in np.arange(math.ceil(low / step) * step, high + step / 2, step) if low - 1e-12 <= v <= high + 1e-12]
 
 
-def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path:
+def heatmap(matrix: dict, path: Path, versions: list[str] | None = None, metric: str = "accuracy") -> Path:
     """R[i][j] as an SVG: rows are the lineage's models (candidate last), columns the holdouts; the last ``HEATMAP_CELLS`` of each."""
     r = np.array([[np.nan if v is None else v for v in row] for row in matrix["rows"]], dtype=float)
     rows, columns = r.shape
@@ -75,7 +75,7 @@ def heatmap(matrix: dict, path: Path, versions: list[str] | None = None) -> Path
     width = max(380, left + cell * r.shape[1] + 90)
     height = max(280, top + cell * r.shape[0] + bottom)
     shown = "" if (rows, columns) == r.shape else f" (the last {r.shape[0]} of {rows} models, {r.shape[1]} of {columns} holdouts)"
-    parts = [_text(width / 2, 20, "accuracy matrix R[i][j]" + shown, size=12 if shown else 14)]
+    parts = [_text(width / 2, 20, f"{metric} matrix R[i][j]" + shown, size=12 if shown else 14)]
     for (i, j), value in np.ndenumerate(r):
         x, y = left + j * cell, top + i * cell
         fill = "#f3f4f6" if np.isnan(value) else _viridis(value)
@@ -195,5 +195,5 @@ def draw_plots(data: ReportData, folder: Path) -> dict[str, Path]:
         metric = "R²" if "candidate_new_mae" in data.summary else "accuracy"
         plots["holdouts"] = holdout_bars(data.holdouts, folder / "holdouts.svg", metric)
     if data.matrix is not None:
-        plots["matrix"] = heatmap(data.matrix, folder / "accuracy_matrix.svg")
+        plots["matrix"] = heatmap(data.matrix, folder / "accuracy_matrix.svg", metric=metric)
     return plots
