@@ -11,6 +11,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+# Why an accepted increment is out of the model (its lineage's ``left_out``): said by the run that leaves it out and by
+# `lepton status`.
+LEFT_OUT_WHY = "labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
+
 TAG = "lepton."
 
 

@@ -202,6 +202,8 @@ class Workspace:
 
     def declared_otherwise(self, columns: dict[str, str], task: str) -> list[str]:
         """What lepton.yaml declares (``data.columns``, ``data.task``) otherwise than the schema holds; none without one."""
+        from lepton.models.declarations import declared_changes  # pure Python: no pandas on `lepton run`'s path for a duplicate
+
         state = self.read_schema()
         return declared_changes(state, columns, task) if state is not None else []
 
@@ -245,11 +247,3 @@ class Workspace:
         finally:
             lock.release()
 
-
-def declared_changes(schema: dict[str, Any], columns: dict[str, str], task: str) -> list[str]:
-    """What ``columns`` and ``task`` (lepton.yaml's data.columns and data.task) declare otherwise than ``schema`` (a
-    DataSchema's dict) holds, said; ``task: auto`` declares nothing."""
-    kinds, features = schema.get("kinds") or {}, schema.get("features") or []
-    changes = [f"data.task: {task} (was {schema.get('task', 'classification')})"] if task not in ("auto", schema.get("task", "classification")) else []
-    changes += [f"column {c!r}: {k} (was {kinds.get(c, 'numeric')})" for c, k in columns.items() if c in features and kinds.get(c, "numeric") != k]
-    return changes

@@ -12,7 +12,7 @@ from pandas.api import types
 from lepton.models import columns as kinds_of
 from lepton.models.columns import native as _native
 from lepton.models.columns import task_of
-from lepton.workspace import declared_changes
+from lepton.models.declarations import declared_changes
 
 # Category values remembered per column for reporting new ones (the model's vocabulary is separate).
 SEEN_VALUES = 500

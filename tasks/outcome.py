@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
+from lepton.lineage import LEFT_OUT_WHY
+
 if TYPE_CHECKING:
     from lepton.models.drift import DriftReport
     from lepton.models.gate import GateDecision
@@ -126,9 +128,6 @@ class RunOutcome(BaseModel):
             concept_change=concept_change, training_note=training_note,
         )
 
-
-# Why an accepted increment is out of the model: said by the run that leaves it out and by `lepton status`.
-LEFT_OUT_WHY = "labels unlike what the champion learnt (noise, another unit, or a change it did not follow)"
 
 
 def _left_out_warning(left_out: list[str] | tuple[str, ...]) -> list[str]:

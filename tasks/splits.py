@@ -176,7 +176,13 @@ def encoding_changed(champion: Bundle, schema_state: dict[str, Any]) -> str | No
     old = champion.preprocessor
     if old.task != schema.task:
         return f"data.task: {schema.task}, where the champion predicts {'a number' if old.task == 'regression' else 'classes'}"
-    kinds = [f"{c!r} {schema.kind(c)} (was {old.kinds.get(c, 'numeric')})" for c in schema.features if old.kinds.get(c, "numeric") != schema.kind(c)]
+    def reads(kind: str | None) -> str | None:  # identifiers and ignored columns alike give the network nothing
+        return None if kind in (None, "identifier", "ignore") else kind
+
+    # A model from before column kinds read every column as a number; one whose encoding came from a source model
+    # (train.transfer_from) knows nothing of this table's unread columns.
+    before = (lambda c: old.kinds.get(c)) if old.kinds else (lambda c: "numeric")
+    kinds = [f"{c!r} {schema.kind(c)} (was {before(c) or 'not read'})" for c in schema.features if reads(before(c)) != reads(schema.kind(c))]
     return f"data.columns: {', '.join(kinds)}" if kinds else None
 
 

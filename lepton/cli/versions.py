@@ -25,8 +25,8 @@ from lepton.cli.common import (
     quiet_libraries,
     shown,
 )
+from lepton.lineage import LEFT_OUT_WHY
 from lepton.secrets import credentials_out_of_uri, redact, redacted
-from lepton.tasks.outcome import LEFT_OUT_WHY
 from lepton.workspace import Workspace
 
 
