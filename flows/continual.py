@@ -154,7 +154,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out)  # on drift, replay, joint or compete trains on more of the past
         if reread:
             plan = plan_anew(history, landing.id, train_frame, config, also, left_out, why=reread)
-        if plan.note:
+        if plan.note and plan.rival is None:  # a rival's note is said once the run knows whether it trains one
             log.warning(plan.note)
         if champion is None and config.train.transfer_from and source is None:
             source = load_source(ws, config.train, config.registry)  # no champion after earlier increments (kept out, or failed)

@@ -393,7 +393,7 @@ def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
     folded = {" ".join(str(c).split()).casefold(): c for c in schema.classes}
     alike = [(v, folded[key]) for v in new if (key := " ".join(str(v).split()).casefold()) in folded]
     if alike:
-        said += ("; " + ", ".join(f"{v!r} differs from the known {c!r} only in case or spacing" for v, c in alike[:3])
+        said += ("; " + ", ".join(f"{v!r} differs from the known {c!r} only in case or spacing" for v, c in alike)
                  + ": if it is the same class, fix the export, as these rows teach a class of their own")
     return [f"{said} (data.allow_new_classes=false rejects new classes)"]
 
@@ -554,6 +554,8 @@ def validate_frame(
         problems += [p for p in more if p not in problems]
     if frame.attrs.get("separator"):  # see tasks.ingest.separator_of
         warnings.append(f"read as separated by {frame.attrs['separator']!r}: its header line holds no comma")
+    if frame.attrs.get("unquoted"):  # see tasks.ingest.read_increment
+        warnings.append("column names read without the single quotes around every one of them in the header")
     for column, example in (frame.attrs.get("grouped") or {}).items():  # see tasks.ingest.with_grouped_numbers
         warnings.append(f"column {column!r}: numbers written with thousands separators (e.g. {example!r}), read as numbers")
     for column, example in (frame.attrs.get("decimal_commas") or {}).items():  # see tasks.ingest.with_decimal_commas

@@ -108,6 +108,12 @@ def read_increment(path: Path) -> pd.DataFrame:
             frame.attrs["header"] = header.iloc[0].tolist() if len(header) else []
             if sep != ",":
                 frame.attrs["separator"] = sep
+            names = [str(c) for c in frame.columns]
+            if names and all(len(n) > 2 and n[0] == n[-1] == "'" for n in names):
+                # Every name in single quotes (a statistics package's export): the names are what the quotes hold.
+                frame.columns = [n[1:-1] for n in names]
+                frame.attrs["header"] = [str(n)[1:-1] if str(n)[:1] == str(n)[-1:] == "'" else n for n in frame.attrs["header"]]
+                frame.attrs["unquoted"] = True
             # Where ';' separates, a comma is the decimal mark (a European spreadsheet's export).
             return with_decimal_commas(frame) if sep == ";" else with_grouped_numbers(frame)
         return pd.read_parquet(path)

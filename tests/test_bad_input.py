@@ -356,7 +356,8 @@ def test_a_file_separated_by_semicolons_or_tabs_is_read_as_its_columns(tmp_path,
     rng = np.random.default_rng(4)
     weight = rng.uniform(1, 9, 50).round(2)
     decimal = "," if sep == ";" else "."
-    lines = ["weight{0}plan{0}note{0}y".format(sep)]
+    quote = "'" if sep == "\t" else ""  # a statistics package's tab-separated export quotes every name
+    lines = [sep.join(f"{quote}{n}{quote}" for n in ("weight", "plan", "note", "y"))]
     lines += [f"{str(w).replace('.', decimal)}{sep}{'pro' if i % 2 else 'free'}{sep}late, again{sep}{i % 2}" for i, w in enumerate(weight)]
     path = tmp_path / "export.csv"
     path.write_text("\n".join(lines) + "\n")
@@ -366,5 +367,6 @@ def test_a_file_separated_by_semicolons_or_tabs_is_read_as_its_columns(tmp_path,
     report = validate_frame(read, None, DataConfig(label="y"))
     assert report.passed, report.problems
     assert f"read as separated by {sep!r}: its header line holds no comma" in report.warnings
+    assert ("column names read without the single quotes around every one of them in the header" in report.warnings) == (sep == "\t")
     said = [w for w in report.warnings if "decimal comma" in w]
     assert said == ([f"column 'weight': numbers written with a decimal comma (e.g. {str(weight[0]).replace('.', ',')!r}), read as numbers"] if sep == ";" else [])
