@@ -167,7 +167,7 @@ def test_the_cnn_starts_with_no_weight_on_indicators_a_first_increment_never_lit
     frame = digit_images(slice(0, 300))
     model, _ = fine_tune(None, frame, label="digit", train=TrainConfig(epochs=1, lr=1e-12, network="cnn"), strategy=StrategyConfig(name="naive"))
     cnn = model.network.features
-    beside = cnn.mix[0].weight[:, cnn.mix[0].in_features - 3:]  # the image's missing indicator, ink and ink's indicator
+    beside = cnn.mix[0].weight.detach()[:, cnn.mix[0].in_features - 3:]  # the image's missing indicator, ink and ink's indicator
     assert float(beside[:, 0].abs().max()) == 0.0 and float(beside[:, 2].abs().max()) == 0.0
     assert float(beside[:, 1].abs().max()) > 0.0  # ink itself is a standardised value: it keeps its weights
 
