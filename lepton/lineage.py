@@ -29,6 +29,7 @@ class Lineage:
     config: dict[str, Any] = field(default_factory=dict)  # the run's configuration, credentials masked
     gate_passed: bool = False
     gate_reasons: tuple[str, ...] = ()
+    gate_notes: tuple[str, ...] = ()  # of the reasons, those that check nothing
     metrics: dict[str, float] = field(default_factory=dict)  # the gate's summary, rounded
     transferred_from: str = ""  # a first model started from another: models:/NAME/VERSION and how (frozen, partial, full)
     transfer: str = ""  # a first model with train.transfer_from: what was tried and kept, scratch included
@@ -49,7 +50,8 @@ class Lineage:
             TAG + "gate_reasons": json.dumps(list(self.gate_reasons)),
             TAG + "metrics": json.dumps(self.metrics),
         } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {}) | (
-            {TAG + "training": self.training} if self.training else {}) | ({TAG + "left_out": json.dumps(list(self.left_out))} if self.left_out else {})
+            {TAG + "training": self.training} if self.training else {}) | ({TAG + "left_out": json.dumps(list(self.left_out))} if self.left_out else {}) | (
+            {TAG + "gate_notes": json.dumps(list(self.gate_notes))} if self.gate_notes else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -65,6 +67,7 @@ class Lineage:
             config=json.loads(tags.get(TAG + "config", "{}")),
             gate_passed=tags.get(TAG + "gate_passed") == "true",
             gate_reasons=tuple(json.loads(tags.get(TAG + "gate_reasons", "[]"))),
+            gate_notes=tuple(json.loads(tags.get(TAG + "gate_notes", "[]"))),
             metrics=json.loads(tags.get(TAG + "metrics", "{}")),
             transferred_from=tags.get(TAG + "transferred_from", ""),
             transfer=tags.get(TAG + "transfer", ""),

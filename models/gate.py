@@ -15,11 +15,17 @@ from lepton.models.settings import GateConfig
 class GateDecision:
     passed: bool
     reasons: tuple[str, ...]
-    checks: dict[str, bool] = field(default_factory=dict)
+    # Each reason: passed (True), failed (False), or None for a note that checks nothing (a holdout too small for the
+    # bootstrap, no champion to compare with), shown apart from the checks.
+    checks: dict[str, bool | None] = field(default_factory=dict)
 
     @property
     def failures(self) -> tuple[str, ...]:
-        return tuple(r for r, ok in self.checks.items() if not ok)
+        return tuple(r for r, ok in self.checks.items() if ok is False)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(r for r, ok in self.checks.items() if ok is None)
 
 
 # Rows beyond which a bootstrap of a mean is replaced by the normal approximation it converges to:
@@ -99,14 +105,14 @@ def decide(
     the comparisons that follow (a water-flow increment whose target hardly varied put R² at -5 for a
     candidate with a sixth of the champion's errors, and kept every later candidate out).
     """
-    checks: dict[str, bool] = {}
+    checks: dict[str, bool | None] = {}
     if regression:
         floor = config.min_r2
         for where, value, theirs in zip(("the new holdout", "all holdouts"), r2, champion_r2, strict=True):
             if value is not None and np.isfinite(value):
                 checks[_floor("R²", where, value, floor, theirs)] = value >= floor or _no_worse(value, theirs)
         if not checks:
-            checks["R² not measurable on this holdout (too few rows or a constant target): no floor"] = True
+            checks["R² not measurable on this holdout (too few rows or a constant target): no floor"] = None
     else:
         floor = config.min_accuracy
         paired = new_champion is not None and old_champion is not None and len(old_champion) == len(old_candidate)
@@ -123,7 +129,7 @@ def decide(
         # On a few rows a floor says little (2 rows: 50% or 100%): said, so that a first model is not taken as judged.
         checks[f"{alone}: the floors decide" + (
             f", on a new holdout of {len(new_candidate)} rows (fewer than gate.min_holdout_rows={config.min_holdout_rows}: a rough judge)" if few else ""
-        )] = True
+        )] = None
         return _decision(checks)
 
     if config.policy == "superior":
@@ -157,7 +163,7 @@ def _gains(candidate: np.ndarray, champion: np.ndarray, regression: bool) -> np.
     return -diff if regression else diff
 
 
-def _superior(checks: dict[str, bool], candidate: np.ndarray, champion: np.ndarray, config: GateConfig, regression: bool) -> None:
+def _superior(checks: dict[str, bool | None], candidate: np.ndarray, champion: np.ndarray, config: GateConfig, regression: bool) -> None:
     """policy=superior: the gain on the new holdout, at the bootstrap's lower bound, must exceed min_improvement."""
     gains = _gains(candidate, champion, regression)
     bar = config.min_improvement * (_mean(champion) if regression else 1.0)
@@ -165,7 +171,7 @@ def _superior(checks: dict[str, bool], candidate: np.ndarray, champion: np.ndarr
     if len(gains) < config.min_holdout_rows:
         ok = _mean(gains) > bar
         checks[f"{what} on the new holdout {_mean(gains):{fmt}} {'>' if ok else '<='} {bar:{fmt}}"] = ok
-        checks[_too_few(len(gains), config)] = True
+        checks[_too_few(len(gains), config)] = None
         return
     lower = paired_bootstrap_lower(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
     ok = bool(lower > bar)
@@ -178,7 +184,7 @@ def _too_few(rows: int, config: GateConfig) -> str:
 
 
 def _non_inferior(
-    checks: dict[str, bool], new_candidate: np.ndarray, new_champion: np.ndarray, old_candidate: np.ndarray, old_champion: np.ndarray | None,
+    checks: dict[str, bool | None], new_candidate: np.ndarray, new_champion: np.ndarray, old_candidate: np.ndarray, old_champion: np.ndarray | None,
     config: GateConfig, regression: bool, old_label: str,
 ) -> None:
     """Not worse than the champion by more than the margin, judged on the new holdout and the earlier ones that follow the same rule.
@@ -204,7 +210,7 @@ def _non_inferior(
     if len(gains) < config.min_holdout_rows:
         ok = gain >= bar
         checks[f"{what} on {where} {gain:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (non-inferiority: {setting})"] = ok
-        checks[_too_few(len(gains), config)] = True
+        checks[_too_few(len(gains), config)] = None
     else:
         lower, upper = paired_bootstrap_bounds(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
         rows = f"{gain:{fmt}} over {len(gains)} rows"
@@ -231,8 +237,9 @@ def _non_inferior(
         ] = ok
 
 
-def _decision(checks: dict[str, bool]) -> GateDecision:
-    return GateDecision(passed=all(checks.values()), reasons=tuple(checks), checks=checks)
+def _decision(checks: dict[str, bool | None]) -> GateDecision:
+    checks = {reason: None if ok is None else bool(ok) for reason, ok in checks.items()}  # NumPy's booleans are not False
+    return GateDecision(passed=all(ok is not False for ok in checks.values()), reasons=tuple(checks), checks=checks)
 
 
 def concept_changed(ahead: np.ndarray, before: np.ndarray, *, regression: bool, confidence: float, samples: int) -> bool:

@@ -45,6 +45,7 @@ class RunOutcome(BaseModel):
     message: str
     reasons: list[str] = []
     failures: list[str] = []
+    gate_notes: list[str] = []  # of the reasons, those that check nothing (too few rows to resolve, no champion to compare with)
     version: int | None = None
     champion_version: int | None = None
     parent_version: int | None = None
@@ -122,7 +123,7 @@ class RunOutcome(BaseModel):
             champion, message = parent, f"kept out by the gate because {'; '.join(decision.failures)}; registered as version {version}, {stays}"
         return cls(
             status=status, increment_id=increment_id, file=file, message=message, reasons=list(decision.reasons), failures=list(decision.failures),
-            version=version, champion_version=champion, parent_version=parent, data_hash=data_hash, metrics=metrics,
+            gate_notes=list(decision.notes), version=version, champion_version=champion, parent_version=parent, data_hash=data_hash, metrics=metrics,
             drift=_drift_rows(drift), drift_action=drift.action if drift else None, drift_skipped=_drift_skipped(drift, "the first increment, drift.enabled off, or a run resumed at training"),
             warnings=[*(validation.warnings if validation else []), *_left_out_warning(left_out)], notes=validation.notes if validation else [],
             concept_change=concept_change, training_note=training_note,

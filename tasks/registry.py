@@ -351,7 +351,7 @@ def lineage_of(
     return Lineage(
         increment_id=increment_id, increment_file=increment_file, data_hash=data_hash, git_commit=git_commit,
         parent_version=parent_version, strategy=config.strategy.name, config=redacted(config.model_dump(mode="json")),
-        gate_passed=decision.passed, gate_reasons=tuple(decision.reasons),
+        gate_passed=decision.passed, gate_reasons=tuple(decision.reasons), gate_notes=tuple(decision.notes),
         metrics={k: round(v, 6) for k, v in summary.items() if v is not None},
         transferred_from=f"{transfer['source']} ({transfer['kept']})" if transfer and transfer["kept"] != "scratch" else "",
         transfer=transfer_summary(transfer) if transfer else "",

@@ -93,7 +93,7 @@ def gather(
         holdouts=holdouts,
         summary=evaluation.summary() if evaluation is not None else {},
         lineage_metrics=lineage_summary(evaluation.matrix) if evaluation is not None and evaluation.matrix else {},
-        gate=None if decision is None else [pages.GateCheck(reason=r, passed=ok) for r, ok in decision.checks.items()],
+        gate=None if decision is None else [pages.GateCheck(reason=r, passed=ok is not False, note=ok is None) for r, ok in decision.checks.items()],
         matrix=_clean_matrix(evaluation.matrix) if evaluation is not None and evaluation.matrix else None,
     )
 

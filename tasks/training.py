@@ -245,11 +245,11 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
         config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2, alone=alone,
     )
     if note is not None:
-        decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: True})
+        decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: None})
     if has_champion and evaluation.old_ids and not old_ids:
         # Said, not silently skipped: the labels of earlier holdouts follow the rule that changed.
         reason = f"concept change at this increment: forgetting not judged on the {len(evaluation.old_ids)} earlier holdout(s) (gate.old_holdouts={config.old_holdouts})"
-        decision = GateDecision(decision.passed, (*decision.reasons, reason), {**decision.checks, reason: True})
+        decision = GateDecision(decision.passed, (*decision.reasons, reason), {**decision.checks, reason: None})
     return decision
 
 

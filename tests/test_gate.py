@@ -34,6 +34,8 @@ def test_first_model_passes_on_the_floors() -> None:
     assert d.passed
     assert len(d.reasons) == 3  # new-holdout floor, all-holdouts floor, no champion
     assert "no champion yet: the floors decide" in d.reasons
+    # A note, not a check: it says how the verdict was reached, and shows apart from the checks.
+    assert d.notes == ("no champion yet: the floors decide",) and d.checks["no champion yet: the floors decide"] is None
     # On a few rows the floors are a rough judge, and the reasons say so.
     few = decide(new_candidate=np.array([True, False]), new_champion=None, old_candidate=NONE, old_champion=None, config=CONFIG)
     assert few.passed and few.reasons[-1] == (
@@ -95,6 +97,7 @@ def test_a_small_holdout_says_the_bootstrap_cannot_decide() -> None:
     d = decide(new_candidate=correct(9, 10), new_champion=correct(9, 10), old_candidate=NONE, old_champion=None, config=CONFIG)
     assert d.passed
     assert any("hold 10 rows, too few for the bootstrap" in r and "gate.min_holdout_rows=30" in r for r in d.reasons)
+    assert [n for n in d.notes if "too few for the bootstrap" in n] and not [f for f in d.failures if "too few" in f]
     worse = decide(new_candidate=correct(6, 10), new_champion=correct(9, 10), old_candidate=NONE, old_champion=None, config=CONFIG)
     assert not worse.passed and worse.failures[0].startswith("gain on the new holdout -0.300 < -0.020")
 

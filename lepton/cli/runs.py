@@ -290,9 +290,12 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
         table.add_row("column kinds", note)
     if getattr(outcome, "concept_change", False):
         table.add_row("concept change", "[yellow]the champion did much worse on this increment than on earlier ones: forgetting judged from here on[/yellow]")
-    failed = set(outcome.failures)
+    failed, noted = set(outcome.failures), set(getattr(outcome, "gate_notes", []))
     for reason in outcome.reasons:
-        table.add_row("check", f"[red]✗[/red] {reason}" if reason in failed else f"[green]✓[/green] {reason}")
+        if reason in noted:  # says something of the judgement, checks nothing
+            table.add_row("note", f"· {reason}")
+        else:
+            table.add_row("check", f"[red]✗[/red] {reason}" if reason in failed else f"[green]✓[/green] {reason}")
     for warning in getattr(outcome, "warnings", []):
         table.add_row("warning", f"[yellow]{warning}[/yellow]")
     drift = getattr(outcome, "drift", None)

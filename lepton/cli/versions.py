@@ -96,8 +96,11 @@ def status(
         table = Table("", "", title=f"champion: version {champion['version']}", show_header=False, title_justify="left")
         for key, value in champion["lineage"].items():
             if key == "gate_reasons":
+                notes = set(json.loads(champion["lineage"].get("gate_notes", "[]")))
                 for reason in json.loads(value):
-                    table.add_row("gate check", f"[green]✓[/green] {reason}")
+                    table.add_row("gate note" if reason in notes else "gate check", f"· {reason}" if reason in notes else f"[green]✓[/green] {reason}")
+            elif key == "gate_notes":
+                continue
             elif key == "left_out":
                 table.add_row("left out", ", ".join(json.loads(value)))
             elif key != "config":

@@ -60,6 +60,7 @@ class TrainingSummary(BaseModel):
 class GateCheck(BaseModel):
     reason: str
     passed: bool
+    note: bool = False  # says something of the judgement (too few rows to resolve it, no champion), checks nothing
 
 
 class ReportData(BaseModel):
