@@ -395,6 +395,11 @@ def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
     if alike:
         said += ("; " + ", ".join(f"{v!r} differs from the known {c!r} only in case or spacing" for v, c in alike)
                  + ": if it is the same class, fix the export, as these rows teach a class of their own")
+    every = [*schema.classes, *new]
+    if len(every) > MANY_CLASSES and all(isinstance(c, (int, float)) and not isinstance(c, bool) and float(c).is_integer() for c in every):
+        # The first increment's question, asked again while the evidence grows: a note once was easy to miss.
+        said += (f"; {len(every)} whole-number classes so far: if they are amounts to predict, set data.task: regression "
+                 "(the next increment then trains a new network on everything accepted)")
     return [f"{said} (data.allow_new_classes=false rejects new classes)"]
 
 

@@ -352,4 +352,18 @@ def task_of(labels: pd.Series) -> str:
         # Whole numbers with about one row each (13 in 13 rows: megawatt-hours, grams) cannot be classes to learn: every
         # class would be new to the model that predicts it, and no candidate would ever clear the accuracy floor.
         return "regression"
+    if types.is_integer_dtype(values) and values.nunique() > MANY_WHOLE and not _like_class_ids(values):
+        # Many whole numbers that are no run of ids from 0 or 1 (a chick's weight in grams, 35 to 373): amounts. Read as
+        # classes, a growing table brought dozens of new ones per increment and never got a champion.
+        return "regression"
     return "classification"
+
+
+# More distinct whole numbers than this, not numbered like class ids, are amounts to predict.
+MANY_WHOLE = 20
+
+
+def _like_class_ids(values: pd.Series) -> bool:
+    """Numbered as classes are: from 0 or 1, with at most as many gaps as values (0-99 for a hundred classes)."""
+    low, high = int(values.min()), int(values.max())
+    return low in (0, 1) and high - low + 1 <= 2 * values.nunique()

@@ -49,6 +49,27 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def _uncallable(spec: str, args: dict[str, Any], err: Exception) -> NetworkError:
+    return NetworkError(
+        f"train.network={spec!r} could not be called as factory(n_features=..., **train.network_args) with train.network_args={args!r}: {err}"
+    )
+
+
+def check_arguments(factory: Callable[..., nn.Module], spec: str, args: dict[str, Any]) -> None:
+    """Refuse, before any work, a factory that cannot take ``n_features`` and ``train.network_args`` (a signature other
+    than the contract's, a misspelt argument); one whose signature Python cannot read is found out when it builds."""
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(n_features=1, **args)
+    except TypeError as err:
+        raise _uncallable(spec, args, err) from None
+
+
 def _feature_width(features: nn.Module, n_features: int, spec: str) -> int:
     """The width of a factory's features, from one forward pass of a zero batch; refuses what breaks the contract."""
     training = features.training
@@ -131,7 +152,9 @@ class MLP(nn.Module):
             width = self.features.width
             hidden = ()
         else:
-            built = import_factory(factory)(n_features=n_features, **self.factory_args)
+            made = import_factory(factory)
+            check_arguments(made, factory, self.factory_args)
+            built = made(n_features=n_features, **self.factory_args)
             if not isinstance(built, nn.Module):
                 raise NetworkError(f"train.network={factory!r}: it returned {type(built).__name__}, not a torch nn.Module")
             self.features = built

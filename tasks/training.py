@@ -16,7 +16,7 @@ from lepton.models.bundle import Bundle
 from lepton.models import aside as forked
 from lepton.models.evaluation import Evaluation, Score, compare, score_holdouts
 from lepton.models.gate import RELABEL_ROWS, GateDecision, concept_changed, decide, relabelled
-from lepton.models.network import NetworkError, import_factory
+from lepton.models.network import NetworkError, check_arguments, import_factory
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
 from lepton.models.training import TrainReport, choose_transfer, fine_tune
@@ -30,7 +30,7 @@ def workspace_networks(root: Path, train: TrainConfig) -> TrainConfig:
     if str(root) not in sys.path:
         sys.path.append(str(root))
     if train.network not in ("mlp", "cnn"):
-        import_factory(train.network)
+        check_arguments(import_factory(train.network), train.network, train.network_args)
     if not train.network_weights:
         return train
     weights = (root / train.network_weights).resolve()

@@ -310,13 +310,20 @@ def test_a_rejected_increment_drops_no_rows():
 
 
 def test_many_whole_number_labels_are_classes_that_ask_whether_they_are_amounts():
-    """Weights in grams as whole numbers, several rows each, stay classes under data.task=auto (class ids are whole numbers
-    too), and the run says how to make them a number to predict; ten digit classes get no such question. Whole numbers with
+    """Many whole numbers numbered like class ids (0 to 29) stay classes under data.task=auto, and the run says how to make
+    them a number to predict; ten digit classes get no such question. Weights in grams (35 to 129, several rows each) are
+    no class ids: a number to predict (read as classes, a chick-weight table never got a champion). Whole numbers with
     about one row each (megawatt-hours, 13 in 13 rows) cannot be classes to learn: a number to predict."""
     rng = np.random.default_rng(5)
+    ids = pd.DataFrame({"x": rng.normal(size=300), "kind": rng.integers(0, 30, 300)})
+    (note, *_) = validate_frame(ids, None, DataConfig(label="kind")).notes
+    assert note.startswith("label 'kind': classes (") and note.endswith(" whole numbers, from 0 to 29: if they are amounts to predict, set data.task: regression)"), note
     grams = pd.DataFrame({"time": rng.integers(0, 21, 300), "weight": rng.integers(35, 130, 300)})
-    (note, *_) = validate_frame(grams, None, DataConfig(label="weight")).notes
-    assert note.startswith("label 'weight': classes (") and note.endswith(" whole numbers, from 35 to 129: if they are amounts to predict, set data.task: regression)"), note
+    assert validate_frame(grams, None, DataConfig(label="weight")).notes[0] == "label 'weight': a number to predict (regression)"
+    # Asked again, as a warning, while increments bring more such classes.
+    more = pd.DataFrame({"x": rng.normal(size=50), "kind": rng.integers(30, 40, 50)})
+    [again] = [w for w in validate_frame(more, DataSchema.infer(ids, "kind"), DataConfig(label="kind")).warnings if w.startswith("label 'kind'")]
+    assert "; 40 whole-number classes so far: if they are amounts to predict, set data.task: regression" in again, again
     digits = pd.DataFrame({"x": rng.normal(size=100), "y": rng.integers(0, 10, 100)})
     assert validate_frame(digits, None, DataConfig(label="y")).notes[0] == "label 'y': classes"
     energy = pd.DataFrame({"year": range(2001, 2014), "generation": rng.choice(np.arange(1000, 40000), 13, replace=False)})
