@@ -64,8 +64,8 @@ class SeriesReport(BaseModel):
         counts: dict[str, int] = {}
         for item in self.processed:
             counts[item.outcome.status] = counts.get(item.outcome.status, 0) + 1
-        done = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items()) or "nothing to do"
-        summary = f"{len(self.processed)} increment(s) processed ({done})"
+        done = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items()) or ("nothing to do" if not self.failed else "")
+        summary = f"{len(self.processed)} increment(s) processed" + (f" ({done})" if done else "")
         if self.rejected:
             summary += f"; rejected: {', '.join(self.rejected)}"
         if self.failed:

@@ -307,3 +307,12 @@ def test_manual_deployment_runs_on_a_real_prefect_server(tmp_path, increments):
     moves = history(ws, load(ws.root).registry)
     assert [(m.kind, m.from_version, m.to_version) for m in moves] == [("promote", None, 1)]
     assert moves[0].flow_run_id  # recorded by the run that made the move
+
+
+def test_a_series_that_stopped_before_processing_anything_does_not_say_nothing_to_do():
+    """'nothing to do' is for an empty inbox; a series stopped at its first file says it stopped, and what is left."""
+    from lepton.flows.deployments import SeriesReport
+
+    assert SeriesReport().message == "0 increment(s) processed (nothing to do)"
+    stopped = SeriesReport(failed="a.csv", error="train.network='x:y' could not be called", remaining=["a.csv", "b.csv"])
+    assert stopped.message == "0 increment(s) processed; stopped at a.csv: train.network='x:y' could not be called; 2 increment(s) left for the next run"

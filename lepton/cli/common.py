@@ -101,6 +101,10 @@ def quiet_libraries() -> None:
     dvc_logger.setLevel(logging.WARNING)
     dvc_logger.propagate = False
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    # Prefect's queue services (loggers named after their classes) say at exit that they are still sending events or
+    # logs to its API, a warning on stderr that a quiet nightly run would mail every time; they finish regardless.
+    for name in ("EventsWorker", "APILogWorker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
