@@ -211,3 +211,16 @@ def test_progress_quiet_and_json_output(clean_dir, prefect_api, increments):
     answer = json.loads(looked.stdout)
     assert answer["status"] == "duplicate" and "ingest" in answer["seconds"]["steps"], answer
     assert [m.name for m in (ws.root / ".lepton" / "finished").iterdir()] == [f"{answer['increment_id']}.json"]
+
+
+def test_progress_lines_name_the_workspace_files_as_they_resolve_from_here(tmp_path, monkeypatch):
+    """The flow says 'quarantined at data/quarantine/x.csv' (the workspace's form); the terminal shows it from where the
+    command ran, as the last line does. Other text that only looks alike is left as it is."""
+    from lepton.cli.common import paths_shown
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    monkeypatch.chdir(tmp_path)
+    line = "rejected because missing column(s) 'b'; quarantined at data/quarantine/77e3d24e.csv"
+    assert paths_shown(ws, line) == "rejected because missing column(s) 'b'; quarantined at ws/data/quarantine/77e3d24e.csv"
+    assert paths_shown(ws, "see my/data/increments/x.csv") == "see my/data/increments/x.csv"

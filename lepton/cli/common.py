@@ -171,6 +171,15 @@ def shown(ws: Workspace, path: str | Path | None) -> str:
     return str(full.relative_to(here)) if full.is_relative_to(here) else str(full)
 
 
+# The workspace's files as the flow's lines name them (relative to the workspace).
+WORKSPACE_FILES = re.compile(r"(?<![\w/.])data/(?:quarantine|increments)/[\w.\-]+")
+
+
+def paths_shown(ws: Workspace, line: str) -> str:
+    """A progress line with the workspace's file paths in it as ``shown`` gives them."""
+    return WORKSPACE_FILES.sub(lambda found: shown(ws, found.group(0)), line)
+
+
 def told(ws: Workspace, outcome: Any) -> str:
     """An outcome's sentence with the paths in it (a quarantined copy) as ``shown`` gives them."""
     return outcome.message.replace(outcome.file, shown(ws, outcome.file)) if outcome.file else outcome.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,9 +72,9 @@ class _Step:
 class _Display(logging.Handler):
     """Receives the records and draws them; one per ``watch`` block."""
 
-    def __init__(self, console: Console, mode: Mode) -> None:
+    def __init__(self, console: Console, mode: Mode, said: Callable[[str], str] | None = None) -> None:
         super().__init__(logging.DEBUG)
-        self.console, self.mode = console, mode
+        self.console, self.mode, self.said = console, mode, said
         self.progress: Progress | None = None
         self.current: _Step | None = None
         self.step_task: TaskID | None = None
@@ -156,6 +157,7 @@ class _Display(logging.Handler):
         if self.mode not in ("live", "plain"):
             return
         style = "yellow" if level == logging.WARNING else "red" if level >= logging.ERROR else "dim"
+        message = self.said(message) if self.said is not None else message
         self.console.print(f"    [{style}]{escape(message)}[/{style}]", soft_wrap=True, highlight=False)
 
 
@@ -176,8 +178,9 @@ class _LogFile(logging.FileHandler):
 class watch:  # noqa: N801 - used as a context manager, like open()
     """Show the runs inside the block; Prefect's console lines go to ``log_file`` meanwhile."""
 
-    def __init__(self, console: Console, mode: Mode, log_file: Path) -> None:
-        self.console, self.mode, self.log_file = console, mode, log_file
+    def __init__(self, console: Console, mode: Mode, log_file: Path, said: Callable[[str], str] | None = None) -> None:
+        """``said``: a line as the terminal shows it (the workspace's paths as they resolve from where the user is)."""
+        self.console, self.mode, self.log_file, self.said = console, mode, log_file, said
         self._undo: list = []
         self.imported = time.perf_counter()  # when the command had imported what it runs (its caller may say earlier)
 
@@ -195,7 +198,7 @@ class watch:  # noqa: N801 - used as a context manager, like open()
         root.addHandler(to_file)
         self._undo.append(lambda: (root.removeHandler(to_file), to_file.close()))
 
-        display = _Display(self.console, self.mode)
+        display = _Display(self.console, self.mode, self.said)
         mask_logging(display)
         task_runs = logging.getLogger("prefect.task_runs")
         # "Created task run" is a debug record: let it reach the display, and only the display.

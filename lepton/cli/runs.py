@@ -32,6 +32,7 @@ from lepton.cli.common import (
     in_warm_worker,
     no_tracebacks,
     open_workspace,
+    paths_shown,
     percent,
     quiet_libraries,
     shown,
@@ -255,7 +256,7 @@ def _watching(ws: Workspace, mode: Mode, *, validating_only: bool = False) -> It
         import_ahead(until=server.settled, skip=skip if aside else ())
     imported = time.perf_counter()
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
-    with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log") as watched:
+    with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log", said=lambda line: paths_shown(ws, line)) as watched:
         watched.imported = imported  # the import ends here; waiting for the server is Prefect's start, shown as such
         try:
             if server is not None:
