@@ -49,25 +49,11 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def _uncallable(spec: str, args: dict[str, Any], err: Exception) -> NetworkError:
+def uncallable(spec: str, args: dict[str, Any], err: Exception) -> NetworkError:
+    """A factory that cannot be called as the contract calls it (a signature other than the contract's, a misspelt argument)."""
     return NetworkError(
         f"train.network={spec!r} could not be called as factory(n_features=..., **train.network_args) with train.network_args={args!r}: {err}"
     )
-
-
-def check_arguments(factory: Callable[..., nn.Module], spec: str, args: dict[str, Any]) -> None:
-    """Refuse, before any work, a factory that cannot take ``n_features`` and ``train.network_args`` (a signature other
-    than the contract's, a misspelt argument); one whose signature Python cannot read is found out when it builds."""
-    import inspect
-
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind(n_features=1, **args)
-    except TypeError as err:
-        raise _uncallable(spec, args, err) from None
 
 
 def _feature_width(features: nn.Module, n_features: int, spec: str) -> int:
@@ -152,9 +138,10 @@ class MLP(nn.Module):
             width = self.features.width
             hidden = ()
         else:
-            made = import_factory(factory)
-            check_arguments(made, factory, self.factory_args)
-            built = made(n_features=n_features, **self.factory_args)
+            try:
+                built = import_factory(factory)(n_features=n_features, **self.factory_args)
+            except TypeError as err:
+                raise uncallable(factory, self.factory_args, err) from None
             if not isinstance(built, nn.Module):
                 raise NetworkError(f"train.network={factory!r}: it returned {type(built).__name__}, not a torch nn.Module")
             self.features = built

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,11 +19,24 @@ from lepton.models.bundle import Bundle
 from lepton.models import aside as forked
 from lepton.models.evaluation import Evaluation, Score, compare, score_holdouts
 from lepton.models.gate import RELABEL_ROWS, GateDecision, concept_changed, decide, relabelled
-from lepton.models.network import NetworkError, check_arguments, import_factory
+from lepton.models.network import NetworkError, import_factory, uncallable
 from lepton.models.preprocessing import Encoding
 from lepton.models.schema import DataSchema
 from lepton.models.training import TrainReport, choose_transfer, fine_tune
 from lepton.tasks.registry import Source, check_requirements_ahead
+
+
+def check_arguments(factory: Callable[..., Any], spec: str, args: dict[str, Any]) -> None:
+    """Refuse, before any work, a factory that cannot take ``n_features`` and ``train.network_args``; one whose
+    signature Python cannot read is found out when it builds."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(n_features=1, **args)
+    except TypeError as err:
+        raise uncallable(spec, args, err) from None
 
 
 def workspace_networks(root: Path, train: TrainConfig) -> TrainConfig:

@@ -97,9 +97,9 @@ def test_a_factory_gives_the_features_and_lepton_the_head(nets):
         ("user_nets:not_a_module", {}, "it returned str, not a torch nn.Module"),
         ("user_nets:flat", {}, "its module must map (batch, 5) to (batch, width), not to (10,)"),
         ("user_nets:tanh_features", {"colour": "red"}, "train.network='user_nets:tanh_features' could not be called as factory(n_features=..., "
-         "**train.network_args) with train.network_args={'colour': 'red'}: got an unexpected keyword argument 'colour'"),
+         "**train.network_args) with train.network_args={'colour': 'red'}: tanh_features() got an unexpected keyword argument 'colour'"),
         ("user_nets:no_inputs", {}, "train.network='user_nets:no_inputs' could not be called as factory(n_features=..., **train.network_args) "
-         "with train.network_args={}: got an unexpected keyword argument 'n_features'"),
+         "with train.network_args={}: no_inputs() got an unexpected keyword argument 'n_features'"),
     ],
 )
 def test_a_factory_that_breaks_the_contract_is_refused_by_name(nets, spec, args, said):
