@@ -224,3 +224,23 @@ def test_progress_lines_name_the_workspace_files_as_they_resolve_from_here(tmp_p
     line = "rejected because missing column(s) 'b'; quarantined at data/quarantine/77e3d24e.csv"
     assert paths_shown(ws, line) == "rejected because missing column(s) 'b'; quarantined at ws/data/quarantine/77e3d24e.csv"
     assert paths_shown(ws, "see my/data/increments/x.csv") == "see my/data/increments/x.csv"
+
+
+def test_a_run_whose_report_could_not_be_written_says_so(tmp_path, monkeypatch):
+    """The run happened (promoted), its page did not: the summary says where the reason is, where it showed nothing."""
+    from rich.console import Console
+
+    from lepton.cli.runs import _outcome_table
+    from lepton.tasks.outcome import RunOutcome
+    from lepton.workspace import Workspace
+
+    ws = Workspace.at(tmp_path / "ws")
+    monkeypatch.chdir(tmp_path)
+    outcome = RunOutcome(status="promoted", increment_id="abc", file="data/increments/abc.csv", message="promoted as version 1 (first champion)")
+    console = Console(record=True, width=200)
+    console.print(_outcome_table(ws, outcome))
+    assert "not written: why is in ws/.lepton/logs/lepton.log" in console.export_text()
+    written = outcome.model_copy(update={"report": ".lepton/reports/v1-abc/report.html"})
+    console = Console(record=True, width=200)
+    console.print(_outcome_table(ws, written))
+    assert "ws/.lepton/reports/v1-abc/report.html" in console.export_text() and "not written" not in console.export_text()

@@ -314,6 +314,9 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     report = getattr(outcome, "report", None)
     if report:
         table.add_row("report", shown(ws, report))
+    elif outcome.status in ("promoted", "kept_out", "rejected"):  # the run happened; its page could not be written
+        log = shown(ws, (ws.state / "logs" / "lepton.log").relative_to(ws.root))
+        table.add_row("report", f"[red]not written: why is in {log}[/red]")
     return table
 
 
