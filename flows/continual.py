@@ -122,7 +122,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         # The schema reads the data otherwise than the champion learnt it (kinds or a task declared since): a new network
         # learns everything. After a task change the champion's predictions do not compare with a candidate's at all.
         reread = encoding_changed(champion.bundle, schema) if champion else None
-        judge = None if champion is None or (reread and champion.bundle.preprocessor.task != schema["task"]) else champion.bundle
+        judge = None if champion is None or champion.bundle.preprocessor.task != schema["task"] else champion.bundle
         # What the champion has not learnt is learnt with the increment: everything that got in while no model has
         # passed the gate, and the increments the gate kept out since the champion was trained.
         also = not_learnt(history, landing.id, champion.tags.get(f"{TAG}increment_id", landing.id) if champion else None)

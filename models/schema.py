@@ -12,7 +12,6 @@ from pandas.api import types
 from lepton.models import columns as kinds_of
 from lepton.models.columns import native as _native
 from lepton.models.columns import task_of
-from lepton.models.declarations import declared_changes
 
 # Category values remembered per column for reporting new ones (the model's vocabulary is separate).
 SEEN_VALUES = 500
@@ -122,10 +121,6 @@ class DataSchema:
         for frame in frames:
             schema = schema.widened(frame)
         return schema
-
-    def declared_changes(self, columns: dict[str, str], task: str) -> list[str]:
-        """What lepton.yaml now declares otherwise than this schema holds (``data.columns``, ``data.task`` other than auto), said."""
-        return declared_changes(self.to_dict(), columns, task)
 
     def redeclared(self, frames: list[pd.DataFrame], columns: dict[str, str], task: str) -> DataSchema:
         """This schema with the kinds and task lepton.yaml now declares, read again from ``frames`` (the accepted increments)."""

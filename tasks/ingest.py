@@ -156,23 +156,7 @@ DECIMAL_COMMA = r"^\s*[+-]?\d*,\d+\s*$"
 def with_decimal_commas(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with each text column that holds only numbers, some with a decimal comma, read as numbers; the columns
     read so, with an example of each, in ``frame.attrs["decimal_commas"]`` for validation to report."""
-    read: dict[str, str] = {}
-    for column in frame.columns:
-        values = frame[column]
-        if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
-            continue
-        present = values.dropna()
-        if not len(present) or not isinstance(present.iloc[0], str):
-            continue
-        text = present.astype("string")
-        comma = text.str.match(DECIMAL_COMMA)
-        if not comma.any() or not (comma | text.str.match(PLAIN)).all():
-            continue
-        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", ".", regex=False).str.strip(), errors="coerce").astype("float64")
-        read[str(column)] = str(text[comma].iloc[0]).strip()
-    if read:
-        frame.attrs["decimal_commas"] = read
-    return frame
+    return _with_comma_numbers(frame, DECIMAL_COMMA, ".", "decimal_commas")
 
 
 # Numbers as a spreadsheet exports them: digits grouped by three with commas ("8,855", "-1,234,567.5"), beside plain
@@ -188,7 +172,13 @@ def with_grouped_numbers(frame: pd.DataFrame) -> pd.DataFrame:
     such a column was rejected as text. The columns read so, with an example of each, are kept in
     ``frame.attrs["grouped"]`` for validation to report.
     """
-    grouped: dict[str, str] = {}
+    return _with_comma_numbers(frame, GROUPED, "", "grouped")
+
+
+def _with_comma_numbers(frame: pd.DataFrame, written: str, comma: str, attr: str) -> pd.DataFrame:
+    """``frame`` with each text column whose values all match ``written`` or ``PLAIN``, at least one ``written``, read as
+    numbers with each comma replaced by ``comma``; the columns read so, with an example of each, in ``frame.attrs[attr]``."""
+    read: dict[str, str] = {}
     for column in frame.columns:
         values = frame[column]
         if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
@@ -197,13 +187,13 @@ def with_grouped_numbers(frame: pd.DataFrame) -> pd.DataFrame:
         if not len(present) or not isinstance(present.iloc[0], str):  # bytes (images) or mixed objects: never numbers so
             continue
         text = present.astype("string")  # a value that is no string reads as itself, and must match like the others
-        separated = text.str.match(GROUPED)
-        if not separated.any() or not (separated | text.str.match(PLAIN)).all():
+        matched = text.str.match(written)
+        if not matched.any() or not (matched | text.str.match(PLAIN)).all():
             continue
-        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", "", regex=False).str.strip(), errors="coerce").astype("float64")
-        grouped[str(column)] = str(text[separated].iloc[0]).strip()
-    if grouped:
-        frame.attrs["grouped"] = grouped
+        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", comma, regex=False).str.strip(), errors="coerce").astype("float64")
+        read[str(column)] = str(text[matched].iloc[0]).strip()
+    if read:
+        frame.attrs[attr] = read
     return frame
 
 

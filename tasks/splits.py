@@ -137,10 +137,16 @@ def narrow_schema(ws: Workspace, history: History, left_out: list[str] | tuple[s
         state = ws.read_schema()
         if state is None:
             return
-        kept = [r for r in ws.read_manifest().accepted() if r.id not in left_out]
-        frames = [history.frames[r.id] if r.id in history.frames else stored_rows(ws, r.id, ws.root / r.file)[0] for r in kept]
+        frames = _accepted_frames(ws, history, skip=left_out)
         if frames:
             ws.write_schema(DataSchema.from_dict(state).rebuilt(frames).to_dict())
+
+
+def _accepted_frames(ws: Workspace, history: History | None = None, skip: list[str] | tuple[str, ...] = ()) -> list[pd.DataFrame]:
+    """Every accepted increment but ``skip``, in arrival order, from the manifest as it is now: ``history``'s frames where
+    it holds them, else their stored rows."""
+    known = history.frames if history is not None else {}
+    return [known[r.id] if r.id in known else stored_rows(ws, r.id, ws.root / r.file)[0] for r in ws.read_manifest().accepted() if r.id not in skip]
 
 
 def redeclare(ws: Workspace, data: DataConfig) -> list[str]:
@@ -151,18 +157,13 @@ def redeclare(ws: Workspace, data: DataConfig) -> list[str]:
     be ignored for good. The networks trained from here read the new schema; the champion, encoded the old way, is
     not fine-tuned but replaced by a new network on everything (see ``encoding_changed``).
     """
+    if not ws.declared_otherwise(data.columns, data.task):  # every run asks; only a change takes the lock
+        return []
     with ws.lock("data"):
-        state = ws.read_schema()
-        if state is None:
-            return []
-        schema = DataSchema.from_dict(state)
-        changes = schema.declared_changes(data.columns, data.task)
-        if not changes:
-            return []
-        accepted = ws.read_manifest().accepted()
-        frames = [stored_rows(ws, r.id, ws.root / r.file)[0] for r in accepted]
+        changes = ws.declared_otherwise(data.columns, data.task)  # another run may have read it again meanwhile
+        frames = _accepted_frames(ws) if changes else []
         if frames:
-            ws.write_schema(schema.redeclared(frames, data.columns, data.task).to_dict())
+            ws.write_schema(DataSchema.from_dict(ws.read_schema()).redeclared(frames, data.columns, data.task).to_dict())  # type: ignore[arg-type]
         return changes
 
 
@@ -176,14 +177,16 @@ def encoding_changed(champion: Bundle, schema_state: dict[str, Any]) -> str | No
     old = champion.preprocessor
     if old.task != schema.task:
         return f"data.task: {schema.task}, where the champion predicts {'a number' if old.task == 'regression' else 'classes'}"
-    def reads(kind: str | None) -> str | None:  # identifiers and ignored columns alike give the network nothing
-        return None if kind in (None, "identifier", "ignore") else kind
-
     # A model from before column kinds read every column as a number; one whose encoding came from a source model
     # (train.transfer_from) knows nothing of this table's unread columns.
-    before = (lambda c: old.kinds.get(c)) if old.kinds else (lambda c: "numeric")
-    kinds = [f"{c!r} {schema.kind(c)} (was {before(c) or 'not read'})" for c in schema.features if reads(before(c)) != reads(schema.kind(c))]
+    before = {c: old.kinds.get(c) if old.kinds else "numeric" for c in schema.features}
+    kinds = [f"{c!r} {schema.kind(c)} (was {before[c] or 'not read'})" for c in schema.features if _read_as(before[c]) != _read_as(schema.kind(c))]
     return f"data.columns: {', '.join(kinds)}" if kinds else None
+
+
+def _read_as(kind: str | None) -> str | None:
+    """What a column of ``kind`` gives the network: identifiers, ignored columns and unknown ones alike nothing."""
+    return None if kind in (None, "identifier", "ignore") else kind
 
 
 def not_learnt(history: History, new_id: str, learnt_from: str | None) -> list[str]:
