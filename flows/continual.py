@@ -220,7 +220,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         lineage = lineage_of(
             increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
             parent_version=parent, config=config, decision=decision, summary=evaluation.summary(), transfer=training.transfer, training=plan.note,
-            left_out=left_out,
+            left_out=left_out, new_network=not training.warm_start,
         )
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",

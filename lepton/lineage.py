@@ -24,7 +24,7 @@ class Lineage:
     increment_file: str
     data_hash: str
     git_commit: str
-    parent_version: int | None  # the champion it was trained from and gated against; None for a first model
+    parent_version: int | None  # the champion it was gated against (and trained from, unless new_network); None for a first model
     strategy: str
     config: dict[str, Any] = field(default_factory=dict)  # the run's configuration, credentials masked
     gate_passed: bool = False
@@ -35,6 +35,7 @@ class Lineage:
     transfer: str = ""  # a first model with train.transfer_from: what was tried and kept, scratch included
     training: str = ""  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
     left_out: tuple[str, ...] = ()  # accepted increments neither learnt nor judged: their labels unlike what the champion learnt
+    new_network: bool = False  # a network trained from scratch beside a champion (retrained, or a task declared anew): not from its parent's weights
 
     def tags(self) -> dict[str, str]:
         """The version's tags: what lets it be traced to, and rebuilt from, its data and code."""
@@ -51,7 +52,7 @@ class Lineage:
             TAG + "metrics": json.dumps(self.metrics),
         } | ({TAG + "transferred_from": self.transferred_from} if self.transferred_from else {}) | ({TAG + "transfer": self.transfer} if self.transfer else {}) | (
             {TAG + "training": self.training} if self.training else {}) | ({TAG + "left_out": json.dumps(list(self.left_out))} if self.left_out else {}) | (
-            {TAG + "gate_notes": json.dumps(list(self.gate_notes))} if self.gate_notes else {})
+            {TAG + "gate_notes": json.dumps(list(self.gate_notes))} if self.gate_notes else {}) | ({TAG + "new_network": "true"} if self.new_network else {})
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Lineage:
@@ -73,6 +74,7 @@ class Lineage:
             transfer=tags.get(TAG + "transfer", ""),
             training=tags.get(TAG + "training", ""),
             left_out=tuple(json.loads(tags.get(TAG + "left_out", "[]"))),
+            new_network=tags.get(TAG + "new_network") == "true",
         )
 
     @property

@@ -346,6 +346,7 @@ def lineage_of(
     transfer: dict | None = None,
     training: str | None = None,
     left_out: list[str] | tuple[str, ...] = (),
+    new_network: bool = False,
 ) -> Lineage:
     """The lineage of a candidate: its data and code, its parent, the configuration (credentials masked) and the gate's verdict."""
     return Lineage(
@@ -357,6 +358,7 @@ def lineage_of(
         transfer=transfer_summary(transfer) if transfer else "",
         training=training or "",
         left_out=tuple(left_out),
+        new_network=new_network and parent_version is not None,
     )
 
 

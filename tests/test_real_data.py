@@ -399,6 +399,13 @@ def test_a_failed_fine_tune_falls_back_to_a_network_retrained_on_everything(tmp_
     assert note.startswith("gate.fallback=retrain: a new network trained on all ") and "the retrained network goes to the gate" in note, note
     client, name, _ = registry(workspaces["retrain"])
     assert client.get_model_version(name, str(rescued.version)).tags["lepton.training"] == note  # the version says how it was trained
+    # It was gated against version 2 but not trained from it: its lineage says so, a fine-tuned version's does not.
+    from lepton.cli.versions import _parent, _versions
+
+    records = {r["version"]: r for r in _versions(workspaces["retrain"])[1]}
+    assert (records[rescued.version]["parent_version"], records[rescued.version]["new_network"]) == (2, True)
+    assert _parent(records[rescued.version]) == "new, vs v2" and _parent(records[2]) == "v1"
+    assert records[2]["new_network"] is False
     # Measured: 0.984 on the new holdout, where the wrecked fine-tune scored 0.714.
     assert rescued.metrics["candidate_new_accuracy"] > 0.9 > kept.metrics["candidate_new_accuracy"]
 

@@ -122,6 +122,18 @@ def test_training_section_says_which_network_went_to_the_gate(tmp_path):
     assert "which network" not in pages.render_html(_data(training=training), {})
 
 
+def test_a_new_network_is_shown_as_gated_against_the_champion_not_trained_from_it():
+    """A network retrained from scratch (gate.fallback, drift.action=compete) had the champion only as its rival at the gate."""
+    def summary(warm: bool) -> pages.TrainingSummary:
+        return pages.TrainingSummary(losses=[1.0], seconds=1.0, device="cpu", strategy="der+nme", new_samples=10, memory_samples=0, warm_start=warm)
+
+    def parent(**changes) -> str:
+        return html.unescape(pages.render_html(_data(model_version=3, parent_version=2, **changes), {}))
+
+    assert "none: a new network, gated against version 2" in parent(training=summary(False))
+    assert "new network" not in parent(training=summary(True))
+
+
 def test_find_latest_and_by_version(tmp_path):
     """`find` gives the newest run's page, or the asked version's; a missing one names what exists."""
     state = tmp_path / ".lepton"

@@ -272,6 +272,7 @@ def _version_record(version: Any, current: int | None, moves: list[Any]) -> dict
         "increment_id": tags.get(TAG + "increment_id"),
         "increment_file": tags.get(TAG + "increment_file"),
         "parent_version": lineage.parent_version,
+        "new_network": lineage.new_network,  # gated against its parent, but trained from scratch rather than from its weights
         "transferred_from": lineage.transferred_from or None,  # a first model started from another's feature layers
         "gate_passed": lineage.gate_passed if TAG + "gate_passed" in tags else None,
         "gate_reasons": list(lineage.gate_reasons),
@@ -309,9 +310,9 @@ def _versions(ws: Workspace) -> tuple[str, list[dict[str, Any]], Any]:
 
 
 def _parent(record: dict[str, Any]) -> str:
-    """The version it was trained from, or the other model's a first version started from (lepton init --from)."""
+    """The version it was trained from (or, for a new network, gated against), or the other model's a first version started from (lepton init --from)."""
     if record["parent_version"] is not None:
-        return f"v{record['parent_version']}"
+        return f"new, vs v{record['parent_version']}" if record.get("new_network") else f"v{record['parent_version']}"
     return f"from {record['transferred_from']}" if record.get("transferred_from") else "-"
 
 
@@ -413,7 +414,7 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def comparison(a: dict[str, Any], b: dict[str, Any], run_metrics: tuple[dict[str, float], dict[str, float]]) -> dict[str, Any]:
     """Two version records side by side: each value as ``[a, b]``; configuration keys only where they differ."""
-    lineage = ("increment_id", "increment_file", "data_hash", "parent_version", "strategy", "git_commit", "gate_passed", "champion")
+    lineage = ("increment_id", "increment_file", "data_hash", "parent_version", "new_network", "strategy", "git_commit", "gate_passed", "champion")
     holdout = re.compile(r"holdout_(\d+)_candidate_(\w+)")
     holdouts: dict[str, list[float | None]] = {}
     for i, metrics in enumerate(run_metrics):

@@ -78,6 +78,15 @@ def _cards(d: ReportData) -> list[dict[str, str]]:
     return cards
 
 
+def _parent(d: ReportData) -> str:
+    """The champion the version was trained from; a network trained from scratch beside one was only gated against it."""
+    if d.parent_version is None:
+        return "-" if d.model_version is None else "none (first model)"
+    if d.training is not None and not d.training.warm_start:
+        return f"none: a new network, gated against version {d.parent_version}"
+    return str(d.parent_version)
+
+
 def _lineage(d: ReportData) -> list[tuple[str, str]]:
     rows = [
         ("increment id", d.increment_id),
@@ -86,7 +95,7 @@ def _lineage(d: ReportData) -> list[tuple[str, str]]:
         ("DVC data hash", d.data_hash or "-"),
         ("git commit", d.git_commit or "-"),
         ("model version", f"{d.model_name} version {d.model_version}" if d.model_version is not None else "none (no model was trained)"),
-        ("parent version", str(d.parent_version) if d.parent_version is not None else ("-" if d.model_version is None else "none (first model)")),
+        ("parent version", _parent(d)),
         ("champion after the run", str(d.champion_version) if d.champion_version is not None else ("unchanged" if d.status == "rejected" else "none")),
     ]
     if d.strategy:
