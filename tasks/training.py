@@ -181,13 +181,16 @@ def rival_wins(
     ours, theirs = holdout_score(fine_tuned, config, change_at), holdout_score(rival, config, change_at)
     measure = "MAE" if fine_tuned.regression else "accuracy"
     shown = (lambda v: f"{-v:.4g}") if fine_tuned.regression else (lambda v: f"{v:.1%}")
-    scores = f"{measure} {shown(theirs)} against the fine-tuned {shown(ours)}"
+    # Pooled over more holdouts than the gate's new-holdout figures, so the note says which.
+    old_ids, _ = judged_holdouts(fine_tuned.old_ids, config, change_at, fine_tuned.new_id)
+    where = f"on the {len(fine_tuned.pooled('candidate', [fine_tuned.new_id, *old_ids]))} rows of the holdouts the gate judges"
+    scores = f"{measure} {shown(theirs)} against the fine-tuned {shown(ours)} {where}"
     if rival_passed != fine_tuned_passed:
         return rival_passed, (f"the retrained network goes to the gate: it passes and the fine-tuned candidate does not ({scores})" if rival_passed
                               else f"the fine-tuned candidate goes to the gate: it passes and the retrained network does not ({scores})")
     won = theirs > ours
     return won, (f"the retrained network goes to the gate ({scores})" if won
-                 else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)})")
+                 else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)} {where})")
 
 
 def drift_hurts(

@@ -315,15 +315,15 @@ def test_the_retrained_rival_wins_when_the_gate_passes_it_alone_or_it_is_strictl
     fine_tuned = Evaluation("new", _scores({"old": [1] * 10, "new": [1] * 6 + [0] * 4}), None)
     rival = Evaluation("new", _scores({"old": [1] * 6 + [0] * 4, "new": [1] * 9 + [0]}), None)
     won, why = rival_wins(fine_tuned, rival, gate, None, True, True)
-    assert not won and why == "the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0%)"
+    assert not won and why == "the fine-tuned candidate goes to the gate (accuracy 80.0% against the retrained network's 75.0% on the 20 rows of the holdouts the gate judges)"
     won, why = rival_wins(fine_tuned, rival, gate, "new", False, False)
-    assert won and why == "the retrained network goes to the gate (accuracy 90.0% against the fine-tuned 60.0%)"
+    assert won and why == "the retrained network goes to the gate (accuracy 90.0% against the fine-tuned 60.0% on the 10 rows of the holdouts the gate judges)"
     assert not rival_wins(fine_tuned, fine_tuned, gate, None, True, True)[0]
     # Better pooled, but the gate keeps it out where it passes the fine-tuned one (say, it forgets): the passing one wins.
     won, why = rival_wins(fine_tuned, rival, gate, "new", True, False)
-    assert not won and why == "the fine-tuned candidate goes to the gate: it passes and the retrained network does not (accuracy 90.0% against the fine-tuned 60.0%)"
+    assert not won and why == "the fine-tuned candidate goes to the gate: it passes and the retrained network does not (accuracy 90.0% against the fine-tuned 60.0% on the 10 rows of the holdouts the gate judges)"
     won, why = rival_wins(fine_tuned, rival, gate, None, False, True)
-    assert won and why == "the retrained network goes to the gate: it passes and the fine-tuned candidate does not (accuracy 75.0% against the fine-tuned 80.0%)"
+    assert won and why == "the retrained network goes to the gate: it passes and the fine-tuned candidate does not (accuracy 75.0% against the fine-tuned 80.0% on the 20 rows of the holdouts the gate judges)"
 
 
 def test_drift_hurts_when_the_champion_does_worse_on_the_new_holdout_than_the_margin_allows():
