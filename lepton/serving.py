@@ -45,7 +45,7 @@ def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]
                 problems.append(f"column {column!r} holds {int(counted[column])} infinite value(s)")
             continue
         raw = frame[column]
-        numbers = kinds_of.as_numbers(raw)
+        numbers = kinds_of.as_numbers(raw, boolean=preprocessor.kinds.get(column) == "boolean")
         # Training read placeholders ('?', 'n/a') as missing; a consumer says missing with null, so text here is a bug to report.
         text = raw[np.isnan(numbers) & raw.notna().to_numpy()]
         if len(text):
@@ -54,6 +54,23 @@ def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]
         if infinite:
             problems.append(f"column {column!r} holds {infinite} infinite value(s)")
     return problems
+
+
+def with_written_numbers(frame: pd.DataFrame, preprocessor: Preprocessor) -> pd.DataFrame:
+    """``frame`` with numeric columns that arrive as amounts or shares as a spreadsheet writes them ("$1,200", "12%"),
+    as training read them from a CSV file, read as numbers; the caller's frame is left as it was."""
+    found = {}
+    for column in preprocessor.used:
+        if column in frame.columns and preprocessor.kinds.get(column, "numeric") == "numeric" and not kinds_of.is_number_dtype(frame[column].dtype):
+            read = kinds_of.written_numbers(frame[column])
+            if read is not None:
+                found[column] = read[0]
+    if not found:
+        return frame
+    frame = frame.copy(deep=False)
+    for column, values in found.items():
+        frame[column] = values
+    return frame
 
 
 def _refuse_non_finite(scores: np.ndarray) -> None:
@@ -71,6 +88,7 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         preprocessor = self.bundle.preprocessor
+        frame = with_written_numbers(frame, preprocessor)
         problems = input_problems(frame, preprocessor)
         if problems:
             raise unscorable("; ".join(problems))

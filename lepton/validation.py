@@ -55,6 +55,12 @@ def kinds_for(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig
     )
 
 
+def needed_columns(schema: DataSchema, config: DataConfig) -> list[str]:
+    """The columns a later increment must hold: the label and every feature of the schema but those lepton.yaml now
+    declares ``ignore`` (a column an export stopped writing). Columns beyond the schema are reported, not refused."""
+    return [*(c for c in schema.features if config.columns.get(c) != "ignore"), schema.label]
+
+
 def _first_bounds(values: np.ndarray, limit: float) -> tuple[float, float] | None:
     """For a first increment: ``limit`` times the bulk's scale beyond its 5th-95th percentile range.
 
@@ -103,8 +109,8 @@ def build_suite(
         suite.append(gxe.ExpectColumnToExist(column=label))
         # The label and at least one feature.
         suite.append(gxe.ExpectTableColumnCountToBeBetween(min_value=2))
-    else:
-        # Exactly the columns of the schema, no more, no fewer.
+    elif set(needed_columns(schema, config)) - set(frame_columns):
+        # A column the model needs is missing: named beside any new one, so a renamed header reads as renamed.
         suite.append(gxe.ExpectTableColumnsToMatchSet(column_set=[*schema.features, label], exact_match=True))
     present = set(frame_columns)
     if implied is None:
@@ -174,6 +180,9 @@ def _describe(result: Any, frame: pd.DataFrame | None = None) -> str:
         pairs = [(renamed[key], c) for c in mismatch.get("unexpected") or [] if (key := " ".join(str(c).split()).casefold()) in renamed]
         if pairs:
             parts.append("renamed only in case or spacing: " + ", ".join(f"{new!r} was {old!r}" for old, new in pairs) + " (rename them back in the export)")
+        elif mismatch.get("missing"):
+            gone = mismatch["missing"][0]
+            parts.append(f"if the export no longer writes it, declare it in lepton.yaml (data.columns: {{{gone}: ignore}}): a new network then learns without it")
         return "; ".join(parts) or "columns do not match the schema"
     meta = config.meta or {}
     share = res.get("unexpected_percent") or 0.0
@@ -296,7 +305,7 @@ def read_as_schema(frame: pd.DataFrame, schema: DataSchema) -> tuple[pd.DataFram
     for column in schema.of_kind("numeric", "boolean"):
         if column not in frame.columns:
             continue
-        numbers = kinds_of.as_numbers(frame[column])
+        numbers = kinds_of.as_numbers(frame[column], boolean=schema.kind(column) == "boolean")
         bad = frame[column][np.isnan(numbers) & frame[column].notna().to_numpy()]
         if len(bad):
             unreadable[column] = bad
@@ -327,8 +336,9 @@ def content_checks(
         text = None if first else _now_text(bad, frame[column])  # ``frame`` holds them as NaN already
         if text is not None:
             words, present = text
+            held = "true/false values" if schema.kind(column) == "boolean" else "numbers"
             problems.append(
-                f"column {column!r} held numbers and now holds text ({len(words)} of {present} values, e.g. {_examples(words)}); "
+                f"column {column!r} held {held} and now holds text ({len(words)} of {present} values, e.g. {_examples(words)}); "
                 f"if it is a category now, declare it in lepton.yaml (data.columns: {{{column}: categorical}})"
             )
             continue
@@ -380,6 +390,21 @@ def content_checks(
         problems += _unit_changes(frame, schema, config.unit_change)
         warnings += _growth(frame, schema, config)
     return problems, warnings
+
+
+def _columns_beyond(frame: pd.DataFrame, schema: DataSchema, config: DataConfig) -> list[str]:
+    """Columns new to the schema, and those lepton.yaml declares ``ignore`` that the export no longer writes: said, not refused."""
+    out = []
+    new = [str(c) for c in frame.columns if c not in schema.features and c != schema.label]
+    if new:
+        out.append(
+            f"{len(new)} column(s) new to this workspace ({', '.join(map(repr, new[:5]))}{', ...' if len(new) > 5 else ''}): kept with "
+            "the data, not read by the model, whose inputs are the columns of the first increment"
+        )
+    gone = [c for c in schema.features if c not in frame.columns]
+    if gone:
+        out.append(f"column(s) {', '.join(map(repr, gone))} not in this increment, and declared ignore in lepton.yaml (data.columns)")
+    return out
 
 
 def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
@@ -554,15 +579,19 @@ def validate_frame(
     failed = len(problems)
     warnings: list[str] = []
     hashes = row_hashes(frame)
-    if implied is not None and not (set(implied.features) - set(frame.columns)):
+    if implied is not None and not (set(implied.features if first else needed_columns(implied, config)) - set(frame.columns)):
         more, warnings = content_checks(prepared, implied, unreadable, config, first, hashes)
         problems += [p for p in more if p not in problems]
+    if not first and not problems:
+        warnings += _columns_beyond(frame, schema, config)
     if frame.attrs.get("separator"):  # see tasks.ingest.separator_of
         warnings.append(f"read as separated by {frame.attrs['separator']!r}: its header line holds no comma")
     if frame.attrs.get("unquoted"):  # see tasks.ingest.read_increment
         warnings.append("column names read without the single quotes around every one of them in the header")
     for column, example in (frame.attrs.get("grouped") or {}).items():  # see tasks.ingest.with_grouped_numbers
         warnings.append(f"column {column!r}: numbers written with thousands separators (e.g. {example!r}), read as numbers")
+    for column, example in (frame.attrs.get("written") or {}).items():  # see tasks.ingest.with_written_numbers
+        warnings.append(f"column {column!r}: numbers written with a currency or percent sign or grouped digits (e.g. {example!r}), read as numbers")
     for column, example in (frame.attrs.get("decimal_commas") or {}).items():  # see tasks.ingest.with_decimal_commas
         warnings.append(f"column {column!r}: numbers written with a decimal comma (e.g. {example!r}), read as numbers")
     dropped = int(frame[config.label].isna().sum()) if config.label in frame.columns else 0

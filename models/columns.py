@@ -239,13 +239,53 @@ def number_block(values: np.ndarray) -> np.ndarray:
     return np.column_stack([values, np.isnan(values).astype(np.float64)])
 
 
-def as_numbers(series: pd.Series) -> np.ndarray:
-    """A numeric or boolean column as float64, missing as NaN (text that is not a number too)."""
+# How exports write a yes-or-no value: read as 1 or 0 in a boolean column, whatever the case.
+TRUTHS = {"true": "1", "false": "0", "yes": "1", "no": "0", "y": "1", "n": "0", "t": "1", "f": "0"}
+
+
+def as_numbers(series: pd.Series, *, boolean: bool = False) -> np.ndarray:
+    """A numeric or boolean column as float64, missing as NaN (text that is not a number too). 'true' and 'false' read
+    as 1 and 0; in a ``boolean`` column, 'yes'/'no', 'Y'/'N' and 'T'/'F' too (a true/false column exported as yes/no
+    was rejected as one that now holds text)."""
     if is_number_dtype(series.dtype):
         return pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return pd.to_numeric(series.astype("string").str.strip().replace({"true": "1", "false": "0", "True": "1", "False": "0"}), errors="coerce").to_numpy(
-        dtype=np.float64, na_value=np.nan
-    )
+    text = series.astype("string").str.strip()
+    truths = TRUTHS if boolean else {k: v for k, v in TRUTHS.items() if k in ("true", "false")}
+    folded = text.str.lower()
+    text = text.mask(folded.isin(truths), folded.map(truths))
+    return pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+# Amounts and shares as spreadsheets write them: a currency sign before or after ("$1,200", "-$5", "12 €"), a percent sign
+# after ("12%", "4.5 %"), digits grouped by three with spaces ("1 200", a no-break or a narrow no-break space too) or,
+# unless the comma is the decimal mark, with commas.
+_CURRENCY = r"[$€£¥]"
+_SIGNS = ((re.compile(rf"^\s*([+-]?)\s*{_CURRENCY}\s*"), r"\1"), (re.compile(rf"\s*(?:{_CURRENCY}|%)\s*$"), ""))
+_SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
+_COMMA_GROUP = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+
+
+def written_numbers(series: pd.Series, *, decimal_comma: bool = False) -> tuple[pd.Series, str] | None:
+    """A text column whose every value is a number once a currency or percent sign and the separators grouping its
+    digits are set aside, at least one so written: as float64 (missing stays missing), with an example as written.
+    None for anything else. A share reads as written: "12%" is 12."""
+    if not types.is_object_dtype(series) and not types.is_string_dtype(series):
+        return None
+    present = series.dropna()
+    if not len(present) or not all(isinstance(v, str) for v in present.head(50)):
+        return None
+    text = present.astype("string").str.strip()
+    bare = text
+    for pattern, keep in _SIGNS:
+        bare = bare.str.replace(pattern, keep, regex=True)
+    bare = bare.str.replace(_SPACE_GROUP, "", regex=True)
+    bare = bare.str.replace(",", ".", regex=False) if decimal_comma else bare.str.replace(_COMMA_GROUP, "", regex=True)
+    written = bare != text
+    if not written.any() or not bare.str.fullmatch(_PLAIN_NUMBER).all():
+        return None
+    numbers = pd.to_numeric(bare, errors="coerce").astype("float64").reindex(series.index)
+    return numbers, str(text[written].iloc[0])
 
 
 def as_datetimes(series: pd.Series) -> pd.Series:
@@ -320,7 +360,7 @@ def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capaci
     if kind == "image":
         return image_block(series, shape) if shape else np.zeros((n, 0), dtype=np.float64)
     if kind in ("numeric", "boolean"):
-        return number_block(as_numbers(series))
+        return number_block(as_numbers(series, boolean=kind == "boolean"))
     if kind == "datetime":
         parts = datetime_parts(series)
         return np.column_stack([parts, np.isnan(parts[:, 0]).astype(np.float64)])

@@ -78,7 +78,7 @@ class DataSchema:
         """This schema stretched to cover an accepted increment."""
         ranges = dict(self.ranges)
         for column in self.of_kind("numeric", "boolean"):
-            values = kinds_of.as_numbers(frame[column])
+            values = kinds_of.as_numbers(frame[column], boolean=self.kind(column) == "boolean")
             values = values[np.isfinite(values)]
             if not len(values):
                 continue

@@ -39,7 +39,9 @@ def measure_drift(history: History, frame: pd.DataFrame, data: DataConfig, confi
     regression = (schema or {}).get("task") == "regression"
     # Identifiers and ignored columns the model does not read; free text and dates hold new values by nature (a test of
     # the values themselves says nothing, and a date column would drift on every time-ordered increment).
-    unread = [c for c, kind in (schema or {}).get("kinds", {}).items() if kind in UNREAD_KINDS and c in frame.columns]
+    kinds = (schema or {}).get("kinds", {})
+    # Columns new to the workspace are no inputs either (validation said so): nothing in the history to compare them with.
+    unread = [c for c in frame.columns if c != data.label and ((kinds.get(c) or "numeric") in UNREAD_KINDS or (kinds and c not in kinds))]
     return measure(
         pd.concat(history.before(), ignore_index=True).drop(columns=unread, errors="ignore"), frame.drop(columns=unread), label=data.label, config=config,
         fixed_classes=not data.allow_new_classes, regression=regression,

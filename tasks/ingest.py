@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem, source_name
+from lepton.models.columns import written_numbers
 from lepton.models.schema import DataSchema
 from lepton.validation import kinds_for, repeated_names
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace, content_id
@@ -103,7 +104,7 @@ def read_increment(path: Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             sep = separator_of(path)
-            frame = pd.read_csv(path, sep=sep)
+            frame = pd.read_csv(path, sep=sep, na_values=PLACEHOLDERS)
             header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
             frame.attrs["header"] = header.iloc[0].tolist() if len(header) else []
             if sep != ",":
@@ -115,7 +116,8 @@ def read_increment(path: Path) -> pd.DataFrame:
                 frame.attrs["header"] = [str(n)[1:-1] if str(n)[:1] == str(n)[-1:] == "'" else n for n in frame.attrs["header"]]
                 frame.attrs["unquoted"] = True
             # Where ';' separates, a comma is the decimal mark (a European spreadsheet's export).
-            return with_decimal_commas(frame) if sep == ";" else with_grouped_numbers(frame)
+            frame = with_decimal_commas(frame) if sep == ";" else with_grouped_numbers(frame)
+            return with_written_numbers(frame, decimal_comma=sep == ";")
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user
         if FORMATS[suffix] == "Parquet":
@@ -130,6 +132,10 @@ def read_increment(path: Path) -> pd.DataFrame:
                 raise ValueError(repeated) from None
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
 
+
+# Cells that stand for a missing value beside pandas' own ('', 'NA', 'N/A', 'null', ...): a '?' class label was learnt as a
+# class, and a '-' category took a slot of its own.
+PLACEHOLDERS = ["?", "-", "--"]
 
 # What separates a CSV file's columns when its header line holds no comma: a European spreadsheet's ';', a tab, a '|'.
 SEPARATORS = (";", "\t", "|")
@@ -194,6 +200,21 @@ def _with_comma_numbers(frame: pd.DataFrame, written: str, comma: str, attr: str
         read[str(column)] = str(text[matched].iloc[0]).strip()
     if read:
         frame.attrs[attr] = read
+    return frame
+
+
+def with_written_numbers(frame: pd.DataFrame, *, decimal_comma: bool = False) -> pd.DataFrame:
+    """``frame`` with each text column of amounts or shares as spreadsheets write them ("$1,200", "12%", "1 200") read as
+    numbers (``written_numbers``); the columns read so, with an example of each, in ``frame.attrs["written"]`` for
+    validation to report. They were rejected in a later file as a column that now holds text, and in a first file
+    read as an identifier, left out of the model."""
+    read: dict[str, str] = {}
+    for column in frame.columns:
+        found = written_numbers(frame[column], decimal_comma=decimal_comma)
+        if found is not None:
+            frame[column], read[str(column)] = found
+    if read:
+        frame.attrs["written"] = read
     return frame
 
 

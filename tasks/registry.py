@@ -239,7 +239,8 @@ def register(
     client, experiment_id = connect(ws, config)
     name, increment_id, parent, tags = config.model_name, lineage.increment_id, lineage.parent_version, lineage.tags()
     candidate = dataclasses.replace(candidate, meta={**candidate.meta, **(meta or {})})
-    features = example[candidate.preprocessor.features].head(5).reset_index(drop=True)
+    # A column declared ignore may be gone from the latest rows: it is read as missing, as the model never reads it.
+    features = example.head(5).reindex(columns=candidate.preprocessor.features).reset_index(drop=True)
     signature = consumer_signature(candidate.predict(features))
     with ws.lock("champion"):
         existing = _live_version(client, name, increment_id)

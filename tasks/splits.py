@@ -57,7 +57,7 @@ def read_history(ws: Workspace) -> History:
 # Increments up to this many cells (rows x columns) are cached: a run of a 1,000,000-row increment spends
 # far longer training than parsing it, and its cache entry would be about its size in memory again.
 CACHED_CELLS = 5_000_000
-_ROWS_FORMAT = 4  # bumped when what a cache entry holds, or how read_increment reads, changes
+_ROWS_FORMAT = 5  # bumped when what a cache entry holds, or how read_increment reads, changes
 
 
 def _rows_path(ws: Workspace, increment_id: str) -> Path:

@@ -24,8 +24,7 @@ SCHEMA = DataSchema.infer(good(200, seed=1), "y")
 @pytest.mark.parametrize(
     ("name", "frame", "needle"),
     [
-        ("missing column", good().drop(columns=["b"]), "missing column(s) 'b'"),
-        ("extra column", good().assign(c=1.0), "unexpected column(s) 'c'"),
+        ("missing column", good().drop(columns=["b"]), "missing column(s) 'b'; if the export no longer writes it, declare it in lepton.yaml (data.columns: {b: ignore})"),
         ("renamed column", good().rename(columns={"b": " B"}), "missing column(s) 'b'; unexpected column(s) ' B'; renamed only in case or spacing: ' B' was 'b'"),
         ("wrong type", good().assign(b="x"), "column 'b' held numbers and now holds text (40 of 40 values"),
         ("missing jump", good().assign(a=[np.nan] * 20 + [0.0] * 20), "column 'a' has 20 empty value(s) (50.0%), more than the share seen so far plus data.missing_jump"),
@@ -47,6 +46,17 @@ def test_each_bad_increment_names_its_problem(name, frame, needle):
     assert not report.passed, name
     # The cause alone: no second message that only follows from it (a range check on text, say).
     assert len(report.problems) == 1 and needle in report.problems[0], report.problems
+
+
+def test_a_new_column_is_said_and_a_column_declared_ignore_may_go():
+    """An export that grows a column was rejected whole ('unexpected column'): it is kept with the data and said. A column
+    the export stopped writing is refused until lepton.yaml declares it ignore, and then said."""
+    grown = validate_frame(good().assign(c=1.0), SCHEMA, CONFIG)
+    assert grown.passed, grown.problems
+    assert "1 column(s) new to this workspace ('c'): kept with the data, not read by the model, whose inputs are the columns of the first increment" in grown.warnings
+    gone = validate_frame(good().drop(columns=["b"]), SCHEMA, CONFIG.model_copy(update={"columns": {"b": "ignore"}}))
+    assert gone.passed, gone.problems
+    assert "column(s) 'b' not in this increment, and declared ignore in lepton.yaml (data.columns)" in gone.warnings
 
 
 def test_unusual_but_clean_data_is_processed_with_warnings():
@@ -352,6 +362,58 @@ def test_numbers_with_thousands_separators_are_read_as_numbers(tmp_path):
     later = tmp_path / "later.csv"
     frame.assign(miles=[f"{m + 7:,}" for m in miles]).to_csv(later, index=False)
     assert validate_frame(read_increment(later), schema, DataConfig(label="y")).passed
+
+
+def test_amounts_and_shares_as_spreadsheets_write_them_are_read_as_numbers(tmp_path):
+    """"$1,200", "12%" and "1 200" (a no-break space too): numbers, and said. A first file read them as identifiers, left
+    out of the model; a later one was rejected as a column that now holds text. Codes, text and '12 kg' stay text."""
+    from lepton.tasks.ingest import read_increment
+
+    rng = np.random.default_rng(5)
+    price, share, rooms = rng.integers(1, 5000, 60), rng.integers(0, 100, 60), rng.integers(1000, 9000, 60)
+    frame = pd.DataFrame({
+        "price": [f"${p:,}" if i % 3 else f"-${p}" for i, p in enumerate(price)], "share": [f"{v}%" for v in share],
+        "rooms": [f"{r // 1000}\u00a0{r % 1000:03d}" if i % 2 else f"{r // 1000} {r % 1000:03d}" for i, r in enumerate(rooms)],
+        "weight": ["12 kg"] * 60, "code": [f"A-{i}" for i in range(60)], "y": rng.integers(0, 2, 60),
+    })
+    path = tmp_path / "first.csv"
+    frame.to_csv(path, index=False)
+    read = read_increment(path)
+    assert read["price"].tolist() == [float(p) if i % 3 else -float(p) for i, p in enumerate(price)]
+    assert read["share"].tolist() == share.astype(float).tolist() and read["rooms"].tolist() == rooms.astype(float).tolist()
+    assert read["weight"].iloc[0] == "12 kg" and read["code"].iloc[0] == "A-0"
+    first = validate_frame(read, None, DataConfig(label="y"))
+    assert first.passed and "numeric: price, share, rooms" in first.notes, first.notes
+    assert "column 'share': numbers written with a currency or percent sign or grouped digits (e.g. '%d%%'), read as numbers" % share[0] in first.warnings
+    schema = DataSchema.infer(read, "y")
+    later = tmp_path / "later.csv"
+    frame.assign(price=[f"${p + 3:,}" for p in price]).to_csv(later, index=False)
+    assert validate_frame(read_increment(later), schema, DataConfig(label="y")).passed
+
+
+def test_placeholders_in_labels_and_categories_are_missing_and_yes_no_is_a_boolean(tmp_path):
+    """'?' and '-' for an unknown class were learnt as classes and took category slots: they are missing values (a row
+    without a label is dropped and counted). A true/false column exported as yes/no was rejected as one that now holds text."""
+    from lepton.tasks.ingest import read_increment
+
+    rng = np.random.default_rng(6)
+    first = pd.DataFrame({"x": rng.normal(size=60), "plan": rng.choice(["free", "pro"], 60), "active": rng.random(60) < 0.5, "y": rng.choice(["a", "b"], 60)})
+    schema = DataSchema.infer(first, "y")
+    assert schema.kind("active") == "boolean"
+    later = first.assign(active=first["active"].map({True: "yes", False: "no"}))
+    later.loc[:2, "y"] = ["?", "-", "--"]
+    later.loc[3:5, "plan"] = ["-", "?", "--"]
+    path = tmp_path / "later.csv"
+    later.to_csv(path, index=False)
+    read = read_increment(path)
+    assert read["y"].isna().sum() == 3 and read["plan"].isna().sum() == 3
+    report = validate_frame(read, schema, DataConfig(label="y"))
+    assert report.passed, report.problems
+    assert "3 row(s) without a label dropped (data.max_missing_labels=0.1)" in report.warnings
+    assert not any("new class" in w or "new categor" in w for w in report.warnings), report.warnings
+    words = later.assign(active=["maybe"] * 60)
+    [problem] = validate_frame(words, schema, DataConfig(label="y")).problems
+    assert problem.startswith("column 'active' held true/false values and now holds text (60 of 60 values, e.g. 'maybe')"), problem
 
 
 @pytest.mark.parametrize("sep", [";", "\t"])

@@ -164,6 +164,16 @@ def test_champion_predicts_on_integers_as_they_arrive(churn):
     assert np.asarray(model.predict(gapless)).shape == (len(gapless),)
 
 
+def test_champion_reads_a_true_false_column_sent_as_yes_no(churn):
+    """A boolean column as another export writes it (yes/no, Y/N): the answers it gets as true/false."""
+    model = champion_model(churn["ws"])
+    fresh = customers(30, 12, first_id=30_000).drop(columns=["y"])
+    expected = np.asarray(model.predict(fresh))
+    for yes, no in (("yes", "no"), ("Y", "N")):
+        written = fresh.assign(active=fresh["active"].map({True: yes, False: no}))
+        assert (np.asarray(model.predict(written)) == expected).all()
+
+
 def test_champion_takes_batches_as_consumers_read_them(fuel):
     """A float column that arrives as whole numbers (a CSV without decimals reads as int64), a text column with
     only gaps (a one-row CSV with an empty cell reads as float NaN), no rows: answers, not MLflow type errors.
@@ -177,6 +187,9 @@ def test_champion_takes_batches_as_consumers_read_them(fuel):
     gaps = fresh.assign(region=np.nan)
     assert gaps["region"].dtype == np.float64
     assert np.isfinite(np.asarray(model.predict(gaps))).all()
+    # Numbers as a spreadsheet writes them, as training reads them from a CSV file: the same answers.
+    dollars = fresh.assign(x1=[f"-${-v:.6f}" if v < 0 else f"${v:.6f}" for v in fresh["x1"]])
+    np.testing.assert_allclose(np.asarray(model.predict(dollars)), np.asarray(model.predict(fresh.assign(x1=fresh["x1"].round(6)))), rtol=1e-5)
     empty = np.asarray(model.predict(fresh.iloc[:0]))
     assert empty.shape == (0,) and empty.dtype == np.float64
     with pytest.raises(MlflowException, match=r"cannot score this input: missing column\(s\) 'x2'"):
@@ -627,3 +640,12 @@ def test_a_task_or_column_kind_declared_after_the_first_increment_takes_effect(t
     assert (schema["kinds"]["c"], schema["why"]["c"]) == ("ignore", "declared in data.columns")
     if third.status == "promoted":
         assert "c" not in champion_model(ws).unwrap_python_model().bundle.preprocessor.used
+    # The export then stops writing c (declared ignore) and grows a column d: processed, both said; d is not read.
+    changed = tmp_path / "c3.parquet"
+    counts(240, 3).drop(columns=["c"]).assign(d=1.0).to_parquet(changed, index=False)
+    fourth = continual_training(str(changed), str(ws.root), FAST)
+    assert fourth.status in ("promoted", "kept_out") and fourth.version is not None, fourth.message
+    assert "column(s) 'c' not in this increment, and declared ignore in lepton.yaml (data.columns)" in fourth.warnings
+    assert any(w.startswith("1 column(s) new to this workspace ('d')") for w in fourth.warnings), fourth.warnings
+    fresh = counts(50, 10).drop(columns=["c"])
+    assert np.asarray(champion_model(ws).predict(fresh.drop(columns=["count"]))).shape == (50,)
