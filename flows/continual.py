@@ -12,12 +12,12 @@ from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
 from lepton.lineage import TAG
 from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
-from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, release, sort_landing
+from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, record_same_rows, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import (
-    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, split_increments, with_accepted,
+    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, same_rows, split_increments, with_accepted,
 )
 from lepton.tasks.tracking import registry_key_of
 from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
@@ -97,6 +97,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 keep_answers(ws, config.registry)
             # Completed, but not a promotion: a state of its own that the UI shows and filters on.
             return Completed(name="Rejected", message=outcome.message, data=outcome)
+        same = same_rows(history, frame) if route == "fresh" else None
+        if same is not None:  # the rows of an accepted increment, in another file, format or order: learnt already
+            known = record_same_rows(ws, landing, same)
+            version_data(ws, config.dvc)
+            outcome = RunOutcome.same_rows(landing.id, known)
+            log.warning(outcome.message)
+            return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
         for note in report.notes:
             log.info("column kinds: %s", note)

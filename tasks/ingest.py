@@ -298,6 +298,20 @@ def quarantined(ws: Workspace, increment_id: str) -> Path:
     return path
 
 
+def record_same_rows(ws: Workspace, landing: Landing, same: str) -> IncrementRecord:
+    """File a landing that holds the rows of accepted increment ``same`` as a duplicate of it (its copy stays in
+    ``data/``, nothing is deleted); returns the accepted increment's record."""
+    with ws.lock("data"):
+        manifest = ws.read_manifest()
+        known = manifest.find(same)
+        relative = str(landing.path.relative_to(ws.root))
+        record = IncrementRecord(id=landing.id, file=relative, source=landing.source, state="duplicate", duplicate_of=same)
+        manifest.increments = [*(r for r in manifest.increments if not (r.id == landing.id and r.state == "duplicate")), record]
+        ws.write_manifest(manifest)
+    assert known is not None, same
+    return known
+
+
 def record_duplicate(ws: Workspace, landing: Landing) -> None:
     """Note a repeated landing in the (unversioned) ledger; the data itself is untouched."""
     ws.note_duplicate(landing.id, landing.source)

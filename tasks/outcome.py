@@ -85,6 +85,12 @@ class RunOutcome(BaseModel):
         return cls(status="duplicate", increment_id=increment_id, file=known.file, message=message)
 
     @classmethod
+    def same_rows(cls, increment_id: str, known: IncrementRecord) -> RunOutcome:
+        """The rows of an accepted increment, sent again in another file (another format, column or row order)."""
+        message = f"the same rows as increment {known.id} ({known.file}, from {known.source}), in another file: nothing to do"
+        return cls(status="duplicate", increment_id=increment_id, file=known.file, message=message)
+
+    @classmethod
     def raced(cls, increment_id: str, file: str, registration: Registration) -> RunOutcome:
         """Another run of the same increment registered it while this one trained."""
         return cls(

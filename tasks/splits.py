@@ -47,6 +47,27 @@ class History:
         return [frame for key, frame in self.frames.items() if key != increment_id]
 
 
+def same_rows(history: History, frame: pd.DataFrame) -> str | None:
+    """The accepted increment that holds exactly the rows of ``frame`` (whatever their order, the order of the columns or the
+    file's format), if one does. An export sent again as Parquet, or with CRLF line ends, was learnt again, and its
+    holdout counted twice."""
+    columns = sorted(map(str, frame.columns))
+    content = None
+    for key, earlier in history.frames.items():
+        if len(earlier) != len(frame) or sorted(map(str, earlier.columns)) != columns:
+            continue
+        content = _content(frame, columns) if content is None else content
+        if np.array_equal(content, _content(earlier, columns)):
+            return key
+    return None
+
+
+def _content(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The rows' hashes, sorted, over the values as text in ``columns`` order: the same whatever the file's format."""
+    named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
+    return np.sort(pd.util.hash_pandas_object(named.astype("string"), index=False).to_numpy())
+
+
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
     """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
