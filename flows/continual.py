@@ -11,6 +11,7 @@ from prefect.states import Completed, State
 from lepton import config as lepton_config
 from lepton.faults import stop_on_sigterm
 from lepton.lineage import TAG
+from lepton.models.schema import DataSchema
 from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, record_same_rows, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
@@ -77,7 +78,12 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         stamp = file_key(landing.path)  # before the read: the rows cache keeps the frame under it once accepted
         frame, read_error = read(landing.path)
         schema = ws.read_schema()  # as the accepted increments left it; accepting this one may write it
+        respelled = []
+        if frame is not None and schema is not None:  # 'latino' for the known 'Latino': the known spelling
+            frame, respelled = DataSchema.from_dict(schema).respelled(frame)
         report = validate(frame, read_error, schema, config.data, data_docs=ws.state, run_name=landing.id)
+        if respelled and report.passed:
+            report = replace(report, warnings=[*respelled, *report.warnings])
         history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
         drift = measure_drift(history, frame, config.data, config.drift, schema) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data

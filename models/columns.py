@@ -313,9 +313,34 @@ def as_strings(series: pd.Series) -> pd.Series:
     return out.str.strip().replace("", pd.NA)
 
 
+def folded(value: Any) -> str:
+    """A value as compared regardless of case and spacing."""
+    return " ".join(str(value).split()).casefold()
+
+
+def known_spellings(series: pd.Series, known: set[str]) -> dict[str, str]:
+    """Of the text values of ``series`` not in ``known``, those that differ from exactly one known value only in case or
+    spacing, each with that value."""
+    lookup: dict[str, list[str]] = {}
+    for value in known:
+        lookup.setdefault(folded(value), []).append(value)
+    out = {}
+    for value in pd.unique(series.dropna()):
+        if isinstance(value, str) and value not in known and len(hits := lookup.get(folded(value), [])) == 1:
+            out[value] = hits[0]
+    return out
+
+
 def one_hot(series: pd.Series, vocabulary: list[str], capacity: int) -> np.ndarray:
-    """One-hot rows over ``capacity`` slots; slot 0 for values not in the vocabulary (or missing)."""
-    codes = pd.Categorical(as_strings(series), categories=vocabulary).codes.astype(np.int64) + 1  # -1 (unknown) -> 0
+    """One-hot rows over ``capacity`` slots; slot 0 for values not in the vocabulary (or missing). A value that differs
+    from one in the vocabulary only in case or spacing takes its slot, as training read it (``DataSchema.respelled``)."""
+    values = as_strings(series)
+    codes = pd.Categorical(values, categories=vocabulary).codes.astype(np.int64) + 1  # -1 (unknown) -> 0
+    if (codes == 0).any() and vocabulary:
+        unknown = values[codes == 0]
+        mapping = known_spellings(unknown, set(vocabulary))
+        if mapping:
+            codes[codes == 0] = pd.Categorical(unknown.replace(mapping), categories=vocabulary).codes.astype(np.int64) + 1
     out = np.zeros((len(series), capacity), dtype=np.float64)
     out[np.arange(len(series)), codes] = 1.0
     return out

@@ -142,6 +142,30 @@ class DataSchema:
             schema = schema.widened(frame)
         return schema
 
+    def respelled(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+        """``frame`` with label and category values that differ from exactly one known value only in case or spacing
+        ('latino' beside 'Latino', 'MALE' beside 'male') read as that value, and what was read so. A dirty export's
+        spelling taught the model a class of its own, which consumers were then given, and sent categories to the
+        unknown slot."""
+        columns = {c: list(self.values.get(c, [])) for c in self.of_kind("categorical")}
+        if self.task != "regression":
+            columns[self.label] = list(self.classes)
+        said = []
+        for column, known in columns.items():
+            spelt = {k for k in known if isinstance(k, str)}
+            if column not in frame.columns or not spelt:
+                continue
+            mapping = kinds_of.known_spellings(frame[column], spelt)
+            if not mapping:
+                continue
+            rows = int(frame[column].isin(list(mapping)).sum())
+            frame = frame.copy(deep=False)
+            frame[column] = frame[column].replace(mapping)
+            what = "label" if column == self.label else "column"
+            shown = ", ".join(f"{v!r} as {k!r}" for v, k in list(mapping.items())[:3]) + (", ..." if len(mapping) > 3 else "")
+            said.append(f"{what} {column!r}: {rows} value(s) that differ from a known one only in case or spacing, read as it ({shown})")
+        return frame, said
+
     def magnitude_columns(self) -> list[str]:
         """The columns whose typical magnitude is kept: numeric features, and the label of a regression."""
         return self.of_kind("numeric") + ([self.label] if self.task == "regression" else [])

@@ -71,7 +71,9 @@ def _content(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
     """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
-    entries = {r.id: stored_rows(ws, r.id, ws.root / r.file) for r in ws.read_manifest().accepted()}
+    state = ws.read_schema()
+    schema = DataSchema.from_dict(state) if state is not None else None
+    entries = {r.id: stored_rows(ws, r.id, ws.root / r.file, schema) for r in ws.read_manifest().accepted()}
     return History({k: frame for k, (frame, _) in entries.items()}, {k: hashes for k, (_, hashes) in entries.items() if hashes is not None})
 
 
@@ -93,7 +95,7 @@ def file_key(file: Path) -> tuple[Any, ...]:
     return _ROWS_FORMAT, pd.__version__, pyarrow.__version__, stat.st_size, stat.st_mtime_ns
 
 
-def stored_rows(ws: Workspace, increment_id: str, file: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+def stored_rows(ws: Workspace, increment_id: str, file: Path, schema: DataSchema | None = None) -> tuple[pd.DataFrame, np.ndarray | None]:
     """An accepted increment's rows as ``read_increment`` reads its stored file, from the workspace's cache, and
     their row hashes (None for an increment too large to cache).
 
@@ -112,6 +114,8 @@ def stored_rows(ws: Workspace, increment_id: str, file: Path) -> tuple[pd.DataFr
         if tuple(kept_key) == key and isinstance(frame, pd.DataFrame) and isinstance(hashes, np.ndarray) and len(hashes) == len(frame):
             return frame, hashes
     frame = read_increment(file)
+    if schema is not None:  # spelt as the run that accepted it read it, before the hashes its split is decided by
+        frame = schema.respelled(frame)[0]
     return frame, keep_rows(ws, increment_id, key, frame)
 
 
@@ -167,7 +171,9 @@ def _accepted_frames(ws: Workspace, history: History | None = None, skip: list[s
     """Every accepted increment but ``skip``, in arrival order, from the manifest as it is now: ``history``'s frames where
     it holds them, else their stored rows."""
     known = history.frames if history is not None else {}
-    return [known[r.id] if r.id in known else stored_rows(ws, r.id, ws.root / r.file)[0] for r in ws.read_manifest().accepted() if r.id not in skip]
+    state = ws.read_schema()
+    schema = DataSchema.from_dict(state) if state is not None else None
+    return [known[r.id] if r.id in known else stored_rows(ws, r.id, ws.root / r.file, schema)[0] for r in ws.read_manifest().accepted() if r.id not in skip]
 
 
 def redeclare(ws: Workspace, data: DataConfig) -> list[str]:

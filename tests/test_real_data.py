@@ -174,6 +174,35 @@ def test_champion_reads_a_true_false_column_sent_as_yes_no(churn):
         assert (np.asarray(model.predict(written)) == expected).all()
 
 
+def test_a_class_or_category_spelt_otherwise_is_read_as_the_known_one(tmp_path, prefect_api):
+    """An export that writes 'STAY' and 'Churn ' for the known classes, and 'PRO' for a known plan: read as the known
+    spelling, and said. Before, they were learnt as classes of their own (and given to consumers) and the plan went to the
+    unknown slot. The champion reads 'PRO' from consumers as 'pro'."""
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "ws", "y", "spelling")
+    first, second = tmp_path / "one.csv", tmp_path / "two.csv"
+    customers(300, 1, first_id=0).to_csv(first, index=False)
+    messy = customers(300, 2, first_id=1000)
+    messy["y"] = messy["y"].where(messy.index % 3 != 0, messy["y"].str.upper()).where(messy.index % 3 != 1, messy["y"].str.title() + " ")
+    messy["plan"] = messy["plan"].where(messy["plan"] != "pro", "PRO")
+    messy.to_csv(second, index=False)
+    assert continual_training(str(first), str(ws.root), FAST).status == "promoted"
+    outcome = continual_training(str(second), str(ws.root), FAST)
+    assert outcome.status in ("promoted", "kept_out") and outcome.version == 2, outcome.message
+    said = [w for w in outcome.warnings if "only in case or spacing" in w]
+    assert said[0].startswith("column 'plan': ") and "'PRO' as 'pro'" in said[0], said
+    assert said[1].startswith("label 'y': 200 value(s) that differ from a known one only in case or spacing, read as it ("), said
+    assert not any("new class" in w or "new categor" in w for w in outcome.warnings), outcome.warnings
+    schema = json.loads(ws.schema_path.read_text())
+    assert sorted(schema["classes"]) == ["churn", "stay"] and "PRO" not in schema["values"]["plan"]
+    fresh = customers(60, 3, first_id=5000).drop(columns=["y"])
+    model = champion_model(ws)
+    assert set(np.asarray(model.predict(fresh)).tolist()) <= {"stay", "churn"}
+    shouted = fresh.assign(plan=fresh["plan"].str.upper())
+    assert (np.asarray(model.predict(shouted)) == np.asarray(model.predict(fresh))).all()
+
+
 def test_champion_takes_batches_as_consumers_read_them(fuel):
     """A float column that arrives as whole numbers (a CSV without decimals reads as int64), a text column with
     only gaps (a one-row CSV with an empty cell reads as float NaN), no rows: answers, not MLflow type errors.
