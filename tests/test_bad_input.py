@@ -151,20 +151,22 @@ def test_new_classes_are_accepted_and_said_with_a_lookalike_named():
 
 
 def test_holdout_must_not_be_empty():
-    """An increment too small to split off a holdout is rejected with the fraction named."""
+    """An increment too small to split off a holdout (one row) is rejected with the fraction named; from two rows on
+    each side holds one at least."""
     config = DataConfig(label="y", min_rows=1, holdout_fraction=0.01)
-    report = validate_frame(good(3), SCHEMA, config)
+    report = validate_frame(good(1), SCHEMA, config)
     assert not report.passed and "holdout_fraction=0.01" in report.problems[0]
+    assert validate_frame(good(3), SCHEMA, config).passed
 
 
 def test_the_holdout_check_counts_the_rows_the_split_keeps():
-    """With data.duplicates=drop, 4 distinct rows sent 50 times each are 4 rows to split: validation judges the
-    holdout the steps will have, not the 200 rows as sent (whose later copies fill a holdout of their own)."""
+    """With data.duplicates=drop, one row sent 50 times is one row to split: validation judges the holdout the steps
+    will have, not the 50 rows as sent (whose later copies fill a holdout of their own)."""
     from lepton.models.splits import holdout_mask, holdout_split
 
     rows = good(200, seed=1).drop_duplicates().reset_index(drop=True)
-    # Four rows whose first copies all fall outside the holdout: deduplicated, nothing is left to score.
-    distinct = rows[~holdout_mask(rows, 0.2)].head(4)
+    # A row whose first copy falls outside the holdout: deduplicated, nothing is left to score.
+    distinct = rows[~holdout_mask(rows, 0.2)].head(1)
     frame = pd.concat([distinct] * 50, ignore_index=True)
     drop = DataConfig(label="y", duplicates="drop")
     assert holdout_mask(frame, 0.2).any() and len(holdout_split(frame, "y", 0.2, drop_duplicates=True)[1]) == 0

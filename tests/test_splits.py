@@ -51,6 +51,19 @@ def test_holdout_share_is_close_to_the_requested_fraction(fraction: float) -> No
     assert abs(mask.mean() - fraction) <= 0.05
 
 
+def test_a_small_increment_always_has_both_sides() -> None:
+    """Rows that all hash to one side (a 15-row export was refused for leaving no holdout): the row nearest the line
+    goes to the other side; a split with both sides is left as it is."""
+    rng = np.random.default_rng(2)
+    rows = pd.DataFrame({"x": rng.normal(size=400)})
+    mask = holdout_mask(rows, 0.2)
+    trains, held = rows[~mask].head(12).reset_index(drop=True), rows[mask].head(3).reset_index(drop=True)
+    assert holdout_mask(trains, 0.2).sum() == 1 and (~holdout_mask(held, 0.2)).sum() == 1
+    both = pd.concat([trains, held], ignore_index=True)
+    assert holdout_mask(both, 0.2).tolist() == [False] * 12 + [True] * 3
+    assert holdout_mask(rows.head(1), 0.2).tolist() == mask[:1].tolist()
+
+
 def test_split_partitions_the_frame() -> None:
     """split() returns the rows outside and inside the mask, every row exactly once."""
     frame = rows(300)
@@ -140,7 +153,7 @@ def test_a_salted_split_is_independent_of_the_holdout() -> None:
     """interpolate's validation split of the training rows (salted) holds rows; unsalted, its buckets lie inside the holdout's."""
     frame = rows(2000)
     train = frame[~holdout_mask(frame, 0.2)]
-    assert not holdout_mask(train, 0.1).any()  # why the salt: the same hash, a smaller share of it
+    assert holdout_mask(train, 0.1).sum() == 1  # why the salt: the same hash, a smaller share of it (one row, as no side is left empty)
     held = holdout_mask(train, 0.1, salt=1)
     assert 0.05 < held.mean() < 0.15
 
