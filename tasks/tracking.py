@@ -3,10 +3,15 @@ its recorded history, retry timing. No Prefect here, so the read-only commands a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from lepton.config import RegistryConfig
 from lepton.history import AliasMove
@@ -37,6 +42,11 @@ def connect(ws: Workspace, config: RegistryConfig):
     uri = credentials_out_of_uri(tracking_uri(ws, config), os.environ)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
+    if uri == f"sqlite:///{ws.mlflow_db}":
+        moved = relocate(ws)
+        if moved is not None:
+            logging.getLogger("lepton").warning(
+                "this workspace was moved or copied from %s: its MLflow records now point at its own .lepton/mlartifacts", moved)
     # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI,
     # where tracking_uri() would take them for the user's choice: the first workspace a
     # process connects to would capture every later one. Keep the environment as it was.
@@ -55,6 +65,49 @@ def connect(ws: Workspace, config: RegistryConfig):
     # A local store keeps artifacts next to its database, not wherever the command ran.
     location = ws.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
     return client, client.create_experiment(config.experiment, artifact_location=location)
+
+
+# Where MLflow's SQLite store keeps an absolute artifact location: each is rewritten when the workspace moves.
+_LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "storage_location"),
+              ("model_versions", "source"), ("logged_models", "artifact_location"))
+
+
+def relocate(ws: Workspace) -> Path | None:
+    """Point the workspace's own MLflow store at its own ``.lepton/mlartifacts`` when its records name another's (the
+    workspace was moved or copied); returns the workspace it came from, or None when nothing was rewritten.
+
+    The store records artifact locations as absolute paths: a moved workspace failed every run with "No such file or
+    directory" under the old path, and a copy registered its models into the original's folder.
+    """
+    if not ws.mlflow_db.is_file():
+        return None
+    here = ws.mlflow_artifacts.as_uri()
+    with contextlib.closing(sqlite3.connect(ws.mlflow_db, timeout=30, isolation_level=None)) as db:
+        try:
+            locations = [row[0] for row in db.execute("SELECT artifact_location FROM experiments")]
+        except sqlite3.Error:
+            return None
+        suffix = "/.lepton/mlartifacts"
+        old = next((loc for loc in locations if isinstance(loc, str) and loc.startswith("file://") and loc.endswith(suffix) and loc != here), None)
+        if old is None:
+            return None
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        pairs = ((old, here), (unquote(urlparse(old).path), str(ws.mlflow_artifacts)))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column in _LOCATIONS:
+                if table not in tables or column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    continue
+                for before, after in pairs:
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                        (after, len(before) + 1, len(before), before),
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return Path(unquote(urlparse(old).path)).parent.parent
 
 
 def not_found(err: Exception) -> bool:
@@ -119,10 +172,10 @@ def _registry_stamp(ws: Workspace, config: RegistryConfig) -> list[int] | None:
 CACHE_FORMAT = 2  # 2: describe holds each increment's version and verdict
 
 
-def _cache_key(stamp: Any, config: RegistryConfig) -> dict[str, Any]:
+def _cache_key(ws: Workspace, stamp: Any, config: RegistryConfig) -> dict[str, Any]:
     """What a kept answer must match: the database as it was read (a stamp is only taken of the workspace's own), the
     model, and the format of what an answer holds."""
-    return {"stamp": stamp, "model": config.model_name, "format": CACHE_FORMAT}
+    return {"stamp": stamp, "model": config.model_name, "format": CACHE_FORMAT, "root": str(ws.root)}  # a moved workspace asks again
 
 
 def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Callable[[], Any], *, fresh: bool = False) -> Any:
@@ -136,7 +189,7 @@ def read_through(ws: Workspace, config: RegistryConfig, what: str, compute: Call
     """
     stamp = _registry_stamp(ws, config)
     path = ws.state / "cache" / f"{what}.json"
-    key = _cache_key(stamp, config)
+    key = _cache_key(ws, stamp, config)
     if stamp is not None and not fresh:
         try:
             kept = json.loads(path.read_text())
@@ -162,7 +215,7 @@ def is_kept(ws: Workspace, config: RegistryConfig, what: str) -> bool:
         kept = json.loads((ws.state / "cache" / f"{what}.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(kept, dict) and kept.get("key") == _cache_key(stamp, config)
+    return isinstance(kept, dict) and kept.get("key") == _cache_key(ws, stamp, config)
 
 
 def _moves(ws: Workspace, config: RegistryConfig) -> list[dict[str, Any]]:

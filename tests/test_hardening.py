@@ -210,3 +210,37 @@ def test_serve_refuses_what_the_model_cannot_score(served, body, needle):
     assert 400 <= status < 500, (status, text)
     answer = strict_json(text)
     assert needle in answer["message"], answer["message"]
+
+
+def test_a_moved_or_copied_workspace_keeps_working_in_its_own_folder(tmp_path, prefect_api):
+    """MLflow's store records artifact locations as absolute paths: a moved workspace failed every run ('No such file or
+    directory' under the old path) and a copy registered its models into the original's folder. The next command points
+    the store at the workspace's own .lepton/mlartifacts, and says so."""
+    import shutil
+
+    import mlflow.pyfunc
+
+    from lepton.config import load
+    from lepton.flows.continual import continual_training
+    from lepton.tasks.tracking import connect
+
+    original = make_workspace(tmp_path / "original", "y", "moving")
+    for i in (1, 2):
+        rows(200, i).to_parquet(tmp_path / f"day{i}.parquet", index=False)
+    assert continual_training(str(tmp_path / "day1.parquet"), str(original.root), FAST).status == "promoted"
+    before = sorted(p for p in original.mlflow_artifacts.rglob("*") if p.is_file())
+    shutil.copytree(original.root, tmp_path / "copy", symlinks=True)
+    shutil.move(original.root, tmp_path / "moved")
+    for folder in ("copy", "moved"):
+        ws = type(original).at(tmp_path / folder)
+        outcome = continual_training(str(tmp_path / "day2.parquet"), str(ws.root), FAST)
+        assert outcome.status in ("promoted", "kept_out") and outcome.version == 2, outcome.message
+        client, _ = connect(ws, load(ws.root).registry)
+        model = mlflow.pyfunc.load_model(f"models:/moving/{outcome.version}")
+        assert len(np.asarray(model.predict(rows(5, 9).drop(columns=["y"])))) == 5
+        assert client.get_experiment_by_name(load(ws.root).registry.experiment).artifact_location == ws.mlflow_artifacts.as_uri()
+    # The copy wrote nothing into the folder it came from (which now lives at moved/).
+    moved = type(original).at(tmp_path / "moved")
+    written = sorted(p.relative_to(moved.root) for p in moved.mlflow_artifacts.rglob("*") if p.is_file())
+    copied = sorted(p.relative_to(tmp_path / "copy") for p in type(original).at(tmp_path / "copy").mlflow_artifacts.rglob("*") if p.is_file())
+    assert len(before) < len(written) and set(written).isdisjoint(set(copied) - {p.relative_to(original.root) for p in before})
