@@ -74,8 +74,18 @@ def file_problem(source: Path, *, check_format: bool = True) -> str | None:
     if not source.is_file():
         return f"{source} is not a file"
     if check_format and source.suffix.lower() not in FORMATS:
-        return f"{source.name}: unsupported format {source.suffix.lower() or '(none)'}; use .csv or .parquet"
+        return f"{source.name}: unsupported format {source.suffix.lower() or '(none)'}; use .csv or .parquet{unpack(source.suffix)}"
     return None
+
+
+# Compressed files, and how to unpack one: they are not read compressed.
+PACKED = {".gz": "gunzip", ".zip": "unzip", ".bz2": "bunzip2", ".xz": "unxz", ".zst": "unzstd"}
+
+
+def unpack(suffix: str) -> str:
+    """For a compressed file, what to do first ('' for any other)."""
+    tool = PACKED.get(suffix.lower())
+    return f" (a compressed file: unpack it first, e.g. `{tool} FILE`)" if tool else ""
 
 
 def land(source: Path, target_folder: Path) -> Path:

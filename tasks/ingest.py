@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
-from lepton.landing import FORMATS, file_problem, source_name
+from lepton.landing import FORMATS, file_problem, source_name, unpack
 from lepton.models.columns import written_numbers
 from lepton.models.schema import DataSchema
 from lepton.validation import kinds_for, repeated_names
@@ -100,7 +100,7 @@ def read_increment(path: Path) -> pd.DataFrame:
     """
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"unsupported format {suffix if suffix != '.bin' else '(unknown)'}; use .csv or .parquet")
+        raise ValueError(f"unsupported format {suffix if suffix != '.bin' else '(unknown)'}; use .csv or .parquet{unpack(suffix)}")
     try:
         if suffix == ".csv":
             sep = separator_of(path)

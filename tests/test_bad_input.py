@@ -220,6 +220,12 @@ def test_unsupported_format_is_quarantined(clean_dir, prefect_api):
     assert "rejected because unsupported format .txt; use .csv or .parquet" in result.stdout.strip().splitlines()[-1]
     kept = [p for p in (ws.root / "data" / "quarantine").iterdir() if not p.name.endswith(".reasons.json")]
     assert len(kept) == 1 and kept[0].read_bytes() == path.read_bytes()
+    from lepton.tasks.ingest import read_increment
+
+    packed = clean_dir / "day.gz"
+    packed.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"unsupported format \.gz; use \.csv or \.parquet \(a compressed file: unpack it first, e\.g\. `gunzip FILE`\)"):
+        read_increment(packed)
 
 
 def test_a_column_of_lists_is_rejected_with_its_name():
