@@ -588,11 +588,11 @@ def validate_frame(
         warnings.append(f"read as separated by {frame.attrs['separator']!r}: its header line holds no comma")
     if frame.attrs.get("unquoted"):  # see tasks.ingest.read_increment
         warnings.append("column names read without the single quotes around every one of them in the header")
-    for column, example in (frame.attrs.get("grouped") or {}).items():  # see tasks.ingest.with_grouped_numbers
+    for column, example in (frame.attrs.get("grouped") or {}).items():  # see tasks.ingest.with_written_numbers
         warnings.append(f"column {column!r}: numbers written with thousands separators (e.g. {example!r}), read as numbers")
     for column, example in (frame.attrs.get("written") or {}).items():  # see tasks.ingest.with_written_numbers
         warnings.append(f"column {column!r}: numbers written with a currency or percent sign or grouped digits (e.g. {example!r}), read as numbers")
-    for column, example in (frame.attrs.get("decimal_commas") or {}).items():  # see tasks.ingest.with_decimal_commas
+    for column, example in (frame.attrs.get("decimal_commas") or {}).items():  # see tasks.ingest.with_written_numbers
         warnings.append(f"column {column!r}: numbers written with a decimal comma (e.g. {example!r}), read as numbers")
     dropped = int(frame[config.label].isna().sum()) if config.label in frame.columns else 0
     if dropped and not problems:  # a rejected increment drops nothing: it is quarantined whole

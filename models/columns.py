@@ -266,26 +266,30 @@ _COMMA_GROUP = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
 
-def written_numbers(series: pd.Series, *, decimal_comma: bool = False) -> tuple[pd.Series, str] | None:
+def written_numbers(series: pd.Series, *, decimal_comma: bool = False) -> tuple[pd.Series, str, str] | None:
     """A text column whose every value is a number once a currency or percent sign and the separators grouping its
-    digits are set aside, at least one so written: as float64 (missing stays missing), with an example as written.
-    None for anything else. A share reads as written: "12%" is 12."""
+    digits are set aside (with ``decimal_comma``, a comma is the decimal mark), at least one so written: as float64
+    (missing stays missing), an example as written, and how they were written (``grouped``: thousands separators
+    alone, ``decimal_commas``: decimal commas alone, ``written``: anything else). None for any other column. A share
+    reads as written: "12%" is 12."""
     if not types.is_object_dtype(series) and not types.is_string_dtype(series):
         return None
     present = series.dropna()
     if not len(present) or not all(isinstance(v, str) for v in present.head(50)):
         return None
     text = present.astype("string").str.strip()
-    bare = text
+    signless = text
     for pattern, keep in _SIGNS:
-        bare = bare.str.replace(pattern, keep, regex=True)
-    bare = bare.str.replace(_SPACE_GROUP, "", regex=True)
-    bare = bare.str.replace(",", ".", regex=False) if decimal_comma else bare.str.replace(_COMMA_GROUP, "", regex=True)
+        signless = signless.str.replace(pattern, keep, regex=True)
+    spaceless = signless.str.replace(_SPACE_GROUP, "", regex=True)
+    bare = spaceless.str.replace(",", ".", regex=False) if decimal_comma else spaceless.str.replace(_COMMA_GROUP, "", regex=True)
     written = bare != text
     if not written.any() or not bare.str.fullmatch(_PLAIN_NUMBER).all():
         return None
     numbers = pd.to_numeric(bare, errors="coerce").astype("float64").reindex(series.index)
-    return numbers, str(text[written].iloc[0])
+    commas_alone = (spaceless == text).all()
+    how = ("decimal_commas" if decimal_comma else "grouped") if commas_alone else "written"
+    return numbers, str(text[written].iloc[0]), how
 
 
 def as_datetimes(series: pd.Series) -> pd.Series:

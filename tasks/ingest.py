@@ -116,7 +116,6 @@ def read_increment(path: Path) -> pd.DataFrame:
                 frame.attrs["header"] = [str(n)[1:-1] if str(n)[:1] == str(n)[-1:] == "'" else n for n in frame.attrs["header"]]
                 frame.attrs["unquoted"] = True
             # Where ';' separates, a comma is the decimal mark (a European spreadsheet's export).
-            frame = with_decimal_commas(frame) if sep == ";" else with_grouped_numbers(frame)
             return with_written_numbers(frame, decimal_comma=sep == ";")
         return pd.read_parquet(path)
     except Exception as err:  # any parser failure means the same thing to the user
@@ -155,66 +154,17 @@ def separator_of(path: Path) -> str:
     return best if counts[best] else ","
 
 
-# A number with a decimal comma ("3,5", "-0,25"), in a file separated by ';'.
-DECIMAL_COMMA = r"^\s*[+-]?\d*,\d+\s*$"
-
-
-def with_decimal_commas(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each text column that holds only numbers, some with a decimal comma, read as numbers; the columns
-    read so, with an example of each, in ``frame.attrs["decimal_commas"]`` for validation to report."""
-    return _with_comma_numbers(frame, DECIMAL_COMMA, ".", "decimal_commas")
-
-
-# Numbers as a spreadsheet exports them: digits grouped by three with commas ("8,855", "-1,234,567.5"), beside plain
-# ones. A comma decimal ("3,5") is no such group and is never read so.
-GROUPED = r"^\s*[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?\s*$"
-PLAIN = r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$"
-
-
-def with_grouped_numbers(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each text column that holds only numbers, some written with thousands separators, read as numbers.
-
-    A first file of "8,855" miles was read as an identifier and left out of the model, and in a later file
-    such a column was rejected as text. The columns read so, with an example of each, are kept in
-    ``frame.attrs["grouped"]`` for validation to report.
-    """
-    return _with_comma_numbers(frame, GROUPED, "", "grouped")
-
-
-def _with_comma_numbers(frame: pd.DataFrame, written: str, comma: str, attr: str) -> pd.DataFrame:
-    """``frame`` with each text column whose values all match ``written`` or ``PLAIN``, at least one ``written``, read as
-    numbers with each comma replaced by ``comma``; the columns read so, with an example of each, in ``frame.attrs[attr]``."""
-    read: dict[str, str] = {}
-    for column in frame.columns:
-        values = frame[column]
-        if not pd.api.types.is_object_dtype(values) and not pd.api.types.is_string_dtype(values):
-            continue
-        present = values.dropna()
-        if not len(present) or not isinstance(present.iloc[0], str):  # bytes (images) or mixed objects: never numbers so
-            continue
-        text = present.astype("string")  # a value that is no string reads as itself, and must match like the others
-        matched = text.str.match(written)
-        if not matched.any() or not (matched | text.str.match(PLAIN)).all():
-            continue
-        frame[column] = pd.to_numeric(values.astype("string").str.replace(",", comma, regex=False).str.strip(), errors="coerce").astype("float64")
-        read[str(column)] = str(text[matched].iloc[0]).strip()
-    if read:
-        frame.attrs[attr] = read
-    return frame
-
-
 def with_written_numbers(frame: pd.DataFrame, *, decimal_comma: bool = False) -> pd.DataFrame:
-    """``frame`` with each text column of amounts or shares as spreadsheets write them ("$1,200", "12%", "1 200") read as
-    numbers (``written_numbers``); the columns read so, with an example of each, in ``frame.attrs["written"]`` for
-    validation to report. They were rejected in a later file as a column that now holds text, and in a first file
-    read as an identifier, left out of the model."""
-    read: dict[str, str] = {}
+    """``frame`` with each text column of numbers as spreadsheets write them read as numbers (``written_numbers``): with
+    thousands separators ("8,855"), a decimal comma where ';' separates ("3,25"), a currency or percent sign ("$1,200",
+    "12%"), digits grouped by spaces ("1 200"). A first file read such a column as an identifier, left out of the model;
+    a later one was rejected as a column that now holds text. The columns read so, with an example of each, are kept in
+    ``frame.attrs`` under ``grouped``, ``decimal_commas`` or ``written`` for validation to report."""
     for column in frame.columns:
         found = written_numbers(frame[column], decimal_comma=decimal_comma)
         if found is not None:
-            frame[column], read[str(column)] = found
-    if read:
-        frame.attrs["written"] = read
+            frame[column], example, how = found
+            frame.attrs.setdefault(how, {})[str(column)] = example
     return frame
 
 
