@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
 from lepton import config as lepton_config
-from lepton.faults import stop_on_sigterm
+from lepton.faults import stop_if_terminated, stop_on_sigterm
 from lepton.lineage import TAG
 from lepton.models.schema import DataSchema
 from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
@@ -235,6 +235,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             parent_version=parent, config=config, decision=decision, summary=evaluation.summary(), transfer=training.transfer, training=plan.note,
             left_out=left_out, new_network=not training.warm_start,
         )
+        stop_if_terminated()  # a SIGTERM whose exception was swallowed: stop before anything is registered
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",
             params=config_params(config), metrics=run_metrics(evaluation, training), lineage=lineage,
@@ -265,4 +266,5 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     # and `lepton run` can say so without starting a flow.
     ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
     keep_answers(ws, config.registry)
+    stop_if_terminated()  # registered and promoted, but the sender asked it to stop: not a success to report
     return outcome

@@ -41,6 +41,7 @@ def checkpoint(name: str) -> None:
 
 GRACE_SECONDS = 5.0
 _guarded = False
+_received = threading.Event()  # set once SIGTERM arrived, whatever Python's handler made of it
 
 
 def stop_on_sigterm(grace: float = GRACE_SECONDS, attempts: int = 2) -> bool:
@@ -63,9 +64,21 @@ def stop_on_sigterm(grace: float = GRACE_SECONDS, attempts: int = 2) -> bool:
     return True
 
 
+def stop_if_terminated() -> None:
+    """End the process as SIGTERM means to, here, if one arrived and the run went on (its exception swallowed): called
+    before a run registers a version and before it reports success. A run stopped once registering and promoting,
+    exited 0, and said nothing of the signal."""
+    if _received.is_set():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(GRACE_SECONDS)  # the default action is immediate; this only waits for it
+        os._exit(128 + signal.SIGTERM)
+
+
 def _watch(read_end: int, grace: float, attempts: int) -> None:
     while signal.SIGTERM not in os.read(read_end, 512):
         pass
+    _received.set()
     for _ in range(attempts):
         time.sleep(grace)
         # Still here: the exception was swallowed, or clean-up hangs. Again, as the sender meant it.

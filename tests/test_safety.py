@@ -262,3 +262,41 @@ def test_cli_data_checkout_of_lost_data_exits_1_and_changes_nothing(clean_dir, p
     assert done.returncode == 1 and "is not available" in done.stderr and "unchanged" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert _snapshot(ws.root) == before
+
+
+QUICK = """
+import time
+from prefect.utilities.engine import capture_sigterm
+from lepton.faults import stop_if_terminated, stop_on_sigterm
+
+stop_on_sigterm(grace=30)
+
+
+class Finalizer:
+    def __del__(self):
+        print("ready", flush=True)
+        time.sleep(1)
+
+
+with capture_sigterm():
+    Finalizer()
+    print("registered", flush=True)  # the run goes on: the guard's next signal is 30 s away
+    stop_if_terminated()
+    print("reported success", flush=True)
+"""
+
+
+def test_a_run_whose_sigterm_was_swallowed_stops_before_it_reports_success(tmp_path):
+    """The signal swallowed, a run reached registration and its end within the guard's grace: it registered, promoted
+    and exited 0. Before registering and before reporting, a run checks for a SIGTERM that arrived, and stops (-15)."""
+    import signal
+    import sys
+
+    script = tmp_path / "quick.py"
+    script.write_text(QUICK)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGTERM)
+    out, errors = proc.communicate(timeout=20)
+    assert "registered" in out and "reported success" not in out, (out, errors)
+    assert proc.returncode == -signal.SIGTERM, (out, errors)
