@@ -103,7 +103,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 keep_answers(ws, config.registry)
             # Completed, but not a promotion: a state of its own that the UI shows and filters on.
             return Completed(name="Rejected", message=outcome.message, data=outcome)
-        same = same_rows(history, frame) if route == "fresh" else None
+        same = same_rows(history, frame, landing.id) if route == "fresh" else None
         if same is not None:  # the rows of an accepted increment, in another file, format or order: learnt already
             known = record_same_rows(ws, landing, same)
             version_data(ws, config.dvc)

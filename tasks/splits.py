@@ -47,14 +47,15 @@ class History:
         return [frame for key, frame in self.frames.items() if key != increment_id]
 
 
-def same_rows(history: History, frame: pd.DataFrame) -> str | None:
+def same_rows(history: History, frame: pd.DataFrame, increment_id: str) -> str | None:
     """The accepted increment that holds exactly the rows of ``frame`` (whatever their order, the order of the columns or the
     file's format), if one does. An export sent again as Parquet, or with CRLF line ends, was learnt again, and its
-    holdout counted twice."""
+    holdout counted twice. ``increment_id``: this increment's own, which another run of the same file may have accepted
+    meanwhile: that is no other file."""
     columns = sorted(map(str, frame.columns))
     content = None
     for key, earlier in history.frames.items():
-        if len(earlier) != len(frame) or sorted(map(str, earlier.columns)) != columns:
+        if key == increment_id or len(earlier) != len(frame) or sorted(map(str, earlier.columns)) != columns:
             continue
         content = _content(frame, columns) if content is None else content
         if np.array_equal(content, _content(earlier, columns)):

@@ -516,8 +516,8 @@ def test_the_rows_of_an_accepted_increment_in_another_file_are_not_learnt_again(
     from lepton.tasks.splits import read_history, same_rows
 
     history = read_history.fn(ws)
-    assert same_rows(history, day2) == day2_id
-    assert same_rows(history, day2.assign(x1=day2["x1"].where(day2.index != 0, 99.0))) is None
+    assert same_rows(history, day2, "another") == day2_id and same_rows(history, day2, day2_id) is None
+    assert same_rows(history, day2.assign(x1=day2["x1"].where(day2.index != 0, 99.0)), "another") is None
 
 
 @pytest.fixture(scope="module")
