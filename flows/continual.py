@@ -15,7 +15,7 @@ from lepton.models.schema import DataSchema
 from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
 from lepton.tasks.ingest import accept, ingest, quarantine, record_duplicate, record_same_rows, release, sort_landing
 from lepton.tasks.outcome import RunOutcome
-from lepton.tasks.registry import config_params, finish_increment, keep_answers, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
+from lepton.tasks.registry import config_params, finish_increment, keep_answers, learnt_since, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import (
     encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, same_rows, split_increments, with_accepted,
@@ -66,8 +66,14 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
     if redeclared:
         log.warning("lepton.yaml declares %s: the schema is read again from the accepted increments", "; ".join(redeclared))
     if route == "resume":
-        log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
         history = read_history(ws)
+        learnt = learnt_since(ws, config.registry, list(history.frames), landing.id)
+        if learnt is not None:  # a later increment's run learnt it with its own: training it again would count it twice
+            outcome = RunOutcome.learnt_since(landing.id, known, *learnt)
+            log.info(outcome.message)
+            ws.mark_finished(landing.id, registry_key_of(ws, config.registry))
+            return outcome
+        log.warning("increment %s was accepted but no model version was registered for it: resuming at training", landing.id)
     else:
         version_data(ws, config.dvc)
         if route == "retry":
@@ -163,7 +169,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if champion is None and also:
             log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(also) + 1, len(train_frame))
         elif also:
-            log.info("the candidate learns the %d increment(s) the gate kept out since the champion was trained with this one (%d training rows)", len(also), len(train_frame))
+            log.info("the candidate learns the %d increment(s) accepted since the champion's that it has not learnt (kept out by the gate, "
+                     "or left by a run that stopped, or after a rollback) with this one (%d training rows)", len(also), len(train_frame))
         plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out)  # on drift, replay, joint or compete trains on more of the past
         if reread:
             plan = plan_anew(history, landing.id, train_frame, config, also, left_out, why=reread)

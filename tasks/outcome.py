@@ -85,6 +85,13 @@ class RunOutcome(BaseModel):
         return cls(status="duplicate", increment_id=increment_id, file=known.file, message=message)
 
     @classmethod
+    def learnt_since(cls, increment_id: str, known: IncrementRecord, version: int, trained_on: str) -> RunOutcome:
+        """An accepted increment whose run stopped before it registered, learnt since by a later increment's candidate."""
+        message = (f"increment {increment_id} was accepted, and its run stopped before a version of its own was promoted; version {version}, "
+                   f"the champion, learnt it since with increment {trained_on}: nothing to do")
+        return cls(status="duplicate", increment_id=increment_id, file=known.file, message=message, champion_version=version)
+
+    @classmethod
     def same_rows(cls, increment_id: str, known: IncrementRecord) -> RunOutcome:
         """The rows of an accepted increment, sent again in another file (another format, column or row order)."""
         message = f"the same rows as increment {known.id} ({known.file}, from {known.source}), in another file: nothing to do"

@@ -305,6 +305,20 @@ def finish_increment(ws: Workspace, config: RegistryConfig, increment_id: str) -
     return Registration(version, found.run_id, created=False, champion=version, move=move)
 
 
+def learnt_since(ws: Workspace, config: RegistryConfig, order: list[str], increment_id: str) -> tuple[int, str] | None:
+    """(champion version, the increment it was trained on) when the champion learnt ``increment_id`` without a run of its
+    own: its run stopped before registering (or its version was superseded), and a later increment's candidate learnt it
+    with its own, as it learns whatever the champion has not. ``order``: the accepted increments in arrival order."""
+    client, _ = connect(ws, config)
+    current = champion_version(client, config.model_name)
+    if current is None:
+        return None
+    trained_on = (client.get_model_version(config.model_name, str(current)).tags or {}).get(TAG + "increment_id")
+    if trained_on in order and increment_id in order and order.index(trained_on) > order.index(increment_id):
+        return current, trained_on
+    return None
+
+
 @task(name="keep-answers", cache_policy=NO_CACHE)
 def keep_answers(ws: Workspace, config: RegistryConfig) -> None:
     """``lepton status`` and ``history``'s answers for the registry as this run leaves it (a failure costs only their speed)."""

@@ -227,3 +227,23 @@ def test_dvc_recovers_from_a_killed_dvc(clean_dir):
 
     assert digest.endswith(".dir") and current_hash(ws) == digest
     assert clear_broken_lock(ws) is False  # DVC left a whole rwlock file behind it this time
+
+
+@pytest.mark.parametrize("point", ["train", "promote"])
+def test_an_increment_whose_run_stopped_is_learnt_once_when_the_next_file_runs_first(tmp_path, prefect_api, point):
+    """The run of inc2 is killed (while training, or before the champion moved to its version); inc3 runs next and its
+    candidate learns inc2 with its own. Running inc2 again said 'resuming at training' and trained it a second time (a
+    third version for two increments): now it says the champion learnt it since, and does nothing (exit 0)."""
+    ws = make_workspace(tmp_path / "ws", "digit", "digits", DIGITS)
+    (tmp_path / "landing").mkdir()
+    files = write_increments(tmp_path / "landing", 3, "inc{}.parquet")
+    assert run(files[0], ws, prefect_api).returncode == 0
+    assert run(files[1], ws, prefect_api, kill_at=point).returncode == -signal.SIGKILL
+    after_next = run(files[2], ws, prefect_api)
+    assert after_next.returncode == 0, after_next.stdout[-2000:] + after_next.stderr[-2000:]
+    state = registry_state(ws)
+    again = run(files[1], ws, prefect_api)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    last = again.stdout.strip().splitlines()[-1]
+    assert "its run stopped before a version of its own was promoted; version " in last and last.endswith("nothing to do"), last
+    assert registry_state(ws)["by_increment"] == state["by_increment"]  # nothing trained or registered again
