@@ -69,10 +69,20 @@ def unapplied(history: list[AliasMove], current: int | None) -> AliasMove | None
     return None
 
 
+def applied(history: list[AliasMove], current: int | None) -> list[bool]:
+    """Whether each record's move took place. Its run may have died between record and alias: the last record then
+    starts from ``current`` and ends elsewhere (``unapplied``), and an earlier one is followed by a record that starts
+    where it started (another run moved the alias from there; the file's own re-run would have finished the move)."""
+    last = unapplied(history, current)
+    return [
+        m is not last and not (i + 1 < len(history) and history[i + 1].from_version == m.from_version != m.to_version)
+        for i, m in enumerate(history)
+    ]
+
+
 def was_champion(history: list[AliasMove], current: int | None, version: int) -> bool:
-    """Whether ``version`` ever held the alias: it holds it now, or a record other than an unapplied last one moved it there."""
-    applied = history[:-1] if unapplied(history, current) else history
-    return current == version or any(m.to_version == version for m in applied)
+    """Whether ``version`` ever held the alias: it holds it now, or a record whose move took place moved it there."""
+    return current == version or any(m.to_version == version for m, ok in zip(history, applied(history, current), strict=True) if ok)
 
 
 def champions(history: list[AliasMove], current: int | None) -> list[int]:
@@ -82,9 +92,8 @@ def champions(history: list[AliasMove], current: int | None) -> list[int]:
     not (a former champion rolled away from, or a record from before rollbacks were limited to
     former champions) adds it, as a promotion would.
     """
-    applied = history[:-1] if unapplied(history, current) else history
     chain: list[int] = []
-    for move in applied:
+    for move in (m for m, ok in zip(history, applied(history, current), strict=True) if ok):
         if move.kind == "rollback" and move.to_version in chain:
             del chain[len(chain) - chain[::-1].index(move.to_version):]
         else:

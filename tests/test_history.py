@@ -153,3 +153,9 @@ def test_a_move_whose_alias_never_moved_is_told_apart():
     assert was_champion(history, 2, 1) and was_champion(history, 2, 2) and not was_champion(history, 2, 3)
     assert was_champion(history, 3, 3) and not was_champion(history, 3, 4)
     assert unapplied([], None) is None and not was_champion([], None, 1)
+    # The run promoting 2 -> 3 stopped before the alias moved, and the next file's run moved it from 2 to 4.
+    from lepton.history import applied, champions
+
+    stopped = moves(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3), ("promote", 2, 4))
+    assert applied(stopped, 4) == [True, True, False, True] and applied(stopped, 2) == [True, True, False, False]
+    assert not was_champion(stopped, 4, 3) and was_champion(stopped, 4, 2) and champions(stopped, 4) == [1, 2, 4]

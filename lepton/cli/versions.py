@@ -220,28 +220,34 @@ def history(
     """Every move of the champion: from which version to which, when, by which run, and why."""
     ws = open_workspace(workspace, check="config", quiet=True)
     from lepton.config import load
+    from lepton.history import applied
+    from lepton.tasks.tracking import describe
     from lepton.tasks.tracking import history as champion_moves
 
     config = load(ws.root)
     _unless_kept(ws, "history")
     try:
         moves = champion_moves(ws, config.registry)
+        current = describe(ws, config.registry)["champion_version"] if moves else None
     except Exception as error:  # a tracking server that is down, say
         raise fail(f"could not read the history of {config.registry.model_name!r}: {error}") from None
+    done = applied(moves, current)
     if as_json:
-        print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))
+        print(json.dumps([m.model_dump(mode="json") | {"applied": ok} for m, ok in zip(moves, done, strict=True)], indent=2))
         return
     if not moves:
         console.print(f"no champion moves recorded for {config.registry.model_name!r} yet")
         return
     table = Table("#", "when (UTC)", "kind", "from", "to", "by", "reason", title=f"champion history of {config.registry.model_name}")
-    for m in moves:
+    for m, ok in zip(moves, done, strict=True):
         by = " ".join(filter(None, [m.flow_run_name, f"({m.user})" if m.user else None])) or "-"
+        kind = m.kind + (" (manual)" if m.manual else "") + ("" if ok else " [yellow](not applied: its run stopped before the alias moved)[/yellow]")
         table.add_row(
-            str(m.seq), f"{m.at:%Y-%m-%d %H:%M:%S}", m.kind + (" (manual)" if m.manual else ""), "-" if m.from_version is None else f"v{m.from_version}",
+            str(m.seq), f"{m.at:%Y-%m-%d %H:%M:%S}", kind, "-" if m.from_version is None else f"v{m.from_version}",
             f"v{m.to_version}", by, m.reason,
         )
     console.print(table)
+
 
 
 # `versions` and `compare` only read the registry: they talk to MLflow directly, without
