@@ -20,7 +20,7 @@ from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import (
     encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, same_rows, split_increments, with_accepted,
 )
-from lepton.tasks.tracking import registry_key_of
+from lepton.tasks.tracking import registry_key_of, registry_lost
 from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
@@ -168,6 +168,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             train_frame, _ = split_increments(history, landing.id, config.data, also=also)
         if champion is None and also:
             log.info("no champion yet: the new network learns all %d accepted increments (%d training rows)", len(also) + 1, len(train_frame))
+            lost = ws.registered_before(registry_key_of(ws, config.registry))
+            if lost:
+                log.warning(registry_lost(lost, config.registry.model_name))
         elif also:
             log.info("the candidate learns the %d increment(s) accepted since the champion's that it has not learnt (kept out by the gate, "
                      "or left by a run that stopped, or after a rollback) with this one (%d training rows)", len(also), len(train_frame))

@@ -188,6 +188,10 @@ class Workspace:
         except (OSError, ValueError, AttributeError):
             return False
 
+    def registered_before(self, registry: str) -> int:
+        """How many accepted increments a run registered in ``registry`` (a ``registry_key``), as the finished records say."""
+        return sum(self.is_finished(r.id, registry) for r in self.read_manifest().accepted())
+
     def read_manifest(self) -> Manifest:
         if not self.manifest_path.exists():
             return Manifest()

@@ -110,6 +110,13 @@ def relocate(ws: Workspace) -> Path | None:
     return Path(unquote(urlparse(old).path)).parent.parent
 
 
+def registry_lost(registered: int, model: str) -> str:
+    """What to say of a registry that holds no version of the model, where runs registered some."""
+    return (f"the registry holds no version of {model!r}, though runs registered {registered} accepted increment(s) there: "
+            "was its database deleted or replaced? A run then trains a new network on every accepted increment; restore "
+            "the database (.lepton/mlflow.db, or the tracking server's) to keep the versions and their history")
+
+
 def not_found(err: Exception) -> bool:
     return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
 

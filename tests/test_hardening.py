@@ -244,3 +244,22 @@ def test_a_moved_or_copied_workspace_keeps_working_in_its_own_folder(tmp_path, p
     written = sorted(p.relative_to(moved.root) for p in moved.mlflow_artifacts.rglob("*") if p.is_file())
     copied = sorted(p.relative_to(tmp_path / "copy") for p in type(original).at(tmp_path / "copy").mlflow_artifacts.rglob("*") if p.is_file())
     assert len(before) < len(written) and set(written).isdisjoint(set(copied) - {p.relative_to(original.root) for p in before})
+
+
+def test_a_registry_that_lost_its_versions_is_said(tmp_path, prefect_api):
+    """.lepton/mlflow.db deleted: status said 'no champion yet' and the next run quietly started over at version 1. Both
+    now warn that runs registered accepted increments there, and say what to restore."""
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "ws", "y", "lost")
+    for i in (1, 2):
+        rows(200, i).to_parquet(tmp_path / f"day{i}.parquet", index=False)
+    assert continual_training(str(tmp_path / "day1.parquet"), str(ws.root), FAST).status == "promoted"
+    ws.mlflow_db.unlink()
+    shown = run_cli(["status", "--workspace", str(ws.root), "--json"], api_url=prefect_api)
+    assert shown.returncode == 0, shown.stderr
+    warning = json.loads(shown.stdout)["warning"]
+    assert warning.startswith("the registry holds no version of 'lost', though runs registered 1 accepted increment(s) there"), warning
+    run = run_cli(["run", str(tmp_path / "day2.parquet"), "--workspace", str(ws.root)], api_url=prefect_api)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "the registry holds no version of 'lost'" in (ws.state / "logs" / "lepton.log").read_text()

@@ -66,6 +66,12 @@ def gather_status(ws: Workspace) -> dict[str, Any]:
         original = by_id.get(entry["id"], {})
         increments.append({"id": entry["id"], "file": original.get("file"), "state": "duplicate", "source": entry["source"], "reasons": []})
     info["increments"] = increments
+    if not info["versions"]:
+        from lepton.tasks.tracking import registry_key_of, registry_lost
+
+        lost = ws.registered_before(registry_key_of(ws, config.registry))
+        if lost:
+            info["warning"] = registry_lost(lost, config.registry.model_name)
     schema = ws.read_schema()
     info["columns"] = (
         {"label": schema["label"], "task": schema.get("task", "classification"), "kinds": schema.get("kinds", {}), "why": schema.get("why", {})}
@@ -90,6 +96,8 @@ def status(
         return
     console.print(f"model [bold]{info['model_name']}[/bold] at {redact(info['tracking_uri'])}: {info['versions']} version(s) (each one: `lepton versions`)")
     champion = info["champion"]
+    if info.get("warning"):
+        console.print(f"[yellow]warning:[/yellow] {info['warning']}")
     if champion is None:
         console.print("no champion yet")
     else:
