@@ -59,6 +59,7 @@ class RunOutcome(BaseModel):
     drift_action: str | None = None  # drift.action, when the increment drifted
     drift_skipped: str | None = None  # why drift was not measured (too few rows, drift off, nothing before it)
     training_note: str | None = None  # what changed in training: drift's replay, joint or compete, the gate's fallback, and which network went to the gate
+    finished_earlier: bool = False  # this run only moved the champion to the version an interrupted run registered
 
     @property
     def exit_code(self) -> int:
@@ -71,7 +72,7 @@ class RunOutcome(BaseModel):
         was = earlier.move.from_version
         return cls(
             status="promoted", increment_id=increment_id, file=file, message=promoted_message(earlier.version, was) + ", finishing an interrupted run",
-            version=earlier.version, champion_version=earlier.version, parent_version=was,
+            version=earlier.version, champion_version=earlier.version, parent_version=was, finished_earlier=True,
         )
 
     @classmethod

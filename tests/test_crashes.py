@@ -107,6 +107,9 @@ def test_a_run_killed_there_converges_when_run_again(crashes, point):
     assert after["parents"][version] == (str(before["champion"]) if before["champion"] else "none")
     # The history gained exactly this move, and still reads as a chain.
     assert after["history"] == [*before["history"], (before["champion"], version)]
+    # Where the killed run had registered the version, the re-run only moved the champion: its summary says why it has no report.
+    finished = "none: the run that trained this version stopped before writing it; this one moved the champion" in " ".join(step["rerun"].stdout.split())
+    assert finished == (point in ("register", "promote")), step["rerun"].stdout[-3000:]
     assert after["running"] == []
     records = [r for r in step["manifest"].increments if r.id == increment]
     assert [r.state for r in records] == ["accepted"]

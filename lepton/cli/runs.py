@@ -314,6 +314,8 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     report = getattr(outcome, "report", None)
     if report:
         table.add_row("report", shown(ws, report))
+    elif getattr(outcome, "finished_earlier", False):  # the run that trained the version wrote none before it stopped
+        table.add_row("report", "none: the run that trained this version stopped before writing it; this one moved the champion")
     elif outcome.status in ("promoted", "kept_out", "rejected"):  # the run happened; its page could not be written
         log = shown(ws, (ws.state / "logs" / "lepton.log").relative_to(ws.root))
         table.add_row("report", f"[red]not written: why is in {log}[/red]")
