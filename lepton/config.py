@@ -149,15 +149,33 @@ def parse(raw: dict[str, Any], overrides: list[str] | None = None, *, source: st
         raise ConfigError(f"invalid configuration ({source}): {_problems(err, LeptonConfig)}") from None
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: YAML keeps the last silently, and a second
+    ``data:`` section replaced the first (its label too), so good files were quarantined for a column they never had."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"{key!r} is written twice (the first at line {seen[key].line + 1})", key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(workspace: Path, overrides: list[str] | None = None) -> LeptonConfig:
     """The workspace's config with overrides applied."""
     path = workspace / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path} not found: run `lepton init {workspace} --label COLUMN` first")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeys) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        said = f"{err.problem}, line {mark.line + 1}" if isinstance(err, yaml.MarkedYAMLError) and err.problem and mark else " ".join(str(err).split())
+        raise ConfigError(f"{path} is not valid YAML: {said}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of sections")
     return parse(raw, overrides, source=str(path) + (" with --set overrides" if overrides else ""))

@@ -156,3 +156,16 @@ def test_deployment_overrides_cannot_move_data_or_models() -> None:
             with pytest.raises(ConfigError, match=f"{section}.{key} can only be set in lepton.yaml"):
                 ConfigOverrides.from_list([f"{section}.{key}=x"])
     assert ConfigOverrides.from_list(["train.epochs=3"]).to_list() == ["train.epochs=3"]
+
+
+def test_a_key_written_twice_in_lepton_yaml_is_an_error(tmp_path) -> None:
+    """YAML keeps the last of two equal keys without a word: a second `data:` replaced the first, its label with it, and
+    good files were quarantined for a column they never had. It stops before any work, naming the key and both lines."""
+    from lepton.config import ConfigError, load
+
+    (tmp_path / "lepton.yaml").write_text("data:\n  label: y\ndata:\n  label: z\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: 'data' is written twice \(the first at line 1\), line 3$"):
+        load(tmp_path)
+    (tmp_path / "lepton.yaml").write_text("data:\n  label: y\n  columns: {a: ignore, a: numeric}\n")
+    with pytest.raises(ConfigError, match=r"'a' is written twice"):
+        load(tmp_path)
