@@ -379,6 +379,13 @@ def test_cli_says_when_there_is_no_report_yet(clean_dir):
     assert "no report in" in result.stderr and "yet" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_command_run_outside_a_workspace_names_the_option(clean_dir):
+    """A cron job that forgot --workspace ran in / and was told to make / a workspace: it is told of --workspace too."""
+    result = run_cli(["status"], api_url=None, cwd=clean_dir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "is not a Lepton workspace (the folder the command ran in; pass --workspace PATH for another)" in " ".join(result.stderr.split())
+
+
 def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):
     """Beyond HOLDOUT_BARS holdouts the bars show the last ones: 28 old holdouts at 90% and 12 recent at 10% draw no tall bar."""
     from lepton.report.plots import HOLDOUT_BARS, holdout_bars

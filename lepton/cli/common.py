@@ -142,7 +142,8 @@ def open_workspace(
     ``quiet``: the libraries' own noise turned down (it imports dvc: the read-only commands that skip it answer faster)."""
     ws = Workspace.at(path)
     if must_exist and not ws.is_initialised:
-        raise fail(f"{ws.root} is not a Lepton workspace: run `lepton init {path} --label COLUMN` first")
+        where = "" if path != Path(".") else f" (the folder the command ran in; pass --workspace PATH for another)"
+        raise fail(f"{ws.root} is not a Lepton workspace{where}: run `lepton init {path} --label COLUMN` first")
     embedded_environment(ws)
     if check is not None:
         check_config(ws, list(overrides or []), for_run=check == "run")

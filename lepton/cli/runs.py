@@ -218,8 +218,16 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
     except typer.Exit:  # said already
         raise
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
-        raise fail(f"run failed: {error}") from None
+        raise fail(f"run failed: {error}{_whose(ws, error)}") from None
     _show(ws, outcome, mode, seconds, dry_run=dry_run)
+
+
+def _whose(ws: Workspace, error: Exception) -> str:
+    """Which file a database error is about, when it is the workspace's own MLflow store: SQLite does not say."""
+    text = str(error)
+    if "sqlite3.OperationalError" not in text or f"sqlite:///{ws.mlflow_db}" != ws.tracking_uri(None):
+        return ""
+    return f" (in MLflow's database {shown(ws, ws.mlflow_db.relative_to(ws.root))}: is it writable, and its disk not full?)"
 
 
 def _show(ws: Workspace, outcome: Any, mode: Mode, seconds: dict[str, Any], *, dry_run: bool = False) -> None:
