@@ -127,6 +127,8 @@ def test_rollback_and_history_commands(promoted, prefect_api):
     assert refused.is_failed() and "no earlier champion" in refused.message
     refused = run_cli(["rollback", "--to", "99", "--workspace", ws], api_url=prefect_api)
     assert refused.returncode == 1 and "has no version 99" in refused.stderr and "Traceback" not in refused.stderr + refused.stdout
+    # One line: Prefect's own record of the refusal went to the log file.
+    assert [line for line in refused.stderr.splitlines() if line.strip()] == ["error: rollback refused: model 'digits' has no version 99"], refused.stderr
     assert registry(promoted)[2] == 1
 
     # Forward again by version, then the history as JSON and as a table.

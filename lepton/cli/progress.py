@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -175,6 +175,25 @@ class _LogFile(logging.FileHandler):
             pass
 
 
+def to_log_file(log_file: Path) -> list[Callable[[], Any]]:
+    """Send Prefect's console lines (the flow's log, its errors too) to ``log_file`` instead of the terminal, where a
+    command says what happened in lines of its own; returns what undoes it, in order."""
+    undo: list[Callable[[], Any]] = []
+    root = logging.getLogger()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = _LogFile(log_file)
+    consoles = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    to_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+    to_file.setLevel(logging.INFO)
+    for handler in consoles:
+        root.removeHandler(handler)
+        undo.append(lambda h=handler: root.addHandler(h))
+    mask_logging(to_file)
+    root.addHandler(to_file)
+    undo.append(lambda: (root.removeHandler(to_file), to_file.close()))
+    return undo
+
+
 class watch:  # noqa: N801 - used as a context manager, like open()
     """Show the runs inside the block; Prefect's console lines go to ``log_file`` meanwhile."""
 
@@ -185,18 +204,7 @@ class watch:  # noqa: N801 - used as a context manager, like open()
         self.imported = time.perf_counter()  # when the command had imported what it runs (its caller may say earlier)
 
     def __enter__(self) -> watch:
-        root = logging.getLogger()
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = _LogFile(self.log_file)
-        consoles = [h for h in root.handlers if type(h).__name__ == "PrefectConsoleHandler"]
-        to_file.setFormatter(consoles[0].formatter if consoles else logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
-        to_file.setLevel(logging.INFO)
-        for handler in consoles:
-            root.removeHandler(handler)
-            self._undo.append(lambda h=handler: root.addHandler(h))
-        mask_logging(to_file)
-        root.addHandler(to_file)
-        self._undo.append(lambda: (root.removeHandler(to_file), to_file.close()))
+        self._undo += to_log_file(self.log_file)
 
         display = _Display(self.console, self.mode, self.said)
         mask_logging(display)

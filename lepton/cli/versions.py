@@ -163,9 +163,16 @@ def data_checkout(
 
 def _move_champion(move_flow: Any, ws: Workspace, args: tuple, what: str) -> Any:
     """Run a rollback or promotion flow; its move (None: nothing moved), or a one-line failure (refused or failed)."""
+    from lepton.cli.progress import to_log_file
+
     quiet_libraries()
     no_tracebacks()
-    state = move_flow(str(ws.root), *args, return_state=True)
+    undo = to_log_file(ws.state / "logs" / "lepton.log")  # its refusal is said below, once
+    try:
+        state = move_flow(str(ws.root), *args, return_state=True)
+    finally:
+        for step in reversed(undo):
+            step()
     result = state.result(raise_on_failure=False)
     if state.is_failed() or isinstance(result, BaseException):
         detail = result if isinstance(result, BaseException) else state.message
