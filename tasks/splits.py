@@ -79,9 +79,12 @@ def _sums(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 
 def _content(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """The rows' hashes, sorted, over the values as text in ``columns`` order: the same whatever the file's format."""
+    """The rows' hashes, sorted, over the values in ``columns`` order, numbers as float64 and anything else as text: the
+    same whatever the file's format (an integer column of a CSV file is a nullable one in Parquet)."""
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
-    return np.sort(pd.util.hash_pandas_object(named.astype("string"), index=False).to_numpy())
+    kinds = {c: "float64" if pd.api.types.is_numeric_dtype(named[c]) and not pd.api.types.is_bool_dtype(named[c]) else "string" for c in columns}
+    canonical = named.astype(kinds) if any(v == "string" for v in kinds.values()) else named.astype("float64")
+    return np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy())
 
 
 @task(name="read-history", cache_policy=NO_CACHE)
