@@ -58,6 +58,20 @@ class DataConfig(Section):
         description="Known hard [min, max] of features ('*' for every numeric feature); a value outside rejects the increment.",
     )
 
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label_as_written(cls, value: Any) -> Any:
+        # A column named 2011 reads in YAML as the number 2011 (`label: 2011`): it names the column all the same.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("columns", "bounds", mode="before")
+    @classmethod
+    def _names_as_written(cls, value: Any) -> Any:
+        # `columns: {1960: ignore}`, as a rejection suggests for a column named 1960: YAML reads the key as a number.
+        if isinstance(value, dict):
+            return {str(k) if isinstance(k, int | float) and not isinstance(k, bool) else k: v for k, v in value.items()}
+        return value
+
     @field_validator("label")
     @classmethod
     def _label_named(cls, value: str) -> str:

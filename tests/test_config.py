@@ -169,3 +169,13 @@ def test_a_key_written_twice_in_lepton_yaml_is_an_error(tmp_path) -> None:
     (tmp_path / "lepton.yaml").write_text("data:\n  label: y\n  columns: {a: ignore, a: numeric}\n")
     with pytest.raises(ConfigError, match=r"'a' is written twice"):
         load(tmp_path)
+
+
+def test_a_column_named_by_a_number_may_be_written_unquoted(tmp_path) -> None:
+    """A rejection suggests `data.columns: {1960: ignore}` for a column named 1960; YAML reads 1960 as a number, and
+    every command then failed with 'Input should be a valid string'. Numbers name columns as written."""
+    from lepton.config import load
+
+    (tmp_path / "lepton.yaml").write_text("data:\n  label: 2011\n  columns: {1960: ignore}\n  bounds: {1990: [0, 10]}\n")
+    data = load(tmp_path).data
+    assert (data.label, data.columns, data.bounds) == ("2011", {"1960": "ignore"}, {"1990": (0.0, 10.0)})
