@@ -243,6 +243,19 @@ def number_block(values: np.ndarray) -> np.ndarray:
 TRUTHS = {"true": "1", "false": "0", "yes": "1", "no": "0", "y": "1", "n": "0", "t": "1", "f": "0"}
 
 
+def as_truths(series: pd.Series) -> pd.Series | None:
+    """A text column of yes/no values as ``TRUTHS`` spells them, as true and false as a CSV reader gives them (bool, or
+    objects beside gaps); None when it holds anything else, or no text."""
+    if not is_text_series(series):
+        return None
+    present = series.dropna()
+    folded = present.astype("string").str.strip().str.lower()
+    if not len(present) or not folded.isin(TRUTHS).all():
+        return None
+    truths = folded.map(lambda v: TRUTHS[v] == "1").reindex(series.index)
+    return truths.astype(bool) if len(present) == len(series) else truths.astype(object).where(series.notna(), np.nan)
+
+
 def as_numbers(series: pd.Series, *, boolean: bool = False) -> np.ndarray:
     """A numeric or boolean column as float64, missing as NaN (text that is not a number too). 'true' and 'false' read
     as 1 and 0; in a ``boolean`` column, 'yes'/'no', 'Y'/'N' and 'T'/'F' too (a true/false column exported as yes/no

@@ -151,6 +151,11 @@ class DataSchema:
         if self.task != "regression":
             columns[self.label] = list(self.classes)
         said = []
+        for column in self.of_kind("boolean"):
+            if column in frame.columns and (truths := kinds_of.as_truths(frame[column])) is not None:
+                # yes/no for true/false: the same rows as true/false (to the duplicate check, and to the split's hashes).
+                frame = frame.copy(deep=False)
+                frame[column] = truths
         for column, known in columns.items():
             spelt = {k for k in known if isinstance(k, str)}
             if column not in frame.columns or not spelt:

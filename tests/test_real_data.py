@@ -186,6 +186,7 @@ def test_a_class_or_category_spelt_otherwise_is_read_as_the_known_one(tmp_path, 
     messy = customers(300, 2, first_id=1000)
     messy["y"] = messy["y"].where(messy.index % 3 != 0, messy["y"].str.upper()).where(messy.index % 3 != 1, messy["y"].str.title() + " ")
     messy["plan"] = messy["plan"].where(messy["plan"] != "pro", "PRO")
+    messy["active"] = messy["active"].map({True: "Yes", False: "no"})
     messy.to_csv(second, index=False)
     assert continual_training(str(first), str(ws.root), FAST).status == "promoted"
     outcome = continual_training(str(second), str(ws.root), FAST)
@@ -201,6 +202,11 @@ def test_a_class_or_category_spelt_otherwise_is_read_as_the_known_one(tmp_path, 
     assert set(np.asarray(model.predict(fresh)).tolist()) <= {"stay", "churn"}
     shouted = fresh.assign(plan=fresh["plan"].str.upper())
     assert (np.asarray(model.predict(shouted)) == np.asarray(model.predict(fresh))).all()
+    # The first file's rows with the flag written Y/N: the same rows, not learnt again.
+    again = tmp_path / "one-yn.csv"
+    customers(300, 1, first_id=0).assign(active=lambda f: f["active"].map({True: "Y", False: "N"})).to_csv(again, index=False)
+    repeated = continual_training(str(again), str(ws.root), FAST)
+    assert repeated.status == "duplicate" and repeated.message.startswith("the same rows as increment "), repeated.message
 
 
 def test_champion_takes_batches_as_consumers_read_them(fuel):
