@@ -264,7 +264,7 @@ def test_cli_data_checkout_of_lost_data_exits_1_and_changes_nothing(clean_dir, p
     assert _snapshot(ws.root) == before
 
 
-QUICK = """
+SWALLOWED_THEN_REGISTERED = """
 import time
 from prefect.utilities.engine import capture_sigterm
 from lepton.faults import stop_if_terminated, stop_on_sigterm
@@ -293,7 +293,7 @@ def test_a_run_whose_sigterm_was_swallowed_stops_before_it_reports_success(tmp_p
     import sys
 
     script = tmp_path / "quick.py"
-    script.write_text(QUICK)
+    script.write_text(SWALLOWED_THEN_REGISTERED)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert proc.stdout.readline().strip() == "ready"
     os.kill(proc.pid, signal.SIGTERM)
