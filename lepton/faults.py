@@ -17,6 +17,7 @@ The points, in the order a run reaches them:
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 import time
@@ -42,6 +43,8 @@ def checkpoint(name: str) -> None:
 GRACE_SECONDS = 5.0
 _guarded = False
 _received = threading.Event()  # set once SIGTERM arrived, whatever Python's handler made of it
+_wakeup: int | None = None  # the read end of the interpreter's wakeup fd: a byte per signal received
+_reading = threading.Lock()
 
 
 def stop_on_sigterm(grace: float = GRACE_SECONDS, attempts: int = 2) -> bool:
@@ -51,23 +54,41 @@ def stop_on_sigterm(grace: float = GRACE_SECONDS, attempts: int = 2) -> bool:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
+    global _wakeup
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
+    os.set_blocking(read_end, False)
     previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     if previous != -1:  # an event loop owns it: leave it alone
         signal.set_wakeup_fd(previous)
         os.close(read_end)
         os.close(write_end)
         return False
+    _wakeup = read_end
     threading.Thread(target=_watch, args=(read_end, grace, attempts), name="lepton-sigterm-guard", daemon=True).start()
     _guarded = True
     return True
+
+
+def _drain() -> None:
+    """Read what signals the wakeup fd holds; note a SIGTERM among them. Either thread may read: the guard when it wakes,
+    the run where it checks (the guard thread may not have run yet on a busy machine)."""
+    if _wakeup is None:
+        return
+    with _reading:
+        try:
+            while data := os.read(_wakeup, 512):
+                if signal.SIGTERM in data:
+                    _received.set()
+        except BlockingIOError:
+            pass
 
 
 def stop_if_terminated() -> None:
     """End the process as SIGTERM means to, here, if one arrived and the run went on (its exception swallowed): called
     before a run registers a version and before it reports success. A run stopped once registering and promoting,
     exited 0, and said nothing of the signal."""
+    _drain()
     if _received.is_set():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -76,9 +97,9 @@ def stop_if_terminated() -> None:
 
 
 def _watch(read_end: int, grace: float, attempts: int) -> None:
-    while signal.SIGTERM not in os.read(read_end, 512):
-        pass
-    _received.set()
+    while not _received.is_set():
+        select.select([read_end], [], [])
+        _drain()
     for _ in range(attempts):
         time.sleep(grace)
         # Still here: the exception was swallowed, or clean-up hangs. Again, as the sender meant it.
