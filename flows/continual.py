@@ -91,6 +91,13 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         if respelled and report.passed:
             report = replace(report, warnings=[*respelled, *report.warnings])
         history = read_history(ws) if report.passed else None  # every accepted increment, read once for the whole run
+        same = same_rows(history, frame, landing.id) if history is not None and route == "fresh" else None
+        if same is not None:  # the rows of an accepted increment, in another file, format or order: learnt already
+            known = record_same_rows(ws, landing, same)
+            version_data(ws, config.dvc)
+            outcome = RunOutcome.same_rows(landing.id, known)
+            log.warning(outcome.message)
+            return outcome
         drift = measure_drift(history, frame, config.data, config.drift, schema) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:
@@ -109,13 +116,6 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 keep_answers(ws, config.registry)
             # Completed, but not a promotion: a state of its own that the UI shows and filters on.
             return Completed(name="Rejected", message=outcome.message, data=outcome)
-        same = same_rows(history, frame, landing.id) if route == "fresh" else None
-        if same is not None:  # the rows of an accepted increment, in another file, format or order: learnt already
-            known = record_same_rows(ws, landing, same)
-            version_data(ws, config.dvc)
-            outcome = RunOutcome.same_rows(landing.id, known)
-            log.warning(outcome.message)
-            return outcome
         log.info("validated: %d rows passed %d expectations", report.rows, report.expectations)
         for note in report.notes:
             log.info("column kinds: %s", note)

@@ -176,8 +176,8 @@ def _describe(result: Any, frame: pd.DataFrame | None = None) -> str:
         if mismatch.get("unexpected"):
             parts.append("unexpected column(s) " + ", ".join(repr(c) for c in mismatch["unexpected"]))
         # A header whose case or spacing changed in the export reads as one column lost and another gained: say so.
-        renamed = {" ".join(str(c).split()).casefold(): c for c in mismatch.get("missing") or []}
-        pairs = [(renamed[key], c) for c in mismatch.get("unexpected") or [] if (key := " ".join(str(c).split()).casefold()) in renamed]
+        renamed = {kinds_of.folded(c): c for c in mismatch.get("missing") or []}
+        pairs = [(renamed[key], c) for c in mismatch.get("unexpected") or [] if (key := kinds_of.folded(c)) in renamed]
         if pairs:
             parts.append("renamed only in case or spacing: " + ", ".join(f"{new!r} was {old!r}" for old, new in pairs) + " (rename them back in the export)")
         elif mismatch.get("missing"):
@@ -415,8 +415,8 @@ def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
     if not new:
         return []
     said = f"label {schema.label!r}: {len(new)} new class(es) ({', '.join(repr(v) for v in new[:5])}{', ...' if len(new) > 5 else ''}), learnt from now on"
-    folded = {" ".join(str(c).split()).casefold(): c for c in schema.classes}
-    alike = [(v, folded[key]) for v in new if (key := " ".join(str(v).split()).casefold()) in folded]
+    folded = {kinds_of.folded(c): c for c in schema.classes}
+    alike = [(v, folded[key]) for v in new if (key := kinds_of.folded(v)) in folded]
     if alike:
         said += ("; " + ", ".join(f"{v!r} differs from the known {c!r} only in case or spacing" for v, c in alike)
                  + ": if it is the same class, fix the export, as these rows teach a class of their own")

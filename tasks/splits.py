@@ -73,25 +73,34 @@ def _sums(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     out = []
     for c in columns:
         values = named[c]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        out += [float(values.sum()) if numeric else np.nan, float(values.isna().sum())]
+        out += [float(values.sum()) if _is_number(values) else np.nan, float(values.isna().sum())]
     return np.asarray(out, dtype=np.float64)
+
+
+def _is_number(values: pd.Series) -> bool:
+    """Numbers, compared as float64 (not true/false, which sum and hash as themselves)."""
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
 def _content(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """The rows' hashes, sorted, over the values in ``columns`` order, numbers as float64 and anything else as text: the
     same whatever the file's format (an integer column of a CSV file is a nullable one in Parquet)."""
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
-    kinds = {c: "float64" if pd.api.types.is_numeric_dtype(named[c]) and not pd.api.types.is_bool_dtype(named[c]) else "string" for c in columns}
+    kinds = {c: "float64" if _is_number(named[c]) else "string" for c in columns}
     canonical = named.astype(kinds) if any(v == "string" for v in kinds.values()) else named.astype("float64")
     return np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy())
+
+
+def _stored_schema(ws: Workspace) -> DataSchema | None:
+    """The workspace schema a stored increment is read by (its spellings), None before the first increment."""
+    state = ws.read_schema()
+    return DataSchema.from_dict(state) if state is not None else None
 
 
 @task(name="read-history", cache_policy=NO_CACHE)
 def read_history(ws: Workspace) -> History:
     """Every accepted increment, each file parsed at most once in the workspace's life (see ``stored_rows``)."""
-    state = ws.read_schema()
-    schema = DataSchema.from_dict(state) if state is not None else None
+    schema = _stored_schema(ws)
     entries = {r.id: stored_rows(ws, r.id, ws.root / r.file, schema) for r in ws.read_manifest().accepted()}
     return History({k: frame for k, (frame, _) in entries.items()}, {k: hashes for k, (_, hashes) in entries.items() if hashes is not None})
 
@@ -190,8 +199,7 @@ def _accepted_frames(ws: Workspace, history: History | None = None, skip: list[s
     """Every accepted increment but ``skip``, in arrival order, from the manifest as it is now: ``history``'s frames where
     it holds them, else their stored rows."""
     known = history.frames if history is not None else {}
-    state = ws.read_schema()
-    schema = DataSchema.from_dict(state) if state is not None else None
+    schema = _stored_schema(ws)
     return [known[r.id] if r.id in known else stored_rows(ws, r.id, ws.root / r.file, schema)[0] for r in ws.read_manifest().accepted() if r.id not in skip]
 
 

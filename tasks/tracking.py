@@ -42,8 +42,9 @@ def connect(ws: Workspace, config: RegistryConfig):
     uri = credentials_out_of_uri(tracking_uri(ws, config), os.environ)
     if uri.startswith("sqlite:"):
         ws.state.mkdir(parents=True, exist_ok=True)
-    if uri == f"sqlite:///{ws.mlflow_db}":
+    if uri == f"sqlite:///{ws.mlflow_db}" and ws.root not in _located:
         moved = relocate(ws)
+        _located.add(ws.root)
         if moved is not None:
             logging.getLogger("lepton").warning(
                 "this workspace was moved or copied from %s: its MLflow records now point at its own .lepton/mlartifacts", moved)
@@ -66,6 +67,9 @@ def connect(ws: Workspace, config: RegistryConfig):
     location = ws.mlflow_artifacts.as_uri() if uri.startswith("sqlite:") else None
     return client, client.create_experiment(config.experiment, artifact_location=location)
 
+
+# Workspaces whose store this process has pointed at their own folder: a run connects several times, and asks once.
+_located: set[Path] = set()
 
 # Where MLflow's SQLite store keeps an absolute artifact location: each is rewritten when the workspace moves.
 _LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "storage_location"),

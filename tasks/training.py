@@ -163,11 +163,16 @@ def judged_holdouts(old_ids: list[str], config: GateConfig, change_at: str | Non
     return old_ids, "earlier holdouts"
 
 
-def holdout_score(evaluation: Evaluation, config: GateConfig, change_at: str | None) -> float:
-    """The candidate on the holdouts the gate judges (the new one and the earlier ones it counts), pooled row by
-    row: accuracy, or minus the mean absolute error for a numeric target (higher is better either way)."""
+def judged_rows(evaluation: Evaluation, config: GateConfig, change_at: str | None) -> np.ndarray:
+    """The candidate's per-row results on the holdouts the gate judges (the new one and the earlier ones it counts), pooled."""
     old_ids, _ = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
-    values = evaluation.pooled("candidate", [evaluation.new_id, *old_ids])
+    return evaluation.pooled("candidate", [evaluation.new_id, *old_ids])
+
+
+def holdout_score(evaluation: Evaluation, config: GateConfig, change_at: str | None, rows: np.ndarray | None = None) -> float:
+    """The candidate on the holdouts the gate judges, pooled row by row (``rows``: ``judged_rows`` when known already):
+    accuracy, or minus the mean absolute error for a numeric target (higher is better either way)."""
+    values = judged_rows(evaluation, config, change_at) if rows is None else rows
     mean = float(values.mean()) if len(values) else 0.0
     return -mean if evaluation.regression else mean
 
@@ -178,12 +183,12 @@ def rival_wins(
     """drift.action=compete and gate.fallback=retrain: whether the new network retrained on everything goes to the gate
     instead of the fine-tuned candidate, and why. The one the gate passes wins; when it passes both or neither, the
     better on the holdouts the gate judges (a tie keeps the fine-tuned one)."""
-    ours, theirs = holdout_score(fine_tuned, config, change_at), holdout_score(rival, config, change_at)
+    rows = judged_rows(fine_tuned, config, change_at)
+    ours, theirs = holdout_score(fine_tuned, config, change_at, rows), holdout_score(rival, config, change_at)
     measure = "MAE" if fine_tuned.regression else "accuracy"
     shown = (lambda v: f"{-v:.4g}") if fine_tuned.regression else (lambda v: f"{v:.1%}")
     # Pooled over more holdouts than the gate's new-holdout figures, so the note says which.
-    old_ids, _ = judged_holdouts(fine_tuned.old_ids, config, change_at, fine_tuned.new_id)
-    where = f"on the {len(fine_tuned.pooled('candidate', [fine_tuned.new_id, *old_ids]))} rows of the holdouts the gate judges"
+    where = f"on the {len(rows)} rows of the holdouts the gate judges"
     scores = f"{measure} {shown(theirs)} against the fine-tuned {shown(ours)} {where}"
     if rival_passed != fine_tuned_passed:
         return rival_passed, (f"the retrained network goes to the gate: it passes and the fine-tuned candidate does not ({scores})" if rival_passed

@@ -264,7 +264,6 @@ def history(
     console.print(table)
 
 
-
 # `versions` and `compare` only read the registry: they talk to MLflow directly, without
 # tasks.registry, whose Prefect import would cost them more than their whole work.
 def _read_registry(ws: Workspace) -> tuple[Any, str]:
