@@ -50,6 +50,7 @@ def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Cal
     from lepton.demo import LABEL as DEMO_LABEL
     from lepton.demo import SETTINGS as DEMO_SETTINGS
     from lepton.flows.continual import continual_training
+    from lepton.flows.handback import result_of
     from lepton.models.datasets import class_incremental
     from lepton.models.splits import split
     from lepton.models.training import fine_tune
@@ -75,7 +76,7 @@ def pipeline(*, n: int = 5, epochs: int = 30, out: Path = RESULTS, progress: Cal
             with in_process_flows():  # as `lepton run` runs it
                 state = continual_training(str(path), str(ws.root), [f"train.epochs={epochs}"], return_state=True)
             total = time.perf_counter() - started
-            outcome = state.result()
+            outcome = result_of(state)
             tasks = _task_seconds(state.state_details.flow_run_id)
             # The same fine-tuning in plain PyTorch, same data, same model, same process.
             train_part, _ = split(frame, 0.2)

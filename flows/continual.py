@@ -10,6 +10,7 @@ from prefect.states import Completed, State
 
 from lepton import config as lepton_config
 from lepton.faults import stop_if_terminated, stop_on_sigterm
+from lepton.flows.handback import keeps_return
 from lepton.lineage import TAG
 from lepton.models.schema import DataSchema
 from lepton.tasks.drift import log_drift, measure_drift, plan_anew, plan_retraining, plan_training, with_drift
@@ -31,6 +32,7 @@ ATTEMPTS = 3
 
 
 @flow(name="continual-training", log_prints=False)
+@keeps_return
 def continual_training(path: str, workspace: str = ".", overrides: list[str] | None = None) -> RunOutcome | State:
     """Send one increment file through the whole pipeline."""
     stop_on_sigterm()  # Prefect's SIGTERM exception can be swallowed mid-training; the run must stop anyway

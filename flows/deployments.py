@@ -18,6 +18,7 @@ from lepton import config as lepton_config
 from lepton import landing
 from lepton.config import ConfigOverrides
 from lepton.flows.continual import continual_training
+from lepton.flows.handback import keeps_return, result_of
 from lepton.flows.rollback import WorkspacePath
 from lepton.tasks.landing import backfill_files, clear_landed, inspect_increment, landed
 from lepton.tasks.outcome import RunOutcome
@@ -106,7 +107,7 @@ def _in_order(files: list[Path], ws: Workspace, overrides: list[str], *, consume
         started = time.perf_counter()
         state = run(str(file), str(ws.root), overrides, return_state=True)
         seconds = round(time.perf_counter() - started, 3)
-        result = state.result(raise_on_failure=False)
+        result = result_of(state)
         if state.is_failed() or isinstance(result, BaseException):
             # Stop here: later increments may depend on this one, so they wait, untouched.
             report.failed = file.name
@@ -134,6 +135,7 @@ def _fenced(files: list[Path], allowed: list[Path]) -> None:
 
 
 @flow(name="run-increment")
+@keeps_return
 def run_increment(
     path: str,
     workspace: WorkspacePath,
@@ -159,7 +161,10 @@ def run_increment(
         return Failed(name="Refused", message=f"refused because {refused}; nothing was read", data=PermissionError(refused))
     if dry_run:
         return _dry_run(Path(path), ws, overrides.to_list())
-    return continual_training(path, workspace, overrides.to_list())
+    result = result_of(continual_training(path, workspace, overrides.to_list(), return_state=True))
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
@@ -187,6 +192,7 @@ def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
 
 
 @flow(name="run-pending")
+@keeps_return
 def run_pending(
     workspace: WorkspacePath,
     overrides: ConfigOverrides = ConfigOverrides(),  # noqa: B008
@@ -209,6 +215,7 @@ def run_pending(
 
 
 @flow(name="backfill")
+@keeps_return
 def backfill(
     folder: str,
     workspace: WorkspacePath,

@@ -10,6 +10,7 @@ from prefect.states import Failed, State
 from pydantic import AfterValidator, Field, PositiveInt
 
 from lepton import config as lepton_config
+from lepton.flows.handback import keeps_return
 from lepton.history import AliasMove
 from lepton.tasks.registry import keep_answers
 from lepton.tasks.rollback import plan_promotion, plan_rollback, promote_by_hand
@@ -30,6 +31,7 @@ WorkspacePath = Annotated[str, Field(min_length=1, json_schema_extra={"pattern":
 
 
 @flow(name="rollback")
+@keeps_return
 def rollback(
     workspace: WorkspacePath,
     to: PositiveInt | None = None,
@@ -61,6 +63,7 @@ def rollback(
 
 
 @flow(name="promote")
+@keeps_return
 def promote(
     workspace: WorkspacePath,
     version: PositiveInt,

@@ -316,3 +316,59 @@ def test_a_series_that_stopped_before_processing_anything_does_not_say_nothing_t
     assert SeriesReport().message == "0 increment(s) processed (nothing to do)"
     stopped = SeriesReport(failed="a.csv", error="train.network='x:y' could not be called", remaining=["a.csv", "b.csv"])
     assert stopped.message == "0 increment(s) processed; stopped at a.csv: train.network='x:y' could not be called; 2 increment(s) left for the next run"
+
+
+@pytest.fixture
+def answers_lost(monkeypatch):
+    """Each final flow-run state is sent twice, as the client sends it again when the server's first answer is lost.
+
+    On a busy machine a state update can be taken by the server and its answer still time out; the retry is
+    refused as a repeat, and the client gets the server's copy of the state, without what the flow returned.
+    """
+    from prefect.client.base import PrefectHttpxSyncClient
+
+    send = PrefectHttpxSyncClient.send
+    repeated = []
+
+    def twice(self, request, *args, **kwargs):
+        response = send(self, request, *args, **kwargs)
+        if request.method == "POST" and request.url.path.endswith("/set_state") and "/flow_runs/" in request.url.path:
+            if json.loads(request.content)["state"]["type"] in {"COMPLETED", "FAILED"}:
+                repeated.append(request.url.path)
+                response = send(self, request, *args, **kwargs)
+        return response
+
+    monkeypatch.setattr(PrefectHttpxSyncClient, "send", twice)
+    return repeated
+
+
+def test_a_series_reads_each_outcome_when_the_servers_answer_was_lost(clean_dir, prefect_api, increments, answers_lost):
+    """backfill: a run's final state sent twice (its first answer lost) still gives its outcome, not MissingResult."""
+    from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import backfill
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    folder = ws.root / "exports"
+    folder.mkdir()
+    shutil.copyfile(increments[0], folder / "2026-11-01.parquet")
+    shutil.copyfile(increments[0], folder / "2026-11-02.parquet")
+    report = backfill(str(folder), str(ws.root), ConfigOverrides.model_validate(QUICK))
+    assert answers_lost, "no final state was sent twice: the test did not reach the case it is about"
+    assert [(p.file, p.outcome.status) for p in report.processed] == [("2026-11-01.parquet", "promoted"), ("2026-11-02.parquet", "duplicate")]
+
+
+def test_a_rejection_and_a_refusal_keep_their_outcome_when_the_servers_answer_was_lost(clean_dir, prefect_api, increments, answers_lost):
+    """run_increment: a rejected increment (a state the subflow names) and a refused path, each with its first answer lost."""
+    from lepton.config import ConfigOverrides
+    from lepton.flows.deployments import run_increment
+    from lepton.flows.handback import result_of
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", {"data": {"bounds": {"*": [0, 16]}, "min_rows": 10000}})
+    inside = ws.root / "day-1.parquet"
+    shutil.copyfile(increments[0], inside)
+    outcome = run_increment(str(inside), str(ws.root), ConfigOverrides.model_validate(QUICK))
+    assert outcome.status == "rejected" and "fewer than the 10000 required" in outcome.message
+    refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), return_state=True)
+    assert refused.is_failed() and refused.data is None  # the server's copy: the PermissionError is not in it
+    assert isinstance(result_of(refused), PermissionError)
+    assert len(answers_lost) >= 3

@@ -98,6 +98,7 @@ def test_a_rejection_is_a_named_state_with_the_champion_and_a_tracking_run(kept_
     from lepton.config import ConfigOverrides, load
     from lepton.flows.continual import continual_training
     from lepton.flows.deployments import run_pending
+    from lepton.flows.handback import result_of
     from lepton.landing import land
     from lepton.tasks.tracking import connect
 
@@ -105,7 +106,7 @@ def test_a_rejection_is_a_named_state_with_the_champion_and_a_tracking_run(kept_
     bad = tmp_path / "bad.csv"
     bad.write_text("pixel_0,digit\n1,0\n")
     state = continual_training(str(bad), str(kept_out.root), QUICK, return_state=True)
-    outcome = state.result()
+    outcome = result_of(state)
     assert (state.type.value, state.name, outcome.status) == ("COMPLETED", "Rejected", "rejected")
     assert state.message == outcome.message and outcome.champion_version == champion is not None
 

@@ -90,7 +90,9 @@ def _run_flow(ws: Workspace, path: Path, overrides: list[str], *, dry_run: bool 
         from lepton.flows.continual import continual_training
 
         state = continual_training(str(path), str(ws.root), overrides, return_state=True)
-    result = state.result(raise_on_failure=False)
+    from lepton.flows.handback import result_of
+
+    result = result_of(state)
     if state.is_failed() or isinstance(result, BaseException):
         raise RuntimeError(str(result) if isinstance(result, BaseException) else state.message or "the flow failed")
     return result, state.state_details.flow_run_id
@@ -403,8 +405,9 @@ def _summary_table(rows: list[tuple[str, Any]]) -> Table:
 def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: watch, started: float) -> None:
     """Print a series of runs (run-pending, backfill) and exit 0 all processed, 2 one rejected, 1 stopped at a failure."""
     from lepton.flows.deployments import SeriesStopped
+    from lepton.flows.handback import result_of
 
-    report = state.result(raise_on_failure=False)
+    report = result_of(state)
     if isinstance(report, SeriesStopped):
         report = report.report
     elif report is None or isinstance(report, BaseException):

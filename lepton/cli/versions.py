@@ -173,7 +173,9 @@ def _move_champion(move_flow: Any, ws: Workspace, args: tuple, what: str) -> Any
     finally:
         for step in reversed(undo):
             step()
-    result = state.result(raise_on_failure=False)
+    from lepton.flows.handback import result_of
+
+    result = result_of(state)
     if state.is_failed() or isinstance(result, BaseException):
         detail = result if isinstance(result, BaseException) else state.message
         raise fail(f"{what} refused: {state.message}" if state.name == "Refused" else f"{what} failed: {detail}")
