@@ -56,15 +56,21 @@ def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]
     return problems
 
 
-def with_written_numbers(frame: pd.DataFrame, preprocessor: Preprocessor) -> pd.DataFrame:
-    """``frame`` with numeric columns that arrive as amounts or shares as a spreadsheet writes them ("$1,200", "12%"),
-    as training read them from a CSV file, read as numbers; the caller's frame is left as it was."""
+def as_read_in_training(frame: pd.DataFrame, preprocessor: Preprocessor) -> pd.DataFrame:
+    """``frame`` with its numeric columns read as training read its CSV files: the cells a CSV reader takes for
+    missing ('?', 'n/a') missing, and numbers as a spreadsheet writes them ("$1,200", "12%", "151,2", "1.819,4") read as
+    numbers. A consumer that reads the same exports with its own reader sends them so. The caller's frame is left as it was."""
     found = {}
     for column in preprocessor.used:
         if column in frame.columns and preprocessor.kinds.get(column, "numeric") == "numeric" and not kinds_of.is_number_dtype(frame[column].dtype):
-            read = kinds_of.written_numbers(frame[column])
+            raw = frame[column]
+            values = kinds_of.without_placeholders(raw)
+            # Decimal commas only where the column is not read otherwise: '7,300' alone is seven thousand three hundred.
+            read = kinds_of.written_numbers(values) or kinds_of.written_numbers(values, decimal_comma=True)
             if read is not None:
                 found[column] = read[0]
+            elif values is not raw:
+                found[column] = values
     if not found:
         return frame
     frame = frame.copy(deep=False)
@@ -88,7 +94,7 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         preprocessor = self.bundle.preprocessor
-        frame = with_written_numbers(frame, preprocessor)
+        frame = as_read_in_training(frame, preprocessor)
         problems = input_problems(frame, preprocessor)
         if problems:
             raise unscorable("; ".join(problems))

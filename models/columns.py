@@ -269,6 +269,26 @@ def as_numbers(series: pd.Series, *, boolean: bool = False) -> np.ndarray:
     return pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+# Cells that stand for a missing value beside pandas' own ('', 'NA', 'N/A', 'null', ...): a '?' class label was learnt as a
+# class, and a '-' category took a slot of its own.
+PLACEHOLDERS = ["?", "-", "--"]
+# Every cell text a CSV file's reader takes for a missing value: pandas' default list and the placeholders. A consumer whose
+# frame holds the rows as its own reader left them ('?' in a numeric column) means missing as training did.
+MISSING_TEXT = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL",
+    "NaN", "None", "n/a", "nan", "null", *PLACEHOLDERS,
+})
+
+
+def without_placeholders(series: pd.Series) -> pd.Series:
+    """A text column with the cells a CSV reader takes for missing (``MISSING_TEXT``) missing; any other column as it is."""
+    if not types.is_object_dtype(series) and not types.is_string_dtype(series):
+        return series
+    stripped = series.map(lambda v: v.strip() if isinstance(v, str) else v)
+    gaps = stripped.isin(MISSING_TEXT) & series.map(lambda v: isinstance(v, str))
+    return series.mask(gaps, np.nan) if gaps.any() else series
+
+
 # Amounts and shares as spreadsheets write them: a currency sign before or after ("$1,200", "-$5", "12 €"), a percent sign
 # after ("12%", "4.5 %"), digits grouped by three with spaces ("1 200", a no-break or a narrow no-break space too) or,
 # unless the comma is the decimal mark, with commas.
@@ -276,26 +296,34 @@ _CURRENCY = r"[$€£¥]"
 _SIGNS = ((re.compile(rf"^\s*([+-]?)\s*{_CURRENCY}\s*"), r"\1"), (re.compile(rf"\s*(?:{_CURRENCY}|%)\s*$"), ""))
 _SPACE_GROUP = re.compile(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?!\d))")
 _COMMA_GROUP = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_DOT_GROUP = re.compile(r"(?<=\d)\.(?=\d{3}(?!\d))")
 _PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
 
 def written_numbers(series: pd.Series, *, decimal_comma: bool = False) -> tuple[pd.Series, str, str] | None:
     """A text column whose every value is a number once a currency or percent sign and the separators grouping its
-    digits are set aside (with ``decimal_comma``, a comma is the decimal mark), at least one so written: as float64
-    (missing stays missing), an example as written, and how they were written (``grouped``: thousands separators
-    alone, ``decimal_commas``: decimal commas alone, ``written``: anything else). None for any other column. A share
-    reads as written: "12%" is 12."""
+    digits are set aside (with ``decimal_comma``, a comma is the decimal mark, and where the column writes one, a dot
+    then groups digits: "1.819,4"), at least one so written: as float64 (missing stays missing), an example as
+    written, and how they were written (``grouped``: thousands separators alone, ``decimal_commas``: decimal commas,
+    with or without dots grouping digits, ``written``: anything else). None for any other column. A share reads as
+    written: "12%" is 12. Numbers among the text (a frame built by hand: [1234, '7,300']) read as themselves."""
     if not types.is_object_dtype(series) and not types.is_string_dtype(series):
         return None
     present = series.dropna()
-    if not len(present) or not all(isinstance(v, str) for v in present.head(50)):
+    head = present.head(50)
+    if not len(present) or not all(isinstance(v, str) or _is_plain_number(v) for v in head) or not any(isinstance(v, str) for v in head):
         return None
     text = present.astype("string").str.strip()
     signless = text
     for pattern, keep in _SIGNS:
         signless = signless.str.replace(pattern, keep, regex=True)
     spaceless = signless.str.replace(_SPACE_GROUP, "", regex=True)
-    bare = spaceless.str.replace(",", ".", regex=False) if decimal_comma else spaceless.str.replace(_COMMA_GROUP, "", regex=True)
+    if decimal_comma:
+        # A column that writes its decimals with a comma writes no decimal dot: a dot before three digits groups them.
+        ungrouped = spaceless.str.replace(_DOT_GROUP, "", regex=True) if spaceless.str.contains(",", regex=False).any() else spaceless
+        bare = ungrouped.str.replace(",", ".", regex=False)
+    else:
+        bare = spaceless.str.replace(_COMMA_GROUP, "", regex=True)
     written = bare != text
     if not written.any() or not bare.str.fullmatch(_PLAIN_NUMBER).all():
         return None
@@ -303,6 +331,10 @@ def written_numbers(series: pd.Series, *, decimal_comma: bool = False) -> tuple[
     commas_alone = (spaceless == text).all()
     how = ("decimal_commas" if decimal_comma else "grouped") if commas_alone else "written"
     return numbers, str(text[written].iloc[0]), how
+
+
+def _is_plain_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def as_datetimes(series: pd.Series) -> pd.Series:

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from lepton.config import DataConfig
 from lepton.faults import checkpoint
 from lepton.landing import FORMATS, file_problem, source_name, unpack
-from lepton.models.columns import written_numbers
+from lepton.models.columns import PLACEHOLDERS, written_numbers
 from lepton.models.schema import DataSchema
 from lepton.validation import kinds_for, repeated_names
 from lepton.workspace import Attempt, IncrementRecord, Verdict, Workspace, content_id
@@ -131,10 +131,6 @@ def read_increment(path: Path) -> pd.DataFrame:
                 raise ValueError(repeated) from None
         raise ValueError(f"could not be read as {FORMATS.get(path.suffix.lower(), 'a table')}: {err}") from None
 
-
-# Cells that stand for a missing value beside pandas' own ('', 'NA', 'N/A', 'null', ...): a '?' class label was learnt as a
-# class, and a '-' category took a slot of its own.
-PLACEHOLDERS = ["?", "-", "--"]
 
 # What separates a CSV file's columns when its header line holds no comma: a European spreadsheet's ';', a tab, a '|'.
 SEPARATORS = (";", "\t", "|")

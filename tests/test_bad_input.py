@@ -447,3 +447,26 @@ def test_a_file_separated_by_semicolons_or_tabs_is_read_as_its_columns(tmp_path,
     assert ("column names read without the single quotes around every one of them in the header" in report.warnings) == (sep == "\t")
     said = [w for w in report.warnings if "decimal comma" in w]
     assert said == ([f"column 'weight': numbers written with a decimal comma (e.g. {str(weight[0]).replace('.', ',')!r}), read as numbers"] if sep == ";" else [])
+
+
+def test_a_european_export_with_grouped_digits_is_read_as_its_numbers(tmp_path):
+    """Excel with grouping on writes '1.819,4' beside '46,1' in a ';' file: a dot there groups digits. The whole column
+    was rejected as one that now holds text, and the advice was to declare it a category. A column that writes its
+    decimals with a dot ('n.a.' making it text) keeps them."""
+    from lepton.tasks.ingest import read_increment
+
+    rng = np.random.default_rng(7)
+    value = rng.uniform(10, 5000, 40).round(1)
+    share = rng.uniform(0, 1, 40).round(3)
+    european = [f"{v:,.1f}".replace(",", " ").replace(".", ",").replace(" ", ".") for v in value]  # 1.819,4
+    assert any("." in v for v in european) and any("." not in v for v in european)
+    lines = ["value;share;y"] + [f"{v};{'n.a.' if i == 0 else s};{i % 2}" for i, (v, s) in enumerate(zip(european, share, strict=True))]
+    path = tmp_path / "export.csv"
+    path.write_text("\n".join(lines) + "\n")
+    read = read_increment(path)
+    assert read["value"].tolist() == value.tolist()
+    assert read["share"].iloc[0] == "n.a." and read["share"].iloc[1] == str(share[1])  # not read as thousands
+    schema = DataSchema.infer(pd.DataFrame({"value": value, "y": np.arange(40) % 2}), "y")
+    report = validate_frame(read.drop(columns="share"), schema, DataConfig(label="y"))
+    assert report.passed, report.problems
+    assert any(w.startswith("column 'value': numbers written with a decimal comma") for w in report.warnings), report.warnings

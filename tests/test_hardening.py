@@ -194,6 +194,22 @@ def test_serve_predicts_through_missing_values(served):
 
 
 @pytest.mark.integration
+def test_serve_reads_numbers_and_gaps_as_a_csv_export_writes_them(served):
+    """The rows of an export as the consumer's own reader left them: '?' and 'n/a' where training read a missing value,
+    '7,300' beside a number, '151,2' and '1.819,4' from a European spreadsheet. They were refused as text, and '7,300'
+    counted as "not a number" beside the '?'. Each answers as the same row written as numbers does."""
+    written = split([["?", "4,5", "1"], [" n/a ", "2", 3], ["0,25", "1.819,4", "?"], [1, "7,300", 2]])
+    plain = split([[None, 4.5, 1], [None, 2.0, 3], [0.25, 1819.4, None], [1.0, 7300.0, 2]])
+    answers = []
+    for body in (written, plain, {**written, "params": {"probabilities": True}}, {**plain, "params": {"probabilities": True}}):
+        status, text = served(body)
+        assert status == 200, text
+        answers.append(strict_json(text)["predictions"])
+    assert answers[0] == answers[1]
+    assert [pytest.approx(p, abs=1e-4) for p in answers[3]] == answers[2]  # float32 sums in another order
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
