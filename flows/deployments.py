@@ -155,9 +155,7 @@ def run_increment(
     if refused is not None:
         # A parameter can name any path the worker can read: only the configured folders are taken.
         get_run_logger().warning(refused)
-        if dry_run:
-            return DryRun(status="invalid", increment_id="", file=path, message=f"dry run: would be rejected because {refused}", problems=[refused])
-        # The run did not do its job: Failed, named for the UI, with the reason.
+        # The run did not do its job: Failed, named for the UI, with the reason; a dry run says what a run would.
         return Failed(name="Refused", message=f"refused because {refused}; nothing was read", data=PermissionError(refused))
     if dry_run:
         return _dry_run(Path(path), ws, overrides.to_list())
@@ -171,17 +169,19 @@ def _dry_run(path: Path, ws: Workspace, overrides: list[str]) -> DryRun:
     log = get_run_logger()
     config = lepton_config.load(ws.root, overrides)
     seen = inspect_increment(path, ws)
-    if seen.duplicate_of is not None:
-        known = seen.duplicate_of
+    known = seen.duplicate_of
+    if known is not None and known.state != "rejected":
         result = DryRun(status="duplicate", increment_id=seen.id, file=str(path), message=f"dry run: duplicate of increment {known.id} ({known.state}, {known.file}): a run would do nothing")
     else:
+        # Content rejected before is validated again by a run, under the configuration as it is now: so here.
+        again = f"rejected before as increment {known.id}, validated again: " if known is not None else ""
         frame, read_error = read(path)
         report = validate(frame, read_error, ws.read_schema(), config.data)
         if report.passed:
             warned = f"; it would warn: {'; '.join(report.warnings)}" if report.warnings else ""
-            message = f"dry run: valid ({report.rows} rows passed {report.expectations} expectations){warned}; nothing was changed"
+            message = f"dry run: {again}valid ({report.rows} rows passed {report.expectations} expectations){warned}; nothing was changed"
         else:
-            message = f"dry run: would be rejected because {'; '.join(report.problems)}"
+            message = f"dry run: {again}would be rejected because {'; '.join(report.problems)}"
         result = DryRun(
             status="valid" if report.passed else "invalid", increment_id=seen.id, file=str(path), message=message,
             problems=report.problems, warnings=report.warnings, notes=report.notes,

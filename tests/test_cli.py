@@ -115,6 +115,22 @@ def test_demo_tells_its_story_and_matches_the_committed_data(clean_dir, prefect_
         assert "ingest" in run["seconds"]["steps"]
 
 
+def test_demo_refuses_to_clear_another_workspace_or_a_data_folder(clean_dir):
+    """The demo starts afresh by removing .lepton/ and data/: in another model's workspace, or a project with a data/
+    folder, it deleted them and exited 0. It now refuses, names the folder, and leaves everything as it was."""
+    ws = make_workspace(clean_dir / "ws", "species", "penguins")
+    (ws.data / "increments").mkdir(parents=True, exist_ok=True)
+    (ws.data / "increments" / "kept.csv").write_text("a,species\n1,x\n")
+    project = clean_dir / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "important.csv").write_text("a,b\n")
+    for folder, said in ((ws.root, "is a workspace of model 'penguins' (label 'species')"), (project, "holds a data/ folder and is no workspace")):
+        before = {str(p): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+        result = run_cli(["demo", "--workspace", str(folder)], api_url=None)
+        assert result.returncode == 1 and said in result.stderr and "lepton demo --workspace" in result.stderr, result.stderr
+        assert {str(p): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()} == before
+
+
 def test_prefect_yaml_points_at_the_flow():
     """Every deployment in prefect.yaml names an entrypoint that loads as a Prefect flow."""
     from prefect.flows import Flow, load_flow_from_entrypoint

@@ -128,8 +128,8 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
     before = tree(ws.root / "data")
     # A path outside the workspace and landing.allowed_roots is refused before it is read.
-    report = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), dry_run=True)
-    assert report.status == "invalid" and report.exit_code == 2 and "landing.allowed_roots" in report.message
+    dry = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), dry_run=True, return_state=True)
+    assert dry.is_failed() and dry.name == "Refused" and "landing.allowed_roots" in dry.message  # what a run would say
     refused = run_increment(str(increments[0]), str(ws.root), ConfigOverrides(), return_state=True)
     assert refused.is_failed() and refused.name == "Refused" and "is outside the folders increments may come from" in refused.message
     with pytest.raises(PermissionError, match="landing.allowed_roots"):
@@ -165,6 +165,11 @@ def test_dry_run_validates_and_changes_nothing(clean_dir, prefect_api, increment
     assert any("repeated row(s)" in w for w in report.warnings), report.warnings  # what the run would say beside its verdict
     assert tree(ws.root / "data") == before
     assert not ws.mlflow_db.exists()  # nothing registered, not even a tracking store
+    # Content rejected before is validated again by a run: the dry run did not ('a run would do nothing', exit 0).
+    assert run_increment(str(broken), str(ws.root), allowed).status == "rejected"
+    report = run_increment(str(broken), str(ws.root), allowed, dry_run=True)
+    assert report.status == "invalid" and report.exit_code == 2, report.message
+    assert report.message.startswith(f"dry run: rejected before as increment {report.increment_id}, validated again: would be rejected because")
 
 
 def test_nightly_runs_in_arrival_order_and_stops_at_the_first_failure(clean_dir, prefect_api, increments, monkeypatch):

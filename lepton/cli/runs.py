@@ -340,6 +340,9 @@ def demo(
 ) -> None:
     """Class-incremental handwritten digits, 5 increments and a broken one, through the whole flow."""
     ws = Workspace.at(workspace)
+    refused = _not_the_demos(ws)
+    if refused:
+        raise fail(refused)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     talk = mode in ("live", "plain")
     if talk:
@@ -376,7 +379,33 @@ def demo(
         console.print(_summary_table([(name, o) for name, o, _ in rows]))
         for outcome in (o for _, o, _ in rows if o.status == "rejected"):
             console.print(f"quarantined: {shown(ws, outcome.file)} ({'; '.join(outcome.reasons)})", soft_wrap=True)
-    console.print(f"consumers: mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}")
+    if final is None:
+        raise fail("the demo promoted no model: see the table above and .lepton/logs/lepton.log")
+    console.print(
+        f"consumers: mlflow.set_tracking_uri('sqlite:///{ws.mlflow_db}'); "
+        f"mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}", soft_wrap=True,
+    )
+
+
+def _not_the_demos(ws: Workspace) -> str | None:
+    """Why the demo must not clear ``ws`` (it removes .lepton/ and data/ to start afresh): a workspace of another
+    model, or a data/ folder where no workspace is. None for an empty folder, or one the demo ran in before."""
+    import yaml
+
+    elsewhere = "run the demo in a folder of its own: lepton demo --workspace /tmp/lepton-demo"
+    settings = ws.root / "lepton.yaml"
+    if settings.is_file():
+        try:
+            read = yaml.safe_load(settings.read_text()) or {}
+            label, name = (read.get("data") or {}).get("label"), (read.get("registry") or {}).get("model_name", "lepton")
+        except (yaml.YAMLError, AttributeError):
+            label, name = None, None
+        if (label, name) != (demo_data.LABEL, demo_data.MODEL):
+            return (f"{ws.root} is a workspace of model {name!r} (label {label!r}): the demo starts from a fresh state and would "
+                    f"remove its .lepton/ and data/; {elsewhere}")
+    elif ws.data.exists() and any(ws.data.iterdir()):
+        return f"{ws.root} holds a data/ folder and is no workspace: the demo starts from a fresh state and would remove it; {elsewhere}"
+    return None
 
 
 def _summary_table(rows: list[tuple[str, Any]]) -> Table:
