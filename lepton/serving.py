@@ -79,6 +79,26 @@ def as_read_in_training(frame: pd.DataFrame, preprocessor: Preprocessor) -> pd.D
     return frame
 
 
+def as_frame(model_input: Any) -> pd.DataFrame:
+    """Rows to score as a frame: a frame, a dict of one value per column or a Series (one row), a dict of lists or a list
+    of dicts (rows). A column named twice is refused by name: which of the two is the feature?"""
+    if isinstance(model_input, pd.Series):
+        frame = model_input.to_frame().T
+    elif isinstance(model_input, dict) and model_input and all(np.ndim(v) == 0 for v in model_input.values()):
+        frame = pd.DataFrame([model_input])
+    elif isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    else:
+        try:
+            frame = pd.DataFrame(model_input)
+        except (ValueError, TypeError) as err:
+            raise unscorable(f"pass a DataFrame of feature columns, a dict of one value per column, or a list of such dicts ({err})") from None
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise unscorable(f"column(s) {', '.join(map(repr, repeated))} given more than once: send each feature column once")
+    return frame
+
+
 def _refuse_non_finite(scores: np.ndarray) -> None:
     """Rows whose scores overflowed (a value far beyond anything seen, such as 1e308) have no answer."""
     bad = np.flatnonzero(~np.isfinite(scores.reshape(len(scores), -1)).all(axis=1))
@@ -92,7 +112,7 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
         self.bundle = Bundle.load(Path(context.artifacts["bundle"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None):
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        frame = as_frame(model_input)
         preprocessor = self.bundle.preprocessor
         frame = as_read_in_training(frame, preprocessor)
         problems = input_problems(frame, preprocessor)

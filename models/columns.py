@@ -384,12 +384,13 @@ def one_hot(series: pd.Series, vocabulary: list[str], capacity: int) -> np.ndarr
     """One-hot rows over ``capacity`` slots; slot 0 for values not in the vocabulary (or missing). A value that differs
     from one in the vocabulary only in case or spacing takes its slot, as training read it (``DataSchema.respelled``)."""
     values = as_strings(series)
-    codes = pd.Categorical(values, categories=vocabulary).codes.astype(np.int64) + 1  # -1 (unknown) -> 0
+    slots = {value: slot for slot, value in enumerate(vocabulary, start=1)}  # a value not in it (or missing): 0
+    codes = values.map(slots).fillna(0).to_numpy(dtype=np.int64)
     if (codes == 0).any() and vocabulary:
         unknown = values[codes == 0]
         mapping = known_spellings(unknown, set(vocabulary))
         if mapping:
-            codes[codes == 0] = pd.Categorical(unknown.replace(mapping), categories=vocabulary).codes.astype(np.int64) + 1
+            codes[codes == 0] = unknown.map(lambda v: slots.get(mapping.get(v, v), 0) if isinstance(v, str) else 0).to_numpy(dtype=np.int64)
     out = np.zeros((len(series), capacity), dtype=np.float64)
     out[np.arange(len(series)), codes] = 1.0
     return out

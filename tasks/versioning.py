@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,14 +28,19 @@ def _repo(ws: Workspace):
 
 
 def _ensure_remote(ws: Workspace, config: DvcConfig) -> None:
-    """Point the workspace's remote at ``dvc.remote_url`` when the config names one.
+    """Point the workspace's remote where this run's configuration says: ``dvc.remote_url``, or the default.
 
     The committed ``.dvc/config`` keeps the default (a folder under ``.lepton/``);
-    an override goes to ``.dvc/config.local``, which DVC reads last and git ignores.
+    an override goes to ``.dvc/config.local``, which DVC reads last and git ignores. With
+    none, the override Lepton wrote goes: a `--set dvc.remote_url=...` for one run stayed,
+    and every later run pushed there (a file of the operator's own is left alone).
     """
-    if not config.remote_url:
-        return
     local = ws.root / ".dvc" / "config.local"
+    written = re.fullmatch(rf"\['remote \"{REMOTE}\"'\]\n    url = [^\n]*\n", local.read_text()) if local.exists() else None
+    if not config.remote_url:
+        if written:
+            local.unlink()
+        return
     wanted = f"['remote \"{REMOTE}\"']\n    url = {config.remote_url}\n"
     if not local.exists() or local.read_text() != wanted:
         local.write_text(wanted)
@@ -74,7 +80,11 @@ def version(ws: Workspace, config: DvcConfig) -> str:
             stages = repo.add(str(ws.data))
             digest = stages[0].outs[0].hash_info.value
             if config.push:
-                repo.push(targets=[str(ws.root / "data.dvc")], remote=REMOTE)
+                try:
+                    repo.push(targets=[str(ws.root / "data.dvc")], remote=REMOTE)
+                except Exception as err:
+                    where = config.remote_url or "the default, .lepton/dvc-remote"
+                    raise RuntimeError(f"could not push data/ to the DVC remote (dvc.remote_url: {where}): {err}") from err
     return digest
 
 

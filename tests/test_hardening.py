@@ -209,6 +209,29 @@ def test_serve_reads_numbers_and_gaps_as_a_csv_export_writes_them(served):
     assert [pytest.approx(p, abs=1e-4) for p in answers[3]] == answers[2]  # float32 sums in another order
 
 
+def test_a_consumer_may_pass_one_row_as_a_dict_or_a_series():
+    """model.predict({"island": "Biscoe", ...}) raised pandas' 'If using all scalar values, you must pass an index', and a
+    Series row was refused for missing every column. Both are one row; a list of dicts is rows; a repeated column is named."""
+    from mlflow.exceptions import MlflowException
+
+    from lepton.serving import as_frame
+
+    row = {"a": 1.0, "plan": "pro", "n": None}
+    assert as_frame(row).to_dict("records") == [row]
+    assert as_frame(pd.Series(row)).to_dict("records") == [row]
+    assert len(as_frame([row, row])) == 2 and len(as_frame({"a": [1.0, 2.0], "n": [1, 2]})) == 2
+    with pytest.raises(MlflowException, match=r"column\(s\) 'a' given more than once"):
+        as_frame(pd.DataFrame([[1.0, 2.0]], columns=["a", "a"]))
+
+
+@pytest.mark.integration
+def test_serve_takes_one_row_as_a_dict_of_values(served):
+    """{"inputs": {"a": 1.0, ...}}, one value per column: one row. It was a 400 whose body held a Python stack trace."""
+    status, text = served({"inputs": {"a": 2.0, "b": 9.0, "n": 1}})
+    assert status == 200, text
+    assert strict_json(text)["predictions"] == strict_json(served(split([[2.0, 9.0, 1]]))[1])["predictions"]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("body", "needle"),
@@ -218,6 +241,7 @@ def test_serve_reads_numbers_and_gaps_as_a_csv_export_writes_them(served):
         (b'{"dataframe_split": {"columns": ["a", "b", "n"], "data": [[Infinity, 1.0, 1]]}, "params": {"probabilities": true}}', "column 'a' holds 1 infinite value(s)"),
         # The count's signature takes any value (MLflow refuses NaN for integers), so the model reads it itself.
         (split([[1.0, 2.0, "abc"]]), "column 'n' holds 1 value(s) that are not numbers (e.g. 'abc'); send null for a missing value"),
+        ({"dataframe_split": {"columns": ["a", "a", "b", "n"], "data": [[1.0, 2.0, 3.0, 1]]}}, "column(s) 'a' given more than once"),
     ],
 )
 def test_serve_refuses_what_the_model_cannot_score(served, body, needle):

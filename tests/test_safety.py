@@ -83,6 +83,31 @@ def _untouched(ws, before: dict[str, bytes]) -> None:
     assert not ws.mlflow_db.exists()
 
 
+def test_a_remote_set_for_one_run_is_not_left_for_the_next(clean_dir):
+    """`lepton run --set dvc.remote_url=...` wrote .dvc/config.local and left it: every later run pushed there, and one that
+    could not failed with '[Errno 2] No such file or directory' naming neither DVC nor the setting. The remote is this run's
+    configuration's, the failure names dvc.remote_url, and a config.local of the operator's own is kept."""
+    from lepton.config import DvcConfig
+    from lepton.tasks.versioning import version
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", DIGITS)
+    (ws.data / "increments").mkdir(parents=True, exist_ok=True)
+    (ws.data / "increments" / "a.csv").write_text("x,digit\n1,0\n")
+    local = ws.root / ".dvc" / "config.local"
+    with pytest.raises(RuntimeError, match=r"could not push data/ to the DVC remote \(dvc.remote_url: /proc/nowhere/remote\)"):
+        version(ws, DvcConfig(remote_url="/proc/nowhere/remote"))
+    assert local.exists()
+    elsewhere = clean_dir / "remote"
+    version(ws, DvcConfig(remote_url=str(elsewhere)))
+    assert any(elsewhere.rglob("*")) and str(elsewhere) in local.read_text()
+    version(ws, DvcConfig())  # the next run, without --set: lepton.yaml's remote, the default
+    assert not local.exists() and any((ws.state / "dvc-remote").rglob("*"))
+    own = "[core]\n    analytics = false\n"
+    local.write_text(own)
+    version(ws, DvcConfig(push=False))
+    assert local.read_text() == own
+
+
 def test_backfill_pattern_cannot_leave_its_folder(clean_dir, prefect_api, increments):
     """pattern='../../../outside/*.parquet' from the inbox is refused before anything is read."""
     from lepton.config import ConfigOverrides

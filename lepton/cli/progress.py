@@ -109,7 +109,8 @@ class _Display(logging.Handler):
             self._start(STEPS.get(name, name))
         elif message.startswith("Finished in state"):
             ok = "Completed" in message
-            self._finish(ok, message.removeprefix("Finished in state ").rstrip("()"))
+            # "Failed('Task run encountered an exception ...')": the state's name; the error itself ends the command's output.
+            self._finish(ok, message.removeprefix("Finished in state ").split("(", 1)[0].strip())
 
     def _start(self, label: str) -> None:
         if self.current is not None:  # the step before had no finish record of its own
@@ -126,9 +127,10 @@ class _Display(logging.Handler):
         if self.current is None:
             return
         seconds = self._account()
-        mark = "[green]✓[/green]" if ok else f"[red]✗ {state}[/red]"
+        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
+        said = f" [red]{state.lower()}[/red]" if not ok and state else ""
         if self.mode in ("live", "plain"):
-            self.console.print(f"  {mark} {self.current.name} [dim]{seconds:.1f}s[/dim]", highlight=False)
+            self.console.print(f"  {mark} {self.current.name} [dim]{seconds:.1f}s[/dim]{said}", highlight=False)
         self._drop_epochs()
         self.current = None
 
