@@ -162,6 +162,21 @@ def test_quiet_and_json_print_only_the_result(clean_dir, prefect_api, increments
     assert json.loads(missing.stdout) == {"error": f"{clean_dir / 'nope.csv'} does not exist", "exit_code": 2}
 
 
+def test_a_series_that_stopped_says_so_on_stderr_under_quiet(clean_dir, prefect_api, increments):
+    """backfill --quiet stopped at a failure printed its summary on stdout, with nothing on stderr: a cron wrapper that
+    alerts on stderr missed the night. It is an error line on stderr now, with exit 1."""
+    import shutil
+
+    ws = make_workspace(clean_dir / "ws", "digit", "digits", {"data": {"bounds": {"*": [0, 16]}}})
+    folder = ws.root / "exports"
+    folder.mkdir()
+    shutil.copyfile(increments[0], folder / "a.parquet")
+    stopped = run_cli(["backfill", str(folder), "--workspace", str(ws.root), "--quiet", "--set", "train.network='nosuch_mod:build'"], api_url=prefect_api)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert stopped.stdout == "" and stopped.stderr.startswith("error: 0 increment(s) processed; stopped at a.parquet: "), stopped.stdout + stopped.stderr
+    assert "1 increment(s) left for the next run" in stopped.stderr
+
+
 def test_a_full_disk_under_the_log_file_leaves_the_terminal_alone(tmp_path, capfd):
     """Records the log file cannot take (ENOSPC on /dev/full) are dropped: no "--- Logging error ---" traceback per record."""
     from rich.console import Console

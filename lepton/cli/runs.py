@@ -455,6 +455,8 @@ def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: wa
         if report.failed:
             table.add_row(report.failed, "[red]failed[/red]", report.error or "")
         console.print(table)
+    if report.failed:  # on stderr, as every failure is: a cron wrapper that alerts on it must see the night's
+        raise fail(report.message, report.exit_code)
     console.print(report.message, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 
