@@ -6,6 +6,7 @@ it, and Great Expectations, without Prefect: see ``lepton.validation_aside``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -407,6 +408,18 @@ def _columns_beyond(frame: pd.DataFrame, schema: DataSchema, config: DataConfig)
     return out
 
 
+def _declared_nowhere(frame: pd.DataFrame, schema: DataSchema | None, config: DataConfig) -> list[str]:
+    """Columns lepton.yaml declares (data.columns) that neither this increment nor the workspace has: a misspelt name
+    changed nothing, and said nothing."""
+    known = {str(c) for c in frame.columns} | (set(schema.features) if schema is not None else set())
+    out = []
+    for name in (c for c in config.columns if c not in known):
+        like = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean {like[0]!r}?)" if like else ""
+        out.append(f"data.columns declares {name!r}, which neither this increment nor the workspace has{hint}: the declaration does nothing")
+    return out
+
+
 def _new_classes(labels: pd.Series, schema: DataSchema) -> list[str]:
     """Label values never seen before: learnt from now on (class-incremental data), and said, as a new category is; a new
     class that differs from a known one only in case or spacing ('Car ' beside 'car') is most likely a dirty export."""
@@ -584,6 +597,7 @@ def validate_frame(
         problems += [p for p in more if p not in problems]
     if not first and not problems:
         warnings += _columns_beyond(frame, schema, config)
+    warnings += _declared_nowhere(frame, schema, config)
     if frame.attrs.get("separator"):  # see tasks.ingest.separator_of
         warnings.append(f"read as separated by {frame.attrs['separator']!r}: its header line holds no comma")
     if frame.attrs.get("unquoted"):  # see tasks.ingest.read_increment

@@ -470,3 +470,17 @@ def test_a_european_export_with_grouped_digits_is_read_as_its_numbers(tmp_path):
     report = validate_frame(read.drop(columns="share"), schema, DataConfig(label="y"))
     assert report.passed, report.problems
     assert any(w.startswith("column 'value': numbers written with a decimal comma") for w in report.warnings), report.warnings
+
+
+def test_a_misspelt_column_declaration_is_said():
+    """data.columns: {body_mass: ignore} beside a body_mass_g column changed nothing and said nothing; it is a warning
+    naming the closest column. A declaration of a column the workspace has (one the export stopped writing) is no typo."""
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame({"body_mass_g": rng.uniform(3000, 6000, 40), "sex": rng.choice(["m", "f"], 40), "y": rng.integers(0, 2, 40)})
+    config = DataConfig(label="y", columns={"body_mass": "ignore", "sex": "categorical"})
+    report = validate_frame(frame, None, config)
+    assert report.passed, report.problems
+    assert report.warnings == ["data.columns declares 'body_mass', which neither this increment nor the workspace has (did you mean 'body_mass_g'?): the declaration does nothing"]
+    schema = DataSchema.infer(frame, "y")
+    later = validate_frame(frame.drop(columns="sex"), schema, DataConfig(label="y", columns={"sex": "ignore"}))
+    assert later.passed and not any("declares" in w for w in later.warnings), later.warnings
