@@ -57,7 +57,7 @@ def rollback(
     if move is None:
         log.info("version %s is already the champion: nothing moved", plan.target)
     else:
-        log.info("champion moved back from version %s to version %s: %s", move.from_version, move.to_version, reason)
+        log.info("champion moved from version %s to version %s: %s", move.from_version, move.to_version, reason)
         keep_answers(ws, config.registry)
     return move
 

@@ -132,8 +132,10 @@ def test_rollback_and_history_commands(promoted, prefect_api):
     assert registry(promoted)[2] == 1
 
     # Forward again by version, then the history as JSON and as a table.
-    move = rollback(ws, to=2, reason="fixed labels upstream")
-    assert (move.from_version, move.to_version) == (1, 2) and registry(promoted)[2] == 2
+    forward = run_cli(["rollback", "--to", "2", "--reason", "fixed labels upstream", "--workspace", ws], api_url=prefect_api)
+    assert forward.returncode == 0, forward.stdout + forward.stderr
+    assert "champion moved from version 1 to version 2 (fixed labels upstream)" in forward.stdout  # forward: not 'back'
+    assert registry(promoted)[2] == 2
     listed = run_cli(["history", "--json", "--workspace", ws], api_url=None)
     assert listed.returncode == 0, listed.stderr
     records = json.loads(listed.stdout)

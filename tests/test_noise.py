@@ -156,6 +156,7 @@ def test_quiet_and_json_print_only_the_result(clean_dir, prefect_api, increments
     second = run_cli(["run", str(increments[1]), "--workspace", str(ws.root), "--json", *quick], api_url=prefect_api)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["version"] == 2 and second.stderr == "", second.stderr  # no "Registered model ... already exists"
+    assert json.loads(second.stdout)["exit_code"] == 0
 
     missing = run_cli(["run", str(clean_dir / "nope.csv"), "--workspace", str(ws.root), "--json"], api_url=prefect_api)
     assert missing.returncode == 2
@@ -174,7 +175,7 @@ def test_a_series_that_stopped_says_so_on_stderr_under_quiet(clean_dir, prefect_
     stopped = run_cli(["backfill", str(folder), "--workspace", str(ws.root), "--quiet", "--set", "train.network='nosuch_mod:build'"], api_url=prefect_api)
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert stopped.stdout == "" and stopped.stderr.startswith("error: 0 increment(s) processed; stopped at a.parquet: "), stopped.stdout + stopped.stderr
-    assert "1 increment(s) left for the next run" in stopped.stderr
+    assert "1 increment(s) left for the next run" in stopped.stderr and "(the runs' log: " in stopped.stderr
 
 
 def test_a_full_disk_under_the_log_file_leaves_the_terminal_alone(tmp_path, capfd):

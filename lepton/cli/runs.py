@@ -220,7 +220,8 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
     except typer.Exit:  # said already
         raise
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
-        raise fail(f"run failed: {error}{_whose(ws, error)}") from None
+        log = shown(ws, (ws.state / "logs" / "lepton.log").relative_to(ws.root))
+        raise fail(f"run failed: {error}{_whose(ws, error)} (the run's log: {log})") from None
     _show(ws, outcome, mode, seconds, dry_run=dry_run)
 
 
@@ -235,7 +236,7 @@ def _whose(ws: Workspace, error: Exception) -> str:
 def _show(ws: Workspace, outcome: Any, mode: Mode, seconds: dict[str, Any], *, dry_run: bool = False) -> None:
     """Print a run's outcome as ``mode`` asks and exit with its code."""
     if mode == "json":
-        print(json.dumps({**outcome.model_dump(mode="json"), "seconds": seconds}, indent=2))
+        print(json.dumps({**outcome.model_dump(mode="json"), "exit_code": outcome.exit_code, "seconds": seconds}, indent=2))
     else:
         if mode != "quiet" and not dry_run:
             console.print(_outcome_table(ws, outcome))
@@ -456,7 +457,7 @@ def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: wa
             table.add_row(report.failed, "[red]failed[/red]", report.error or "")
         console.print(table)
     if report.failed:  # on stderr, as every failure is: a cron wrapper that alerts on it must see the night's
-        raise fail(report.message, report.exit_code)
+        raise fail(f"{report.message} (the runs' log: {shown(ws, (ws.state / 'logs' / 'lepton.log').relative_to(ws.root))})", report.exit_code)
     console.print(report.message, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 

@@ -197,7 +197,8 @@ def rollback(
     if result is None:
         console.print(f"version {to} is already the champion: nothing moved")
         return
-    console.print(f"champion moved back from version {result.from_version} to version {result.to_version} ({result.reason})")
+    back = "back " if result.from_version is None or result.to_version < result.from_version else ""  # to a later version: not back
+    console.print(f"champion moved {back}from version {result.from_version} to version {result.to_version} ({result.reason})")
 
 
 def promote(
