@@ -383,7 +383,18 @@ def test_a_command_run_outside_a_workspace_names_the_option(clean_dir):
     """A cron job that forgot --workspace ran in / and was told to make / a workspace: it is told of --workspace too."""
     result = run_cli(["status"], api_url=None, cwd=clean_dir)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "is not a Lepton workspace (the folder the command ran in; pass --workspace PATH for another)" in " ".join(result.stderr.split())
+    assert "is not a Lepton workspace (the folder the command ran in, nor one above it, is; pass --workspace PATH for another)" in " ".join(result.stderr.split())
+
+
+def test_a_command_run_inside_a_workspace_finds_it(clean_dir):
+    """From a workspace's data/ folder, `lepton status` said it was no workspace and to `lepton init .` there: a workspace
+    inside the workspace. The nearest folder above that is one is the workspace, as git finds its repository."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    inside = ws.root / "data" / "increments"
+    inside.mkdir(parents=True, exist_ok=True)
+    result = run_cli(["status", "--json"], api_url=None, cwd=inside)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tracking_uri"] == f"sqlite:///{ws.root.resolve() / '.lepton' / 'mlflow.db'}"
 
 
 def test_the_holdout_bars_draw_the_most_recent_holdouts_only(tmp_path):

@@ -141,8 +141,13 @@ def open_workspace(
     ``check``: its config, with ``overrides``, loads (``"run"``: and the workspace is fit for a run), before any work;
     ``quiet``: the libraries' own noise turned down (it imports dvc: the read-only commands that skip it answer faster)."""
     ws = Workspace.at(path)
+    if must_exist and not ws.is_initialised and path == Path("."):
+        # Run from inside a workspace (its data/, say): the workspace is the nearest folder above that is one, as git finds
+        # its repository. Told to `lepton init .` there, an operator made a workspace inside the workspace's data/.
+        above = next((Workspace.at(folder) for folder in ws.root.parents if Workspace.at(folder).is_initialised), None)
+        ws = above or ws
     if must_exist and not ws.is_initialised:
-        where = "" if path != Path(".") else f" (the folder the command ran in; pass --workspace PATH for another)"
+        where = "" if path != Path(".") else f" (the folder the command ran in, nor one above it, is; pass --workspace PATH for another)"
         raise fail(f"{ws.root} is not a Lepton workspace{where}: run `lepton init {path} --label COLUMN` first")
     embedded_environment(ws)
     if check is not None:
