@@ -19,7 +19,7 @@ from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, learnt_since, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import (
-    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, same_rows, split_increments, with_accepted,
+    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, repeated_rows, said_repeated, same_rows, split_increments, with_accepted,
 )
 from lepton.tasks.tracking import registry_key_of, registry_lost
 from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
@@ -100,6 +100,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             outcome = RunOutcome.same_rows(landing.id, known)
             log.warning(outcome.message)
             return outcome
+        repeats = repeated_rows(history, frame, landing.id) if history is not None else None
+        if repeats:  # said, not refused: rows that repeat are data too
+            report = replace(report, warnings=[*report.warnings, said_repeated(repeats, len(frame))])
         drift = measure_drift(history, frame, config.data, config.drift, schema) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:

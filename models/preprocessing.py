@@ -113,6 +113,9 @@ class Preprocessor:
     min_category_rows: int = 2
     observed: np.ndarray = field(default_factory=lambda: np.zeros(0))  # values seen per input column
     target: tuple[float, float, float] = (0.0, 0.0, 0.0)  # regression: count, mean and M2 of the label
+    # Regression: the lowest label seen (None: none seen, or a model from before it). A label never below zero (a count,
+    # an amount) is never predicted below zero: an outlying row's prediction went to -30 on a target seen from 0.9 up.
+    target_low: float | None = None
     # Per input column, the latest value seen of a datetime's year (NaN: no limit; models from before it have none).
     latest: np.ndarray = field(default_factory=lambda: np.zeros(0))
     shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels)
@@ -197,13 +200,15 @@ class Preprocessor:
             latest[held] = np.fmax(latest[held], seen)
         values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
         classes = list(self.classes)
-        target = self.target
+        target, target_low = self.target, self.target_low
         if values is not None:
             count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(values[:, None])))
             target = (float(count[0]), float(mu[0]), float(sq[0]))
+            if len(values):
+                target_low = float(values.min()) if self.target_low is None else min(self.target_low, float(values.min()))
         else:
             classes += [_native(c) for c in sorted(pd.unique(labels.dropna())) if _native(c) not in self.classes]
-        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, latest=latest)
+        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, target_low=target_low, latest=latest)
 
     def _replace(self, **changes: Any) -> Preprocessor:
         state = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -285,7 +290,8 @@ class Preprocessor:
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Labels in the original values: class ids to classes, or network outputs to the target's units."""
         if self.task == "regression":
-            return np.asarray(ids, dtype=np.float64) * self.target_scale + self.target_mean
+            values = np.asarray(ids, dtype=np.float64) * self.target_scale + self.target_mean
+            return np.maximum(values, 0.0) if self.target_low is not None and self.target_low >= 0 else values
         return np.asarray(self.classes, dtype=object if self._string_labels else None)[ids]
 
     @property
@@ -307,6 +313,7 @@ class Preprocessor:
             "min_category_rows": self.min_category_rows,
             "observed": self.observed.tolist(),
             "target": list(self.target),
+            "target_low": self.target_low,
             "latest": [None if np.isnan(v) else float(v) for v in self.latest],
             "shapes": self.shapes,
             "logged": self.logged,
@@ -328,6 +335,7 @@ class Preprocessor:
             min_category_rows=int(state.get("min_category_rows", 2)),
             observed=np.asarray(state.get("observed", []), dtype=np.float64),
             target=tuple(state.get("target", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
+            target_low=None if state.get("target_low") is None else float(state["target_low"]),
             latest=np.asarray([np.nan if v is None else v for v in state.get("latest", [])], dtype=np.float64),
             shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
             logged={k: float(v) for k, v in state.get("logged", {}).items()},

@@ -67,6 +67,41 @@ def same_rows(history: History, frame: pd.DataFrame, increment_id: str) -> str |
     return None
 
 
+# Earlier increments whose rows ``repeated_rows`` looks for: a cumulative export repeats the latest ones' rows too, and
+# the cost stays that of a few increments however long the history (0.07 s for five and the new one, each of 20,000 rows
+# and 20 columns, here).
+RECENT = 5
+
+
+def repeated_rows(history: History, frame: pd.DataFrame, increment_id: str) -> dict[str, int]:
+    """Of ``frame``'s rows, how many equal a row of each of the latest accepted increments, over the columns both have
+    (the label among them): a cumulative export repeats every row sent before, and they were learnt again without a word."""
+    out: dict[str, int] = {}
+    mine: dict[tuple[str, ...], np.ndarray] = {}
+    for key in [k for k in history.frames if k != increment_id][-RECENT:]:
+        earlier = history.frames[key]
+        common = tuple(sorted(set(map(str, frame.columns)) & set(map(str, earlier.columns))))
+        if not common or not len(frame) or not len(earlier):
+            continue
+        try:
+            if common not in mine:
+                mine[common] = _content(frame, list(common), ordered=False)
+            found = int(np.isin(mine[common], _content(earlier, list(common), ordered=False)).sum())
+        except (TypeError, ValueError):  # a column of numbers in one and of text in the other: no row can be equal
+            continue
+        if found:
+            out[key] = found
+    return out
+
+
+def said_repeated(counts: dict[str, int], rows: int) -> str:
+    """A run's warning of ``repeated_rows``."""
+    total = sum(counts.values())
+    which = ", ".join(f"{key}: {n}" for key, n in list(counts.items())[:5]) + (", ..." if len(counts) > 5 else "")
+    return (f"{min(total, rows)} of {rows} row(s) equal rows of recent increments ({which}): kept and learnt again (an export "
+            "that repeats the rows sent before, a cumulative one, counts them twice; a table of codes or counts repeats rows by nature)")
+
+
 def _sums(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Each numeric column's sum and count of gaps, in ``columns`` order (NaN for a column of another kind)."""
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)
@@ -82,13 +117,15 @@ def _is_number(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def _content(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """The rows' hashes, sorted, over the values in ``columns`` order, numbers as float64 and anything else as text: the
-    same whatever the file's format (an integer column of a CSV file is a nullable one in Parquet)."""
+def _content(frame: pd.DataFrame, columns: list[str], *, ordered: bool = True) -> np.ndarray:
+    """The rows' hashes, sorted (``ordered``) or in row order, over the values in ``columns`` order, numbers as float64
+    and anything else as text: the same whatever the file's format (an integer column of a CSV file is a nullable one in
+    Parquet)."""
     named = frame.set_axis(list(map(str, frame.columns)), axis=1)[columns]
     kinds = {c: "float64" if _is_number(named[c]) else "string" for c in columns}
     canonical = named.astype(kinds) if any(v == "string" for v in kinds.values()) else named.astype("float64")
-    return np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy())
+    hashes = pd.util.hash_pandas_object(canonical, index=False).to_numpy()
+    return np.sort(hashes) if ordered else hashes
 
 
 def _stored_schema(ws: Workspace) -> DataSchema | None:

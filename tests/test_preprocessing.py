@@ -197,3 +197,21 @@ def test_dates_with_the_month_in_words_are_dates(written):
     assert not as_datetimes(column).isna().any()
     names = pd.Series(["Jane 2000", "Mayfair 12", "Marco 1999"] * 10)
     assert infer_kind(names, max_categories=31)[0] != "datetime"
+
+
+def test_a_target_never_below_zero_is_never_predicted_below_zero():
+    """An outlying row's prediction went to -30 on an investment seen from 0.9 up: a target whose every value seen is at
+    least zero (a count, an amount) is predicted at least zero. Once a negative value is seen, outputs are as they are;
+    a model from before the lowest value was kept decodes as it did."""
+    from lepton.models.preprocessing import Encoding, Preprocessor
+
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0.9, 10.0, 30.0, 120.0]})
+    pre = Preprocessor.create(Encoding(label="y", kinds={"x": "numeric"}, task="regression")).updated(frame, frame["y"])
+    far_below = (0.0 - 200.0 - pre.target_mean) / pre.target_scale  # an output that decodes to -200
+    assert pre.target_low == 0.9 and pre.decode(np.array([far_below, 0.0]))[0] == 0.0
+    assert pre.decode(np.array([0.0]))[0] == pytest.approx(pre.target_mean)
+    assert Preprocessor.from_dict(pre.to_dict()).decode(np.array([far_below]))[0] == 0.0
+    older = {k: v for k, v in pre.to_dict().items() if k != "target_low"}
+    assert Preprocessor.from_dict(older).decode(np.array([far_below]))[0] == pytest.approx(-200.0)
+    signed = pre.updated(frame.assign(y=-5.0), frame.assign(y=-5.0)["y"])
+    assert signed.target_low == -5.0 and signed.decode(np.array([far_below]))[0] < 0

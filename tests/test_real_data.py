@@ -526,6 +526,27 @@ def test_the_rows_of_an_accepted_increment_in_another_file_are_not_learnt_again(
     assert same_rows(history, day2.assign(x1=day2["x1"].where(day2.index != 0, 99.0)), "another") is None
 
 
+def test_a_cumulative_export_is_said_to_repeat_earlier_rows(tmp_path, prefect_api):
+    """An export of every row to date repeats the rows sent before: they were learnt again without a word. Processed (rows
+    that repeat are data too), and said with how many and whose; the CSV copy of a Parquet export's rows counts alike."""
+    from lepton.flows.continual import continual_training
+    from lepton.tasks.splits import read_history, repeated_rows
+
+    ws = make_workspace(tmp_path / "ws", "y", "cumulative")
+    first = rule_rows(300, 1)
+    first.to_parquet(tmp_path / "to-monday.parquet", index=False)
+    monday = continual_training(str(tmp_path / "to-monday.parquet"), str(ws.root), FAST)
+    assert monday.status == "promoted" and not any("equal rows of recent" in w for w in monday.warnings)
+    pd.concat([first, rule_rows(200, 2)]).to_csv(tmp_path / "to-tuesday.csv", index=False, float_format="%.17g")
+    tuesday = continual_training(str(tmp_path / "to-tuesday.csv"), str(ws.root), FAST)
+    assert tuesday.status in ("promoted", "kept_out"), tuesday.message
+    said = [w for w in tuesday.warnings if "equal rows of recent" in w]
+    assert said == [f"300 of 500 row(s) equal rows of recent increments ({monday.increment_id}: 300): kept and learnt again (an export "
+                    "that repeats the rows sent before, a cumulative one, counts them twice; a table of codes or counts repeats rows by nature)"]
+    history = read_history.fn(ws)
+    assert repeated_rows(history, rule_rows(50, 9), "another") == {}  # other rows: nothing to say
+
+
 @pytest.fixture(scope="module")
 def change(tmp_path_factory, prefect_api):
     """Three increments with labels by rule a, then two by rule b on the same features."""
