@@ -131,6 +131,19 @@ def test_demo_refuses_to_clear_another_workspace_or_a_data_folder(clean_dir):
         assert {str(p): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()} == before
 
 
+def test_run_pending_on_an_empty_landing_folder_answers_without_prefect(clean_dir):
+    """A cron job that looks every few minutes started Prefect's server for an empty inbox (14 s): now it answers from the
+    folder. No PREFECT_API_URL here: a temporary server would have made its database in .lepton/prefect."""
+    ws = make_workspace(clean_dir / "ws", "y", "m")
+    result = run_cli(["run-pending", "--workspace", str(ws.root), "--json"], api_url=None)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["message"] == "0 increment(s) processed (nothing to do)" and answer["exit_code"] == 0
+    assert not (ws.state / "prefect").exists()
+    plain = run_cli(["run-pending", "--workspace", str(ws.root)], api_url=None)
+    assert plain.returncode == 0 and plain.stdout.strip() == "0 increment(s) processed (nothing to do)"
+
+
 def test_prefect_yaml_points_at_the_flow():
     """Every deployment in prefect.yaml names an entrypoint that loads as a Prefect flow."""
     from prefect.flows import Flow, load_flow_from_entrypoint

@@ -319,6 +319,10 @@ def test_a_series_that_stopped_before_processing_anything_does_not_say_nothing_t
     from lepton.flows.deployments import SeriesReport
 
     assert SeriesReport().message == "0 increment(s) processed (nothing to do)"
+    # run-pending says so for an empty landing folder without a flow: in the flow's words.
+    from lepton.cli.runs import NOTHING_LANDED
+
+    assert NOTHING_LANDED == {**SeriesReport().model_dump(mode="json"), "message": SeriesReport().message, "exit_code": SeriesReport().exit_code}
     stopped = SeriesReport(failed="a.csv", error="train.network='x:y' could not be called", remaining=["a.csv", "b.csv"])
     assert stopped.message == "0 increment(s) processed; stopped at a.csv: train.network='x:y' could not be called; 2 increment(s) left for the next run"
 
