@@ -211,6 +211,10 @@ def test_status_json_contract(digits):
     for item in status["increments"]:
         assert {"id", "file", "state"} <= set(item)
         assert (ws.root / item["file"]).exists()
+    # The table shows the champion's increment file as the increments' files, from where the command ran.
+    table = run_cli(["status", "--workspace", str(ws.root)], api_url=None, cwd=ws.root.parent)
+    champion_file = status["champion"]["lineage"]["increment_file"]
+    assert table.returncode == 0 and f"{ws.root.name}/{champion_file}" in table.stdout and f"│ {champion_file}" not in table.stdout, table.stdout
 
 
 def test_string_binary_labels(clean_dir, prefect_api):

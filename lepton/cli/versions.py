@@ -111,6 +111,8 @@ def status(
                 continue
             elif key == "left_out":
                 table.add_row("left out", ", ".join(json.loads(value)))
+            elif key == "increment_file":  # from where the command ran, as the increments table shows files
+                table.add_row("increment file", shown(ws, value))
             elif key != "config":
                 table.add_row(key.replace("_", " "), str(value))
         for key, value in champion["metrics"].items():
