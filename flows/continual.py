@@ -100,9 +100,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             outcome = RunOutcome.same_rows(landing.id, known)
             log.warning(outcome.message)
             return outcome
-        repeats = repeated_rows(history, frame, landing.id) if history is not None else None
-        if repeats:  # said, not refused: rows that repeat are data too
-            report = replace(report, warnings=[*report.warnings, said_repeated(repeats, len(frame))])
+        repeated, repeats = repeated_rows(history, frame, landing.id) if history is not None else (0, {})
+        if repeated:  # said, not refused: rows that repeat are data too
+            report = replace(report, warnings=[*report.warnings, said_repeated(repeated, repeats, len(frame))])
         drift = measure_drift(history, frame, config.data, config.drift, schema) if history is not None else None
         report = with_drift(report, drift)  # drift.action=block rejects a drifted increment like invalid data
         if not report.passed:

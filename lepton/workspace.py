@@ -125,6 +125,11 @@ class Workspace:
         return self.state / "mlflow.db"
 
     @property
+    def run_log(self) -> Path:
+        """Where the commands that run flows write Prefect's and the flow's log lines, kept from the terminal."""
+        return self.state / "logs" / "lepton.log"
+
+    @property
     def mlflow_artifacts(self) -> Path:
         return self.state / "mlartifacts"
 

@@ -284,8 +284,7 @@ def without_placeholders(series: pd.Series) -> pd.Series:
     """A text column with the cells a CSV reader takes for missing (``MISSING_TEXT``) missing; any other column as it is."""
     if not types.is_object_dtype(series) and not types.is_string_dtype(series):
         return series
-    stripped = series.map(lambda v: v.strip() if isinstance(v, str) else v)
-    gaps = stripped.isin(MISSING_TEXT) & series.map(lambda v: isinstance(v, str))
+    gaps = series.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT).astype(bool)
     return series.mask(gaps, np.nan) if gaps.any() else series
 
 

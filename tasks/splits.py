@@ -73,11 +73,13 @@ def same_rows(history: History, frame: pd.DataFrame, increment_id: str) -> str |
 RECENT = 5
 
 
-def repeated_rows(history: History, frame: pd.DataFrame, increment_id: str) -> dict[str, int]:
-    """Of ``frame``'s rows, how many equal a row of each of the latest accepted increments, over the columns both have
-    (the label among them): a cumulative export repeats every row sent before, and they were learnt again without a word."""
+def repeated_rows(history: History, frame: pd.DataFrame, increment_id: str) -> tuple[int, dict[str, int]]:
+    """Of ``frame``'s rows, how many equal a row of one of the latest accepted increments, and how many each of those
+    holds, over the columns both have (the label among them): a cumulative export repeats every row sent before, and
+    they were learnt again without a word."""
     out: dict[str, int] = {}
     mine: dict[tuple[str, ...], np.ndarray] = {}
+    seen = np.zeros(len(frame), dtype=bool)
     for key in [k for k in history.frames if k != increment_id][-RECENT:]:
         earlier = history.frames[key]
         common = tuple(sorted(set(map(str, frame.columns)) & set(map(str, earlier.columns))))
@@ -86,19 +88,19 @@ def repeated_rows(history: History, frame: pd.DataFrame, increment_id: str) -> d
         try:
             if common not in mine:
                 mine[common] = _content(frame, list(common), ordered=False)
-            found = int(np.isin(mine[common], _content(earlier, list(common), ordered=False)).sum())
+            found = np.isin(mine[common], _content(earlier, list(common), ordered=False))
         except (TypeError, ValueError):  # a column of numbers in one and of text in the other: no row can be equal
             continue
-        if found:
-            out[key] = found
-    return out
+        if found.any():
+            out[key] = int(found.sum())
+            seen |= found
+    return int(seen.sum()), out
 
 
-def said_repeated(counts: dict[str, int], rows: int) -> str:
-    """A run's warning of ``repeated_rows``."""
-    total = sum(counts.values())
+def said_repeated(repeated: int, counts: dict[str, int], rows: int) -> str:
+    """A run's warning of ``repeated_rows``: ``repeated`` of ``rows`` rows, ``counts`` of them by increment."""
     which = ", ".join(f"{key}: {n}" for key, n in list(counts.items())[:5]) + (", ..." if len(counts) > 5 else "")
-    return (f"{min(total, rows)} of {rows} row(s) equal rows of recent increments ({which}): kept and learnt again (an export "
+    return (f"{repeated} of {rows} row(s) equal rows of recent increments ({which}): kept and learnt again (an export "
             "that repeats the rows sent before, a cumulative one, counts them twice; a table of codes or counts repeats rows by nature)")
 
 

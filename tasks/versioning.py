@@ -16,6 +16,8 @@ from lepton.config import DvcConfig
 from lepton.workspace import Workspace
 
 REMOTE = "lepton"
+# The whole of a .dvc/config.local that Lepton wrote for dvc.remote_url (see _ensure_remote), and nothing of the operator's.
+_OVERRIDE = re.compile(rf"\['remote \"{REMOTE}\"'\]\n    url = [^\n]*\n")
 
 
 def _repo(ws: Workspace):
@@ -36,13 +38,13 @@ def _ensure_remote(ws: Workspace, config: DvcConfig) -> None:
     and every later run pushed there (a file of the operator's own is left alone).
     """
     local = ws.root / ".dvc" / "config.local"
-    written = re.fullmatch(rf"\['remote \"{REMOTE}\"'\]\n    url = [^\n]*\n", local.read_text()) if local.exists() else None
+    current = local.read_text() if local.exists() else None
     if not config.remote_url:
-        if written:
+        if current is not None and _OVERRIDE.fullmatch(current):
             local.unlink()
         return
     wanted = f"['remote \"{REMOTE}\"']\n    url = {config.remote_url}\n"
-    if not local.exists() or local.read_text() != wanted:
+    if current != wanted:
         local.write_text(wanted)
 
 

@@ -530,7 +530,7 @@ def test_a_cumulative_export_is_said_to_repeat_earlier_rows(tmp_path, prefect_ap
     """An export of every row to date repeats the rows sent before: they were learnt again without a word. Processed (rows
     that repeat are data too), and said with how many and whose; the CSV copy of a Parquet export's rows counts alike."""
     from lepton.flows.continual import continual_training
-    from lepton.tasks.splits import read_history, repeated_rows
+    from lepton.tasks.splits import History, read_history, repeated_rows
 
     ws = make_workspace(tmp_path / "ws", "y", "cumulative")
     first = rule_rows(300, 1)
@@ -544,7 +544,10 @@ def test_a_cumulative_export_is_said_to_repeat_earlier_rows(tmp_path, prefect_ap
     assert said == [f"300 of 500 row(s) equal rows of recent increments ({monday.increment_id}: 300): kept and learnt again (an export "
                     "that repeats the rows sent before, a cumulative one, counts them twice; a table of codes or counts repeats rows by nature)"]
     history = read_history.fn(ws)
-    assert repeated_rows(history, rule_rows(50, 9), "another") == {}  # other rows: nothing to say
+    assert repeated_rows(history, rule_rows(50, 9), "another") == (0, {})  # other rows: nothing to say
+    # A row repeated in two recent increments counts once among the export's rows.
+    doubled = History({"a": first, "b": first.head(100)})
+    assert repeated_rows(doubled, first.head(150), "another") == (150, {"a": 150, "b": 100})
 
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,7 @@ def open_workspace(
     if must_exist and not ws.is_initialised and path == Path("."):
         # Run from inside a workspace (its data/, say): the workspace is the nearest folder above that is one, as git finds
         # its repository. Told to `lepton init .` there, an operator made a workspace inside the workspace's data/.
-        above = next((Workspace.at(folder) for folder in ws.root.parents if Workspace.at(folder).is_initialised), None)
-        ws = above or ws
+        ws = next((above for above in map(Workspace.at, ws.root.parents) if above.is_initialised), ws)
     if must_exist and not ws.is_initialised:
         where = "" if path != Path(".") else f" (the folder the command ran in, nor one above it, is; pass --workspace PATH for another)"
         raise fail(f"{ws.root} is not a Lepton workspace{where}: run `lepton init {path} --label COLUMN` first")

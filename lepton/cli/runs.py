@@ -220,8 +220,7 @@ def _run_and_show(ws: Workspace, path: Path, overrides: list[str], mode: Mode, *
     except typer.Exit:  # said already
         raise
     except Exception as error:  # the operator needs the cause and a non-zero exit, not a traceback
-        log = shown(ws, (ws.state / "logs" / "lepton.log").relative_to(ws.root))
-        raise fail(f"run failed: {error}{_whose(ws, error)} (the run's log: {log})") from None
+        raise fail(f"run failed: {error}{_whose(ws, error)} (the run's log: {shown(ws, ws.run_log)})") from None
     _show(ws, outcome, mode, seconds, dry_run=dry_run)
 
 
@@ -267,7 +266,7 @@ def _watching(ws: Workspace, mode: Mode, *, validating_only: bool = False) -> It
         import_ahead(until=server.settled, skip=skip if aside else ())
     imported = time.perf_counter()
     mask_logging()  # Prefect's console and API handlers: the terminal and the Prefect database
-    with in_process_flows(), watch(console, mode, ws.state / "logs" / "lepton.log", said=lambda line: paths_shown(ws, line)) as watched:
+    with in_process_flows(), watch(console, mode, ws.run_log, said=lambda line: paths_shown(ws, line)) as watched:
         watched.imported = imported  # the import ends here; waiting for the server is Prefect's start, shown as such
         try:
             if server is not None:
@@ -328,8 +327,7 @@ def _outcome_table(ws: Workspace, outcome: Any) -> Table:
     elif getattr(outcome, "finished_earlier", False):  # the run that trained the version wrote none before it stopped
         table.add_row("report", "none: the run that trained this version stopped before writing it; this one moved the champion")
     elif outcome.status in ("promoted", "kept_out", "rejected"):  # the run happened; its page could not be written
-        log = shown(ws, (ws.state / "logs" / "lepton.log").relative_to(ws.root))
-        table.add_row("report", f"[red]not written: why is in {log}[/red]")
+        table.add_row("report", f"[red]not written: why is in {shown(ws, ws.run_log)}[/red]")
     return table
 
 
@@ -381,7 +379,7 @@ def demo(
         for outcome in (o for _, o, _ in rows if o.status == "rejected"):
             console.print(f"quarantined: {shown(ws, outcome.file)} ({'; '.join(outcome.reasons)})", soft_wrap=True)
     if final is None:
-        raise fail("the demo promoted no model: see the table above and .lepton/logs/lepton.log")
+        raise fail(f"the demo promoted no model: see the table above and {shown(ws, ws.run_log)}")
     console.print(
         f"consumers: mlflow.set_tracking_uri('sqlite:///{ws.mlflow_db}'); "
         f"mlflow.pyfunc.load_model('models:/{demo_data.MODEL}@champion') -> version {final}", soft_wrap=True,
@@ -457,7 +455,7 @@ def _finish_series(ws: Workspace, state: Any, mode: Mode, what: str, watched: wa
             table.add_row(report.failed, "[red]failed[/red]", report.error or "")
         console.print(table)
     if report.failed:  # on stderr, as every failure is: a cron wrapper that alerts on it must see the night's
-        raise fail(f"{report.message} (the runs' log: {shown(ws, (ws.state / 'logs' / 'lepton.log').relative_to(ws.root))})", report.exit_code)
+        raise fail(f"{report.message} (the runs' log: {shown(ws, ws.run_log)})", report.exit_code)
     console.print(report.message, soft_wrap=True)
     raise typer.Exit(report.exit_code)
 

@@ -169,7 +169,7 @@ def _move_champion(move_flow: Any, ws: Workspace, args: tuple, what: str) -> Any
 
     quiet_libraries()
     no_tracebacks()
-    undo = to_log_file(ws.state / "logs" / "lepton.log")  # its refusal is said below, once
+    undo = to_log_file(ws.run_log)  # its refusal is said below, once
     try:
         state = move_flow(str(ws.root), *args, return_state=True)
     finally:
