@@ -102,9 +102,12 @@ def test_land_sanitises_names_and_keeps_arrival_order(clean_dir):
     notes = clean_dir / "notes.txt"
     notes.write_text("hello")
     refused = run_cli(["land", str(notes), "--workspace", str(ws.root)], api_url=None)
-    assert refused.returncode == 1 and "unsupported format .txt" in refused.stderr and "Traceback" not in refused.stderr
+    # Not an increment file: exit 2, as `run` says it of the same path.
+    assert refused.returncode == 2 and "unsupported format .txt" in refused.stderr and "Traceback" not in refused.stderr
     missing = run_cli(["land", str(clean_dir / "nope.csv"), "--workspace", str(ws.root)], api_url=None)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    no_folder = run_cli(["backfill", str(clean_dir / "no-such-folder"), "--workspace", str(ws.root)], api_url=None)
+    assert no_folder.returncode == 2 and "no-such-folder does not exist" in no_folder.stderr, no_folder.stderr
     assert len(pending(inbox)) == 2
 
 

@@ -464,7 +464,8 @@ def land(
     paths: Annotated[list[Path], typer.Argument(help="Increment files, CSV or Parquet, in arrival order.")],
     workspace: WorkspaceOption = Path("."),
 ) -> None:
-    """Put increments into the landing folder, where the nightly run (or `lepton run-pending`) picks them up."""
+    """Put increments into the landing folder, where the nightly run (or `lepton run-pending`) picks them up.
+    Exit 0 landed, 2 a path that is not an increment file (as `run`), 1 a copy that failed."""
     from lepton import landing
     from lepton.config import ConfigError, load
 
@@ -476,7 +477,9 @@ def land(
     for path in paths:
         try:
             target = landing.land(path, folder)
-        except (OSError, ValueError) as error:
+        except (FileNotFoundError, ValueError) as error:  # the path, not the machine: bad input, as `run` says it
+            raise fail(str(error), code=2) from None
+        except OSError as error:
             raise fail(str(error)) from None
         console.print(f"landed {path} as {target}", soft_wrap=True)
 
@@ -533,7 +536,7 @@ def backfill(
     """Run every CSV and Parquet file of FOLDER in name order, stopping at the first failure; run again to resume."""
     ws = open_workspace(workspace)
     if not folder.is_dir():
-        raise fail(f"{folder} is not a folder")
+        raise fail(f"{folder} {'is not a folder' if folder.exists() else 'does not exist'}", code=2)
     overrides = typed_overrides(ws, set_)
     mode = mode_for(console, quiet=quiet, as_json=as_json)
     from lepton.landing import trusting
