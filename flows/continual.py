@@ -19,10 +19,10 @@ from lepton.tasks.outcome import RunOutcome
 from lepton.tasks.registry import config_params, finish_increment, keep_answers, learnt_since, lineage_of, load_champion, load_source, record_rejection, register, transfer_summary
 from lepton.tasks.reporting import write_report
 from lepton.tasks.splits import (
-    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, read, read_history, redeclare, repeated_rows, said_repeated, same_rows, split_increments, with_accepted,
+    encoding_changed, file_key, keep_rows, narrow_schema, not_learnt, promoted_on, read, read_history, redeclare, repeated_rows, said_repeated, same_rows, split_increments, with_accepted,
 )
 from lepton.tasks.tracking import registry_key_of, registry_lost
-from lepton.tasks.training import detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
+from lepton.tasks.training import change_not_learnt, detect_change, evaluate, gate, learnable, rival_wins, run_metrics, train, train_aside, weigh_drift, workspace_networks
 from lepton.tasks.validate import validate
 from lepton.tasks.versioning import git_commit, version_data
 from lepton.workspace import Workspace
@@ -149,7 +149,11 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         judge = None if champion is None or champion.bundle.preprocessor.task != schema["task"] else champion.bundle
         # What the champion has not learnt is learnt with the increment: everything that got in while no model has
         # passed the gate, and the increments the gate kept out since the champion was trained.
-        also = not_learnt(history, landing.id, champion.tags.get(f"{TAG}increment_id", landing.id) if champion else None)
+        learnt_from = champion.tags.get(f"{TAG}increment_id", landing.id) if champion else None
+        also = not_learnt(history, landing.id, learnt_from)
+        # The holdouts the champion was chosen on: it passed the gate against the champion before it there. A first model
+        # (the floors alone), a new network after a task change, or a version promoted by hand was not chosen on any.
+        chosen_on = promoted_on(history, landing.id, learnt_from) if champion and champion.bundle.meta.get("chosen", True) else []
         train_frame, holdouts = split_increments(history, landing.id, config.data)
         change_at = detect_change(judge, holdouts, landing.id, config.data.label, config.gate, history.frames[landing.id])
         changed = change_at is not None and change_at == landing.id
@@ -214,7 +218,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, judge, holdouts, landing.id, config.data.label, champion_scores)
         alone = "no champion yet" if champion is None else f"{reread}, so its predictions do not compare with the candidate's"
-        decision = gate(evaluation, config.gate, change_at, alone=alone)
+        decision = gate(evaluation, config.gate, change_at, alone=alone, chosen_on=chosen_on)
         # After a concept change the gate follows the change only for a candidate that learnt the new rule: a rival
         # is judged on all holdouts else.
         if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
@@ -237,7 +241,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 None, plan.rival, schema, config.data, config.train, config.strategy, aside=aside, limit=limit,
             )
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label, evaluation.champion)
-            rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at)
+            rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at, chosen_on=chosen_on)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)
             plan = replace(plan, note=f"{plan.note}: {why}")
             log.info(plan.note)
@@ -245,6 +249,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
                 candidate, training, evaluation, decision = rival, rival_training, rival_evaluation, rival_decision
         log.info("gate %s: %s", "passed" if decision.passed else "failed", "; ".join(decision.reasons))
 
+        # A change the promoted candidate did not learn is not one: the versions after it are judged on every earlier holdout.
+        recorded_change = champion.bundle.meta.get("concept_change_at") if changed and champion and change_not_learnt(evaluation, change_at) else change_at
         lineage = lineage_of(
             increment_id=landing.id, increment_file=relative, data_hash=data_hash, git_commit=git_commit(ws.root),
             parent_version=parent, config=config, decision=decision, summary=evaluation.summary(), transfer=training.transfer, training=plan.note,
@@ -254,7 +260,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         registration = register(
             ws, config.registry, candidate, train_frame, promote=decision.passed, run_name=f"increment-{landing.id}",
             params=config_params(config), metrics=run_metrics(evaluation, training), lineage=lineage,
-            meta={"accuracy_matrix": evaluation.matrix, "concept_change_at": change_at, "left_out": left_out},
+            meta={
+                "accuracy_matrix": evaluation.matrix, "concept_change_at": recorded_change, "left_out": left_out,
+                "chosen": decision.passed and evaluation.champion is not None,  # by the gate, against a champion
+            },
         )
         if not registration.stale:
             break

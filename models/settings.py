@@ -172,6 +172,10 @@ class GateConfig(Section):
         "retrain",
         description="When the fine-tuned candidate fails the gate (and drift brought no retrained rival already): retrain trains a new network on every accepted training row (the most recent train.retrain_rows) and gates it instead when it does better on the holdouts the gate judges; none leaves the champion as it is.",
     )
+    champion_holdouts: Literal["pool", "skip"] = Field(
+        "pool",
+        description="The earlier holdouts the champion was chosen on (it passed the gate against its predecessor there): pool compares on them too; skip leaves them out of the non-inferiority comparison, where its lead is partly the luck it was chosen for, at the price of fewer rows (forgetting is still judged on them).",
+    )
     old_holdouts: str = Field(
         "since_change",
         pattern=r"^(all|since_change|recent \d+)$",

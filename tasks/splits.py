@@ -295,6 +295,13 @@ def not_learnt(history: History, new_id: str, learnt_from: str | None) -> list[s
     return earlier[earlier.index(learnt_from) + 1:] if learnt_from in earlier else []
 
 
+def promoted_on(history: History, new_id: str, learnt_from: str | None) -> list[str]:
+    """The accepted increments before ``new_id`` up to the champion's own (``learnt_from``), in arrival order: those
+    whose holdouts it was judged on when the gate promoted it. Empty when it is not among them (a model from elsewhere)."""
+    earlier = [key for key in history.frames if key != new_id]
+    return earlier[:earlier.index(learnt_from) + 1] if learnt_from in earlier else []
+
+
 @task(name="split", cache_policy=NO_CACHE)
 def split_increments(history: History, new_id: str, data: DataConfig, *, also: list[str] | tuple[str, ...] = ()) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The new increment's training part, and the holdout of every accepted increment (arrival order, new one last).

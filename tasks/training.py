@@ -232,28 +232,40 @@ def run_metrics(evaluation: Evaluation, training: TrainReport) -> dict[str, floa
     return {**evaluation.metrics(), "train_seconds": training.seconds, "train_samples": float(training.train_samples), "final_train_loss": training.losses[-1]}
 
 
+def change_not_learnt(evaluation: Evaluation, change_at: str | None) -> str | None:
+    """When a concept change at this increment is not followed, why (None: followed, or no change here).
+
+    A change is followed only when the candidate learnt the new rule: labels that are noise also make the champion
+    look worse, and must not switch off the forgetting check, now or for the candidates after this one. Learnt means
+    it won back at least half of what the champion lost against its own recent earlier holdouts."""
+    if change_at is None or change_at != evaluation.new_id or evaluation.champion is None or not evaluation.old_ids:
+        return None
+    sign = -1.0 if evaluation.regression else 1.0
+    before = sign * evaluation.pooled("champion", evaluation.old_ids[-CHANGE_WINDOW:]).mean()
+    ahead = sign * evaluation.pooled("champion", [evaluation.new_id]).mean()
+    now = sign * evaluation.pooled("candidate", [evaluation.new_id]).mean()
+    if now >= (before + ahead) / 2:
+        return None
+    metric = "MAE" if evaluation.regression else "accuracy"
+    return (
+        f"concept change not followed: the candidate's {metric} on the new holdout ({sign * now:.3g}) won back less than half of what "
+        f"the champion lost ({sign * before:.3g} before, {sign * ahead:.3g} now), so forgetting is judged on every earlier holdout"
+    )
+
+
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = None, alone: str = "no champion yet") -> GateDecision:
+def gate(
+    evaluation: Evaluation, config: GateConfig, change_at: str | None = None, alone: str = "no champion yet", chosen_on: list[str] | tuple[str, ...] = (),
+) -> GateDecision:
     """The promotion decision, with its reasons; ``change_at`` is the increment where the concept last changed;
-    ``alone``: why the candidate is not compared with a champion, when it is not."""
+    ``alone``: why the candidate is not compared with a champion, when it is not; ``chosen_on``: the increments whose
+    holdouts the champion was chosen on, passing the gate against the champion before it (``promoted_on``), left out
+    of the comparison under gate.champion_holdouts=skip."""
     has_champion = evaluation.champion is not None
     note = None
-    if change_at is not None and change_at == evaluation.new_id and has_champion and evaluation.old_ids:
-        # A change is followed only when the candidate learnt the new rule: labels that are noise also make
-        # the champion look worse, and must not switch off the forgetting check. Learnt means it won back
-        # at least half of what the champion lost against its own recent earlier holdouts.
-        sign = -1.0 if evaluation.regression else 1.0
-        recent = evaluation.old_ids[-CHANGE_WINDOW:]
-        before = sign * evaluation.pooled("champion", recent).mean()
-        ahead = sign * evaluation.pooled("champion", [evaluation.new_id]).mean()
-        now = sign * evaluation.pooled("candidate", [evaluation.new_id]).mean()
-        if not now >= (before + ahead) / 2:
-            change_at = None
-            metric = "MAE" if evaluation.regression else "accuracy"
-            note = (
-                f"concept change not followed: the candidate's {metric} on the new holdout ({sign * now:.3g}) won back less than half of what "
-                f"the champion lost ({sign * before:.3g} before, {sign * ahead:.3g} now), so forgetting is judged on every earlier holdout"
-            )
+    unlearnt = change_not_learnt(evaluation, change_at)
+    if unlearnt is not None:
+        change_at, note = None, unlearnt
     old_ids, old_label = judged_holdouts(evaluation.old_ids, config, change_at, evaluation.new_id)
     regression = evaluation.regression
     r2, champion_r2 = (None, None), (None, None)
@@ -261,13 +273,26 @@ def gate(evaluation: Evaluation, config: GateConfig, change_at: str | None = Non
         r2 = (evaluation.candidate[evaluation.new_id].r2, evaluation.pooled_r2() if evaluation.old_ids else None)
         if has_champion:
             champion_r2 = (evaluation.champion[evaluation.new_id].r2, evaluation.pooled_r2("champion") if evaluation.old_ids else None)  # type: ignore[index]
+    # The new holdout's labels look changed, and the candidate did not learn them (noise, most often): that holdout tells
+    # the two models apart no better than a coin, so every earlier holdout of the rule is compared on.
+    skip = config.champion_holdouts == "skip" and unlearnt is None
+    compared, skipped = None, [k for k in old_ids if k in chosen_on] if skip else []
+    if has_champion and skipped:
+        since = [k for k in old_ids if k not in skipped]
+        compared = (evaluation.pooled("candidate", since), evaluation.pooled("champion", since), f"{len(since)} earlier holdout(s) since the champion's")
     decision = decide(
         new_candidate=evaluation.pooled("candidate", [evaluation.new_id]),
         new_champion=evaluation.pooled("champion", [evaluation.new_id]) if has_champion else None,
         old_candidate=evaluation.pooled("candidate", old_ids),
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
-        config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2, alone=alone,
+        config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2, alone=alone, compared=compared,
     )
+    if compared is not None and config.policy == "non_inferior":
+        note_skip = (
+            f"not compared on the {len(skipped)} earlier holdout(s) the champion was promoted on: its lead there is partly the luck it was "
+            f"chosen for (gate.champion_holdouts=skip); forgetting is judged on them"
+        )
+        decision = GateDecision(decision.passed, (*decision.reasons, note_skip), {**decision.checks, note_skip: None})
     if note is not None:
         decision = GateDecision(decision.passed, (*decision.reasons, note), {**decision.checks, note: None})
     if has_champion and evaluation.old_ids and not old_ids:

@@ -373,10 +373,13 @@ def stationary(tmp_path_factory, prefect_api):
         outcomes.append(continual_training(str(path), str(ws.root), overrides))
         champions.append(registry(ws)[2])
 
-    for i in range(1, 5):
+    for i in range(1, 4):
         run(rule_rows(300, i), f"day{i}", FAST)
-    # A broken export: the labels are noise. Naive fine-tuning learns the noise and forgets the rule.
-    run(rule_rows(300, 5).assign(y=np.random.default_rng(5).integers(0, 2, 300)), "scrambled", [*FAST, "strategy.name=naive"])
+    # Compared only on the holdouts since its champion's (gate.champion_holdouts=skip; the default pools them all).
+    run(rule_rows(300, 4), "day4", [*FAST, "gate.champion_holdouts=skip"])
+    # A broken export: the labels are noise. Naive fine-tuning learns the noise and forgets the rule. (Under skip too:
+    # the noise holdout cannot judge, so every earlier holdout is compared on.)
+    run(rule_rows(300, 5).assign(y=np.random.default_rng(5).integers(0, 2, 300)), "scrambled", [*FAST, "strategy.name=naive", "gate.champion_holdouts=skip"])
     # Clean data, but a learning rate 5000 times the default and nothing to hold the old weights (no fallback: the
     # gate alone must keep it out).
     run(rule_rows(300, 6), "day6", [*FAST, "train.lr=5", "train.finetune_lr=5", "strategy.name=naive", "gate.fallback=none"])
@@ -390,6 +393,9 @@ def test_the_gate_promotes_on_a_stationary_stream(stationary):
     assert [o.status for o in outcomes] == ["promoted"] * 4, [(o.message, o.metrics) for o in outcomes if o.status != "promoted"]
     assert stationary["champions"][:4] == [1, 2, 3, 4]
     assert not any(o.concept_change for o in outcomes)
+    # Version 3 was chosen on the first three holdouts: under skip, the fourth candidate is compared with it on the new one alone.
+    assert "not compared on the 3 earlier holdout(s) the champion was promoted on" in outcomes[3].reasons[-1], outcomes[3].reasons
+    assert any(r.startswith("gain on the new holdout") for r in outcomes[3].reasons), outcomes[3].reasons
 
 
 def test_a_candidate_trained_on_scrambled_labels_is_kept_out(stationary):
@@ -405,6 +411,7 @@ def test_a_candidate_trained_on_scrambled_labels_is_kept_out(stationary):
     # nothing from it: the change is not followed, and forgetting and the gain both keep it out, not the floor alone.
     assert any(f.startswith("gain on the new and earlier holdouts") and " < -0.020 " in f for f in worse.failures), worse.failures
     assert any(f.startswith("forgetting on earlier holdouts: lower 95% bound +") for f in worse.failures), worse.failures
+    assert any("concept change not followed" in r for r in worse.reasons) and not any(n.startswith("not compared on") for n in worse.gate_notes), worse.reasons
     assert not any(r.startswith("concept change at this increment") for r in worse.reasons)
     assert worse.message.startswith("kept out by the gate because") and worse.message.endswith(f"champion stays version {before}")
 
@@ -424,6 +431,31 @@ def test_a_wrecked_candidate_is_kept_out(stationary):
     assert "< -0.020 (point estimate -" in worse.failures[0] and worse.failures[0].endswith("; non-inferiority: gate.margin=0.02)")
     assert all(f.startswith("the new holdout alone is significantly worse: upper 95% bound of its gain -") for f in worse.failures[1:]), worse.failures
     assert worse.training_note is None  # gate.fallback=none: no retrained rival (see the next test)
+
+
+def test_a_change_the_promoted_candidate_did_not_learn_is_not_recorded(tmp_path, prefect_api):
+    """Coin-flip labels look like a concept change; the network retrained on everything (noise a fifth of it) learnt no
+    new rule, but under a wider margin (5 points) it is not worse on the earlier holdouts, and is promoted. The change
+    was not followed, so it is not recorded: the next candidate's forgetting is judged on every earlier holdout, not
+    only from the noise on (it was, and a candidate at 70% on all holdouts went through)."""
+    from lepton.flows.continual import continual_training
+
+    ws = make_workspace(tmp_path / "ws", "y", "unlearnt")
+    outcomes = []
+    for name, frame, overrides in [
+        *((f"day{i}", rule_rows(300, i), FAST) for i in range(1, 5)),
+        ("scrambled", rule_rows(300, 5).assign(y=np.random.default_rng(5).integers(0, 2, 300)), [*FAST, "strategy.name=naive", "gate.margin=0.05"]),
+        ("day6", rule_rows(300, 6), FAST),
+    ]:
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        outcomes.append(continual_training(str(path), str(ws.root), overrides))
+    noise, after = outcomes[4], outcomes[5]
+    assert noise.concept_change and any(r.startswith("concept change not followed") for r in noise.reasons), noise.reasons
+    assert noise.status == "promoted" and noise.training_note and "retrained" in noise.training_note, (noise.status, noise.training_note)
+    forgetting = [r for r in after.reasons if r.startswith("forgetting on ")]
+    assert forgetting and forgetting[0].startswith("forgetting on earlier holdouts: "), after.reasons
+    assert not any("since the concept change" in r for r in after.reasons), after.reasons
 
 
 def test_a_failed_fine_tune_falls_back_to_a_network_retrained_on_everything(tmp_path, prefect_api):
@@ -721,7 +753,8 @@ def test_a_task_or_column_kind_declared_after_the_first_increment_takes_effect(t
     third = continual_training(str(paths[2]), str(ws.root), FAST)
     assert third.status in ("promoted", "kept_out"), third.message
     assert third.training_note.startswith("lepton.yaml declares data.columns: 'c' ignore (was numeric): a new network learns all")
-    # The same task: compared with the champion on the same rows, as any candidate.
+    # The same task: compared with the champion on the same rows, as any candidate (on the earlier holdouts too: a new
+    # network after a task change was not chosen against a champion on them).
     assert any(r.startswith("MAE gain on the new and earlier holdouts") for r in third.reasons), third.reasons
     schema = json.loads(ws.schema_path.read_text())
     assert (schema["kinds"]["c"], schema["why"]["c"]) == ("ignore", "declared in data.columns")
