@@ -222,3 +222,13 @@ def test_transfer_targets_hold_the_choice_to_the_best_way():
                cell("digits 5-9", 10, 0.88, scratch=0.91, frozen=0.5, partial=0.8, full=0.88)]
     assert [ok for _, ok, _ in targets(records)] == [True, False]
     assert "| digits 5-9 | 10 | 91.0% | 50.0% | 80.0% | 88.0% | 88.0% | scratch |" in markdown(records)
+
+
+def test_the_command_counts_as_many_stationary_streams_as_the_benchmark():
+    """`lepton bench tables` without --streams measures the replacement share on the benchmark's own number of streams."""
+    import inspect
+
+    from benchmarks.tables import STATIONARY_STREAMS
+    from lepton.cli.bench import tables
+
+    assert inspect.signature(tables).parameters["streams"].default == STATIONARY_STREAMS

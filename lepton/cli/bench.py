@@ -208,7 +208,7 @@ def tables(
     increments: Annotated[int | None, typer.Option(help="Cut every table into this many increments (default: each table's own, 4-8).")] = None,
     epochs: Annotated[int, typer.Option(help="Lepton's training epochs per increment (its default is 30).")] = 30,
     out: Annotated[Path | None, typer.Option(help="Results folder.", show_default="benchmarks/results")] = None,
-    streams: Annotated[int, typer.Option(min=1, help="Stationary streams the replacement share is counted on (the table's own, then Lepton alone on the next seeds).")] = 5,
+    streams: Annotated[int, typer.Option(min=1, help="Stationary streams the replacement share is counted on (the table's own, then Lepton alone on the next seeds).")] = 12,  # benchmarks.tables.STATIONARY_STREAMS, not imported: the CLI starts without pandas
     set_: Annotated[list[str] | None, typer.Option("--set", help="Lepton's setting KEY=VALUE on top of the defaults, as `lepton run --set` takes it (repeatable): to compare settings on the same tables.")] = None,
 ) -> None:
     """Prequential accuracy (or MAE) on public tables and generated streams: Lepton's default beside retrained HGB and river's ARF."""
