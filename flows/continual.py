@@ -183,7 +183,9 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         elif also:
             log.info("the candidate learns the %d increment(s) accepted since the champion's that it has not learnt (kept out by the gate, "
                      "or left by a run that stopped, or after a rollback) with this one (%d training rows)", len(also), len(train_frame))
-        plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out)  # on drift, replay, joint or compete trains on more of the past
+        # Rows before an earlier concept change follow the old rule: no rival, replay or joint learns them.
+        since = change_at if change_at is not None and change_at != landing.id else None
+        plan = plan_training(history, drift, landing.id, train_frame, config, also, left_out, since)  # on drift, replay, joint or compete trains on more of the past
         if reread:
             plan = plan_anew(history, landing.id, train_frame, config, also, left_out, why=reread)
         if plan.note and plan.rival is None:  # a rival's note is said once the run knows whether it trains one
@@ -212,8 +214,10 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         log.info(
             "trained on %d samples (%d new, %d from memory) for %d epochs at lr %g on %s (%d thread(s)) in %.1fs, final loss %.4f",
             training.new_samples + training.memory_samples, training.new_samples, training.memory_samples,
-            config.train.epochs, training.lr, training.device, training.threads, training.seconds, training.losses[-1],
+            training.epochs, training.lr, training.device, training.threads, training.seconds, training.losses[-1],
         )
+        if training.epoch_choice is not None and training.epoch_choice.scores:
+            log.info("new network: %s", training.epoch_choice.summary(config.train.epochs))
         if training.best_epoch is not None:
             log.info("kept the weights of epoch %d of %d, the best on %.0f%% of the rows held out (train.early_stopping)", training.best_epoch, config.train.epochs, 100 * config.train.early_stopping)
         evaluation = evaluate(candidate, judge, holdouts, landing.id, config.data.label, champion_scores)
@@ -223,7 +227,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         # is judged on all holdouts else.
         if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
-            plan = plan_retraining(plan, history, landing.id, config, also, left_out)
+            plan = plan_retraining(plan, history, landing.id, config, also, left_out, since)
             log.warning(plan.note)
         elif plan.rival is not None and champion is not None and decision.passed:
             hurt, how = harm
@@ -240,6 +244,8 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             rival, rival_training = train.with_options(name="retrain")(
                 None, plan.rival, schema, config.data, config.train, config.strategy, aside=aside, limit=limit,
             )
+            if rival_training.epoch_choice is not None and rival_training.epoch_choice.scores:
+                log.info("retrained network: %s", rival_training.epoch_choice.summary(config.train.epochs))
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label, evaluation.champion)
             rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at, chosen_on=chosen_on)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)

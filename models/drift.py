@@ -347,22 +347,24 @@ class TrainingPlan:
     rival: pd.DataFrame | None = None  # compete or the gate's fallback: the rows a new network learns, to compete with the fine-tuned candidate
 
 
-def with_rival(plan: TrainingPlan, earlier: pd.DataFrame | None, *, retrain_rows: int | None, why: str) -> TrainingPlan:
+def with_rival(plan: TrainingPlan, earlier: pd.DataFrame | None, *, retrain_rows: int | None, why: str, rows: str = "accepted training rows") -> TrainingPlan:
     """``plan`` with a rival: a new network to train on ``earlier`` and then the plan's rows (the last
-    ``retrain_rows`` of them: the plan's and the latest earlier ones), which competes with the fine-tuned candidate."""
+    ``retrain_rows`` of them: the plan's and the latest earlier ones), which competes with the fine-tuned candidate.
+    ``rows``: what the note calls them."""
     everything = plan.frame if earlier is None else pd.concat([earlier, plan.frame], ignore_index=True)
     rival = everything
     if retrain_rows is not None and len(everything) > retrain_rows:
         rival = everything.tail(retrain_rows).reset_index(drop=True)
-        note = (f"{why}: a new network trained on the {len(rival)} most recent of {len(everything)} accepted training rows "
+        note = (f"{why}: a new network trained on the {len(rival)} most recent of {len(everything)} {rows} "
                 f"(train.retrain_rows={retrain_rows}) competes with the fine-tuned candidate")
     else:
-        note = f"{why}: a new network trained on all {len(everything)} accepted training rows competes with the fine-tuned candidate"
+        note = f"{why}: a new network trained on all {len(everything)} {rows} competes with the fine-tuned candidate"
     return replace(plan, rival=rival, note=note if plan.note is None else f"{plan.note}; {note}")
 
 
 def respond(
     action: Action | None, new: pd.DataFrame, earlier: pd.DataFrame | None, *, replay_share: float, seed: int = 0, retrain_rows: int | None = None,
+    rows: str = "accepted training rows",
 ) -> TrainingPlan:
     """The training plan for a drifted increment (``earlier``: the training rows of the accepted increments before it).
 
@@ -372,12 +374,12 @@ def respond(
     - compete: the increment is learnt as usual, and a new network trained on every accepted
       training row (the most recent ``retrain_rows`` of them) is its ``rival``: whichever does
       better on the holdouts goes to the gate.
-    Anything else (no drift, warn, block) keeps the plan as it is.
+    Anything else (no drift, warn, block) keeps the plan as it is. ``rows``: what a rival's note calls its rows.
     """
     if action not in ("replay", "joint", "compete") or earlier is None or earlier.empty:
         return TrainingPlan(new)
     if action == "compete":
-        return with_rival(TrainingPlan(new), earlier, retrain_rows=retrain_rows, why="drift.action=compete")
+        return with_rival(TrainingPlan(new), earlier, retrain_rows=retrain_rows, why="drift.action=compete", rows=rows)
     if action == "joint":
         everything = pd.concat([earlier, new], ignore_index=True)
         return TrainingPlan(everything, warm_start=False, note=f"drift.action=joint: retraining from scratch on all {len(everything)} accepted training rows ({len(new)} new)")

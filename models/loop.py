@@ -145,6 +145,21 @@ class FitResult:
     losses: list[float]  # mean loss of each epoch
     samples: int  # samples through forward and backward passes, memory batches included
     best_epoch: int | None = None  # with a validation set: the epoch whose weights were kept
+    watched: np.ndarray | None = None  # with rows to watch: each epoch's score of each of them (epochs x rows)
+
+
+def row_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+    """Each held-out row's score, higher is better: 1 or 0 for a class predicted right or wrong, minus the
+    absolute error on a (standardised) numeric target; in evaluation mode, the model's mode left as it was."""
+    was_training = model.training
+    model.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            out, truth = model(x[start : start + batch_size]), y[start : start + batch_size]
+            parts.append(-(out[:, 0].float() - truth.float()).abs() if truth.is_floating_point() else (out.argmax(dim=1) == truth).float())
+    model.train(was_training)
+    return torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
 
 
 def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
@@ -171,11 +186,13 @@ def fit(
     generator: torch.Generator,
     strategy: strategies.Strategy | None = None,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    watch: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FitResult:
     """Train ``model`` in place with Adam and cross-entropy, letting ``strategy`` shape batches, add penalties and keep parameters fixed.
 
     ``validation``: held-out rows (transformed, encoded); the weights of the epoch with the lowest loss on
     them are kept (early stopping without stopping: every epoch still runs, so the cost is known).
+    ``watch``: held-out rows (transformed, encoded) scored after every epoch (``row_scores``), returned as ``watched``.
     """
     note_training()  # no child forked from now on could train (see lepton.models.aside)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -192,6 +209,9 @@ def fit(
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         if validation is not None:
             xv, yv = (torch.from_numpy(a).to(device) for a in validation)
+        watched = []
+        if watch is not None:
+            xw, yw = (torch.from_numpy(a).to(device) for a in watch)
         for epoch in range(1, epochs + 1):
             order = torch.randperm(len(xt), generator=generator).to(device)
             total, count = 0.0, 0
@@ -208,7 +228,9 @@ def fit(
                 held = validation_loss(model, xv, yv)
                 if np.isfinite(held) and (best is None or held < best[0]):
                     best = (held, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            if watch is not None:
+                watched.append(row_scores(model, xw, yw))
         if best is not None:
             model.load_state_dict(best[2])
     model.eval()
-    return FitResult(losses, samples, best[1] if best is not None else None)
+    return FitResult(losses, samples, best[1] if best is not None else None, np.stack(watched) if watched else None)

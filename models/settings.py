@@ -65,6 +65,10 @@ class TrainConfig(Section):
         0.0, ge=0, lt=1,
         description="Share of a new network's training rows held out to pick its best epoch (the weights with the lowest loss on them are kept); 0: the last epoch's. Single-process training only.",
     )
+    choose_epochs: bool = Field(
+        True,
+        description="A new network (the first, or one retrained from scratch) on at most 2,000 rows trains for fewer than train.epochs when fewer score significantly better on 4 folds of its rows (3 more trainings on 75% of them): on a table whose features say little, 30 epochs fit the noise of a few hundred rows. false: always train.epochs.",
+    )
     retrain_rows: int | None = Field(
         100_000, ge=1,
         description="The most recent accepted training rows a network retrained from scratch learns (drift.action=compete, gate.fallback=retrain), so that its cost stops growing with the history; null: all of them.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,8 @@ class TrainReport:
     threads: int = 0  # intra-op CPU threads of each training process
     transfer: dict | None = None  # a first network from another model's: the source, the way kept, each way's score
     best_epoch: int | None = None  # train.early_stopping: the epoch whose weights were kept
+    epochs: int = 0  # the epochs it trained for (fewer than train.epochs when train.choose_epochs chose so)
+    epoch_choice: EpochChoice | None = None  # train.choose_epochs: what the folds measured
 
 
 def fine_tune(
@@ -126,6 +129,11 @@ def fine_tune(
         if held.sum() >= EARLY_STOPPING_ROWS and (~held).sum() >= train.batch_size:  # fewer rows: the epoch chosen would be noise
             early = (x_new[held], y_new[held])
             x_fit, y_fit = x_new[~held], y_new[~held]
+    # A new network on a few hundred rows of a table whose features say little fits their noise within
+    # train.epochs: fewer epochs are kept when they score significantly better on folds of its rows.
+    choosing = (retrain and train.choose_epochs and early is None and validation is None and source is None
+                and train.nproc == 1 and train.launcher == "spawn")
+    choice = None
     device = select_device(train.device)
     network.to(device)
     old_classes = 0 if champion is None or retrain else champion.network.n_classes
@@ -164,7 +172,11 @@ def fine_tune(
             cpu_threads = intra_op_threads(network, train.batch_size, train.threads) if device.type == "cpu" else torch.get_num_threads()
             with threads(cpu_threads):
                 held_out = None if early is None else (preprocessor.transform(early[0]), early[1])
-                result = fit(network, preprocessor.transform(x_raw), y, validation=held_out, **loop)
+                x = preprocessor.transform(x_raw)
+                if choosing and not plan.frozen(network) and not fixed:
+                    choice = choose_epochs(network, x, y, epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, seed=train.seed)
+                    loop["epochs"] = choice.epochs
+                result = fit(network, x, y, validation=held_out, **loop)
         plan.end(network, x_new, y_new)
     network = plan.finish(network)
     seconds = time.perf_counter() - started
@@ -176,7 +188,7 @@ def fine_tune(
         train_samples=result.samples,
         new_samples=len(y_fit),
         # Per epoch, everything stepped on beyond the new rows came from memory (or, for joint and rehearsal, from earlier data).
-        memory_samples=result.samples // max(train.epochs, 1) - len(y_fit),
+        memory_samples=result.samples // max(loop["epochs"], 1) - len(y_fit),
         seconds=seconds,
         device=str(device),
         warm_start=not retrain,
@@ -185,11 +197,73 @@ def fine_tune(
         lr=lr,
         threads=cpu_threads,
         best_epoch=result.best_epoch,
+        epochs=loop["epochs"],
+        epoch_choice=choice,
     )
     return candidate, report
 
 
 TRANSFERS = ("frozen", "partial", "full")
+
+# train.choose_epochs: the folds a new network's training rows are cut into (each trains on the others and scores
+# the one held out after every epoch); beyond EPOCH_ROWS rows the configured epochs are kept (a few thousand rows
+# no longer fit their noise within them, and the folds would cost three trainings more). EPOCH_Z: standard errors
+# by which the best epoch's paired gain over the last must clear zero (one of train.epochs chosen: a high bar).
+EPOCH_FOLDS = 4
+EPOCH_ROWS = 2_000
+EPOCH_Z = 2.0
+
+
+@dataclass
+class EpochChoice:
+    """What ``choose_epochs`` measured: the mean held-out score after each epoch (accuracy, or minus the absolute
+    error of the standardised target), the epochs kept, and what the folds cost."""
+
+    epochs: int
+    scores: list[float]
+    rows: int
+    samples: int
+    seconds: float
+
+    def summary(self, configured: int) -> str:
+        best, last = self.scores[self.epochs - 1], self.scores[-1]
+        if self.epochs == configured:
+            return f"kept all {configured} epochs (on {EPOCH_FOLDS} folds of its {self.rows} rows, no fewer scored significantly better)"
+        return (f"trained {self.epochs} of {configured} epochs: on {EPOCH_FOLDS} folds of its {self.rows} rows, {self.epochs} epochs scored "
+                f"{best:.3g} on the rows held out against {last:.3g} after {configured} (train.choose_epochs)")
+
+
+def choose_epochs(network: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, device: torch.device,
+                  seed: int) -> EpochChoice:
+    """How many epochs a new network (``network``, as initialised) trains for on ``x``, ``y``: ``epochs``, unless fewer
+    score significantly better on rows it did not train on.
+
+    ``x``, ``y`` are cut into ``EPOCH_FOLDS`` folds at random (seeded; the copies of a repeated row fall apart, as
+    the holdout split's do); a copy of the network trains on all but one for ``epochs`` and scores the one held out
+    after every epoch, so each row is scored once per epoch. The best epoch (ties: the later) is kept when its paired
+    gain over the last clears zero by ``EPOCH_Z`` standard errors; the network and the caller's generator are untouched.
+    """
+    started = time.perf_counter()
+    n = len(y)
+    if n > EPOCH_ROWS or n < 2 * EPOCH_FOLDS or epochs < 2:
+        return EpochChoice(epochs, [], n, 0, 0.0)
+    fold = np.random.default_rng(seed).permutation(n) % EPOCH_FOLDS
+    parts, samples = [], 0
+    for k in range(EPOCH_FOLDS):
+        held = fold == k
+        trial = copy.deepcopy(network)
+        with quiet_epochs():
+            result = fit(trial, x[~held], y[~held], epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                         generator=torch.Generator().manual_seed(seed + 1 + k), watch=(x[held], y[held]))
+        parts.append(result.watched)
+        samples += result.samples
+    scores = np.concatenate(parts, axis=1)  # epochs x rows
+    means = scores.mean(axis=1)
+    best = max(range(epochs), key=lambda e: (means[e], e))
+    gain = scores[best] - scores[-1]
+    spread = gain.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
+    chosen = best + 1 if gain.mean() - EPOCH_Z * spread > 0 else epochs
+    return EpochChoice(chosen, [float(v) for v in means], n, samples, time.perf_counter() - started)
 
 
 def transferred_preprocessor(source: Bundle, encoding: Encoding) -> Preprocessor:

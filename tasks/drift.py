@@ -59,24 +59,27 @@ def with_drift(report: ValidationReport, drift: DriftReport | None) -> Validatio
 @task(name="plan-training", cache_policy=NO_CACHE)
 def plan_training(
     history: History, drift: DriftReport | None, new_id: str, train_frame: pd.DataFrame, config: LeptonConfig,
-    learnt: list[str] | tuple[str, ...] = (), left_out: list[str] | tuple[str, ...] = (),
+    learnt: list[str] | tuple[str, ...] = (), left_out: list[str] | tuple[str, ...] = (), since: str | None = None,
 ) -> TrainingPlan:
     """What the candidate trains on: the increment, or (drift.action replay, joint or compete, on drift) more of the past.
     ``learnt``: earlier increments ``train_frame`` holds already (see ``split_increments``); ``left_out``: kept-out
-    increments no network should learn (their labels look like noise: see ``learnable``)."""
+    increments no network should learn (their labels look like noise: see ``learnable``); ``since``: an earlier concept
+    change, before which the rows follow the old rule and nothing learns them."""
     action = drift.action if drift is not None else None
-    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out]) if action in ("replay", "joint", "compete") else None
-    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, retrain_rows=config.train.retrain_rows)
+    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out], since) if action in ("replay", "joint", "compete") else None
+    return respond(action, train_frame, earlier, replay_share=config.drift.replay_share, seed=config.train.seed, retrain_rows=config.train.retrain_rows,
+                   rows=_rows_since(since))
 
 
 @task(name="plan-retraining", cache_policy=NO_CACHE)
 def plan_retraining(
     plan: TrainingPlan, history: History, new_id: str, config: LeptonConfig, learnt: list[str] | tuple[str, ...] = (),
-    left_out: list[str] | tuple[str, ...] = (),
+    left_out: list[str] | tuple[str, ...] = (), since: str | None = None,
 ) -> TrainingPlan:
-    """gate.fallback=retrain: ``plan`` with a rival, a new network on every accepted training row, for a fine-tuned candidate that failed the gate."""
-    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out])
-    return with_rival(plan, earlier, retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain")
+    """gate.fallback=retrain: ``plan`` with a rival, a new network on every accepted training row (from ``since``, an earlier
+    concept change, on), for a fine-tuned candidate that failed the gate."""
+    earlier = _earlier_rows(history, new_id, config, [*learnt, *left_out], since)
+    return with_rival(plan, earlier, retrain_rows=config.train.retrain_rows, why="gate.fallback=retrain", rows=_rows_since(since))
 
 
 @task(name="plan-training-anew", cache_policy=NO_CACHE)
@@ -92,10 +95,18 @@ def plan_anew(
     return TrainingPlan(everything, warm_start=False, note=note)
 
 
-def _earlier_rows(history: History, new_id: str, config: LeptonConfig, skip: list[str]) -> pd.DataFrame | None:
+def _rows_since(since: str | None) -> str:
+    """What a rival's note calls its rows."""
+    return "accepted training rows" if since is None else f"training rows accepted since the concept change at increment {since}"
+
+
+def _earlier_rows(history: History, new_id: str, config: LeptonConfig, skip: list[str], since: str | None = None) -> pd.DataFrame | None:
     """The training rows of the accepted increments other than ``new_id`` and ``skip`` (those the plan's rows hold already,
-    and those no network should learn), in arrival order."""
+    and those no network should learn), from ``since`` (a concept change) on when given, in arrival order."""
     data = config.data
+    keys = list(history.frames)
+    if since is not None and since in keys:
+        skip = [*skip, *keys[: keys.index(since)]]
     before = [f for k, f in history.frames.items() if k != new_id and k not in skip]
     parts = [holdout_split(f, data.label, data.holdout_fraction, drop_duplicates=data.duplicates == "drop")[0] for f in before]
     return pd.concat(parts, ignore_index=True) if parts else None

@@ -663,3 +663,26 @@ def test_a_rival_for_harmful_drift_trains_beside_the_fine_tune_in_a_fresh_proces
     # Great Expectations imported in a child while the command imported the pipeline: both increments validated there.
     assert len(re.findall(r"validate.* - validated in process \d+, which imported Great Expectations beside the pipeline", log)) == 2, log[-3000:]
     assert outcomes[1]["status"] == "promoted"
+
+
+def test_a_rival_learns_no_row_from_before_an_earlier_concept_change():
+    """After a concept change the earlier rows follow the old rule: a retrained rival (the gate's fallback, drift's compete)
+    learns the rows from the change on, and its note says so; without a change, every accepted row."""
+    from lepton.config import parse
+    from lepton.models.drift import DriftReport, TrainingPlan
+    from lepton.tasks.drift import plan_retraining, plan_training
+    from lepton.tasks.splits import History
+
+    config = parse({"data": {"label": "y"}}, [])
+    frames = {k: pd.DataFrame({"x": np.arange(100, dtype=float) + 1000 * i, "y": ["a", "b"] * 50}) for i, k in enumerate(["old", "change", "after", "new"])}
+    history = History(frames)
+    new = frames["new"].head(80)
+    since = plan_retraining.fn(TrainingPlan(new), history, "new", config, since="change")
+    assert set(since.rival["x"] // 1000) == {1, 2, 3}
+    assert "training rows accepted since the concept change at increment change competes" in since.note, since.note
+    everything = plan_retraining.fn(TrainingPlan(new), history, "new", config)
+    assert set(everything.rival["x"] // 1000) == {0, 1, 2, 3} and "accepted training rows competes" in everything.note
+    drift = DriftReport(features=[], label=None, drifted=True, action="compete", reference_rows=300, current_rows=100)
+    compete = plan_training.fn(history, drift, "new", new, config, since="change")
+    assert set(compete.rival["x"] // 1000) == {1, 2, 3} and compete.note.startswith("drift.action=compete: a new network trained on all ")
+    assert "since the concept change at increment change" in compete.note

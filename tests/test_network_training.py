@@ -160,6 +160,61 @@ def test_early_stopping_holds_out_rows_of_a_new_network_only() -> None:
     assert plain.best_epoch is None and plain.new_samples == 400
 
 
+def _noise(n: int, seed: int) -> pd.DataFrame:
+    """Rows whose features say nothing of the label: 80% of labels "none", as flares on most days."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(n, 6)), columns=list("abcdef"))
+    frame["y"] = rng.choice(["none", "c", "m"], p=[0.8, 0.1, 0.1], size=n)
+    return frame
+
+
+def _accuracy(model: Bundle, frame: pd.DataFrame) -> float:
+    return float(score(model, frame, "y").correct.mean())
+
+
+def test_a_new_network_trains_fewer_epochs_where_more_fit_noise() -> None:
+    """train.choose_epochs: on rows whose features say nothing, 30 epochs fit the noise of 240 rows; the folds find
+    fewer that score significantly better, the network trains for those, and predicts unseen rows better for it."""
+    rows, unseen = _noise(240, 3), _noise(600, 4)
+    chosen, report = fine_tune(None, rows, label="y", train=TrainConfig(epochs=30), strategy=StrategyConfig(name="naive"))
+    choice = report.epoch_choice
+    assert choice is not None and len(choice.scores) == 30 and choice.rows == 240
+    assert report.epochs == choice.epochs < 30
+    assert choice.scores[choice.epochs - 1] > choice.scores[-1]
+    assert report.train_samples == report.epochs * 240  # the folds' trainings are counted apart
+    assert choice.samples == 30 * 3 * 240  # each row trains in three folds of four, every epoch
+    assert f"trained {report.epochs} of 30 epochs" in choice.summary(30)
+    full, full_report = fine_tune(None, rows, label="y", train=TrainConfig(epochs=30, choose_epochs=False), strategy=StrategyConfig(name="naive"))
+    assert full_report.epochs == 30 and full_report.epoch_choice is None
+    commonest = float((unseen["y"] == "none").mean())
+    assert _accuracy(chosen, unseen) > _accuracy(full, unseen) and _accuracy(chosen, unseen) >= commonest - 0.01
+
+
+def test_a_new_network_keeps_its_epochs_where_they_learn_and_a_warm_start_never_chooses() -> None:
+    """Where the features tell the label, no fewer epochs score better: the network is the one train.epochs gives,
+    weight for weight (the folds leave the network and its generator untouched). A fine-tune keeps train.epochs."""
+    frame = pd.DataFrame(np.random.default_rng(1).normal(size=(300, 3)), columns=["a", "b", "c"])
+    frame["y"] = np.where(frame["a"] - frame["b"] + 0.2 * np.random.default_rng(2).normal(size=300) > 0, "up", "down")
+    config = TrainConfig(epochs=12, hidden=[32])
+    kept, report = fine_tune(None, frame, label="y", train=config, strategy=StrategyConfig(name="naive"))
+    assert report.epoch_choice is not None and report.epochs == 12
+    assert "kept all 12 epochs" in report.epoch_choice.summary(12)
+    plain, _ = fine_tune(None, frame, label="y", train=config.model_copy(update={"choose_epochs": False}), strategy=StrategyConfig(name="naive"))
+    for name, tensor in kept.network.state_dict().items():
+        assert torch.equal(tensor, plain.network.state_dict()[name]), name
+    _, warm = fine_tune(kept, frame, label="y", train=config, strategy=StrategyConfig(name="naive"))
+    assert warm.epoch_choice is None and warm.epochs == 12
+
+
+def test_choose_epochs_leaves_many_rows_to_the_configured_epochs() -> None:
+    """Beyond EPOCH_ROWS training rows the configured epochs stand without a trial training."""
+    from lepton.models.training import EPOCH_ROWS, choose_epochs
+
+    x, y = blobs(EPOCH_ROWS + 1)
+    choice = choose_epochs(MLP(n_features=4, n_classes=2, hidden=(8,)), x, y, epochs=30, batch_size=32, lr=1e-3, device=CPU, seed=0)
+    assert choice.epochs == 30 and choice.scores == [] and choice.samples == 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_select_device_without_cuda() -> None:
     """Without CUDA, auto and cpu pick the CPU and an explicit cuda request raises RuntimeError."""
