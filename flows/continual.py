@@ -225,7 +225,15 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         decision = gate(evaluation, config.gate, change_at, alone=alone, chosen_on=chosen_on)
         # After a concept change the gate follows the change only for a candidate that learnt the new rule: a rival
         # is judged on all holdouts else.
-        if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
+        # Labels a new network on the increment could not learn look like noise (a broken export): no network retrained on
+        # everything learns them either, as none learns a kept-out increment of noisy labels.
+        noise = change_not_learnt(evaluation, change_at) if changed and champion is not None else None
+        if noise and (plan.rival is not None or (fine_tuned and not decision.passed and config.gate.fallback == "retrain")):
+            if aside is not None:  # drift's rival, training in a forked process: stopped
+                aside.cancel()
+            plan = replace(plan, rival=None, note=f"no network retrained on everything: this increment's labels look like noise, and no network learns them ({noise})")
+            log.warning(plan.note)
+        elif fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
             plan = plan_retraining(plan, history, landing.id, config, also, left_out, since)
             log.warning(plan.note)
