@@ -225,15 +225,7 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
         decision = gate(evaluation, config.gate, change_at, alone=alone, chosen_on=chosen_on)
         # After a concept change the gate follows the change only for a candidate that learnt the new rule: a rival
         # is judged on all holdouts else.
-        # Labels a new network on the increment could not learn look like noise (a broken export): no network retrained on
-        # everything learns them either, as none learns a kept-out increment of noisy labels.
-        noise = change_not_learnt(evaluation, change_at) if changed and champion is not None else None
-        if noise and (plan.rival is not None or (fine_tuned and not decision.passed and config.gate.fallback == "retrain")):
-            if aside is not None:  # drift's rival, training in a forked process: stopped
-                aside.cancel()
-            plan = replace(plan, rival=None, note=f"no network retrained on everything: this increment's labels look like noise, and no network learns them ({noise})")
-            log.warning(plan.note)
-        elif fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
+        if fine_tuned and plan.rival is None and champion is not None and not decision.passed and config.gate.fallback == "retrain":
             log.info("the fine-tuned candidate failed the gate: %s", "; ".join(decision.failures))
             plan = plan_retraining(plan, history, landing.id, config, also, left_out, since)
             log.warning(plan.note)
@@ -257,6 +249,11 @@ def continual_training(path: str, workspace: str = ".", overrides: list[str] | N
             rival_evaluation = evaluate.with_options(name="evaluate-retrained")(rival, champion.bundle, holdouts, landing.id, config.data.label, evaluation.champion)
             rival_decision = gate.with_options(name="gate-retrained")(rival_evaluation, config.gate, change_at, chosen_on=chosen_on)
             won, why = rival_wins(evaluation, rival_evaluation, config.gate, change_at, decision.passed, rival_decision.passed)
+            # Labels that neither the new network on the increment nor the one on everything learnt look like noise (a
+            # broken export): no network goes to the gate having learnt them, as none learns a kept-out increment of them.
+            unlearnt = change_not_learnt(rival_evaluation, change_at) if won and changed and change_not_learnt(evaluation, change_at) else None
+            if unlearnt:
+                won, why = False, f"the retrained network does not go to the gate: neither network learnt this increment's labels, which look like noise ({unlearnt})"
             plan = replace(plan, note=f"{plan.note}: {why}")
             log.info(plan.note)
             if won:
