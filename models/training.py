@@ -129,10 +129,6 @@ def fine_tune(
         if held.sum() >= EARLY_STOPPING_ROWS and (~held).sum() >= train.batch_size:  # fewer rows: the epoch chosen would be noise
             early = (x_new[held], y_new[held])
             x_fit, y_fit = x_new[~held], y_new[~held]
-    # A new network on a few hundred rows of a table whose features say little fits their noise within
-    # train.epochs: fewer epochs are kept when they score significantly better on folds of its rows.
-    choosing = (retrain and train.choose_epochs and early is None and validation is None and source is None
-                and train.nproc == 1 and train.launcher == "spawn")
     choice = None
     device = select_device(train.device)
     network.to(device)
@@ -173,7 +169,9 @@ def fine_tune(
             with threads(cpu_threads):
                 held_out = None if early is None else (preprocessor.transform(early[0]), early[1])
                 x = preprocessor.transform(x_raw)
-                if choosing and not plan.frozen(network) and not fixed:
+                # A new network on a few hundred rows of a table whose features say little fits their noise within
+                # train.epochs: fewer epochs are kept when they score significantly better on folds of its rows.
+                if retrain and train.choose_epochs and early is None and validation is None and source is None and not plan.frozen(network):
                     choice = choose_epochs(network, x, y, epochs=train.epochs, batch_size=train.batch_size, lr=lr, device=device, seed=train.seed)
                     loop["epochs"] = choice.epochs
                 result = fit(network, x, y, validation=held_out, **loop)
@@ -223,7 +221,6 @@ class EpochChoice:
     scores: list[float]
     rows: int
     samples: int
-    seconds: float
 
     def summary(self, configured: int) -> str:
         best, last = self.scores[self.epochs - 1], self.scores[-1]
@@ -243,10 +240,9 @@ def choose_epochs(network: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: i
     after every epoch, so each row is scored once per epoch. The best epoch (ties: the later) is kept when its paired
     gain over the last clears zero by ``EPOCH_Z`` standard errors; the network and the caller's generator are untouched.
     """
-    started = time.perf_counter()
     n = len(y)
     if n > EPOCH_ROWS or n < 2 * EPOCH_FOLDS or epochs < 2:
-        return EpochChoice(epochs, [], n, 0, 0.0)
+        return EpochChoice(epochs, [], n, 0)
     fold = np.random.default_rng(seed).permutation(n) % EPOCH_FOLDS
     parts, samples = [], 0
     for k in range(EPOCH_FOLDS):
@@ -263,7 +259,7 @@ def choose_epochs(network: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: i
     gain = scores[best] - scores[-1]
     spread = gain.std(ddof=1) / np.sqrt(n) if n > 1 else 0.0
     chosen = best + 1 if gain.mean() - EPOCH_Z * spread > 0 else epochs
-    return EpochChoice(chosen, [float(v) for v in means], n, samples, time.perf_counter() - started)
+    return EpochChoice(chosen, [float(v) for v in means], n, samples)
 
 
 def transferred_preprocessor(source: Bundle, encoding: Encoding) -> Preprocessor:
