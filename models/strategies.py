@@ -155,9 +155,39 @@ class Replay(Naive):
         x, targets, y = self._samples()
         self._x = torch.from_numpy(context.transform(x)).to(context.device) if len(y) else None
         self._y = torch.from_numpy(targets).to(context.device)
-        # Sampling weights that make every class (or target bin) equally likely in a replay batch.
-        counts = np.bincount(y, minlength=int(y.max()) + 1 if len(y) else 1)
-        self._weights = torch.from_numpy((1.0 / counts[y]).astype(np.float64)) if len(y) else None
+        self._weights = torch.from_numpy(self._row_weights(y, context)) if len(y) else None
+
+    def _row_weights(self, y: np.ndarray, context: Context) -> np.ndarray:
+        """Sampling weight of each memory row: its class's share of a replay batch, split among the class's rows.
+
+        The replay batch makes up what the new rows lack, so that the two halves of a step
+        together follow the class mix of everything seen, this increment included: on a table
+        whose mix holds, replay keeps that mix (even shares pulled an imbalanced table's
+        predictions to its rare classes and cost every fine-tune accuracy). The classes the new
+        rows hold none of share what is left evenly, as after new classes, where what is at
+        stake is forgetting them. Without the increment's class counts, and for a numeric
+        target's bins, every class or bin is equally likely.
+        """
+        counts = np.bincount(y, minlength=int(y.max()) + 1)
+        held = counts > 0
+        share = held.astype(np.float64)
+        if context.class_rows is not None and not context.regression:
+            size = max(len(counts), max(context.class_rows, default=-1) + 1, max(self.memory.seen, default=-1) + 1)
+            rows, seen = np.zeros(size), np.zeros(size)
+            for c, n in context.class_rows.items():
+                rows[c] = n
+            for c, n in self.memory.seen.items():
+                seen[c] = n
+            everything = (seen + rows) / (seen + rows).sum()
+            lacking = np.clip(2 * everything - rows / max(rows.sum(), 1), 0.0, None)[: len(counts)]
+            present = held & (rows[: len(counts)] > 0)
+            absent = held & ~present
+            share = np.where(present, lacking, 0.0)
+            if absent.any():
+                share[absent] = max(1.0 - share.sum(), 0.0) / absent.sum()
+            if share.sum() <= 0:  # the new rows hold more than their share of every class
+                share = np.where(held, everything[: len(counts)], 0.0)
+        return (share[y] / counts[y]).astype(np.float64)
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The memory as (raw x, network targets, class or bin ids)."""

@@ -234,6 +234,36 @@ def test_replay_batch_appends_a_class_balanced_memory_batch() -> None:
     assert empty.batch(xb, yb)[0] is xb
 
 
+def replay_shares(memory: tuple[np.ndarray, np.ndarray], class_rows: dict[int, int], n_classes: int) -> np.ndarray:
+    """Each class's share of 4000 replayed rows, the memory holding ``memory`` and the increment ``class_rows``."""
+    replay = Replay(n_features=4, capacity=1000, selection="reservoir", seed=0)
+    replay.memory.update(*memory)
+    old = int(memory[1].max()) + 1
+    replay.begin(Context(tiny_model(n_classes), as_inputs, old, CPU, torch.Generator().manual_seed(0), class_rows=class_rows))
+    _, y = replay.batch(torch.zeros(4000, 4), torch.full((4000,), n_classes - 1))
+    return np.bincount(y[4000:].numpy(), minlength=n_classes) / 4000
+
+
+def test_replay_keeps_the_class_mix_of_a_table_whose_mix_holds() -> None:
+    """A 9:1 table stays 9:1 in replay: equal shares would pull every fine-tune towards the rare class."""
+    x0, y0 = blobs((0,), n=90)
+    x1, y1 = blobs((1,), n=10, seed=1)
+    shares = replay_shares((np.concatenate([x0, x1]), np.concatenate([y0, y1])), {0: 90, 1: 10}, 2)
+    assert 0.86 < shares[0] < 0.94, shares
+
+
+def test_replay_makes_up_the_classes_the_new_rows_lack() -> None:
+    """After new classes, the old ones in even shares, however unevenly seen; a class under its share, enough to restore the mix."""
+    x0, y0 = blobs((0,), n=80)
+    x1, y1 = blobs((1,), n=20, seed=1)
+    shares = replay_shares((np.concatenate([x0, x1]), np.concatenate([y0, y1])), {2: 20, 3: 20}, 4)
+    assert shares[2:].sum() == 0 and 0.46 < shares[0] < 0.54, shares
+    x, y = blobs((0, 1), n=50)
+    # Seen 50:50, then 50 rows of class 0: everything is 2:1, so replay is 1:2 and the step as a whole 2:1.
+    shares = replay_shares((x, y), {0: 50}, 2)
+    assert 0.62 < shares[1] < 0.71, shares
+
+
 # EWC and distillation
 
 
