@@ -8,7 +8,7 @@ them as no-ops):
 - ``frozen(model)``: the names of the parameters the increment leaves as they are (freeze);
   the strategy only says so, the trainer keeps them out of the optimiser;
 - ``training_data(x, y)``: what to train on (joint retraining returns everything seen);
-- ``batch(x, y)``: the batch to step on (replay and dark replay append a class-balanced memory batch);
+- ``batch(x, y)``: the batch to step on (replay and dark replay append a memory batch);
 - ``penalty(model, x, y, logits)``: an extra loss term (distillation, EWC, dark replay's recorded logits);
 - ``end(model, x, y)``: learn from the finished increment (memory, Fisher information);
 - ``finish(model)``: the model to keep (interpolation, bias correction), a new object or the same.
@@ -130,11 +130,11 @@ class Naive:
 
 
 class Replay(Naive):
-    """Rehearsal: every step on new data also steps on a class-balanced batch from the memory.
+    """Rehearsal: every step on new data also steps on a batch of as many rows from the memory.
 
     Pairing batches (rather than appending the memory to the data) keeps the cost of an
-    increment proportional to the new data alone, and gives old classes as much weight
-    per step as new ones however small the memory.
+    increment proportional to the new data alone, and gives old classes their weight per
+    step however small the memory; which classes the memory batch draws, ``_row_weights`` says.
     """
 
     name = "replay"
@@ -163,10 +163,10 @@ class Replay(Naive):
         The replay batch makes up what the new rows lack, so that the two halves of a step
         together follow the class mix of everything seen, this increment included: on a table
         whose mix holds, replay keeps that mix (even shares pulled an imbalanced table's
-        predictions to its rare classes and cost every fine-tune accuracy). The classes the new
-        rows hold none of share what is left evenly, as after new classes, where what is at
-        stake is forgetting them. Without the increment's class counts, and for a numeric
-        target's bins, every class or bin is equally likely.
+        fine-tunes towards its rare classes). The classes the new rows hold none of share what
+        is left evenly, as after new classes, where what is at stake is forgetting them.
+        Without the increment's class counts, and for a numeric target's bins, every class or
+        bin is equally likely.
         """
         counts = np.bincount(y, minlength=int(y.max()) + 1)
         held = counts > 0

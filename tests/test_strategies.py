@@ -216,7 +216,7 @@ def test_replay_memory_is_bounded_balanced_and_cost_stays_flat(small_digits: lis
 
 
 def test_replay_batch_appends_a_class_balanced_memory_batch() -> None:
-    """batch() doubles the batch with memory rows, each memory class drawn about equally often despite a 9:1 memory."""
+    """batch() doubles the batch with memory rows; without the increment's class counts, each memory class about equally often despite a 9:1 memory."""
     replay = Replay(n_features=4, capacity=100, selection="reservoir", seed=0)
     x0, y0 = blobs((0,), n=90)
     x1, y1 = blobs((1,), n=10, seed=1)
