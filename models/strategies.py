@@ -164,7 +164,7 @@ class Replay(Naive):
         together follow the class mix of everything seen, this increment included: on a table
         whose mix holds, replay keeps that mix (even shares pulled an imbalanced table's
         fine-tunes towards its rare classes). The classes the new rows hold none of share what
-        is left evenly, as after new classes, where what is at stake is forgetting them.
+        the mix asks for them evenly, as after new classes, where what is at stake is forgetting them.
         Without the increment's class counts, and for a numeric target's bins, every class or
         bin is equally likely.
         """
@@ -178,15 +178,17 @@ class Replay(Naive):
                 rows[c] = n
             for c, n in self.memory.seen.items():
                 seen[c] = n
-            everything = (seen + rows) / (seen + rows).sum()
-            lacking = np.clip(2 * everything - rows / max(rows.sum(), 1), 0.0, None)[: len(counts)]
+            everything = ((seen + rows) / (seen + rows).sum())[: len(counts)]
+            lacking = np.clip(2 * everything - rows[: len(counts)] / max(rows.sum(), 1), 0.0, None)
             present = held & (rows[: len(counts)] > 0)
             absent = held & ~present
             share = np.where(present, lacking, 0.0)
-            if absent.any():
-                share[absent] = max(1.0 - share.sum(), 0.0) / absent.sum()
+            # The absent classes get what the mix asks for them (twice their share of everything),
+            # evenly, apart from the present ones' shares: a class the increment holds too much of
+            # cannot crowd them out of replay. The weights need not sum to one.
+            share[absent] = 2 * everything[absent].sum() / max(absent.sum(), 1)
             if share.sum() <= 0:  # the new rows hold more than their share of every class
-                share = np.where(held, everything[: len(counts)], 0.0)
+                share = np.where(held, everything, 0.0)
         return (share[y] / counts[y]).astype(np.float64)
 
     def _samples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

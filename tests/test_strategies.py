@@ -262,6 +262,12 @@ def test_replay_makes_up_the_classes_the_new_rows_lack() -> None:
     # Seen 50:50, then 50 rows of class 0: everything is 2:1, so replay is 1:2 and the step as a whole 2:1.
     shares = replay_shares((x, y), {0: 50}, 2)
     assert 0.62 < shares[1] < 0.71, shares
+    # A class the increment holds too much of (1 here) does not crowd out one it lacks (2, 5% of everything).
+    x0, y0 = blobs((0,), n=900)
+    x1, y1 = blobs((1,), n=50, seed=1)
+    x2, y2 = blobs((2,), n=50, seed=2)
+    shares = replay_shares((np.concatenate([x0, x1, x2]), np.concatenate([y0, y1, y2])), {0: 1, 1: 100}, 3)
+    assert 0.03 < shares[2] < 0.08 and shares[1] == 0, shares
 
 
 # EWC and distillation
