@@ -182,7 +182,9 @@ def rival_wins(
 ) -> tuple[bool, str]:
     """drift.action=compete and gate.fallback=retrain: whether the new network retrained on everything goes to the gate
     instead of the fine-tuned candidate, and why. The one the gate passes wins; when it passes both or neither, the
-    better on the holdouts the gate judges (a tie keeps the fine-tuned one)."""
+    better on the holdouts the gate judges (a tie keeps the fine-tuned one). Never one that, like the fine-tuned one,
+    did not learn a concept change at this increment: labels no network learns look like noise (a broken export), and
+    none goes to the gate having learnt them, as none learns a kept-out increment of them."""
     rows = judged_rows(fine_tuned, config, change_at)
     ours, theirs = holdout_score(fine_tuned, config, change_at, rows), holdout_score(rival, config, change_at)
     measure = "MAE" if fine_tuned.regression else "accuracy"
@@ -191,11 +193,16 @@ def rival_wins(
     where = f"on the {len(rows)} rows of the holdouts the gate judges"
     scores = f"{measure} {shown(theirs)} against the fine-tuned {shown(ours)} {where}"
     if rival_passed != fine_tuned_passed:
-        return rival_passed, (f"the retrained network goes to the gate: it passes and the fine-tuned candidate does not ({scores})" if rival_passed
-                              else f"the fine-tuned candidate goes to the gate: it passes and the retrained network does not ({scores})")
-    won = theirs > ours
-    return won, (f"the retrained network goes to the gate ({scores})" if won
-                 else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)} {where})")
+        won, why = rival_passed, (f"the retrained network goes to the gate: it passes and the fine-tuned candidate does not ({scores})" if rival_passed
+                                  else f"the fine-tuned candidate goes to the gate: it passes and the retrained network does not ({scores})")
+    else:
+        won = theirs > ours
+        why = (f"the retrained network goes to the gate ({scores})" if won
+               else f"the fine-tuned candidate goes to the gate ({measure} {shown(ours)} against the retrained network's {shown(theirs)} {where})")
+    unlearnt = change_not_learnt(rival, change_at) if won and change_not_learnt(fine_tuned, change_at) else None
+    if unlearnt:
+        return False, f"the retrained network does not go to the gate: neither network learnt this increment's labels, which look like noise ({unlearnt})"
+    return won, why
 
 
 def drift_hurts(
