@@ -168,21 +168,21 @@ class Replay(Naive):
         Without the increment's class counts, and for a numeric target's bins, every class or
         bin is equally likely.
         """
-        counts = np.bincount(y, minlength=int(y.max()) + 1)
-        held = counts > 0
-        share = held.astype(np.float64)
+        counts = np.bincount(y)
+        share = (counts > 0).astype(np.float64)
         if context.class_rows is not None and not context.regression:
             size = max(len(counts), max(context.class_rows, default=-1) + 1, max(self.memory.seen, default=-1) + 1)
+            counts = np.bincount(y, minlength=size)
             rows, seen = np.zeros(size), np.zeros(size)
             for c, n in context.class_rows.items():
                 rows[c] = n
             for c, n in self.memory.seen.items():
                 seen[c] = n
-            everything = ((seen + rows) / (seen + rows).sum())[: len(counts)]
-            lacking = np.clip(2 * everything - rows[: len(counts)] / max(rows.sum(), 1), 0.0, None)
-            present = held & (rows[: len(counts)] > 0)
+            everything = (seen + rows) / (seen + rows).sum()
+            held = counts > 0
+            present = held & (rows > 0)
             absent = held & ~present
-            share = np.where(present, lacking, 0.0)
+            share = np.where(present, np.clip(2 * everything - rows / max(rows.sum(), 1), 0.0, None), 0.0)
             # The absent classes get what the mix asks for them (twice their share of everything),
             # evenly, apart from the present ones' shares: a class the increment holds too much of
             # cannot crowd them out of replay. The weights need not sum to one.
