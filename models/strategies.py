@@ -49,7 +49,8 @@ class Context:
     # Regression: network targets <-> the label's own units. The memory keeps raw values,
     # because the target's running scale moves as data arrives. None for classes.
     target: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None
-    # Classification: the increment's training rows per class id (rehearsed rows included), memory apart.
+    # The increment's training rows per class id, or per target bin (``target_bins``) for a numeric target;
+    # rehearsed rows included, memory apart.
     class_rows: dict[int, int] | None = None
 
     @property
@@ -165,12 +166,14 @@ class Replay(Naive):
         whose mix holds, replay keeps that mix (even shares pulled an imbalanced table's
         fine-tunes towards its rare classes). The classes the new rows hold none of share what
         the mix asks for them evenly, as after new classes, where what is at stake is forgetting them.
-        Without the increment's class counts, and for a numeric target's bins, every class or
-        bin is equally likely.
+        A numeric target's bins (``target_bins``) are classes here: the memory keeps them evenly, so
+        that the tails are there to replay, but even draws would replay a skewed target's few
+        extreme values as often as its common ones, and pull each fine-tune towards them.
+        Without the increment's class (or bin) counts every class or bin is equally likely.
         """
         counts = np.bincount(y)
         share = (counts > 0).astype(np.float64)
-        if context.class_rows is not None and not context.regression:
+        if context.class_rows is not None:
             size = max(len(counts), max(context.class_rows, default=-1) + 1, max(self.memory.seen, default=-1) + 1)
             counts = np.bincount(y, minlength=size)
             rows, seen = np.zeros(size), np.zeros(size)

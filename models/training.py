@@ -138,7 +138,8 @@ def fine_tune(
     if rehearse is not None and len(rehearse):
         x_train = np.concatenate([x_fit, preprocessor.raw_matrix(rehearse)])
         y_train = np.concatenate([y_fit, preprocessor.encode(rehearse[label])])
-    class_rows = None if regression else {int(c): int(n) for c, n in zip(*np.unique(y_train, return_counts=True), strict=True)}
+    ids = strategies.target_bins(y_train) if regression else y_train
+    class_rows = {int(c): int(n) for c, n in zip(*np.unique(ids, return_counts=True), strict=True)}
     plan.begin(strategies.Context(network, preprocessor.transform, old_classes, device, generator, validation, target, class_rows))
     x_raw, y = plan.training_data(x_train, y_train)
     started = time.perf_counter()

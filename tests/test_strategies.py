@@ -38,6 +38,7 @@ from lepton.models.strategies import (
     distillation_loss,
     interpolate,
     recorded_logits_loss,
+    target_bins,
 )
 from lepton.models.training import fine_tune
 
@@ -268,6 +269,30 @@ def test_replay_makes_up_the_classes_the_new_rows_lack() -> None:
     x2, y2 = blobs((2,), n=50, seed=2)
     shares = replay_shares((np.concatenate([x0, x1, x2]), np.concatenate([y0, y1, y2])), {0: 1, 1: 100}, 3)
     assert 0.03 < shares[2] < 0.08 and shares[1] == 0, shares
+
+
+def test_replay_draws_a_numeric_targets_bins_as_often_as_they_come() -> None:
+    """A skewed target: the memory keeps its bins evenly, so that the tails are there, but replay draws each bin
+    as often as the data holds it: even draws replayed the few extreme values as often as the common ones."""
+    rng = np.random.default_rng(0)
+    raw = rng.lognormal(0.0, 0.8, size=2000)
+    mean, scale = raw.mean(), raw.std()
+
+    def encode(v: np.ndarray) -> np.ndarray:
+        return ((np.asarray(v) - mean) / scale).astype(np.float32)
+
+    bins = target_bins(encode(raw))
+    replay = Replay(n_features=4, capacity=300, selection="reservoir", seed=0)
+    replay.memory.update(np.column_stack([rng.normal(size=(2000, 4)), raw]), bins)
+    kept = np.bincount(np.array(replay.memory.samples(5)[1]), minlength=7) / 300
+    new = target_bins(encode(rng.lognormal(0.0, 0.8, size=300)))
+    rows = {int(b): int(n) for b, n in zip(*np.unique(new, return_counts=True), strict=True)}
+    replay.begin(Context(tiny_model(1), as_inputs, 1, CPU, torch.Generator().manual_seed(0), target=(encode, lambda z: z * scale + mean), class_rows=rows))
+    _, y = replay.batch(torch.zeros(4000, 4), torch.zeros(4000))
+    drawn = np.bincount(target_bins(y[4000:].numpy()), minlength=7) / 4000
+    everything = np.bincount(np.concatenate([bins, new]), minlength=7) / (len(bins) + len(new))
+    assert kept[6] > 3 * everything[6], (kept, everything)  # the tail is kept beyond its share ...
+    assert np.abs(drawn - everything).max() < 0.05, (drawn, everything)  # ... and drawn as often as it comes
 
 
 # EWC and distillation
