@@ -348,6 +348,13 @@ def content_checks(
         if column not in frame.columns:
             continue
         present = frame[column].dropna()
+        day_first, month_first = kinds_of.date_order(present)
+        if day_first is not None and month_first is not None:
+            problems.append(
+                f"column {column!r} holds dates written day first (e.g. {day_first!r}) and month first (e.g. {month_first!r}): "
+                "which 01/05 is cannot be told; export the column in one order (ISO, 2015-05-01, is unambiguous)"
+            )
+            continue
         bad = present[kinds_of.as_datetimes(present).isna().to_numpy()]
         words = _words(bad)
         if len(words) > TEXT_IN_NUMBERS * max(len(present), 1):

@@ -336,20 +336,63 @@ def _is_plain_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def as_datetimes(series: pd.Series) -> pd.Series:
-    """A datetime column as naive UTC timestamps, unparseable values as NaT."""
+# A date written as numbers with the year last (31/01/2000, 01-31-2000, 31.01.2000 14:05): which of the first two
+# fields is the day, the values alone can tell only where one of them is above 12.
+_NUMERIC_DATE = r"^\s*(\d{1,2})([/.-])(\d{1,2})\2(\d{2}|\d{4})(?!\d)"
+
+
+def _numeric_dates(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """A column's dates written as numbers with the year last: the strings, and their first and second fields."""
+    if types.is_datetime64_any_dtype(series) or not is_text_series(series):
+        empty = pd.Series([], dtype="float64")
+        return pd.Series([], dtype="string"), empty, empty
+    strings = series.dropna().astype("string")
+    parts = strings.str.extract(_NUMERIC_DATE)
+    return strings, pd.to_numeric(parts[0], errors="coerce"), pd.to_numeric(parts[2], errors="coerce")
+
+
+def date_order(series: pd.Series) -> tuple[str | None, str | None]:
+    """Among a column's dates written as numbers with the year last: one that can only be read day first (13/05/2015)
+    and one that can only be read month first (05/13/2015), None where there is none."""
+    strings, first, second = _numeric_dates(series)
+    day_first = strings[(first > 12) & (first <= 31) & (second <= 12)]
+    month_first = strings[(second > 12) & (second <= 31) & (first <= 12)]
+    return (str(day_first.iloc[0]) if len(day_first) else None), (str(month_first.iloc[0]) if len(month_first) else None)
+
+
+def reads_day_first(series: pd.Series) -> bool:
+    """Whether a column's numeric dates (year last) read day first: one can only be read so (31/01/2000) and none
+    only month first; or, where none tells, the first field holds one value while the second holds several
+    (01/01/2015, 01/02/2015, 01/03/2015: monthly dates on the first of the month)."""
+    day_first, month_first = date_order(series)
+    if day_first is not None or month_first is not None:
+        return day_first is not None and month_first is None
+    _, first, second = _numeric_dates(series)
+    return first.nunique() == 1 and second.nunique() >= 3
+
+
+def as_datetimes(series: pd.Series, dayfirst: bool = False) -> pd.Series:
+    """A datetime column as naive UTC timestamps, unparseable values as NaT.
+
+    Dates written as numbers with the year last read month first (01/05/2015 is 5 January), or day first
+    where ``dayfirst`` (1 May), whatever the value: left to itself, the parser reads 13/05/2015 day first
+    and 01/05/2015 month first in one column. ``dayfirst`` touches no other form (2015-05-01 stays 1 May).
+    """
     if types.is_datetime64_any_dtype(series):
         parsed = series
     else:
-        parsed = pd.to_datetime(series.astype("string"), errors="coerce", utc=True, format="mixed")
+        strings = series.astype("string")
+        if dayfirst:
+            strings = strings.str.replace(_NUMERIC_DATE, lambda m: f"{m.group(3)}{m.group(2)}{m.group(1)}{m.group(2)}{m.group(4)}", regex=True)
+        parsed = pd.to_datetime(strings, errors="coerce", utc=True, format="mixed")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed
 
 
-def datetime_parts(series: pd.Series) -> np.ndarray:
-    """Calendar parts of a datetime column, one row per value, NaN where missing."""
-    stamps = as_datetimes(series)
+def datetime_parts(series: pd.Series, dayfirst: bool = False) -> np.ndarray:
+    """Calendar parts of a datetime column, one row per value, NaN where missing (``dayfirst``: see ``as_datetimes``)."""
+    stamps = as_datetimes(series, dayfirst)
     year = stamps.dt.year + (stamps.dt.dayofyear - 1) / 366.0
     parts = [year, stamps.dt.month, stamps.dt.dayofweek, stamps.dt.hour]
     return np.column_stack([p.to_numpy(dtype=np.float64, na_value=np.nan) for p in parts])
@@ -428,7 +471,9 @@ def hashed_words(series: pd.Series, buckets: int) -> np.ndarray:
     return out
 
 
-def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capacity: int, buckets: int, shape: list[int] | None = None) -> np.ndarray:
+def encode_column(
+    series: pd.Series, kind: str, *, vocabulary: list[str], capacity: int, buckets: int, shape: list[int] | None = None, dayfirst: bool = False,
+) -> np.ndarray:
     """One raw column as its block of network inputs (float64; NaN marks a missing value to impute)."""
     n = len(series)
     if kind == "image":
@@ -436,7 +481,7 @@ def encode_column(series: pd.Series, kind: str, *, vocabulary: list[str], capaci
     if kind in ("numeric", "boolean"):
         return number_block(as_numbers(series, boolean=kind == "boolean"))
     if kind == "datetime":
-        parts = datetime_parts(series)
+        parts = datetime_parts(series, dayfirst)
         return np.column_stack([parts, np.isnan(parts[:, 0]).astype(np.float64)])
     if kind == "categorical":
         return one_hot(series, vocabulary, capacity)

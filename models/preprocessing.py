@@ -121,6 +121,9 @@ class Preprocessor:
     shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels)
     # Numeric columns read on a log scale, with the scale's unit (see ``log_scaled``); decided on the first increment.
     logged: dict[str, float] = field(default_factory=dict)
+    # Datetime columns whose numeric dates read day first, from the first increment whose dates say so (``reads_day_first``);
+    # a batch whose own dates say so reads day first too.
+    dayfirst: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
@@ -187,7 +190,8 @@ class Preprocessor:
             for c, v in self.vocabularies.items()
         }
         logged = self.logged if self.count else log_scaled(frame, [c for c in self.used if self._kind(c) == "numeric"])
-        grown = self._replace(vocabularies=vocabularies, logged=logged)
+        dayfirst = self.dayfirst + [c for c in self.used if self._kind(c) == "datetime" and c not in self.dayfirst and c in frame.columns and kinds_of.reads_day_first(frame[c])]
+        grown = self._replace(vocabularies=vocabularies, logged=logged, dayfirst=dayfirst)
         x = grown.raw_matrix(frame)
         n, mean, m2 = _nan_stats(x)
         observed, mean, m2 = _merge(self.observed, self.mean, self.m2, n, mean, m2)
@@ -244,6 +248,7 @@ class Preprocessor:
             kinds_of.number_block(values[c]) if c in values
             else self._logged_block(c, kinds_of.encode_column(
                 frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets, shape=self.shapes.get(c),
+                dayfirst=c in self.dayfirst or (self._kind(c) == "datetime" and kinds_of.reads_day_first(frame[c])),
             ))
             for c in self.used
         ]
@@ -317,6 +322,7 @@ class Preprocessor:
             "latest": [None if np.isnan(v) else float(v) for v in self.latest],
             "shapes": self.shapes,
             "logged": self.logged,
+            "dayfirst": self.dayfirst,
         }
 
     @classmethod
@@ -339,4 +345,5 @@ class Preprocessor:
             latest=np.asarray([np.nan if v is None else v for v in state.get("latest", [])], dtype=np.float64),
             shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
             logged={k: float(v) for k, v in state.get("logged", {}).items()},
+            dayfirst=list(state.get("dayfirst", [])),
         )

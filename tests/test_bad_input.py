@@ -472,6 +472,19 @@ def test_a_european_export_with_grouped_digits_is_read_as_its_numbers(tmp_path):
     assert any(w.startswith("column 'value': numbers written with a decimal comma") for w in report.warnings), report.warnings
 
 
+def test_dates_written_both_day_first_and_month_first_are_rejected():
+    """13/05/2015 and 05/13/2015 in one column: which 01/05/2015 is cannot be told, so no order reads it right."""
+    frame = good().assign(when=["13/05/2015", "05/13/2015"] + ["01/05/2015"] * 38)
+    schema = DataSchema.infer(good(200, seed=1).assign(when="2015-05-01"), "y")
+    report = validate_frame(frame, schema, CONFIG)
+    assert not report.passed
+    assert report.problems == [
+        "column 'when' holds dates written day first (e.g. '13/05/2015') and month first (e.g. '05/13/2015'): which 01/05 is "
+        "cannot be told; export the column in one order (ISO, 2015-05-01, is unambiguous)"
+    ]
+    assert validate_frame(frame.assign(when=["13/05/2015"] + ["01/05/2015"] * 39), schema, CONFIG).passed
+
+
 def test_a_misspelt_column_declaration_is_said():
     """data.columns: {body_mass: ignore} beside a body_mass_g column changed nothing and said nothing; it is a warning
     naming the closest column. A declaration of a column the workspace has (one the export stopped writing) is no typo."""

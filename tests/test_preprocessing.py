@@ -215,3 +215,38 @@ def test_a_target_never_below_zero_is_never_predicted_below_zero():
     assert Preprocessor.from_dict(older).decode(np.array([far_below]))[0] == pytest.approx(-200.0)
     signed = pre.updated(frame.assign(y=-5.0), frame.assign(y=-5.0)["y"])
     assert signed.target_low == -5.0 and signed.decode(np.array([far_below]))[0] < 0
+
+
+def test_dates_written_day_first_read_day_first_in_every_row_and_after_a_restart():
+    """A European export writes 13/05/2015 and 01/05/2015 in one column: the parser read the first day first and the
+    second month first (5 January). Once a value can only be read day first, the column reads day first, at training
+    and in a consumer's batch of dates that would each read either way; ISO dates are untouched."""
+    from lepton.models.columns import as_datetimes, date_order
+    from lepton.models.preprocessing import Encoding, Preprocessor
+
+    dates = pd.Series(["13/05/2015", "01/05/2015", "02.06.2015 14:05", "2015-05-01"])
+    assert date_order(dates) == ("13/05/2015", None)
+    assert date_order(pd.Series(["05/13/2015", "05/01/2015"])) == (None, "05/13/2015")
+    assert date_order(pd.Series(["01/05/2015", "2015-05-13"])) == (None, None)  # nothing tells
+    assert as_datetimes(dates, dayfirst=True).dt.strftime("%Y-%m-%d %H:%M").tolist() == ["2015-05-13 00:00", "2015-05-01 00:00", "2015-06-02 14:05", "2015-05-01 00:00"]
+    assert as_datetimes(dates).dt.month.tolist()[1:] == [1, 2, 5]  # month first, as before, where nothing says otherwise
+
+    seen = pd.DataFrame({"when": dates, "y": [0, 1, 0, 1]})
+    pre = Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(seen, seen["y"])
+    assert pre.dayfirst == ["when"]
+    consumer = pd.DataFrame({"when": ["01/05/2015"]})  # alone, it would read as 5 January
+    restored = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    for p in (pre, restored):
+        assert p.raw_matrix(consumer)[0, 1] == 5.0  # the month part: May
+    # Nothing says day first: month first, and a later increment that does turns the column day first.
+    us = pd.DataFrame({"when": ["01/05/2015", "02/06/2015"], "y": [0, 1]})
+    pre = Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(us, us["y"])
+    assert pre.dayfirst == [] and pre.raw_matrix(consumer)[0, 1] == 1.0
+    assert pre.raw_matrix(pd.DataFrame({"when": ["13/05/2015", "01/05/2015"]}))[1, 1] == 5.0  # a batch whose own dates say so
+    assert pre.updated(seen, seen["y"]).dayfirst == ["when"]
+    # Monthly dates on the first: no value can only be read one way, but a day that never changes says which is the month.
+    monthly = pd.DataFrame({"when": [f"01/{m:02d}/2015" for m in range(1, 13)], "y": [0, 1] * 6})
+    assert Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(monthly, monthly["y"]).dayfirst == ["when"]
+    legacy = pre.to_dict()
+    del legacy["dayfirst"]
+    assert Preprocessor.from_dict(legacy).dayfirst == []
