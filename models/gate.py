@@ -161,6 +161,14 @@ def decide(
     return _decision(checks)
 
 
+def _versus(value: float, ok: bool, bar: float, fmt: str, signs: tuple[str, str] = (">=", "<"), of: str = "") -> str:
+    """``value{of} >= bar`` (or what ``signs`` say for a pass and a fail), each side with digits enough that they do
+    not print equal when they are not: "-0.020 < -0.020" said nothing of why a candidate failed."""
+    if f"{value:{fmt}}" == f"{bar:{fmt}}" and value != bar:
+        fmt = fmt.replace(".3f", ".5f").replace(".4g", ".7g")
+    return f"{value:{fmt}}{of} {signs[0] if ok else signs[1]} {bar:{fmt}}"
+
+
 def _gains(candidate: np.ndarray, champion: np.ndarray, regression: bool) -> np.ndarray:
     """Per-row gains, higher is better: correctness as it is, errors with their sign turned."""
     diff = candidate.astype(np.float64) - champion.astype(np.float64)
@@ -200,8 +208,8 @@ def _non_inferior(
     is partly the luck it was chosen for, which no later candidate shares. Where the
     bootstrap's bound cannot resolve the margin on the rows there are (its distance from the
     mean exceeds the margin), it says so and the point estimate decides; where it can, the bound
-    decides. The new holdout alone must not be significantly worse, so earlier data cannot hide
-    a candidate that does worse on what arrives now.
+    decides. On the new holdout alone, the candidate must not be worse than the margin allows
+    (its upper bound below minus the margin), so earlier data cannot hide one that does worse on what arrives now.
     """
     old_pairs = old_champion is not None and len(old_champion) == len(old_candidate) and len(old_candidate) > 0
     candidate = np.concatenate([new_candidate, old_candidate]) if old_pairs else new_candidate
@@ -221,31 +229,31 @@ def _non_inferior(
         point_bar, one_row = -1 / len(gains), f", one row of {len(gains)} at the least"
     if len(gains) < config.min_holdout_rows:
         ok = gain >= point_bar
-        checks[f"{what} on {where} {gain:{fmt}} {'>=' if ok else '<'} {point_bar:{fmt}} (non-inferiority: {setting}{one_row})"] = ok
+        checks[f"{what} on {where} {_versus(gain, ok, point_bar, fmt)} (non-inferiority: {setting}{one_row})"] = ok
         checks[_too_few(len(gains), config)] = None
     else:
         lower, upper = paired_bootstrap_bounds(gains, np.zeros_like(gains), confidence=config.confidence, samples=config.bootstrap_samples)
         rows = f"{gain:{fmt}} over {len(gains)} rows"
         if lower > bar or upper < bar:
             ok = bool(lower > bar)
-            bound = f"lower {config.confidence:.0%} bound {lower:{fmt}} >" if ok else f"upper {config.confidence:.0%} bound {upper:{fmt}} <"
-            checks[f"{what} on {where}: {bound} {bar:{fmt}} (point estimate {rows}; non-inferiority: {setting})"] = ok
+            bound = f"lower {config.confidence:.0%} bound {_versus(lower, True, bar, fmt, ('>', '<='))}" if ok else f"upper {config.confidence:.0%} bound {_versus(upper, False, bar, fmt)}"
+            checks[f"{what} on {where}: {bound} (point estimate {rows}; non-inferiority: {setting})"] = ok
         elif gain - lower > margin * scale:
             # The interval straddles the margin and is wider than it: these rows cannot tell, the point estimate does.
             ok = gain >= point_bar
             checks[
-                f"{what} on {where} {rows} {'>=' if ok else '<'} {point_bar:{fmt}} (non-inferiority: {setting}{one_row}); "
+                f"{what} on {where} {_versus(gain, ok, point_bar, fmt, of=f' over {len(gains)} rows')} (non-inferiority: {setting}{one_row}); "
                 f"the {config.confidence:.0%} bounds [{lower:{fmt}}, {upper:{fmt}}] cannot resolve the margin on {len(gains)} rows: the point estimate decides"
             ] = ok
         else:
-            checks[f"{what} on {where}: lower {config.confidence:.0%} bound {lower:{fmt}} <= {bar:{fmt}} (point estimate {rows}; non-inferiority: {setting})"] = False
+            checks[f"{what} on {where}: lower {config.confidence:.0%} bound {_versus(lower, False, bar, fmt, ('>', '<='))} (point estimate {rows}; non-inferiority: {setting})"] = False
     if old_pairs and len(new_candidate) >= config.min_holdout_rows:
         alone = _gains(new_candidate, new_champion, regression)
         upper = paired_bootstrap_bounds(alone, np.zeros_like(alone), confidence=config.confidence, samples=config.bootstrap_samples)[1]
         ok = upper >= bar
         checks[
-            f"the new holdout alone is {'not ' if ok else ''}significantly worse: upper {config.confidence:.0%} bound of its {what} "
-            f"{upper:{fmt}} {'>=' if ok else '<'} {bar:{fmt}} (point estimate {_mean(alone):{fmt}})"
+            f"the new holdout alone is {'within the margin' if ok else 'worse than the margin allows'}: upper {config.confidence:.0%} bound of its {what} "
+            f"{_versus(upper, ok, bar, fmt)} (point estimate {_mean(alone):{fmt}})"
         ] = ok
 
 

@@ -60,7 +60,7 @@ def test_clearly_better_candidate_passes() -> None:
     assert d.passed
     assert len(d.reasons) == 5  # two floors, gain on new and earlier holdouts, the new holdout alone, forgetting
     assert any(r.startswith("gain on the new and earlier holdouts: lower 95% bound") and "> -0.020 (point estimate +0.250 over 200 rows;" in r for r in d.reasons)
-    assert any(r.startswith("the new holdout alone is not significantly worse: upper 95% bound of its gain") and r.endswith("(point estimate +0.500)") for r in d.reasons)
+    assert any(r.startswith("the new holdout alone is within the margin: upper 95% bound of its gain") and r.endswith("(point estimate +0.500)") for r in d.reasons)
 
 
 def test_identical_candidate_passes_non_inferiority() -> None:
@@ -106,7 +106,7 @@ def test_a_clearly_worse_candidate_is_kept_out() -> None:
     assert not d.passed
     assert len(d.failures) == 2
     assert d.failures[0].startswith("gain on the new and earlier holdouts: upper 95% bound") and "< -0.020 (point estimate -0.067 over 300 rows;" in d.failures[0]
-    assert d.failures[1].startswith("the new holdout alone is significantly worse: upper 95% bound of its gain") and d.failures[1].endswith("(point estimate -0.100)")
+    assert d.failures[1].startswith("the new holdout alone is worse than the margin allows: upper 95% bound of its gain") and d.failures[1].endswith("(point estimate -0.100)")
 
 
 def test_a_small_holdout_says_the_bootstrap_cannot_decide() -> None:
