@@ -108,8 +108,10 @@ class DriftReport:
             return f"drift not measured: {self.skipped}"
         compared = f"{self.current_rows} rows against {self.reference_rows} of the history"
         if not self.drifted:
-            worst = min((f for f in self.features if f.p_value is not None), key=lambda f: f.p_value or 1.0, default=None)
-            detail = f"; smallest p-value {worst.p_value:.2g} ({worst.feature})" if worst else ""
+            tested = [f for f in [*self.features, *([self.label] if self.label else [])] if f.p_value is not None]
+            worst = min(tested, key=lambda f: f.p_value or 1.0, default=None)
+            # Holm's correction holds the smallest p-value to drift.p_value / tests: 0.004 over 7 tests at 0.01 is no drift.
+            detail = f"; smallest p-value {worst.p_value:.2g} ({worst.feature}), not significant after Holm's correction over {len(tested)} tests" if worst else ""
             return f"no drift in {len(self.features)} features or the label ({compared}{detail})"
         return f"drift: {self.summary()} ({compared}); drift.action={self.action}"
 
