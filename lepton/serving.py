@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from pandas.api import types
 
 # Relative imports: this module travels with every model version as part of its runtime (lepton/runtime.py).
 from .models import columns as kinds_of
@@ -31,7 +32,7 @@ def unscorable(reason: str) -> MlflowException:
 
 def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]:
     """What in raw feature columns is neither a value the model reads nor a missing one: a column not sent, text or
-    infinities where numbers go."""
+    infinities where numbers go, text where dates go."""
     missing = [c for c in preprocessor.used if c not in frame.columns]
     problems = [f"missing column(s) {', '.join(map(repr, missing))} (send null values for a column whose values are unknown)"] if missing else []
     dtypes = frame.dtypes
@@ -53,6 +54,14 @@ def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]
         infinite = int(np.isinf(numbers).sum())
         if infinite:
             problems.append(f"column {column!r} holds {infinite} infinite value(s)")
+    for column in [c for c in preprocessor.used if c in dtypes.index and preprocessor.kinds.get(c) == "datetime"]:
+        raw = frame[column]
+        if types.is_datetime64_any_dtype(raw):
+            continue
+        dayfirst = column in preprocessor.dayfirst or kinds_of.reads_day_first(raw)
+        text = raw[kinds_of.as_datetimes(raw, dayfirst).isna().to_numpy() & raw.notna().to_numpy()]
+        if len(text):
+            problems.append(f"column {column!r} holds {len(text)} value(s) that are not dates (e.g. {', '.join(repr(v) for v in text.head(3).tolist())}); send null for a missing value")
     return problems
 
 

@@ -152,6 +152,22 @@ def test_champion_predicts_through_gaps_and_unseen_values(churn):
     assert (predicted[15:] == fresh["y"].to_numpy()[15:]).mean() >= 0.85
 
 
+def test_champion_refuses_text_where_a_date_goes_and_reads_a_gap_there(churn):
+    """A signup date the model cannot read was scored as a missing one, silently: it is refused by name, as text where
+    numbers go is; a missing date (None) is a gap, and a date written day first is a date."""
+    from mlflow.exceptions import MlflowException
+
+    model = champion_model(churn["ws"])
+    frame = customers(3, 12, first_id=30_000).drop(columns=["y"])
+    frame["signup"] = frame["signup"].astype(object)
+    frame.loc[1, "signup"] = None
+    frame.loc[2, "signup"] = "31/01/2025"
+    assert np.asarray(model.predict(frame)).shape == (3,)
+    frame.loc[0, "signup"] = "not a date"
+    with pytest.raises(MlflowException, match=r"cannot score this input: column 'signup' holds 1 value\(s\) that are not dates \(e.g. 'not a date'\); send null"):
+        model.predict(frame)
+
+
 def test_champion_predicts_on_integers_as_they_arrive(churn):
     """The next export as a consumer reads it: visits as nullable Int64 with <NA> (the training files' own type), or plain int64."""
     model = champion_model(churn["ws"])
