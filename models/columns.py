@@ -192,7 +192,7 @@ def infer_kind(series: pd.Series, *, max_categories: int) -> tuple[Kind, str]:
         # Numbers with a placeholder or two ('?', 'n/a'): those read as missing.
         return "numeric", f"numbers ({int(numbers.isna().sum())} placeholder value(s) read as missing)"
     if looks_like_dates(strings):
-        return "datetime", "date strings"
+        return "datetime", "date strings, day first" if reads_day_first(series) else "date strings"
     distinct = strings.nunique()
     # A category repeats, in a small first increment too: nearly one value per row is names or addresses.
     unrepeated = len(strings) >= UNREPEATED_ROWS and distinct >= UNREPEATED_SHARE * len(strings)

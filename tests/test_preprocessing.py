@@ -221,11 +221,12 @@ def test_dates_written_day_first_read_day_first_in_every_row_and_after_a_restart
     """A European export writes 13/05/2015 and 01/05/2015 in one column: the parser read the first day first and the
     second month first (5 January). Once a value can only be read day first, the column reads day first, at training
     and in a consumer's batch of dates that would each read either way; ISO dates are untouched."""
-    from lepton.models.columns import as_datetimes, date_order
+    from lepton.models.columns import as_datetimes, date_order, infer_kind
     from lepton.models.preprocessing import Encoding, Preprocessor
 
     dates = pd.Series(["13/05/2015", "01/05/2015", "02.06.2015 14:05", "2015-05-01"])
     assert date_order(dates) == ("13/05/2015", None)
+    assert infer_kind(dates, max_categories=31) == ("datetime", "date strings, day first")  # what the run and status say
     assert date_order(pd.Series(["05/13/2015", "05/01/2015"])) == (None, "05/13/2015")
     assert date_order(pd.Series(["01/05/2015", "2015-05-13"])) == (None, None)  # nothing tells
     assert as_datetimes(dates, dayfirst=True).dt.strftime("%Y-%m-%d %H:%M").tolist() == ["2015-05-13 00:00", "2015-05-01 00:00", "2015-06-02 14:05", "2015-05-01 00:00"]
