@@ -61,6 +61,19 @@ def test_ks_on_constant_features():
     assert statistic.tolist() == [0.0, 1.0] and p[0] == 1.0 and p[1] < 1e-10
 
 
+def test_ks_where_the_exact_p_value_fails_says_nothing_on_stderr():
+    """300 counts against 300, one row apart (a hotel table's previous cancellations): SciPy's exact p-value does not
+    converge and it warned on stderr, in the middle of the run's output. The asymptotic p-value is the answer."""
+    import warnings
+
+    one_apart = np.zeros((300, 1))
+    one_apart[0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        statistic, p = ks_test(one_apart, np.zeros((300, 1)))
+    assert statistic[0] == pytest.approx(1 / 300) and p[0] == 1.0
+
+
 def test_constant_feature_in_an_increment():
     """A feature constant in history and increment is tested and not flagged; one that jumps to another constant is."""
     history = gaussian(1000, 0).assign(const=3.0, jumps=0.0)
