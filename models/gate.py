@@ -156,7 +156,7 @@ def decide(
         ok = bool(lower <= config.max_forgetting)
         checks[
             f"forgetting on {old_label}: lower {config.confidence:.0%} bound {lower:+.3f} {'<=' if ok else '>'} "
-            f"{config.max_forgetting:.3f} (gate.max_forgetting; point estimate {drop:+.3f} {unit})"
+            f"{config.max_forgetting:.3f} (gate.max_forgetting; point estimate {drop:+.3f} {unit}{': below zero, it does better there' if drop < 0 else ''})"
         ] = ok
     return _decision(checks)
 

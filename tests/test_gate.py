@@ -219,6 +219,9 @@ def test_forgetting_is_judged_beyond_the_noise_of_small_holdouts() -> None:
     assert small.passed, small.failures
     large = decide(new_candidate=correct(90), new_champion=correct(90), old_candidate=correct(500, 600), old_champion=correct(600, 600), config=CONFIG)
     assert not large.passed and any(f.startswith("forgetting on earlier holdouts: lower 95% bound") and "(gate.max_forgetting; point estimate +0.167 accuracy)" in f for f in large.failures)
+    # Below zero the candidate does better on the earlier holdouts than the champion, and the check says so.
+    better = decide(new_candidate=correct(90), new_champion=correct(90), old_candidate=correct(600, 600), old_champion=correct(500, 600), config=CONFIG)
+    assert better.passed and any(r.endswith("(gate.max_forgetting; point estimate -0.167 accuracy: below zero, it does better there)") for r in better.reasons)
 
 
 def test_concept_change_needs_a_large_significant_drop() -> None:
