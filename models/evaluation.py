@@ -10,6 +10,7 @@ from sklearn.metrics import log_loss, r2_score, roc_auc_score
 
 from lepton.models.bundle import Bundle
 from lepton.models.metrics import grow, lineage_summary
+from lepton.models.preprocessing import signed_log
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Score:
     mae: float | None = None
     rmse: float | None = None
     r2: float | None = None
+    predicted: np.ndarray | None = None  # regression: each row's prediction, in the target's units
 
     @property
     def primary(self) -> float:
@@ -48,6 +50,7 @@ def regression_score(bundle: Bundle, frame: pd.DataFrame, label: str, predicted:
     n = len(truth)
     return Score(
         correct=np.zeros(0, dtype=bool), accuracy=None, macro_f1=None, errors=errors, truth=truth,
+        predicted=np.asarray(predicted, dtype=np.float64),
         mae=float(np.mean(errors)) if n else float("nan"),
         rmse=float(np.sqrt(np.mean(errors**2))) if n else float("nan"),
         # R² needs spread in the truth: a constant or one-row holdout has none.
@@ -130,6 +133,7 @@ class Evaluation:
     candidate: dict[str, Score]
     champion: dict[str, Score] | None
     matrix: dict | None = None  # the lineage's accuracy matrix R, candidate row last
+    target_log: float | None = None  # regression: the unit of the log scale the candidate learns the target on, or None
 
     @property
     def old_ids(self) -> list[str]:
@@ -144,15 +148,19 @@ class Evaluation:
         """The headline metric's name: accuracy, or mae for a numeric target."""
         return "mae" if self.regression else "accuracy"
 
-    def pooled_r2(self, who: str = "candidate") -> float | None:
-        """The candidate's (or the champion's) R² over every holdout at once (regression)."""
+    def learnt_r2(self, who: str = "candidate", ids: list[str] | None = None) -> float | None:
+        """R² over holdouts ``ids`` (default every one) on the scale the candidate learns the target on: the target's
+        own, or its log scale (``target_log``), where the median-like predictions that the MAE rewards on a skewed
+        target score below zero in its own units. None without rows, or without spread in the truth."""
         scored = self.candidate if who == "candidate" else self.champion
-        scores = [s for s in (scored or {}).values() if s.errors is not None and len(s.errors)]
+        scores = [s for k, s in (scored or {}).items() if (ids is None or k in ids) and s.predicted is not None and len(s.predicted)]
         if not scores:
             return None
-        truth, errors = np.concatenate([s.truth for s in scores]), np.concatenate([s.errors for s in scores])  # type: ignore[misc]
+        truth, predicted = np.concatenate([s.truth for s in scores]), np.concatenate([s.predicted for s in scores])  # type: ignore[misc]
+        if self.target_log is not None:
+            truth, predicted = signed_log(truth, self.target_log), signed_log(predicted, self.target_log)
         spread = float(((truth - truth.mean()) ** 2).sum())
-        return 1.0 - float((errors**2).sum()) / spread if spread > 0 else None
+        return 1.0 - float(((predicted - truth) ** 2).sum()) / spread if len(truth) > 1 and spread > 0 else None
 
     def pooled(self, who: str, ids: list[str]) -> np.ndarray:
         """Per-row values over holdouts ``ids``: correctness, or absolute errors for a numeric target."""
@@ -217,6 +225,7 @@ def compare(
         new_id=new_id,
         candidate=score_holdouts(candidate, holdouts, label, new_id=new_id),
         champion=None if champion is None else champion_scores,
+        target_log=candidate.preprocessor.target_log if candidate.regression else None,
     )
     columns = list(holdouts)
     evaluation.matrix = grow(

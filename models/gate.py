@@ -90,6 +90,7 @@ def decide(
     champion_r2: tuple[float | None, float | None] = (None, None),
     alone: str = "no champion yet",
     compared: tuple[np.ndarray, np.ndarray, str] | None = None,
+    r2_name: str = "R²",
 ) -> GateDecision:
     """Pass when the candidate clears the floors and, against a champion, is not worse on new data than the
     margin allows (``superior``: gains, at the bootstrap's confidence), without forgetting more than allowed.
@@ -102,6 +103,7 @@ def decide(
     ``alone``: why there is no champion to compare with, when there is none.
     ``compared``: the earlier holdouts' rows the non-inferiority comparison pools with the new holdout's
     (candidate, champion, and how to name them); None: the ones forgetting is judged on.
+    ``r2_name``: what the floor's R² is (the caller's: on a log scale, where the target is learnt on one).
 
     A floor guards against a broken candidate, not against a hard holdout: where the champion scores
     no better on the same rows, a candidate under the floor but not under the champion is judged by
@@ -113,7 +115,7 @@ def decide(
         floor = config.min_r2
         for where, value, theirs in zip(("the new holdout", "all holdouts"), r2, champion_r2, strict=True):
             if value is not None and np.isfinite(value):
-                checks[_floor("R²", where, value, floor, theirs)] = value >= floor or _no_worse(value, theirs)
+                checks[_floor(r2_name, where, value, floor, theirs)] = value >= floor or _no_worse(value, theirs)
         if not checks:
             checks["R² not measurable on this holdout (too few rows or a constant target): no floor"] = None
     else:

@@ -121,6 +121,10 @@ class Preprocessor:
     shapes: dict[str, list[int]] = field(default_factory=dict)  # image column -> (height, width, channels)
     # Numeric columns read on a log scale, with the scale's unit (see ``log_scaled``); decided on the first increment.
     logged: dict[str, float] = field(default_factory=dict)
+    # Regression: the unit of the log scale the target is learnt on (``log_scaled``'s rule, on the first increment), or None.
+    # A never-negative target this skewed (medical costs: a quarter zeros, a tail forty times the typical value) pulled a
+    # network trained on squared errors towards its tail: its MAE was 30% above that of the same network on the log scale.
+    target_log: float | None = None
     # Datetime columns whose numeric dates read day first, from the first increment whose dates say so (``reads_day_first``);
     # a batch whose own dates say so reads day first too.
     dayfirst: list[str] = field(default_factory=list)
@@ -204,15 +208,21 @@ class Preprocessor:
             latest[held] = np.fmax(latest[held], seen)
         values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
         classes = list(self.classes)
-        target, target_low = self.target, self.target_low
+        target, target_low, target_log = self.target, self.target_low, self.target_log
         if values is not None:
-            count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(values[:, None])))
+            if not self.count:
+                target_log = log_scaled(pd.DataFrame({"target": values}), ["target"]).get("target")
+            learnt = values if target_log is None else signed_log(values, target_log)
+            count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(learnt[:, None])))
             target = (float(count[0]), float(mu[0]), float(sq[0]))
             if len(values):
                 target_low = float(values.min()) if self.target_low is None else min(self.target_low, float(values.min()))
         else:
             classes += [_native(c) for c in sorted(pd.unique(labels.dropna())) if _native(c) not in self.classes]
-        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, target_low=target_low, latest=latest)
+        return grown._replace(
+            classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, target_low=target_low, target_log=target_log,
+            latest=latest,
+        )
 
     def _replace(self, **changes: Any) -> Preprocessor:
         state = {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -275,13 +285,17 @@ class Preprocessor:
     def encode(self, labels: pd.Series | np.ndarray) -> np.ndarray:
         """Class ids (int64), or for regression the standardised target (float32)."""
         if self.task == "regression":
-            values = pd.to_numeric(pd.Series(np.asarray(labels)), errors="coerce").to_numpy(dtype=np.float64)
+            values = self.learnt(pd.to_numeric(pd.Series(np.asarray(labels)), errors="coerce").to_numpy(dtype=np.float64))
             return ((values - self.target_mean) / self.target_scale).astype(np.float32)
         index = {c: i for i, c in enumerate(self.classes)}
         try:
             return np.array([index[_native(v)] for v in labels], dtype=np.int64)
         except KeyError as err:
             raise KeyError(f"unknown label {err.args[0]!r}") from None
+
+    def learnt(self, values: np.ndarray) -> np.ndarray:
+        """A numeric target's values on the scale the network learns them on: their own, or ``target_log``'s log scale."""
+        return values if self.target_log is None else signed_log(np.asarray(values, dtype=np.float64), self.target_log)
 
     @property
     def target_mean(self) -> float:
@@ -296,6 +310,10 @@ class Preprocessor:
         """Labels in the original values: class ids to classes, or network outputs to the target's units."""
         if self.task == "regression":
             values = np.asarray(ids, dtype=np.float64) * self.target_scale + self.target_mean
+            if self.target_log is not None:
+                # The inverse of ``signed_log``; an output far beyond anything seen overflows to infinity, which serving refuses.
+                with np.errstate(over="ignore"):
+                    values = np.sign(values) * self.target_log * np.expm1(np.abs(values))
             return np.maximum(values, 0.0) if self.target_low is not None and self.target_low >= 0 else values
         return np.asarray(self.classes, dtype=object if self._string_labels else None)[ids]
 
@@ -319,6 +337,7 @@ class Preprocessor:
             "observed": self.observed.tolist(),
             "target": list(self.target),
             "target_low": self.target_low,
+            "target_log": self.target_log,
             "latest": [None if np.isnan(v) else float(v) for v in self.latest],
             "shapes": self.shapes,
             "logged": self.logged,
@@ -342,6 +361,7 @@ class Preprocessor:
             observed=np.asarray(state.get("observed", []), dtype=np.float64),
             target=tuple(state.get("target", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
             target_low=None if state.get("target_low") is None else float(state["target_low"]),
+            target_log=None if state.get("target_log") is None else float(state["target_log"]),
             latest=np.asarray([np.nan if v is None else v for v in state.get("latest", [])], dtype=np.float64),
             shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
             logged={k: float(v) for k, v in state.get("logged", {}).items()},

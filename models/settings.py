@@ -166,7 +166,7 @@ class GateConfig(Section):
     margin: float = Field(0.02, ge=0, description="Non-inferiority margin on accuracy: how much worse than the champion's (at the bootstrap's confidence) a candidate may be.")
     mae_margin: float = Field(0.1, ge=0, description="Non-inferiority margin for a numeric target, as a share of the champion's MAE (per-row errors vary more than correctness).")
     min_accuracy: float = Field(0.5, ge=0, le=1, description="Floor: the candidate's accuracy on the new holdout and on all holdouts (classification).")
-    min_r2: float = Field(0.0, le=1, description="Floor: the candidate's R² on the new holdout and on all holdouts (regression).")
+    min_r2: float = Field(0.0, le=1, description="Floor: the candidate's R² on the new holdout and on all holdouts (regression), on the scale the target is learnt on (a log scale for a skewed never-negative target).")
     max_forgetting: float = Field(0.1, ge=0, le=1, description="Largest loss on earlier holdouts allowed against the champion: accuracy points, or a share of its MAE for a numeric target.")
     min_improvement: float = Field(0.0, description="policy=superior: least gain on the new holdout over the champion, at the bootstrap's confidence (a share of its MAE for a numeric target).")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence of the paired bootstrap on the new holdout.")

@@ -277,9 +277,10 @@ def gate(
     regression = evaluation.regression
     r2, champion_r2 = (None, None), (None, None)
     if regression:
-        r2 = (evaluation.candidate[evaluation.new_id].r2, evaluation.pooled_r2() if evaluation.old_ids else None)
+        # On the scale the candidate learns the target on (see ``Evaluation.learnt_r2``), the champion's on the same.
+        r2 = (evaluation.learnt_r2("candidate", [evaluation.new_id]), evaluation.learnt_r2("candidate") if evaluation.old_ids else None)
         if has_champion:
-            champion_r2 = (evaluation.champion[evaluation.new_id].r2, evaluation.pooled_r2("champion") if evaluation.old_ids else None)  # type: ignore[index]
+            champion_r2 = (evaluation.learnt_r2("champion", [evaluation.new_id]), evaluation.learnt_r2("champion") if evaluation.old_ids else None)
     # The new holdout's labels look changed, and the candidate did not learn them (noise, most often): that holdout tells
     # the two models apart no better than a coin, so every earlier holdout of the rule is compared on.
     skip = config.champion_holdouts == "skip" and unlearnt is None
@@ -293,6 +294,7 @@ def gate(
         old_candidate=evaluation.pooled("candidate", old_ids),
         old_champion=evaluation.pooled("champion", old_ids) if has_champion else None,
         config=config, regression=regression, r2=r2, old_label=old_label, champion_r2=champion_r2, alone=alone, compared=compared,
+        r2_name="R² on the log scale" if evaluation.target_log is not None else "R²",
     )
     if compared is not None and config.policy == "non_inferior":
         note_skip = (

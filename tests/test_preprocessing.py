@@ -251,3 +251,24 @@ def test_dates_written_day_first_read_day_first_in_every_row_and_after_a_restart
     legacy = pre.to_dict()
     del legacy["dayfirst"]
     assert Preprocessor.from_dict(legacy).dayfirst == []
+
+
+def test_a_skewed_never_negative_target_is_learnt_on_a_log_scale_and_answered_in_its_units():
+    """Decided on the first increment, as for a feature (``log_scaled``); kept with the model; a model saved before it has none."""
+    from lepton.models.preprocessing import Encoding, Preprocessor
+
+    rng = np.random.default_rng(0)
+    costs = np.where(rng.random(400) < 0.25, 0.0, np.exp(rng.normal(3, 1.3, 400)))
+    frame = pd.DataFrame({"x": rng.normal(size=400), "y": costs})
+    pre = Preprocessor.create(Encoding(label="y", kinds={"x": "numeric"}, task="regression")).updated(frame, frame["y"])
+    assert pre.target_log is not None and pre.target_log > 0
+    encoded = pre.encode(frame["y"])
+    assert abs(float(encoded.mean())) < 1e-3 and abs(float(encoded.std()) - 1) < 1e-3  # standardised on the log scale
+    np.testing.assert_allclose(pre.decode(encoded), costs, rtol=1e-4, atol=1e-6)
+    assert Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict()))).target_log == pre.target_log
+    assert pre.updated(frame.assign(y=frame["y"] * 0 + 5.0), frame["y"] * 0 + 5.0).target_log == pre.target_log  # kept, not redecided
+    legacy = pre.to_dict()
+    del legacy["target_log"]
+    assert Preprocessor.from_dict(legacy).target_log is None
+    even = pd.DataFrame({"x": rng.normal(size=400), "y": rng.normal(50, 10, 400)})
+    assert Preprocessor.create(Encoding(label="y", kinds={"x": "numeric"}, task="regression")).updated(even, even["y"]).target_log is None
