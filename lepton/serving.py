@@ -58,7 +58,15 @@ def input_problems(frame: pd.DataFrame, preprocessor: Preprocessor) -> list[str]
         raw = frame[column]
         if types.is_datetime64_any_dtype(raw):
             continue
-        dayfirst = column in preprocessor.dayfirst or kinds_of.reads_day_first(raw)
+        dayfirst = column in preprocessor.dayfirst
+        day, month = kinds_of.date_order(raw)
+        # Read in the model's order, a date written the other way is another date (01/05 a month off): refused, not misread.
+        against = month if dayfirst else day
+        if against is not None:
+            order, other = ("day first", "month first") if dayfirst else ("month first", "day first")
+            problems.append(f"column {column!r} holds dates written {other} (e.g. {against!r}), where the model reads such dates {order}: "
+                            f"send them {order}, or in ISO form (2015-05-13)")
+            continue
         text = raw[kinds_of.as_datetimes(raw, dayfirst).isna().to_numpy() & raw.notna().to_numpy()]
         if len(text):
             problems.append(f"column {column!r} holds {len(text)} value(s) that are not dates (e.g. {', '.join(repr(v) for v in text.head(3).tolist())}); send null for a missing value")

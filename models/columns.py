@@ -361,14 +361,11 @@ def date_order(series: pd.Series) -> tuple[str | None, str | None]:
 
 
 def reads_day_first(series: pd.Series) -> bool:
-    """Whether a column's numeric dates (year last) read day first: one can only be read so (31/01/2000) and none
-    only month first; or, where none tells, the first field holds one value while the second holds several
-    (01/01/2015, 01/02/2015, 01/03/2015: monthly dates on the first of the month)."""
+    """Whether a column's numeric dates (year last) say day first: one can only be read so (31/01/2000), and none
+    only month first. Where none can be read one way only (01/05/2015), nothing says so: a weekly US export of
+    early January (01/02, 01/05, 01/09) looks just like monthly dates written day first, so neither is guessed."""
     day_first, month_first = date_order(series)
-    if day_first is not None or month_first is not None:
-        return day_first is not None and month_first is None
-    _, first, second = _numeric_dates(series)
-    return first.nunique() == 1 and second.nunique() >= 3
+    return day_first is not None and month_first is None
 
 
 def as_datetimes(series: pd.Series, dayfirst: bool = False) -> pd.Series:

@@ -111,8 +111,13 @@ class DriftReport:
         if not self.drifted:
             tested = [f for f in [*self.features, *([self.label] if self.label else [])] if f.p_value is not None]
             worst = min(tested, key=lambda f: f.p_value or 1.0, default=None)
-            # Holm's correction holds the smallest p-value to drift.p_value / tests: 0.004 over 7 tests at 0.01 is no drift.
-            detail = f"; smallest p-value {worst.p_value:.2g} ({worst.feature}), not significant after Holm's correction over {len(tested)} tests" if worst else ""
+            if self.drifted_features:  # flagged, but fewer than the share of features that makes drift
+                detail = f"; {len(self.drifted_features)} flagged ({_names(self.drifted_features)}), fewer than drift.min_share of the features"
+            elif worst is not None:
+                # Holm's correction holds the smallest p-value to drift.p_value / tests: 0.004 over 7 tests at 0.01 is no drift.
+                detail = f"; smallest p-value {worst.p_value:.2g} ({worst.feature}), not significant after Holm's correction over {len(tested)} tests"
+            else:
+                detail = ""
             return f"no drift in {len(self.features)} features or the label ({compared}{detail})"
         return f"drift: {self.summary()} ({compared}); drift.action={self.action}"
 

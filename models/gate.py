@@ -66,11 +66,11 @@ def _no_worse(value: float, champion: float | None) -> bool:
 def _floor(metric: str, where: str, value: float, floor: float, champion: float | None) -> str:
     """A floor's reason; under the floor, what the champion scores there, and whether that lets the candidate on."""
     if value >= floor:
-        return f"{metric} on {where} {value:.3f} >= floor {floor:.3f}"
+        return f"{metric} on {where} {_versus(value, True, floor, '.3f', ('>= floor', '< floor'))}"
     if _no_worse(value, champion):
-        return (f"{metric} on {where} {value:.3f} < floor {floor:.3f}, as the champion's {champion:.3f} there: a floor the champion "
+        return (f"{metric} on {where} {_versus(value, False, floor, '.3f', ('>= floor', '< floor'))}, as the champion's {champion:.3f} there: a floor the champion "
                 f"misses on the same rows does not hold back a candidate no worse than it")
-    return f"{metric} on {where} {value:.3f} < floor {floor:.3f}" + (f" (the champion's {champion:.3f})" if champion is not None and np.isfinite(champion) else "")
+    return f"{metric} on {where} {_versus(value, False, floor, '.3f', ('>= floor', '< floor'))}" + (f" (the champion's {champion:.3f})" if champion is not None and np.isfinite(champion) else "")
 
 
 def _mean(values: np.ndarray) -> float:
@@ -157,18 +157,19 @@ def decide(
         lower = paired_bootstrap_lower(loss, np.zeros_like(loss), confidence=config.confidence, samples=config.bootstrap_samples)
         ok = bool(lower <= config.max_forgetting)
         checks[
-            f"forgetting on {old_label}: lower {config.confidence:.0%} bound {lower:+.3f} {'<=' if ok else '>'} "
-            f"{config.max_forgetting:.3f} (gate.max_forgetting; point estimate {drop:+.3f} {unit}{': below zero, it does better there' if drop < 0 else ''})"
+            f"forgetting on {old_label}: lower {config.confidence:.0%} bound {_versus(lower, ok, config.max_forgetting, '+.3f', ('<=', '>'), bar_fmt='.3f')} "
+            f"(gate.max_forgetting; point estimate {drop:+.3f} {unit}{': below zero, it does better there' if drop < 0 else ''})"
         ] = ok
     return _decision(checks)
 
 
-def _versus(value: float, ok: bool, bar: float, fmt: str, signs: tuple[str, str] = (">=", "<"), of: str = "") -> str:
+def _versus(value: float, ok: bool, bar: float, fmt: str, signs: tuple[str, str] = (">=", "<"), of: str = "", bar_fmt: str | None = None) -> str:
     """``value{of} >= bar`` (or what ``signs`` say for a pass and a fail), each side with digits enough that they do
     not print equal when they are not: "-0.020 < -0.020" said nothing of why a candidate failed."""
-    if f"{value:{fmt}}" == f"{bar:{fmt}}" and value != bar:
-        fmt = fmt.replace(".3f", ".5f").replace(".4g", ".7g")
-    return f"{value:{fmt}}{of} {signs[0] if ok else signs[1]} {bar:{fmt}}"
+    bar_fmt = bar_fmt or fmt
+    if abs(float(f"{value:{fmt}}") - float(f"{bar:{bar_fmt}}")) == 0 and value != bar:
+        fmt, bar_fmt = (f.replace(".3f", ".5f").replace(".4g", ".7g") for f in (fmt, bar_fmt))
+    return f"{value:{fmt}}{of} {signs[0] if ok else signs[1]} {bar:{bar_fmt}}"
 
 
 def _gains(candidate: np.ndarray, champion: np.ndarray, regression: bool) -> np.ndarray:

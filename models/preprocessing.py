@@ -125,9 +125,11 @@ class Preprocessor:
     # A never-negative target this skewed (medical costs: a quarter zeros, a tail forty times the typical value) pulled a
     # network trained on squared errors towards its tail: its MAE was 30% above that of the same network on the log scale.
     target_log: float | None = None
-    # Datetime columns whose numeric dates read day first, from the first increment whose dates say so (``reads_day_first``);
-    # a batch whose own dates say so reads day first too.
+    # Datetime columns whose numeric dates read day first, from the first increment one of whose dates can only be read so
+    # (``date_order``), and those settled month first by one that can only be read so; a settled order never changes.
+    # Every batch is read by it (a consumer's batch that contradicts it is refused: ``lepton.serving.input_problems``).
     dayfirst: list[str] = field(default_factory=list)
+    monthfirst: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
@@ -194,8 +196,12 @@ class Preprocessor:
             for c, v in self.vocabularies.items()
         }
         logged = self.logged if self.count else log_scaled(frame, [c for c in self.used if self._kind(c) == "numeric"])
-        dayfirst = self.dayfirst + [c for c in self.used if self._kind(c) == "datetime" and c not in self.dayfirst and c in frame.columns and kinds_of.reads_day_first(frame[c])]
-        grown = self._replace(vocabularies=vocabularies, logged=logged, dayfirst=dayfirst)
+        dayfirst, monthfirst = list(self.dayfirst), list(self.monthfirst)
+        for c in [c for c in self.used if self._kind(c) == "datetime" and c in frame.columns and c not in dayfirst + monthfirst]:
+            day, month = kinds_of.date_order(frame[c])
+            if (day is None) != (month is None):
+                (dayfirst if day is not None else monthfirst).append(c)
+        grown = self._replace(vocabularies=vocabularies, logged=logged, dayfirst=dayfirst, monthfirst=monthfirst)
         x = grown.raw_matrix(frame)
         n, mean, m2 = _nan_stats(x)
         observed, mean, m2 = _merge(self.observed, self.mean, self.m2, n, mean, m2)
@@ -210,7 +216,7 @@ class Preprocessor:
         classes = list(self.classes)
         target, target_low, target_log = self.target, self.target_low, self.target_log
         if values is not None:
-            if not self.count:
+            if not self.target[0]:  # the first labels (a model transferred from another table brings none of its own)
                 target_log = log_scaled(pd.DataFrame({"target": values}), ["target"]).get("target")
             learnt = values if target_log is None else signed_log(values, target_log)
             count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(learnt[:, None])))
@@ -258,7 +264,7 @@ class Preprocessor:
             kinds_of.number_block(values[c]) if c in values
             else self._logged_block(c, kinds_of.encode_column(
                 frame[c], self._kind(c), vocabulary=self.vocabularies.get(c, []), capacity=self.capacity, buckets=self.buckets, shape=self.shapes.get(c),
-                dayfirst=c in self.dayfirst or (self._kind(c) == "datetime" and kinds_of.reads_day_first(frame[c])),
+                dayfirst=c in self.dayfirst,
             ))
             for c in self.used
         ]
@@ -311,9 +317,10 @@ class Preprocessor:
         if self.task == "regression":
             values = np.asarray(ids, dtype=np.float64) * self.target_scale + self.target_mean
             if self.target_log is not None:
-                # The inverse of ``signed_log``; an output far beyond anything seen overflows to infinity, which serving refuses.
-                with np.errstate(over="ignore"):
-                    values = np.sign(values) * self.target_log * np.expm1(np.abs(values))
+                # The inverse of ``signed_log``, held below where it would overflow to infinity (an output hundreds of
+                # standard deviations out): a number too large to mean anything, but one the errors and R² can take.
+                top = np.log(np.finfo(np.float64).max / max(self.target_log, 1.0)) - 1.0
+                values = np.sign(values) * self.target_log * np.expm1(np.minimum(np.abs(values), top))
             return np.maximum(values, 0.0) if self.target_low is not None and self.target_low >= 0 else values
         return np.asarray(self.classes, dtype=object if self._string_labels else None)[ids]
 
@@ -342,6 +349,7 @@ class Preprocessor:
             "shapes": self.shapes,
             "logged": self.logged,
             "dayfirst": self.dayfirst,
+            "monthfirst": self.monthfirst,
         }
 
     @classmethod
@@ -366,4 +374,5 @@ class Preprocessor:
             shapes={k: [int(n) for n in v] for k, v in state.get("shapes", {}).items()},
             logged={k: float(v) for k, v in state.get("logged", {}).items()},
             dayfirst=list(state.get("dayfirst", [])),
+            monthfirst=list(state.get("monthfirst", [])),
         )

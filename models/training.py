@@ -278,7 +278,7 @@ def transferred_preprocessor(source: Bundle, encoding: Encoding) -> Preprocessor
         raise NetworkError(
             f"train.transfer_from: the source model's feature layers read other columns than this table's: {'; '.join(shown) or 'the same columns in another order'}"
         )
-    return source.preprocessor._replace(classes=[], target=(0.0, 0.0, 0.0), task=encoding.task)
+    return source.preprocessor._replace(classes=[], target=(0.0, 0.0, 0.0), target_low=None, target_log=None, task=encoding.task)
 
 
 def transfer_fixed(network: MLP, transfer: str) -> set[str]:

@@ -74,6 +74,14 @@ def test_ks_where_the_exact_p_value_fails_says_nothing_on_stderr():
     assert statistic[0] == pytest.approx(1 / 300) and p[0] == 1.0
 
 
+def test_a_flagged_feature_under_the_drift_share_is_said_as_flagged():
+    """No drift, as drift.min_share asks for more, but one feature flagged: the line said it was not significant."""
+    from lepton.models.drift import DriftReport, FeatureDrift
+
+    report = DriftReport([FeatureDrift("a", "ks", 0.5, 1e-12, True), FeatureDrift("b", "ks", 0.1, 0.4, False)], None, False, None, 300, 100)
+    assert report.message() == "no drift in 2 features or the label (100 rows against 300 of the history; 1 flagged (a), fewer than drift.min_share of the features)"
+
+
 def test_constant_feature_in_an_increment():
     """A feature constant in history and increment is tested and not flagged; one that jumps to another constant is."""
     history = gaussian(1000, 0).assign(const=3.0, jumps=0.0)

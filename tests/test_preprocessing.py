@@ -220,8 +220,9 @@ def test_a_target_never_below_zero_is_never_predicted_below_zero():
 def test_dates_written_day_first_read_day_first_in_every_row_and_after_a_restart():
     """A European export writes 13/05/2015 and 01/05/2015 in one column: the parser read the first day first and the
     second month first (5 January). Once a value can only be read day first, the column reads day first, at training
-    and in a consumer's batch of dates that would each read either way; ISO dates are untouched."""
-    from lepton.models.columns import as_datetimes, date_order, infer_kind
+    and in a consumer's batch of dates that would each read either way; ISO dates are untouched. A settled order
+    never changes, and a batch is read by the model's order, whatever its other rows say."""
+    from lepton.models.columns import as_datetimes, date_order, infer_kind, reads_day_first
     from lepton.models.preprocessing import Encoding, Preprocessor
 
     dates = pd.Series(["13/05/2015", "01/05/2015", "02.06.2015 14:05", "2015-05-01"])
@@ -229,28 +230,33 @@ def test_dates_written_day_first_read_day_first_in_every_row_and_after_a_restart
     assert infer_kind(dates, max_categories=31) == ("datetime", "date strings, day first")  # what the run and status say
     assert date_order(pd.Series(["05/13/2015", "05/01/2015"])) == (None, "05/13/2015")
     assert date_order(pd.Series(["01/05/2015", "2015-05-13"])) == (None, None)  # nothing tells
+    # Monthly dates on the first, or a US week of early January: the same look, so neither is guessed.
+    assert not reads_day_first(pd.Series([f"01/{m:02d}/2015" for m in range(1, 13)]))
     assert as_datetimes(dates, dayfirst=True).dt.strftime("%Y-%m-%d %H:%M").tolist() == ["2015-05-13 00:00", "2015-05-01 00:00", "2015-06-02 14:05", "2015-05-01 00:00"]
     assert as_datetimes(dates).dt.month.tolist()[1:] == [1, 2, 5]  # month first, as before, where nothing says otherwise
 
+    def fresh() -> Preprocessor:
+        return Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"}))
+
     seen = pd.DataFrame({"when": dates, "y": [0, 1, 0, 1]})
-    pre = Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(seen, seen["y"])
-    assert pre.dayfirst == ["when"]
+    pre = fresh().updated(seen, seen["y"])
+    assert pre.dayfirst == ["when"] and pre.monthfirst == []
     consumer = pd.DataFrame({"when": ["01/05/2015"]})  # alone, it would read as 5 January
     restored = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
     for p in (pre, restored):
         assert p.raw_matrix(consumer)[0, 1] == 5.0  # the month part: May
-    # Nothing says day first: month first, and a later increment that does turns the column day first.
+    # Nothing says day first: month first, whatever a batch's other rows say; a later increment that says day first
+    # turns the column day first; one settled month first (05/13/2015) stays so.
     us = pd.DataFrame({"when": ["01/05/2015", "02/06/2015"], "y": [0, 1]})
-    pre = Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(us, us["y"])
-    assert pre.dayfirst == [] and pre.raw_matrix(consumer)[0, 1] == 1.0
-    assert pre.raw_matrix(pd.DataFrame({"when": ["13/05/2015", "01/05/2015"]}))[1, 1] == 5.0  # a batch whose own dates say so
+    pre = fresh().updated(us, us["y"])
+    assert pre.dayfirst == [] == pre.monthfirst and pre.raw_matrix(consumer)[0, 1] == 1.0
+    assert pre.raw_matrix(pd.DataFrame({"when": ["01/05/2015", "02/05/2015"]}))[0, 1] == 1.0
     assert pre.updated(seen, seen["y"]).dayfirst == ["when"]
-    # Monthly dates on the first: no value can only be read one way, but a day that never changes says which is the month.
-    monthly = pd.DataFrame({"when": [f"01/{m:02d}/2015" for m in range(1, 13)], "y": [0, 1] * 6})
-    assert Preprocessor.create(Encoding(label="y", kinds={"when": "datetime"})).updated(monthly, monthly["y"]).dayfirst == ["when"]
+    settled = fresh().updated(pd.DataFrame({"when": ["05/13/2015"], "y": [0]}), pd.Series([0]))
+    assert settled.monthfirst == ["when"] and settled.updated(seen, seen["y"]).dayfirst == []
     legacy = pre.to_dict()
-    del legacy["dayfirst"]
-    assert Preprocessor.from_dict(legacy).dayfirst == []
+    del legacy["dayfirst"], legacy["monthfirst"]
+    assert Preprocessor.from_dict(legacy).dayfirst == [] == Preprocessor.from_dict(legacy).monthfirst
 
 
 def test_a_skewed_never_negative_target_is_learnt_on_a_log_scale_and_answered_in_its_units():
@@ -266,6 +272,7 @@ def test_a_skewed_never_negative_target_is_learnt_on_a_log_scale_and_answered_in
     assert abs(float(encoded.mean())) < 1e-3 and abs(float(encoded.std()) - 1) < 1e-3  # standardised on the log scale
     np.testing.assert_allclose(pre.decode(encoded), costs, rtol=1e-4, atol=1e-6)
     assert Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict()))).target_log == pre.target_log
+    assert np.isfinite(pre.decode(np.array([10.0, 500.0, 3e38]))).all()  # far beyond anything seen: large, not infinite
     assert pre.updated(frame.assign(y=frame["y"] * 0 + 5.0), frame["y"] * 0 + 5.0).target_log == pre.target_log  # kept, not redecided
     legacy = pre.to_dict()
     del legacy["target_log"]

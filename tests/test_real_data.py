@@ -154,17 +154,21 @@ def test_champion_predicts_through_gaps_and_unseen_values(churn):
 
 def test_champion_refuses_text_where_a_date_goes_and_reads_a_gap_there(churn):
     """A signup date the model cannot read was scored as a missing one, silently: it is refused by name, as text where
-    numbers go is; a missing date (None) is a gap, and a date written day first is a date."""
+    numbers go is, and so is a date written in the order the model does not read; a missing date (None) is a gap."""
     from mlflow.exceptions import MlflowException
 
     model = champion_model(churn["ws"])
     frame = customers(3, 12, first_id=30_000).drop(columns=["y"])
     frame["signup"] = frame["signup"].astype(object)
     frame.loc[1, "signup"] = None
-    frame.loc[2, "signup"] = "31/01/2025"
+    frame.loc[2, "signup"] = "01/31/2025"
     assert np.asarray(model.predict(frame)).shape == (3,)
     frame.loc[0, "signup"] = "not a date"
     with pytest.raises(MlflowException, match=r"cannot score this input: column 'signup' holds 1 value\(s\) that are not dates \(e.g. 'not a date'\); send null"):
+        model.predict(frame)
+    # Trained on ISO dates, the model reads 01/05/2025 month first: a batch written day first would be read a month off.
+    frame.loc[0, "signup"] = "31/01/2025"
+    with pytest.raises(MlflowException, match=r"column 'signup' holds dates written day first \(e.g. '31/01/2025'\), where the model reads such dates month first"):
         model.predict(frame)
 
 
