@@ -355,6 +355,13 @@ def content_checks(
                 "which 01/05 is cannot be told; export the column in one order (ISO, 2015-05-01, is unambiguous)"
             )
             continue
+        ambiguous = kinds_of.either_way(present) if first else None
+        if ambiguous is not None:
+            read = kinds_of.as_datetimes(pd.Series([ambiguous])).iloc[0]
+            warnings.append(
+                f"column {column!r}: no date tells whether the day or the month comes first (e.g. {ambiguous!r}): read month first "
+                f"({read:%d %B %Y}) until one does (13/05/2015); if the export writes the day first, send ISO dates (2015-05-01)"
+            )
         bad = present[kinds_of.as_datetimes(present).isna().to_numpy()]
         words = _words(bad)
         if len(words) > TEXT_IN_NUMBERS * max(len(present), 1):

@@ -360,6 +360,15 @@ def date_order(series: pd.Series) -> tuple[str | None, str | None]:
     return (str(day_first.iloc[0]) if len(day_first) else None), (str(month_first.iloc[0]) if len(month_first) else None)
 
 
+def either_way(series: pd.Series) -> str | None:
+    """A numeric date of the column that reads both ways (01/05/2015), where none of them tells the order; else None."""
+    if date_order(series) != (None, None):
+        return None
+    strings, first, second = _numeric_dates(series)
+    both = strings[(first <= 12) & (second <= 12) & (first != second)]
+    return str(both.iloc[0]) if len(both) else None
+
+
 def reads_day_first(series: pd.Series) -> bool:
     """Whether a column's numeric dates (year last) say day first: one can only be read so (31/01/2000), and none
     only month first. Where none can be read one way only (01/05/2015), nothing says so: a weekly US export of

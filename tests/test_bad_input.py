@@ -485,6 +485,17 @@ def test_dates_written_both_day_first_and_month_first_are_rejected():
     assert validate_frame(frame.assign(when=["13/05/2015"] + ["01/05/2015"] * 39), schema, CONFIG).passed
 
 
+def test_a_first_increment_whose_dates_read_either_way_says_how_they_are_read():
+    """Monthly dates on the first (01/05/2015) look like a US week of early January: read month first, and said."""
+    monthly = good(36).assign(when=[f"01/{m:02d}/2015" for m in range(1, 13)] * 3)
+    report = validate_frame(monthly, None, CONFIG)
+    assert report.passed, report.problems
+    assert ("column 'when': no date tells whether the day or the month comes first (e.g. '01/02/2015'): read month first (02 January 2015) "
+            "until one does (13/05/2015); if the export writes the day first, send ISO dates (2015-05-01)") in report.warnings, report.warnings
+    told = validate_frame(monthly.assign(when=["13/05/2015"] * 36), None, CONFIG)
+    assert not [w for w in told.warnings if "comes first" in w]
+
+
 def test_a_misspelt_column_declaration_is_said():
     """data.columns: {body_mass: ignore} beside a body_mass_g column changed nothing and said nothing; it is a warning
     naming the closest column. A declaration of a column the workspace has (one the export stopped writing) is no typo."""
