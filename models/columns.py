@@ -341,32 +341,45 @@ def _is_plain_number(value: Any) -> bool:
 _NUMERIC_DATE = r"^\s*(\d{1,2})([/.-])(\d{1,2})\2(\d{2}|\d{4})(?!\d)"
 
 
-def _numeric_dates(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """A column's dates written as numbers with the year last: the strings, and their first and second fields."""
+_NUMERIC_DATE_MATCH = re.compile(_NUMERIC_DATE).match
+
+
+def _numeric_dates(series: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A column's values as strings, and the first and second fields of those written as numbers with the year last
+    (NaN for the others). Python's ``re`` value by value: a consumer's one-row call took 1.1 ms through pandas'
+    ``str.extract``, 0.15 ms so, and a 100,000-row column 150 ms against 60."""
     if types.is_datetime64_any_dtype(series) or not is_text_series(series):
-        empty = pd.Series([], dtype="float64")
-        return pd.Series([], dtype="string"), empty, empty
-    strings = series.dropna().astype("string")
-    parts = strings.str.extract(_NUMERIC_DATE)
-    return strings, pd.to_numeric(parts[0], errors="coerce"), pd.to_numeric(parts[2], errors="coerce")
+        return [], np.zeros(0), np.zeros(0)
+    strings = [str(v) for v in series.dropna().tolist()]
+    matches = [_NUMERIC_DATE_MATCH(v) for v in strings]
+    first = np.array([float(m.group(1)) if m else np.nan for m in matches])
+    second = np.array([float(m.group(3)) if m else np.nan for m in matches])
+    return strings, first, second
+
+
+def _example(strings: list[str], where: np.ndarray) -> str | None:
+    hits = np.flatnonzero(where)
+    return strings[hits[0]] if len(hits) else None
+
+
+def _one_way(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which dates can only be read day first, and which only month first."""
+    return (first > 12) & (first <= 31) & (second <= 12), (second > 12) & (second <= 31) & (first <= 12)
 
 
 def date_order(series: pd.Series) -> tuple[str | None, str | None]:
     """Among a column's dates written as numbers with the year last: one that can only be read day first (13/05/2015)
     and one that can only be read month first (05/13/2015), None where there is none."""
     strings, first, second = _numeric_dates(series)
-    day_first = strings[(first > 12) & (first <= 31) & (second <= 12)]
-    month_first = strings[(second > 12) & (second <= 31) & (first <= 12)]
-    return (str(day_first.iloc[0]) if len(day_first) else None), (str(month_first.iloc[0]) if len(month_first) else None)
+    day_only, month_only = _one_way(first, second)
+    return _example(strings, day_only), _example(strings, month_only)
 
 
 def either_way(series: pd.Series) -> str | None:
     """A numeric date of the column that reads both ways (01/05/2015), where none of them tells the order; else None."""
-    if date_order(series) != (None, None):
-        return None
     strings, first, second = _numeric_dates(series)
-    both = strings[(first <= 12) & (second <= 12) & (first != second)]
-    return str(both.iloc[0]) if len(both) else None
+    day_only, month_only = _one_way(first, second)
+    return None if (day_only | month_only).any() else _example(strings, (first <= 12) & (second <= 12) & (first != second))
 
 
 def reads_day_first(series: pd.Series) -> bool:
