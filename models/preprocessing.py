@@ -201,7 +201,11 @@ class Preprocessor:
             day, month = kinds_of.date_order(frame[c])
             if (day is None) != (month is None):
                 (dayfirst if day is not None else monthfirst).append(c)
-        grown = self._replace(vocabularies=vocabularies, logged=logged, dayfirst=dayfirst, monthfirst=monthfirst)
+        values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
+        target_log = self.target_log
+        if values is not None and not self.target[0]:  # the first labels (a model transferred from another table brings none of its own)
+            target_log = log_scaled(pd.DataFrame({"target": values}), ["target"]).get("target")
+        grown = self._replace(vocabularies=vocabularies, logged=logged, dayfirst=dayfirst, monthfirst=monthfirst, target_log=target_log)
         x = grown.raw_matrix(frame)
         n, mean, m2 = _nan_stats(x)
         observed, mean, m2 = _merge(self.observed, self.mean, self.m2, n, mean, m2)
@@ -212,23 +216,17 @@ class Preprocessor:
                 warnings.simplefilter("ignore", RuntimeWarning)  # a column with no value in this increment
                 seen = np.nanmax(x[:, held], axis=0)
             latest[held] = np.fmax(latest[held], seen)
-        values = pd.to_numeric(labels, errors="coerce").dropna().to_numpy(dtype=np.float64) if self.task == "regression" else None
         classes = list(self.classes)
-        target, target_low, target_log = self.target, self.target_low, self.target_log
+        target, target_low = self.target, self.target_low
         if values is not None:
-            if not self.target[0]:  # the first labels (a model transferred from another table brings none of its own)
-                target_log = log_scaled(pd.DataFrame({"target": values}), ["target"]).get("target")
-            learnt = values if target_log is None else signed_log(values, target_log)
+            learnt = grown.learnt(values)
             count, mu, sq = _merge(np.array([self.target[0]]), np.array([self.target[1]]), np.array([self.target[2]]), *map(np.atleast_1d, _nan_stats(learnt[:, None])))
             target = (float(count[0]), float(mu[0]), float(sq[0]))
             if len(values):
                 target_low = float(values.min()) if self.target_low is None else min(self.target_low, float(values.min()))
         else:
             classes += [_native(c) for c in sorted(pd.unique(labels.dropna())) if _native(c) not in self.classes]
-        return grown._replace(
-            classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, target_low=target_low, target_log=target_log,
-            latest=latest,
-        )
+        return grown._replace(classes=classes, count=self.count + len(frame), mean=mean, m2=m2, observed=observed, target=target, target_low=target_low, latest=latest)
 
     def _replace(self, **changes: Any) -> Preprocessor:
         state = {f: getattr(self, f) for f in self.__dataclass_fields__}
